@@ -1,0 +1,365 @@
+//! `psymatch`: the command-line tool for people operating psymatch.
+//!
+//! The kafka-avro-console-producer and -consumer of psymatch (Debian's kcat
+//! has no Avro support), plus the set-up steps: apply `topics.yaml`, register
+//! the schemas, migrate the database.
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use psymatch_runtime::codec::{self, Codec};
+use psymatch_runtime::contracts::Contracts;
+use psymatch_runtime::{db, envelope, topics};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{Value, json};
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "psymatch",
+    version,
+    about = "Operate psymatch: publish and read topics, apply contracts"
+)]
+struct Cli {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        global = true,
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    brokers: String,
+    /// Schema registry URL.
+    #[arg(long, global = true, env = "SCHEMA_REGISTRY_URL", default_value = codec::DEFAULT_REGISTRY_URL)]
+    registry: String,
+    /// Read topics.yaml and schemas/ from this checkout instead of the copies
+    /// compiled into this build.
+    #[arg(long, global = true, env = "PSYMATCH_CONTRACTS")]
+    contracts: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish JSON records (one object, an array, or JSON lines) as Avro.
+    ///
+    /// Each record: {"event_type": "...", "payload": {...}} plus optional
+    /// key, correlation_id, event_id, timestamp. Nothing is published unless
+    /// every record fits the topic's schema.
+    Publish {
+        /// Topic to publish to.
+        topic: String,
+        /// File with the records, or - for standard input.
+        file: String,
+    },
+    /// Print a topic's records as JSON lines (key, headers, decoded value).
+    Tail {
+        /// Topic to read.
+        topic: String,
+        /// Start at the end instead of the beginning.
+        #[arg(long)]
+        from_end: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        max: Option<u64>,
+        /// Stop when no record arrived for this many seconds.
+        #[arg(long)]
+        idle_timeout: Option<f64>,
+    },
+    /// Topic administration.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Schema administration.
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
+    /// Apply the database migrations (DATABASE_URL).
+    Migrate,
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create missing topics, raise partitions, set configs; report drift.
+    Apply {
+        /// Only show what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemasCommand {
+    /// Register every topic's value schema; fails on an incompatible change.
+    Register,
+    /// Check the schema files offline (bundling, docs, event types).
+    Check,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = run(cli).await {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn contracts(cli: &Cli) -> anyhow::Result<Contracts> {
+    match &cli.contracts {
+        Some(dir) => Contracts::from_dir(dir),
+        None => Ok(Contracts::embedded().clone()),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Publish { topic, file } => publish(&cli, topic, file).await,
+        Command::Tail {
+            topic,
+            from_end,
+            max,
+            idle_timeout,
+        } => {
+            tail(
+                &cli,
+                topic,
+                *from_end,
+                *max,
+                idle_timeout.map(Duration::from_secs_f64),
+            )
+            .await
+        }
+        Command::Topics {
+            command: TopicsCommand::Apply { dry_run },
+        } => {
+            let contracts = contracts(&cli)?;
+            let admin = topics::Admin::connect(&cli.brokers)?;
+            let changes = topics::apply(&admin, &contracts.topics, *dry_run).await?;
+            if changes.is_empty() {
+                println!(
+                    "topics: {} declared, all up to date",
+                    contracts.topics.topics.len()
+                );
+            }
+            for change in &changes {
+                let verb = if *dry_run { "would apply" } else { "applied" };
+                match change {
+                    topics::Change::Drift { .. } => println!("{change}"),
+                    _ => println!("{verb}: {change}"),
+                }
+            }
+            Ok(())
+        }
+        Command::Schemas {
+            command: SchemasCommand::Register,
+        } => {
+            let contracts = contracts(&cli)?;
+            for registered in codec::register_all(&cli.registry, &contracts).await? {
+                println!(
+                    "registered {} id {} version {}",
+                    registered.subject,
+                    registered.id,
+                    registered.version.map_or("?".into(), |v| v.to_string())
+                );
+            }
+            Ok(())
+        }
+        Command::Schemas {
+            command: SchemasCommand::Check,
+        } => {
+            let contracts = contracts(&cli)?;
+            for (topic, schema) in &contracts.schemas {
+                println!("{topic}: ok ({})", schema.event_types().join(", "));
+            }
+            Ok(())
+        }
+        Command::Migrate => {
+            let url = db::database_url();
+            let pool = db::connect(&url).await?;
+            db::migrate(&pool).await?;
+            println!("database migrated ({})", db::redact(&url));
+            Ok(())
+        }
+    }
+}
+
+fn read_input(file: &str) -> anyhow::Result<String> {
+    let mut text = String::new();
+    if file == "-" {
+        std::io::stdin().read_to_string(&mut text)?;
+    } else {
+        text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+    }
+    Ok(text)
+}
+
+/// One JSON object, an array of them, or a stream of them (JSON lines).
+fn parse_records(text: &str) -> anyhow::Result<Vec<Value>> {
+    let mut records = Vec::new();
+    for (index, value) in serde_json::Deserializer::from_str(text)
+        .into_iter::<Value>()
+        .enumerate()
+    {
+        match value.with_context(|| format!("input value {} is not valid JSON", index + 1))? {
+            Value::Array(items) => records.extend(items),
+            other => records.push(other),
+        }
+    }
+    Ok(records)
+}
+
+async fn publish(cli: &Cli, topic: &str, file: &str) -> anyhow::Result<()> {
+    let contracts = contracts(cli)?;
+    let (spec, schema) = contracts.topic(topic)?;
+    let records = parse_records(&read_input(file)?)?;
+    if records.is_empty() {
+        bail!("no records in {file}");
+    }
+    let codec = Codec::new(&cli.registry);
+    let now = chrono::Utc::now();
+    let mut encoded = Vec::new();
+    let mut errors = Vec::new();
+    for (index, record) in records.iter().enumerate() {
+        let prepared = async {
+            let (key, envelope) =
+                envelope::from_json(record, schema, &spec.key_fields, "cli", now)?;
+            let bytes = codec.encode(topic, envelope.to_avro(schema)?).await?;
+            anyhow::Ok((key, envelope, bytes))
+        };
+        match prepared.await {
+            Ok(done) => encoded.push(done),
+            Err(error) => errors.push(format!("record {}: {error:#}", index + 1)),
+        }
+    }
+    if !errors.is_empty() {
+        bail!(
+            "nothing published; {} of {} records do not fit:\n  {}",
+            errors.len(),
+            records.len(),
+            errors.join("\n  ")
+        );
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &cli.brokers)
+        .set("client.id", "psymatch-cli")
+        .set("message.timeout.ms", "30000")
+        .create()?;
+    for (key, envelope, bytes) in &encoded {
+        let mut headers = OwnedHeaders::new();
+        for (name, value) in envelope.headers() {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(bytes)
+            .headers(headers);
+        let delivery = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(error, _)| anyhow::anyhow!("publishing to {topic}: {error}"))?;
+        println!(
+            "published {topic} key={key} partition={} offset={} event_type={} event_id={}",
+            delivery.partition, delivery.offset, envelope.event_type, envelope.event_id
+        );
+    }
+    Ok(())
+}
+
+async fn tail(
+    cli: &Cli,
+    topic: &str,
+    from_end: bool,
+    max: Option<u64>,
+    idle: Option<Duration>,
+) -> anyhow::Result<()> {
+    let contracts = contracts(cli)?;
+    let has_schema = contracts.schemas.contains_key(topic);
+    if contracts.topics.topic(topic).is_none() {
+        bail!("unknown topic {topic}");
+    }
+    let codec = Codec::new(&cli.registry);
+    // Assigned, not subscribed: tail reads every partition and commits nothing.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cli.brokers)
+        .set(
+            "group.id",
+            format!("psymatch-tail-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .filter(|n| *n > 0)
+        .with_context(|| format!("topic {topic} does not exist on the broker"))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        let offset = if from_end {
+            Offset::End
+        } else {
+            Offset::Beginning
+        };
+        assignment.add_partition_offset(topic, partition, offset)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut count = 0u64;
+    let mut last = Instant::now();
+    while max.is_none_or(|max| count < max) {
+        if idle.is_some_and(|idle| last.elapsed() >= idle) {
+            break;
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        last = Instant::now();
+        count += 1;
+        let headers: serde_json::Map<String, Value> = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            json!(h.value.map(|v| String::from_utf8_lossy(v).into_owned())),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let value = match message.payload() {
+            None => Value::Null,
+            Some(bytes) if has_schema => match codec.decode(bytes).await {
+                Ok(avro) => match envelope::Envelope::from_avro(avro) {
+                    Ok(envelope) => envelope.to_json(),
+                    Err(error) => json!({"error": error.to_string()}),
+                },
+                Err(error) => json!({"error": error.to_string()}),
+            },
+            Some(bytes) => json!({"raw": String::from_utf8_lossy(bytes)}),
+        };
+        let line = json!({
+            "partition": message.partition(),
+            "offset": message.offset(),
+            "key": message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            "headers": headers,
+            "value": value,
+        });
+        println!("{line}");
+    }
+    Ok(())
+}

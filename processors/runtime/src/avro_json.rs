@@ -1,0 +1,447 @@
+//! JSON for people, Avro on the wire.
+//!
+//! People write commands as plain JSON and read topics as JSON lines; the
+//! conversion is guided by the schema so that a command that does not fit
+//! gets an error naming the field and what was expected. Plain JSON is
+//! accepted where Avro's JSON encoding would wrap unions (`{"string": "x"}`);
+//! the wrapped form is accepted too, and required when a value would fit more
+//! than one branch. Dates are written `YYYY-MM-DD`, timestamps RFC 3339.
+
+use apache_avro::Schema;
+use apache_avro::schema::{Name, NamesRef, ResolvedSchema};
+use apache_avro::types::Value as Avro;
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use serde_json::{Map, Number, Value as Json};
+use std::collections::HashMap;
+
+/// A JSON value that does not fit its schema, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct FitError {
+    /// Dotted path of the offending value, e.g. `payload.details.postcode`.
+    pub path: String,
+    /// What was expected.
+    pub reason: String,
+}
+
+/// Converts JSON into an Avro value of `schema`.
+pub fn to_avro(json: &Json, schema: &Schema) -> Result<Avro, FitError> {
+    let resolved = ResolvedSchema::try_from(schema).map_err(|error| FitError {
+        path: String::new(),
+        reason: format!("schema does not resolve: {error}"),
+    })?;
+    Converter {
+        names: resolved.get_names(),
+    }
+    .convert(json, schema, "")
+}
+
+/// Like [`to_avro`] for a schema nested in a larger one whose named types
+/// `names` holds.
+pub fn to_avro_within(json: &Json, schema: &Schema, names: &NamesRef) -> Result<Avro, FitError> {
+    Converter { names }.convert(json, schema, "")
+}
+
+struct Converter<'a> {
+    names: &'a HashMap<Name, &'a Schema>,
+}
+
+fn fail<T>(path: &str, reason: impl Into<String>) -> Result<T, FitError> {
+    Err(FitError {
+        path: if path.is_empty() {
+            "(value)".into()
+        } else {
+            path.to_string()
+        },
+        reason: reason.into(),
+    })
+}
+
+fn kind(json: &Json) -> &'static str {
+    match json {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// The name a union branch goes by in Avro's JSON encoding.
+fn branch_name(schema: &Schema) -> String {
+    match schema {
+        Schema::Record(r) => r.name.fullname(None),
+        Schema::Enum(e) => e.name.fullname(None),
+        Schema::Fixed(f) => f.name.fullname(None),
+        Schema::Ref { name } => name.fullname(None),
+        Schema::Array(_) => "array".into(),
+        Schema::Map(_) => "map".into(),
+        other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)).to_ascii_lowercase(),
+    }
+}
+
+impl Converter<'_> {
+    fn convert(&self, json: &Json, schema: &Schema, path: &str) -> Result<Avro, FitError> {
+        let integer = |json: &Json| json.as_i64();
+        match schema {
+            Schema::Null => match json {
+                Json::Null => Ok(Avro::Null),
+                other => fail(path, format!("expected null, found {}", kind(other))),
+            },
+            Schema::Boolean => match json {
+                Json::Bool(b) => Ok(Avro::Boolean(*b)),
+                other => fail(
+                    path,
+                    format!("expected true or false, found {}", kind(other)),
+                ),
+            },
+            Schema::Int => match integer(json).map(i32::try_from) {
+                Some(Ok(n)) => Ok(Avro::Int(n)),
+                _ => fail(path, format!("expected a 32-bit integer, found {json}")),
+            },
+            Schema::Long => match integer(json) {
+                Some(n) => Ok(Avro::Long(n)),
+                None => fail(path, format!("expected an integer, found {json}")),
+            },
+            Schema::Float => match json.as_f64() {
+                Some(n) => Ok(Avro::Float(n as f32)),
+                None => fail(path, format!("expected a number, found {}", kind(json))),
+            },
+            Schema::Double => match json.as_f64() {
+                Some(n) => Ok(Avro::Double(n)),
+                None => fail(path, format!("expected a number, found {}", kind(json))),
+            },
+            Schema::String => match json {
+                Json::String(s) => Ok(Avro::String(s.clone())),
+                other => fail(path, format!("expected a string, found {}", kind(other))),
+            },
+            Schema::Bytes => match json {
+                Json::String(s) => Ok(Avro::Bytes(s.as_bytes().to_vec())),
+                other => fail(
+                    path,
+                    format!("expected a string of bytes, found {}", kind(other)),
+                ),
+            },
+            Schema::Uuid(_) => match json.as_str().map(uuid::Uuid::parse_str) {
+                Some(Ok(id)) => Ok(Avro::Uuid(id)),
+                _ => fail(path, format!("expected a UUID string, found {json}")),
+            },
+            Schema::Date => self.date(json, path),
+            Schema::TimestampMillis => self.timestamp_millis(json, path),
+            Schema::Enum(e) => match json.as_str() {
+                Some(symbol) => match e.symbols.iter().position(|s| s == symbol) {
+                    Some(index) => Ok(Avro::Enum(index as u32, symbol.to_string())),
+                    None => fail(
+                        path,
+                        format!("'{symbol}' is not one of {}", e.symbols.join(", ")),
+                    ),
+                },
+                None => fail(
+                    path,
+                    format!("expected one of {}, found {json}", e.symbols.join(", ")),
+                ),
+            },
+            Schema::Array(a) => match json {
+                Json::Array(items) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.convert(item, &a.items, &format!("{path}[{i}]")))
+                    .collect::<Result<_, _>>()
+                    .map(Avro::Array),
+                other => fail(path, format!("expected an array, found {}", kind(other))),
+            },
+            Schema::Map(m) => match json {
+                Json::Object(entries) => entries
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), self.convert(v, &m.types, &join(path, k))?)))
+                    .collect::<Result<_, _>>()
+                    .map(Avro::Map),
+                other => fail(path, format!("expected an object, found {}", kind(other))),
+            },
+            Schema::Record(r) => {
+                let Json::Object(object) = json else {
+                    return fail(
+                        path,
+                        format!(
+                            "expected an object ({}), found {}",
+                            r.name.name(),
+                            kind(json)
+                        ),
+                    );
+                };
+                if let Some(unknown) = object.keys().find(|k| !r.lookup.contains_key(*k)) {
+                    let known: Vec<&str> = r.fields.iter().map(|f| f.name.as_str()).collect();
+                    return fail(
+                        &join(path, unknown),
+                        format!("unknown field; {} has {}", r.name.name(), known.join(", ")),
+                    );
+                }
+                let mut fields = Vec::with_capacity(r.fields.len());
+                for field in &r.fields {
+                    let here = join(path, &field.name);
+                    let value = match (object.get(&field.name), &field.default) {
+                        (Some(value), _) => self.convert(value, &field.schema, &here)?,
+                        (None, Some(default)) => self.default(default, &field.schema, &here)?,
+                        (None, None) => return fail(&here, "missing required field"),
+                    };
+                    fields.push((field.name.clone(), value));
+                }
+                Ok(Avro::Record(fields))
+            }
+            Schema::Union(u) => self.union(json, u.variants(), path),
+            Schema::Ref { name } => match self.names.get(name) {
+                Some(target) => self.convert(json, target, path),
+                None => fail(
+                    path,
+                    format!("schema refers to unknown type {}", name.fullname(None)),
+                ),
+            },
+            other => fail(
+                path,
+                format!("the schema type {other:?} is not supported for JSON input"),
+            ),
+        }
+    }
+
+    /// A field default is written in the type of the union's first branch.
+    fn default(&self, default: &Json, schema: &Schema, path: &str) -> Result<Avro, FitError> {
+        match schema {
+            Schema::Union(u) if !u.variants().is_empty() => {
+                let value = self.convert(default, &u.variants()[0], path)?;
+                Ok(Avro::Union(0, Box::new(value)))
+            }
+            _ => self.convert(default, schema, path),
+        }
+    }
+
+    fn union(&self, json: &Json, variants: &[Schema], path: &str) -> Result<Avro, FitError> {
+        // Avro's JSON encoding: {"<branch name>": value}.
+        if let Json::Object(object) = json
+            && object.len() == 1
+        {
+            let (key, inner) = object.iter().next().expect("one entry");
+            let wanted = variants.iter().position(|v| {
+                let name = branch_name(v);
+                name == *key || name.rsplit('.').next() == Some(key.as_str())
+            });
+            if let Some(index) = wanted {
+                let value = self.convert(inner, &variants[index], path)?;
+                return Ok(Avro::Union(index as u32, Box::new(value)));
+            }
+        }
+        let mut fits = Vec::new();
+        let mut reasons = Vec::new();
+        for (index, variant) in variants.iter().enumerate() {
+            match self.convert(json, variant, path) {
+                Ok(value) => fits.push((index, value)),
+                Err(error) => reasons.push(format!("{}: {}", branch_name(variant), error.reason)),
+            }
+        }
+        match fits.len() {
+            1 => {
+                let (index, value) = fits.pop().expect("one fit");
+                Ok(Avro::Union(index as u32, Box::new(value)))
+            }
+            0 => fail(
+                path,
+                format!("fits none of the allowed types ({})", reasons.join("; ")),
+            ),
+            _ => {
+                let names: Vec<String> = fits
+                    .iter()
+                    .map(|(i, _)| branch_name(&variants[*i]))
+                    .collect();
+                fail(
+                    path,
+                    format!(
+                        "fits several types ({}); wrap it as {{\"<type>\": value}} to choose",
+                        names.join(", ")
+                    ),
+                )
+            }
+        }
+    }
+
+    fn date(&self, json: &Json, path: &str) -> Result<Avro, FitError> {
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+        match json {
+            Json::String(text) => match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+                Ok(date) => Ok(Avro::Date((date - epoch).num_days() as i32)),
+                Err(_) => fail(path, format!("'{text}' is not a date (YYYY-MM-DD)")),
+            },
+            Json::Number(n) => match n.as_i64().map(i32::try_from) {
+                Some(Ok(days)) => Ok(Avro::Date(days)),
+                _ => fail(path, format!("{n} is not a day number")),
+            },
+            other => fail(
+                path,
+                format!("expected a date (YYYY-MM-DD), found {}", kind(other)),
+            ),
+        }
+    }
+
+    fn timestamp_millis(&self, json: &Json, path: &str) -> Result<Avro, FitError> {
+        match json {
+            Json::String(text) => match DateTime::parse_from_rfc3339(text) {
+                Ok(at) => Ok(Avro::TimestampMillis(at.timestamp_millis())),
+                Err(_) => fail(path, format!("'{text}' is not an RFC 3339 timestamp")),
+            },
+            Json::Number(n) => match n.as_i64() {
+                Some(millis) => Ok(Avro::TimestampMillis(millis)),
+                None => fail(path, format!("{n} is not a number of milliseconds")),
+            },
+            other => fail(path, format!("expected a timestamp, found {}", kind(other))),
+        }
+    }
+}
+
+/// Renders an Avro value as JSON for people: unions unwrapped, enums as their
+/// symbol, dates and timestamps as text.
+pub fn to_json(value: &Avro) -> Json {
+    match value {
+        Avro::Null => Json::Null,
+        Avro::Boolean(b) => Json::Bool(*b),
+        Avro::Int(n) => Json::from(*n),
+        Avro::Long(n) => Json::from(*n),
+        Avro::Float(n) => Number::from_f64(f64::from(*n)).map_or(Json::Null, Json::Number),
+        Avro::Double(n) => Number::from_f64(*n).map_or(Json::Null, Json::Number),
+        Avro::Bytes(bytes) | Avro::Fixed(_, bytes) => {
+            Json::String(String::from_utf8_lossy(bytes).into_owned())
+        }
+        Avro::String(s) | Avro::Enum(_, s) => Json::String(s.clone()),
+        Avro::Uuid(id) => Json::String(id.to_string()),
+        Avro::Union(_, inner) => to_json(inner),
+        Avro::Array(items) => Json::Array(items.iter().map(to_json).collect()),
+        Avro::Map(entries) => {
+            let mut keys: Vec<&String> = entries.keys().collect();
+            keys.sort();
+            Json::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), to_json(&entries[k])))
+                    .collect(),
+            )
+        }
+        Avro::Record(fields) => Json::Object(
+            fields
+                .iter()
+                .map(|(name, value)| (name.clone(), to_json(value)))
+                .collect::<Map<_, _>>(),
+        ),
+        Avro::Date(days) => NaiveDate::from_ymd_opt(1970, 1, 1)
+            .and_then(|epoch| epoch.checked_add_signed(chrono::Duration::days(i64::from(*days))))
+            .map_or(Json::from(*days), |d| {
+                Json::String(d.format("%Y-%m-%d").to_string())
+            }),
+        Avro::TimestampMillis(millis) => DateTime::<Utc>::from_timestamp_millis(*millis)
+            .map_or(Json::from(*millis), |at| {
+                Json::String(at.to_rfc3339_opts(SecondsFormat::Millis, true))
+            }),
+        other => Json::String(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> Schema {
+        Schema::parse_str(
+            r#"{"type":"record","name":"R","namespace":"t","fields":[
+                {"name":"id","type":{"type":"string","logicalType":"uuid"}},
+                {"name":"born","type":{"type":"int","logicalType":"date"}},
+                {"name":"at","type":{"type":"long","logicalType":"timestamp-millis"}},
+                {"name":"g","type":{"type":"enum","name":"G","symbols":["F","M"]}},
+                {"name":"note","type":["null","string"],"default":null},
+                {"name":"n","type":"int","default":7},
+                {"name":"tags","type":{"type":"array","items":"string"}},
+                {"name":"choice","type":[{"type":"record","name":"A","fields":[{"name":"x","type":"int"}]},
+                                         {"type":"record","name":"B","fields":[{"name":"x","type":"int"}]}]}
+            ]}"#,
+        )
+        .unwrap()
+    }
+
+    fn good() -> Json {
+        json!({"id": "6f1c1d4e-2b9a-4a7e-9a51-0c1f6f0a1b2c", "born": "1990-02-01",
+               "at": "2026-11-26T05:00:00.250Z", "g": "F", "tags": ["a"],
+               "choice": {"B": {"x": 1}}})
+    }
+
+    #[test]
+    fn round_trip_with_defaults_and_logical_types() {
+        let value = to_avro(&good(), &schema()).unwrap();
+        let back = to_json(&value);
+        assert_eq!(back["born"], "1990-02-01");
+        assert_eq!(back["at"], "2026-11-26T05:00:00.250Z");
+        assert_eq!(back["note"], Json::Null);
+        assert_eq!(back["n"], 7);
+        let Avro::Record(fields) = &value else {
+            panic!()
+        };
+        assert_eq!(
+            fields[7].1,
+            Avro::Union(1, Box::new(Avro::Record(vec![("x".into(), Avro::Int(1))])))
+        );
+        // The encoded value is valid for the schema.
+        apache_avro::to_avro_datum(&schema(), value).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_expectation() {
+        let mut bad = good();
+        bad["g"] = json!("X");
+        let error = to_avro(&bad, &schema()).unwrap_err();
+        assert_eq!(error.path, "g");
+        assert!(error.reason.contains("not one of F, M"), "{error}");
+
+        let mut bad = good();
+        bad.as_object_mut().unwrap().remove("tags");
+        assert_eq!(
+            to_avro(&bad, &schema()).unwrap_err().to_string(),
+            "tags: missing required field"
+        );
+
+        let mut bad = good();
+        bad["colour"] = json!("red");
+        assert_eq!(to_avro(&bad, &schema()).unwrap_err().path, "colour");
+
+        let mut bad = good();
+        bad["born"] = json!("01.02.1990");
+        assert!(
+            to_avro(&bad, &schema())
+                .unwrap_err()
+                .reason
+                .contains("YYYY-MM-DD")
+        );
+    }
+
+    #[test]
+    fn ambiguous_union_values_must_be_wrapped() {
+        let mut bad = good();
+        bad["choice"] = json!({"x": 1});
+        let error = to_avro(&bad, &schema()).unwrap_err();
+        assert!(
+            error.reason.contains("fits several types (t.A, t.B)"),
+            "{error}"
+        );
+        let mut plain = good();
+        plain["note"] = json!("hello");
+        let Avro::Record(fields) = to_avro(&plain, &schema()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            fields[4].1,
+            Avro::Union(1, Box::new(Avro::String("hello".into())))
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! Avro values in the Confluent wire format (magic byte 0, 4-byte schema id,
+//! Avro body), through the schema registry.
+//!
+//! Encoding and decoding go through schema_registry_converter, which caches
+//! schemas by subject and id. Registration talks to the REST API directly so
+//! that an incompatible schema fails with the registry's own reason.
+
+use crate::contracts::{Contracts, value_subject};
+use apache_avro::types::Value as Avro;
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
+use serde_json::{Value, json};
+
+/// The default registry: the local stack's.
+pub const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:8081";
+
+/// `SCHEMA_REGISTRY_URL` from the environment, else [`DEFAULT_REGISTRY_URL`].
+pub fn registry_url() -> String {
+    std::env::var("SCHEMA_REGISTRY_URL").unwrap_or_else(|_| DEFAULT_REGISTRY_URL.to_string())
+}
+
+/// Why a value could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The registry could not be asked, or refused (a retry may help if `retriable`).
+    #[error("schema registry: {message}")]
+    Registry {
+        /// What went wrong.
+        message: String,
+        /// Whether trying again may succeed.
+        retriable: bool,
+    },
+    /// The bytes are not in the wire format, or do not decode with their schema.
+    #[error("cannot decode: {0}")]
+    Decode(String),
+    /// The value does not fit the registered schema.
+    #[error("cannot encode: {0}")]
+    Encode(String),
+}
+
+/// Encoder and decoder sharing one registry.
+pub struct Codec {
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+}
+
+impl Codec {
+    /// A codec for the registry at `url`.
+    pub fn new(url: &str) -> Codec {
+        Codec {
+            encoder: AvroEncoder::new(SrSettings::new(url.to_string())),
+            decoder: AvroDecoder::new(SrSettings::new(url.to_string())),
+        }
+    }
+
+    /// Encodes `value` with the latest schema registered for `<topic>-value`.
+    pub async fn encode(&self, topic: &str, value: Avro) -> Result<Vec<u8>, CodecError> {
+        let strategy = SubjectNameStrategy::TopicNameStrategy(topic.to_string(), false);
+        self.encoder
+            .encode_value(value, &strategy)
+            .await
+            .map_err(|error| {
+                if error.error.contains("Could not get") || error.retriable {
+                    CodecError::Registry {
+                        message: error.to_string(),
+                        retriable: error.retriable,
+                    }
+                } else {
+                    CodecError::Encode(error.to_string())
+                }
+            })
+    }
+
+    /// Decodes wire-format bytes with the schema they were written with.
+    pub async fn decode(&self, bytes: &[u8]) -> Result<Avro, CodecError> {
+        if bytes.len() < 5 || bytes[0] != 0 {
+            return Err(CodecError::Decode(
+                "not the Confluent wire format (magic byte 0 and a 4-byte schema id)".into(),
+            ));
+        }
+        self.decoder
+            .decode(Some(bytes))
+            .await
+            .map(|result| result.value)
+            .map_err(|error| {
+                if error.retriable {
+                    CodecError::Registry {
+                        message: error.to_string(),
+                        retriable: true,
+                    }
+                } else {
+                    CodecError::Decode(error.to_string())
+                }
+            })
+    }
+}
+
+/// One subject's registration outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The subject, `<topic>-value`.
+    pub subject: String,
+    /// The schema id.
+    pub id: i64,
+    /// The version under the subject.
+    pub version: Option<i64>,
+}
+
+/// Registers every topic's value schema; stops at the first refusal with the
+/// registry's reason (an incompatible change names the rule it breaks).
+pub async fn register_all(url: &str, contracts: &Contracts) -> anyhow::Result<Vec<Registered>> {
+    let client = reqwest::Client::new();
+    let mut out = Vec::new();
+    for (topic, schema) in &contracts.schemas {
+        let subject = value_subject(topic);
+        let response = client
+            .post(format!(
+                "{}/subjects/{subject}/versions",
+                url.trim_end_matches('/')
+            ))
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .json(&json!({"schema": schema.json.to_string(), "schemaType": "AVRO"}))
+            .send()
+            .await
+            .map_err(|error| {
+                anyhow::anyhow!("cannot reach the schema registry at {url}: {error}")
+            })?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            anyhow::bail!(
+                "{subject} refused by the registry ({status}, error_code {}): {}",
+                body["error_code"],
+                body["message"].as_str().unwrap_or("no message")
+            );
+        }
+        out.push(Registered {
+            subject,
+            id: body["id"].as_i64().unwrap_or_default(),
+            version: body["version"].as_i64(),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,325 @@
+//! The envelope every topic value is wrapped in (DESIGN.md, Topics), and its
+//! JSON form for people.
+//!
+//! A record as a person writes it:
+//!
+//! ```json
+//! {"event_type": "patient.pause_search",
+//!  "payload": {"patient_id": "p-1", "reason": "holiday"},
+//!  "correlation_id": "optional", "event_id": "optional uuid", "key": "optional"}
+//! ```
+//!
+//! The `event_type` picks the payload record; the Kafka key comes from the
+//! payload's key field (topics.yaml) and must agree with `key` when both are
+//! given, so a record's key and content can never disagree.
+
+use crate::avro_json::{self, FitError};
+use crate::schemas::TopicSchema;
+use apache_avro::schema::ResolvedSchema;
+use apache_avro::types::Value as Avro;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value as Json};
+use uuid::Uuid;
+
+/// Kafka header names that repeat envelope fields, so that `kcat -f '%h'`
+/// and header-based routing work without decoding Avro.
+pub mod header {
+    /// The envelope's `event_id`.
+    pub const EVENT_ID: &str = "event_id";
+    /// The envelope's `event_type`.
+    pub const EVENT_TYPE: &str = "event_type";
+    /// The envelope's `producer`.
+    pub const PRODUCER: &str = "producer";
+    /// The envelope's `correlation_id`, when it has one.
+    pub const CORRELATION_ID: &str = "correlation_id";
+}
+
+/// Why a record cannot be wrapped or unwrapped.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// The JSON is not an object with the fields above.
+    #[error("{0}")]
+    Shape(String),
+    /// The topic carries no such `event_type`.
+    #[error("topic {topic} carries no event_type '{event_type}'; it carries {known}")]
+    UnknownEventType {
+        /// The topic.
+        topic: String,
+        /// What was asked for.
+        event_type: String,
+        /// What the topic carries, comma-separated.
+        known: String,
+    },
+    /// A value does not fit the schema.
+    #[error("does not fit the schema of {topic}: {error}")]
+    Fit {
+        /// The topic.
+        topic: String,
+        /// Where and why.
+        error: FitError,
+    },
+    /// No key could be found, or the given key disagrees with the payload.
+    #[error("{0}")]
+    Key(String),
+}
+
+/// An envelope with its payload as an Avro record value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Unique id of this event; consumers drop a second record with the same id.
+    pub event_id: Uuid,
+    /// What happened or is asked for, e.g. `patient.registered`.
+    pub event_type: String,
+    /// Version of the event's meaning (not of the schema).
+    pub version: i32,
+    /// When the event happened, in milliseconds since the epoch (UTC).
+    pub timestamp_millis: i64,
+    /// Who produced it (`cli`, `intake`, ...).
+    pub producer: String,
+    /// Ties together the records of one flow (a request and its result).
+    pub correlation_id: Option<String>,
+    /// The payload record (not wrapped in its union).
+    pub payload: Avro,
+}
+
+impl Envelope {
+    /// The Avro value of the whole envelope for `schema`.
+    pub fn to_avro(&self, schema: &TopicSchema) -> Result<Avro, EnvelopeError> {
+        let branch = schema
+            .branch_for(&self.event_type)
+            .ok_or_else(|| unknown_event_type(schema, &self.event_type))?;
+        Ok(Avro::Record(vec![
+            ("event_id".into(), Avro::Uuid(self.event_id)),
+            ("event_type".into(), Avro::String(self.event_type.clone())),
+            ("version".into(), Avro::Int(self.version)),
+            (
+                "timestamp".into(),
+                Avro::TimestampMillis(self.timestamp_millis),
+            ),
+            ("producer".into(), Avro::String(self.producer.clone())),
+            (
+                "correlation_id".into(),
+                match &self.correlation_id {
+                    Some(id) => Avro::Union(1, Box::new(Avro::String(id.clone()))),
+                    None => Avro::Union(0, Box::new(Avro::Null)),
+                },
+            ),
+            (
+                "payload".into(),
+                Avro::Union(branch.index, Box::new(self.payload.clone())),
+            ),
+        ]))
+    }
+
+    /// Reads an envelope from a decoded Avro value.
+    pub fn from_avro(value: Avro) -> Result<Envelope, EnvelopeError> {
+        let shape = |what: &str| EnvelopeError::Shape(format!("not an envelope: {what}"));
+        let Avro::Record(fields) = value else {
+            return Err(shape("not a record"));
+        };
+        let mut envelope = Envelope {
+            event_id: Uuid::nil(),
+            event_type: String::new(),
+            version: 0,
+            timestamp_millis: 0,
+            producer: String::new(),
+            correlation_id: None,
+            payload: Avro::Null,
+        };
+        for (name, value) in fields {
+            let value = match value {
+                Avro::Union(_, inner) => *inner,
+                other => other,
+            };
+            match (name.as_str(), value) {
+                ("event_id", Avro::Uuid(id)) => envelope.event_id = id,
+                ("event_id", Avro::String(text)) => {
+                    envelope.event_id =
+                        Uuid::parse_str(&text).map_err(|_| shape("event_id is not a UUID"))?
+                }
+                ("event_type", Avro::String(text)) => envelope.event_type = text,
+                ("version", Avro::Int(n)) => envelope.version = n,
+                ("timestamp", Avro::TimestampMillis(n) | Avro::Long(n)) => {
+                    envelope.timestamp_millis = n
+                }
+                ("producer", Avro::String(text)) => envelope.producer = text,
+                ("correlation_id", Avro::String(text)) => envelope.correlation_id = Some(text),
+                ("correlation_id", Avro::Null) => envelope.correlation_id = None,
+                ("payload", payload) => envelope.payload = payload,
+                (other, _) => return Err(shape(&format!("unexpected field or type of {other}"))),
+            }
+        }
+        Ok(envelope)
+    }
+
+    /// The headers that travel with the record.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
+            (header::EVENT_ID, self.event_id.to_string()),
+            (header::EVENT_TYPE, self.event_type.clone()),
+            (header::PRODUCER, self.producer.clone()),
+        ];
+        if let Some(id) = &self.correlation_id {
+            headers.push((header::CORRELATION_ID, id.clone()));
+        }
+        headers
+    }
+
+    /// The JSON form for people (the inverse of [`from_json`] up to defaults).
+    pub fn to_json(&self) -> Json {
+        let mut object = Map::new();
+        object.insert("event_id".into(), Json::String(self.event_id.to_string()));
+        object.insert("event_type".into(), Json::String(self.event_type.clone()));
+        object.insert("version".into(), Json::from(self.version));
+        object.insert(
+            "timestamp".into(),
+            avro_json::to_json(&Avro::TimestampMillis(self.timestamp_millis)),
+        );
+        object.insert("producer".into(), Json::String(self.producer.clone()));
+        object.insert(
+            "correlation_id".into(),
+            self.correlation_id.clone().map_or(Json::Null, Json::String),
+        );
+        object.insert("payload".into(), avro_json::to_json(&self.payload));
+        Json::Object(object)
+    }
+}
+
+fn unknown_event_type(schema: &TopicSchema, event_type: &str) -> EnvelopeError {
+    EnvelopeError::UnknownEventType {
+        topic: schema.topic.clone(),
+        event_type: event_type.to_string(),
+        known: schema.event_types().join(", "),
+    }
+}
+
+/// The key of a payload: the first of `key_fields` that the payload has as a
+/// non-empty string.
+pub fn key_of(payload: &Json, key_fields: &[String]) -> Option<String> {
+    key_fields.iter().find_map(|field| {
+        payload
+            .get(field)
+            .and_then(Json::as_str)
+            .filter(|key| !key.is_empty())
+            .map(str::to_string)
+    })
+}
+
+/// Wraps a record written by a person (see the module docs) into an envelope
+/// for `schema`, returning the Kafka key with it.
+pub fn from_json(
+    json: &Json,
+    schema: &TopicSchema,
+    key_fields: &[String],
+    producer: &str,
+    now: DateTime<Utc>,
+) -> Result<(String, Envelope), EnvelopeError> {
+    let shape = |why: String| EnvelopeError::Shape(why);
+    let Json::Object(object) = json else {
+        return Err(shape(
+            "a record must be a JSON object with event_type and payload".into(),
+        ));
+    };
+    const ALLOWED: [&str; 7] = [
+        "event_type",
+        "payload",
+        "key",
+        "correlation_id",
+        "event_id",
+        "timestamp",
+        "version",
+    ];
+    if let Some(unknown) = object.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
+        return Err(shape(format!(
+            "unknown field '{unknown}' in the record; allowed: {}",
+            ALLOWED.join(", ")
+        )));
+    }
+    let text = |field: &str| -> Result<Option<String>, EnvelopeError> {
+        match object.get(field) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(shape(format!("'{field}' must be a string"))),
+        }
+    };
+    let event_type = text("event_type")?.ok_or_else(|| {
+        shape(format!(
+            "'event_type' is missing; {} carries {}",
+            schema.topic,
+            schema.event_types().join(", ")
+        ))
+    })?;
+    let branch = schema
+        .branch_for(&event_type)
+        .ok_or_else(|| unknown_event_type(schema, &event_type))?;
+    let payload_json = object
+        .get("payload")
+        .ok_or_else(|| shape("'payload' is missing".into()))?;
+    let fit = |error: FitError| EnvelopeError::Fit {
+        topic: schema.topic.clone(),
+        error: FitError {
+            path: format!("payload.{}", error.path)
+                .trim_end_matches('.')
+                .to_string(),
+            reason: error.reason,
+        },
+    };
+    let resolved =
+        ResolvedSchema::try_from(&schema.schema).map_err(|error| shape(error.to_string()))?;
+    let apache_avro::Schema::Union(union) = schema.payload_schema() else {
+        return Err(shape("the payload schema is not a union".into()));
+    };
+    let branch_schema = &union.variants()[branch.index as usize];
+    let payload = avro_json::to_avro_within(payload_json, branch_schema, resolved.get_names())
+        .map_err(fit)?;
+    let derived = key_of(payload_json, key_fields);
+    let key = match (text("key")?, derived) {
+        (Some(given), Some(derived)) if given != derived => {
+            return Err(EnvelopeError::Key(format!(
+                "key '{given}' disagrees with the payload's key '{derived}'"
+            )));
+        }
+        (Some(key), _) | (None, Some(key)) => key,
+        (None, None) => {
+            return Err(EnvelopeError::Key(format!(
+                "no key: the payload has none of {} and no 'key' was given",
+                key_fields.join(", ")
+            )));
+        }
+    };
+    let event_id = match text("event_id")? {
+        Some(id) => {
+            Uuid::parse_str(&id).map_err(|_| shape(format!("event_id '{id}' is not a UUID")))?
+        }
+        None => Uuid::new_v4(),
+    };
+    let timestamp_millis = match object.get("timestamp") {
+        None | Some(Json::Null) => now.timestamp_millis(),
+        Some(Json::String(at)) => DateTime::parse_from_rfc3339(at)
+            .map_err(|_| shape(format!("timestamp '{at}' is not RFC 3339")))?
+            .timestamp_millis(),
+        Some(Json::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| shape("timestamp must be an integer".into()))?,
+        Some(_) => return Err(shape("timestamp must be a string or a number".into())),
+    };
+    let version = match object.get("version") {
+        None | Some(Json::Null) => 1,
+        Some(v) => v
+            .as_i64()
+            .and_then(|v| i32::try_from(v).ok())
+            .ok_or_else(|| shape("version must be an integer".into()))?,
+    };
+    Ok((
+        key,
+        Envelope {
+            event_id,
+            event_type,
+            version,
+            timestamp_millis,
+            producer: producer.to_string(),
+            correlation_id: text("correlation_id")?,
+            payload,
+        },
+    ))
+}

@@ -1,0 +1,541 @@
+//! `topics.yaml`: every topic psymatch uses, and applying it to a broker.
+//!
+//! Applying is idempotent and never destructive: missing topics are created,
+//! partition counts are raised and declared configs altered when they differ,
+//! and everything that cannot or must not be changed automatically (fewer
+//! partitions than the broker has, topics the file does not declare) is
+//! reported as drift for a person to decide.
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
+    TopicReplication,
+};
+use rdkafka::client::DefaultClientContext;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The parsed `topics.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsFile {
+    /// Values for topics that do not set their own.
+    pub defaults: Defaults,
+    /// Every topic.
+    pub topics: Vec<TopicSpec>,
+}
+
+/// Defaults of `topics.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Partitions of a topic that does not say.
+    pub partitions: i32,
+    /// Replication factor of a topic that does not say.
+    pub replication_factor: i32,
+}
+
+/// One topic as declared.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// What the topic is for, for people.
+    pub description: String,
+    /// What the key is, for people (keys are UTF-8 strings).
+    pub key: String,
+    /// Payload fields the key is taken from, first present wins.
+    #[serde(default)]
+    pub key_fields: Vec<String>,
+    /// Path of the value schema relative to the repository root; none for
+    /// dead-letter topics, whose values are the original bytes.
+    #[serde(default)]
+    pub value_schema: Option<String>,
+    /// For a dead-letter topic: the topic whose bad records it holds.
+    #[serde(default)]
+    pub dead_letter_of: Option<String>,
+    /// Partitions (default: `defaults.partitions`).
+    #[serde(default)]
+    pub partitions: Option<i32>,
+    /// Replication factor (default: `defaults.replication_factor`).
+    #[serde(default)]
+    pub replication_factor: Option<i32>,
+    /// Topic configs (`cleanup.policy`, `retention.ms`, ...).
+    #[serde(default)]
+    pub config: BTreeMap<String, serde_yaml_ng::Value>,
+}
+
+/// A topic with defaults applied and configs as strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredTopic {
+    /// Topic name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: i32,
+    /// Replication factor.
+    pub replication_factor: i32,
+    /// Declared configs.
+    pub config: BTreeMap<String, String>,
+}
+
+/// What the broker has.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ActualTopic {
+    /// Partition count.
+    pub partitions: i32,
+    /// Config values of the declared keys (others are not looked at).
+    pub config: BTreeMap<String, String>,
+}
+
+/// Why `topics.yaml` is unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("topics.yaml: {0}")]
+pub struct TopicsError(pub String);
+
+impl TopicsFile {
+    /// Parses and checks the file: unique names, dead-letter topics pointing
+    /// at declared topics, a schema for every topic that is not one.
+    pub fn parse(text: &str) -> Result<TopicsFile, TopicsError> {
+        let file: TopicsFile =
+            serde_yaml_ng::from_str(text).map_err(|error| TopicsError(error.to_string()))?;
+        let mut seen = std::collections::BTreeSet::new();
+        for topic in &file.topics {
+            if !seen.insert(topic.name.as_str()) {
+                return Err(TopicsError(format!(
+                    "topic {} is declared twice",
+                    topic.name
+                )));
+            }
+            match (&topic.dead_letter_of, &topic.value_schema) {
+                (Some(_), Some(_)) => {
+                    return Err(TopicsError(format!(
+                        "{}: a dead-letter topic holds raw bytes and has no value_schema",
+                        topic.name
+                    )));
+                }
+                (None, None) => {
+                    return Err(TopicsError(format!(
+                        "{}: value_schema is missing",
+                        topic.name
+                    )));
+                }
+                (None, Some(_)) if topic.key_fields.is_empty() => {
+                    return Err(TopicsError(format!(
+                        "{}: key_fields is missing",
+                        topic.name
+                    )));
+                }
+                _ => {}
+            }
+            for (key, value) in &topic.config {
+                config_text(value).ok_or_else(|| {
+                    TopicsError(format!("{}: config {key} must be a scalar", topic.name))
+                })?;
+            }
+        }
+        for topic in &file.topics {
+            if let Some(source) = &topic.dead_letter_of
+                && !file.topics.iter().any(|t| &t.name == source)
+            {
+                return Err(TopicsError(format!(
+                    "{}: dead_letter_of names an undeclared topic {source}",
+                    topic.name
+                )));
+            }
+        }
+        Ok(file)
+    }
+
+    /// A declared topic by name.
+    pub fn topic(&self, name: &str) -> Option<&TopicSpec> {
+        self.topics.iter().find(|t| t.name == name)
+    }
+
+    /// Every topic with defaults applied.
+    pub fn desired(&self) -> Vec<DesiredTopic> {
+        self.topics
+            .iter()
+            .map(|t| DesiredTopic {
+                name: t.name.clone(),
+                partitions: t.partitions.unwrap_or(self.defaults.partitions),
+                replication_factor: t
+                    .replication_factor
+                    .unwrap_or(self.defaults.replication_factor),
+                config: t
+                    .config
+                    .iter()
+                    .filter_map(|(k, v)| config_text(v).map(|v| (k.clone(), v)))
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+fn config_text(value: &serde_yaml_ng::Value) -> Option<String> {
+    use serde_yaml_ng::Value;
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// One step of applying the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Create a missing topic.
+    Create(DesiredTopic),
+    /// Raise the partition count.
+    AddPartitions {
+        /// Topic.
+        topic: String,
+        /// Count on the broker.
+        from: i32,
+        /// Declared count.
+        to: i32,
+    },
+    /// Set declared configs that differ (all declared keys are sent, since
+    /// Kafka's AlterConfigs replaces a topic's whole set).
+    AlterConfig {
+        /// Topic.
+        topic: String,
+        /// Keys whose value differs: (key, broker's value, declared value).
+        differing: Vec<(String, Option<String>, String)>,
+        /// Every declared config.
+        all: BTreeMap<String, String>,
+    },
+    /// A difference that is reported and left alone.
+    Drift {
+        /// Topic.
+        topic: String,
+        /// What differs and why it is left alone.
+        what: String,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Create(t) => write!(
+                f,
+                "create {} (partitions {}, replication {}{})",
+                t.name,
+                t.partitions,
+                t.replication_factor,
+                t.config
+                    .iter()
+                    .map(|(k, v)| format!(", {k}={v}"))
+                    .collect::<String>()
+            ),
+            Change::AddPartitions { topic, from, to } => {
+                write!(f, "partitions {topic}: {from} -> {to}")
+            }
+            Change::AlterConfig {
+                topic, differing, ..
+            } => {
+                let parts: Vec<String> = differing
+                    .iter()
+                    .map(|(k, old, new)| {
+                        format!("{k}: {} -> {new}", old.as_deref().unwrap_or("(unset)"))
+                    })
+                    .collect();
+                write!(f, "config {topic}: {}", parts.join(", "))
+            }
+            Change::Drift { topic, what } => write!(f, "drift {topic}: {what}"),
+        }
+    }
+}
+
+/// Compares the declaration with the broker: the changes to make, in order.
+pub fn plan(desired: &[DesiredTopic], actual: &BTreeMap<String, ActualTopic>) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for topic in desired {
+        let Some(have) = actual.get(&topic.name) else {
+            changes.push(Change::Create(topic.clone()));
+            continue;
+        };
+        if have.partitions < topic.partitions {
+            changes.push(Change::AddPartitions {
+                topic: topic.name.clone(),
+                from: have.partitions,
+                to: topic.partitions,
+            });
+        } else if have.partitions > topic.partitions {
+            changes.push(Change::Drift {
+                topic: topic.name.clone(),
+                what: format!(
+                    "broker has {} partitions, topics.yaml declares {}; Kafka cannot remove \
+                     partitions, so change topics.yaml or recreate the topic by hand",
+                    have.partitions, topic.partitions
+                ),
+            });
+        }
+        let differing: Vec<(String, Option<String>, String)> = topic
+            .config
+            .iter()
+            .filter(|(k, v)| have.config.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), have.config.get(k).cloned(), v.clone()))
+            .collect();
+        if !differing.is_empty() {
+            changes.push(Change::AlterConfig {
+                topic: topic.name.clone(),
+                differing,
+                all: topic.config.clone(),
+            });
+        }
+    }
+    for name in actual.keys() {
+        if !name.starts_with("__") && !desired.iter().any(|t| &t.name == name) {
+            changes.push(Change::Drift {
+                topic: name.clone(),
+                what: "exists on the broker but is not declared in topics.yaml; left alone".into(),
+            });
+        }
+    }
+    changes
+}
+
+/// Connection to a broker for topic administration.
+pub struct Admin {
+    client: Arc<AdminClient<DefaultClientContext>>,
+    timeout: Duration,
+}
+
+impl Admin {
+    /// Connects to `brokers` (comma-separated host:port).
+    pub fn connect(brokers: &str) -> anyhow::Result<Admin> {
+        let client = Arc::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("client.id", "psymatch-admin")
+                .create()?,
+        );
+        Ok(Admin {
+            client,
+            timeout: Duration::from_secs(15),
+        })
+    }
+
+    /// Partition counts and the values of `keys` for every topic on the broker.
+    pub async fn describe(&self, keys: &[String]) -> anyhow::Result<BTreeMap<String, ActualTopic>> {
+        // fetch_metadata blocks: keep it off the async workers.
+        let (client, timeout) = (self.client.clone(), self.timeout);
+        let metadata =
+            tokio::task::spawn_blocking(move || client.inner().fetch_metadata(None, timeout))
+                .await??;
+        let mut topics: BTreeMap<String, ActualTopic> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| {
+                (
+                    t.name().to_string(),
+                    ActualTopic {
+                        partitions: t.partitions().len() as i32,
+                        config: BTreeMap::new(),
+                    },
+                )
+            })
+            .collect();
+        let names: Vec<String> = topics
+            .keys()
+            .filter(|n| !n.starts_with("__"))
+            .cloned()
+            .collect();
+        if names.is_empty() || keys.is_empty() {
+            return Ok(topics);
+        }
+        let resources: Vec<ResourceSpecifier> =
+            names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
+        let described = self
+            .client
+            .describe_configs(&resources, &self.options())
+            .await?;
+        for (name, result) in names.iter().zip(described) {
+            let resource =
+                result.map_err(|code| anyhow::anyhow!("describe configs of {name}: {code}"))?;
+            let topic = topics
+                .get_mut(name)
+                .expect("described topics come from metadata");
+            for entry in resource.entries {
+                if keys.contains(&entry.name)
+                    && let Some(value) = entry.value
+                {
+                    topic.config.insert(entry.name, value);
+                }
+            }
+        }
+        Ok(topics)
+    }
+
+    fn options(&self) -> AdminOptions {
+        AdminOptions::new().request_timeout(Some(self.timeout))
+    }
+
+    /// Carries out one change; drift is not carried out.
+    pub async fn apply(&self, change: &Change) -> anyhow::Result<()> {
+        let check = |results: Vec<Result<String, (String, rdkafka::types::RDKafkaErrorCode)>>| {
+            results.into_iter().try_for_each(|r| {
+                r.map(|_| ())
+                    .map_err(|(t, code)| anyhow::anyhow!("{t}: {code}"))
+            })
+        };
+        match change {
+            Change::Create(topic) => {
+                let mut new = NewTopic::new(
+                    &topic.name,
+                    topic.partitions,
+                    TopicReplication::Fixed(topic.replication_factor),
+                );
+                for (k, v) in &topic.config {
+                    new = new.set(k, v);
+                }
+                check(self.client.create_topics(&[new], &self.options()).await?)
+            }
+            Change::AddPartitions { topic, to, .. } => {
+                let new = NewPartitions::new(topic, *to as usize);
+                check(
+                    self.client
+                        .create_partitions(&[new], &self.options())
+                        .await?,
+                )
+            }
+            Change::AlterConfig { topic, all, .. } => {
+                let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
+                for (k, v) in all {
+                    alter = alter.set(k, v);
+                }
+                let results = self.client.alter_configs(&[alter], &self.options()).await?;
+                results.into_iter().try_for_each(|r| {
+                    r.map(|_| ())
+                        .map_err(|(_, code)| anyhow::anyhow!("alter configs of {topic}: {code}"))
+                })
+            }
+            Change::Drift { .. } => Ok(()),
+        }
+    }
+}
+
+/// Applies the declaration: plans against the broker, carries out what can
+/// be carried out, returns every change (drift included) for the report.
+pub async fn apply(admin: &Admin, file: &TopicsFile, dry_run: bool) -> anyhow::Result<Vec<Change>> {
+    let desired = file.desired();
+    let keys: Vec<String> = desired
+        .iter()
+        .flat_map(|t| t.config.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let actual = admin.describe(&keys).await?;
+    let changes = plan(&desired, &actual);
+    if !dry_run {
+        for change in &changes {
+            admin
+                .apply(change)
+                .await
+                .map_err(|error| anyhow::anyhow!("{change}: {error}"))?;
+        }
+    }
+    Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(name: &str, partitions: i32, config: &[(&str, &str)]) -> DesiredTopic {
+        DesiredTopic {
+            name: name.into(),
+            partitions,
+            replication_factor: 1,
+            config: config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn actual(partitions: i32, config: &[(&str, &str)]) -> ActualTopic {
+        ActualTopic {
+            partitions,
+            config: config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn plan_creates_raises_alters_and_reports_drift() {
+        let desired = vec![
+            topic("a", 3, &[("cleanup.policy", "compact")]),
+            topic("b", 6, &[]),
+            topic("c", 2, &[("retention.ms", "100")]),
+            topic("d", 1, &[]),
+        ];
+        let mut have = BTreeMap::new();
+        have.insert("b".to_string(), actual(3, &[]));
+        have.insert("c".to_string(), actual(4, &[("retention.ms", "200")]));
+        have.insert("d".to_string(), actual(1, &[]));
+        have.insert("stray".to_string(), actual(1, &[]));
+        have.insert("__consumer_offsets".to_string(), actual(50, &[]));
+        let changes = plan(&desired, &have);
+        assert_eq!(changes.len(), 5, "{changes:#?}");
+        assert_eq!(changes[0], Change::Create(desired[0].clone()));
+        assert_eq!(
+            changes[1],
+            Change::AddPartitions {
+                topic: "b".into(),
+                from: 3,
+                to: 6
+            }
+        );
+        assert!(matches!(&changes[2], Change::Drift { topic, .. } if topic == "c"));
+        assert!(
+            matches!(&changes[3], Change::AlterConfig { topic, differing, .. }
+            if topic == "c" && differing == &[("retention.ms".to_string(), Some("200".to_string()), "100".to_string())])
+        );
+        assert!(matches!(&changes[4], Change::Drift { topic, .. } if topic == "stray"));
+    }
+
+    #[test]
+    fn plan_of_a_matching_broker_is_empty() {
+        let desired = vec![topic("a", 3, &[("cleanup.policy", "compact")])];
+        let mut have = BTreeMap::new();
+        have.insert("a".to_string(), actual(3, &[("cleanup.policy", "compact")]));
+        assert!(plan(&desired, &have).is_empty());
+    }
+
+    #[test]
+    fn parse_rejects_inconsistent_files() {
+        let base = "defaults: {partitions: 1, replication_factor: 1}\ntopics:\n";
+        let dlq_of_nothing =
+            format!("{base}  - {{name: x.dlq, description: d, key: k, dead_letter_of: x}}\n");
+        assert!(
+            TopicsFile::parse(&dlq_of_nothing)
+                .unwrap_err()
+                .0
+                .contains("undeclared")
+        );
+        let no_schema =
+            format!("{base}  - {{name: x, description: d, key: k, key_fields: [id]}}\n");
+        assert!(
+            TopicsFile::parse(&no_schema)
+                .unwrap_err()
+                .0
+                .contains("value_schema")
+        );
+        let unknown = format!("{base}  - {{name: x, description: d, key: k, colour: red}}\n");
+        assert!(
+            TopicsFile::parse(&unknown)
+                .unwrap_err()
+                .0
+                .contains("colour")
+        );
+    }
+}
