@@ -12,4 +12,5 @@ pub mod db;
 pub mod envelope;
 pub mod schemas;
 pub mod telemetry;
+pub mod testing;
 pub mod topics;
