@@ -258,14 +258,21 @@ fn version_ref(text: &str) -> Result<VersionRef, ApiError> {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Flags {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     deleted: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     permanent: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     verbose: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     default_to_global: bool,
+}
+
+/// Booleans as clients write them in query strings: `true`, `True` (Python's
+/// client), `1`; anything else is false.
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Ok(text.eq_ignore_ascii_case("true") || text == "1")
 }
 
 /// One stored version of a subject.
@@ -490,16 +497,17 @@ async fn register(
     }
     sqlx::query(
         "INSERT INTO registry.schemas (normalized, schema_text) VALUES ($1, $2)
-         ON CONFLICT (normalized) DO NOTHING",
+         ON CONFLICT (md5(normalized)) DO NOTHING",
     )
     .bind(&new.normalized)
     .bind(&new.text)
     .execute(&mut *tx)
     .await?;
-    let id: i32 = sqlx::query_scalar("SELECT id FROM registry.schemas WHERE normalized = $1")
-        .bind(&new.normalized)
-        .fetch_one(&mut *tx)
-        .await?;
+    let id: i32 =
+        sqlx::query_scalar("SELECT id FROM registry.schemas WHERE md5(normalized) = md5($1)")
+            .bind(&new.normalized)
+            .fetch_one(&mut *tx)
+            .await?;
     // Numbering continues after soft-deleted versions, as in Confluent's registry.
     let version = all.iter().map(|row| row.version).max().unwrap_or(0) + 1;
     sqlx::query(

@@ -12,6 +12,7 @@ use rdkafka::admin::{
     TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -379,7 +380,7 @@ impl Admin {
 
     /// Carries out one change; drift is not carried out.
     pub async fn apply(&self, change: &Change) -> anyhow::Result<()> {
-        let check = |results: Vec<Result<String, (String, rdkafka::types::RDKafkaErrorCode)>>| {
+        let check = |results: Vec<Result<String, (String, RDKafkaErrorCode)>>| {
             results.into_iter().try_for_each(|r| {
                 r.map(|_| ())
                     .map_err(|(t, code)| anyhow::anyhow!("{t}: {code}"))
@@ -395,7 +396,17 @@ impl Admin {
                 for (k, v) in &topic.config {
                     new = new.set(k, v);
                 }
-                check(self.client.create_topics(&[new], &self.options()).await?)
+                let results = self.client.create_topics(&[new], &self.options()).await?;
+                // Another process applying the same file at the same moment
+                // created it first: that is the outcome wanted.
+                let results = results
+                    .into_iter()
+                    .map(|r| match r {
+                        Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => Ok(name),
+                        other => other,
+                    })
+                    .collect();
+                check(results)
             }
             Change::AddPartitions { topic, to, .. } => {
                 let new = NewPartitions::new(topic, *to as usize);
