@@ -142,19 +142,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let contracts = contracts(&cli)?;
             let admin = topics::Admin::connect(&cli.brokers)?;
-            let changes = topics::apply(&admin, &contracts.topics, *dry_run).await?;
-            if changes.is_empty() {
+            let outcomes = topics::apply(&admin, &contracts.topics, *dry_run).await?;
+            if outcomes.is_empty() {
                 println!(
                     "topics: {} declared, all up to date",
                     contracts.topics.topics.len()
                 );
             }
-            for change in &changes {
-                let verb = if *dry_run { "would apply" } else { "applied" };
-                match change {
-                    topics::Change::Drift { .. } => println!("{change}"),
-                    _ => println!("{verb}: {change}"),
+            let mut refused = 0;
+            for outcome in &outcomes {
+                let change = &outcome.change;
+                match (&outcome.result, change) {
+                    (_, topics::Change::Drift { .. }) => println!("{change}"),
+                    (Ok(()), _) if *dry_run => println!("would apply: {change}"),
+                    (Ok(()), _) => println!("applied: {change}"),
+                    (Err(reason), _) => {
+                        refused += 1;
+                        println!("NOT applied: {change}: {reason}");
+                    }
                 }
+            }
+            if refused > 0 {
+                bail!("{refused} change(s) refused by the broker; see above");
             }
             Ok(())
         }

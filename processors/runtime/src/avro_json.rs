@@ -393,7 +393,9 @@ mod tests {
             Avro::Union(1, Box::new(Avro::Record(vec![("x".into(), Avro::Int(1))])))
         );
         // The encoded value is valid for the schema.
-        apache_avro::to_avro_datum(&schema(), value).unwrap();
+        let schema = schema();
+        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema).build().unwrap();
+        writer.write_value_to_vec(value).unwrap();
     }
 
     #[test]

@@ -8,8 +8,7 @@
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
-    TopicReplication,
+    AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
@@ -200,8 +199,8 @@ pub enum Change {
         /// Declared count.
         to: i32,
     },
-    /// Set declared configs that differ (all declared keys are sent, since
-    /// Kafka's AlterConfigs replaces a topic's whole set).
+    /// Set declared configs that differ (every declared key is set again;
+    /// keys the file does not declare are left alone).
     AlterConfig {
         /// Topic.
         topic: String,
@@ -417,24 +416,143 @@ impl Admin {
                 )
             }
             Change::AlterConfig { topic, all, .. } => {
-                let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
-                for (k, v) in all {
-                    alter = alter.set(k, v);
-                }
-                let results = self.client.alter_configs(&[alter], &self.options()).await?;
-                results.into_iter().try_for_each(|r| {
-                    r.map(|_| ())
-                        .map_err(|(_, code)| anyhow::anyhow!("alter configs of {topic}: {code}"))
+                let (client, topic, configs, timeout) = (
+                    self.client.clone(),
+                    topic.clone(),
+                    all.clone(),
+                    self.timeout,
+                );
+                tokio::task::spawn_blocking(move || {
+                    incremental_alter_configs(&client, &topic, &configs, timeout)
                 })
+                .await?
+                .map_err(|reason| anyhow::anyhow!("alter configs: {reason}"))
             }
             Change::Drift { .. } => Ok(()),
         }
     }
 }
 
+/// Sets `configs` on `topic` with IncrementalAlterConfigs, through
+/// librdkafka's own implementation, which rdkafka 0.39 does not wrap.
+///
+/// Incremental rather than the legacy AlterConfigs: it sets the named keys
+/// and leaves the rest alone, Kafka 4 drops the legacy call, and Tansu 0.6
+/// implements only the incremental one. Blocks until the broker answers.
+fn incremental_alter_configs(
+    client: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    configs: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<(), String> {
+    use rdkafka::bindings as rd;
+    use std::ffi::{CStr, CString};
+
+    let text = |pointer: *const std::os::raw::c_char| -> String {
+        if pointer.is_null() {
+            String::new()
+        } else {
+            // SAFETY: librdkafka returns NUL-terminated strings that live as
+            // long as the object they belong to, which outlives this call.
+            unsafe { CStr::from_ptr(pointer) }
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    let c = |value: &str| CString::new(value).map_err(|_| format!("NUL byte in {value:?}"));
+    let name = c(topic)?;
+    let entries: Vec<(CString, CString)> = configs
+        .iter()
+        .map(|(k, v)| Ok((c(k)?, c(v)?)))
+        .collect::<Result<_, String>>()?;
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: every object created here is destroyed here, after the last
+    // use of anything borrowed from it; the client outlives the call.
+    unsafe {
+        let rk = client.inner().native_ptr();
+        let mut resource = rd::rd_kafka_ConfigResource_new(
+            rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_TOPIC,
+            name.as_ptr(),
+        );
+        for (key, value) in &entries {
+            let error = rd::rd_kafka_ConfigResource_add_incremental_config(
+                resource,
+                key.as_ptr(),
+                rd::rd_kafka_AlterConfigOpType_t::RD_KAFKA_ALTER_CONFIG_OP_TYPE_SET,
+                value.as_ptr(),
+            );
+            if !error.is_null() {
+                let reason = text(rd::rd_kafka_error_string(error));
+                rd::rd_kafka_error_destroy(error);
+                rd::rd_kafka_ConfigResource_destroy(resource);
+                return Err(reason);
+            }
+        }
+        let options = rd::rd_kafka_AdminOptions_new(
+            rk,
+            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_INCREMENTALALTERCONFIGS,
+        );
+        let mut errstr = [0 as std::os::raw::c_char; 256];
+        rd::rd_kafka_AdminOptions_set_request_timeout(
+            options,
+            timeout_ms,
+            errstr.as_mut_ptr(),
+            errstr.len(),
+        );
+        let queue = rd::rd_kafka_queue_new(rk);
+        rd::rd_kafka_IncrementalAlterConfigs(rk, &mut resource, 1, options, queue);
+        let event = rd::rd_kafka_queue_poll(queue, timeout_ms.saturating_add(1000));
+        let outcome = if event.is_null() {
+            Err("no answer from the broker in time".to_string())
+        } else if rd::rd_kafka_event_error(event)
+            != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        {
+            Err(text(rd::rd_kafka_event_error_string(event)))
+        } else {
+            let result = rd::rd_kafka_event_IncrementalAlterConfigs_result(event);
+            let mut count = 0usize;
+            let resources =
+                rd::rd_kafka_IncrementalAlterConfigs_result_resources(result, &mut count);
+            (0..count)
+                .map(|i| *resources.add(i))
+                .find(|r| {
+                    rd::rd_kafka_ConfigResource_error(*r)
+                        != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                })
+                .map_or(Ok(()), |r| {
+                    Err(text(rd::rd_kafka_ConfigResource_error_string(r)))
+                })
+        };
+        if !event.is_null() {
+            rd::rd_kafka_event_destroy(event);
+        }
+        rd::rd_kafka_queue_destroy(queue);
+        rd::rd_kafka_AdminOptions_destroy(options);
+        rd::rd_kafka_ConfigResource_destroy(resource);
+        outcome
+    }
+}
+
+/// A change and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The change.
+    pub change: Change,
+    /// `Ok` when carried out (or, for drift and dry runs, nothing to do);
+    /// the broker's refusal otherwise.
+    pub result: Result<(), String>,
+}
+
 /// Applies the declaration: plans against the broker, carries out what can
-/// be carried out, returns every change (drift included) for the report.
-pub async fn apply(admin: &Admin, file: &TopicsFile, dry_run: bool) -> anyhow::Result<Vec<Change>> {
+/// be carried out, and returns every change (drift included) with its
+/// outcome. One refused change does not stop the others: a broker that lacks
+/// an admin API (Tansu 0.6 has no CreatePartitions) still gets every topic
+/// and config it can take.
+pub async fn apply(
+    admin: &Admin,
+    file: &TopicsFile,
+    dry_run: bool,
+) -> anyhow::Result<Vec<Outcome>> {
     let desired = file.desired();
     let keys: Vec<String> = desired
         .iter()
@@ -443,16 +561,19 @@ pub async fn apply(admin: &Admin, file: &TopicsFile, dry_run: bool) -> anyhow::R
         .into_iter()
         .collect();
     let actual = admin.describe(&keys).await?;
-    let changes = plan(&desired, &actual);
-    if !dry_run {
-        for change in &changes {
+    let mut outcomes = Vec::new();
+    for change in plan(&desired, &actual) {
+        let result = if dry_run {
+            Ok(())
+        } else {
             admin
-                .apply(change)
+                .apply(&change)
                 .await
-                .map_err(|error| anyhow::anyhow!("{change}: {error}"))?;
-        }
+                .map_err(|error| error.to_string())
+        };
+        outcomes.push(Outcome { change, result });
     }
-    Ok(changes)
+    Ok(outcomes)
 }
 
 #[cfg(test)]
