@@ -394,7 +394,9 @@ mod tests {
         );
         // The encoded value is valid for the schema.
         let schema = schema();
-        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema).build().unwrap();
+        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .unwrap();
         writer.write_value_to_vec(value).unwrap();
     }
 

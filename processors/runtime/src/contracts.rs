@@ -249,9 +249,13 @@ mod tests {
             envelope::from_json(&command, schema, &spec.key_fields, "cli", now).unwrap();
         assert_eq!(key, "p-1");
         let avro = envelope.to_avro(schema).unwrap();
-        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema.schema).build().unwrap();
+        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema.schema)
+            .build()
+            .unwrap();
         let bytes = writer.write_value_to_vec(avro).unwrap();
-        let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema.schema).build().unwrap();
+        let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema.schema)
+            .build()
+            .unwrap();
         let decoded = reader.read_value(&mut bytes.as_slice()).unwrap();
         let back = Envelope::from_avro(decoded).unwrap();
         assert_eq!(back, envelope);

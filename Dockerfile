@@ -1,0 +1,16 @@
+# One image for every psymatch binary; docker-compose.yml picks the command.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --bins \
+ && mkdir /out \
+ && find target/release -maxdepth 1 -type f -executable -name 'psymatch*' -exec cp {} /out/ \;
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 psymatch
+COPY --from=build /out/ /usr/local/bin/
+COPY topics.yaml /etc/psymatch/topics.yaml
+COPY schemas /etc/psymatch/schemas
+USER psymatch
+ENTRYPOINT ["/usr/local/bin/psymatch"]

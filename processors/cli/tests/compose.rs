@@ -1,0 +1,104 @@
+//! docker-compose.yml cannot run here (no Docker engine); this checks that it
+//! parses and agrees with what the binaries and .env.example say.
+
+use serde_yaml_ng::Value;
+use std::collections::BTreeSet;
+
+fn repo_file(name: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../");
+    std::fs::read_to_string(format!("{path}{name}")).unwrap()
+}
+
+fn compose() -> Value {
+    serde_yaml_ng::from_str(&repo_file("docker-compose.yml")).expect("docker-compose.yml parses")
+}
+
+/// Every `${NAME...}` the file interpolates.
+fn interpolated(text: &str) -> BTreeSet<String> {
+    text.split("${")
+        .skip(1)
+        .map(|rest| rest.split([':', '}', '-']).next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn services_depend_only_on_services_that_exist_and_have_health_checks() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().unwrap();
+    let names: BTreeSet<&str> = services.keys().filter_map(Value::as_str).collect();
+    for required in ["postgres", "kafka", "schema-registry", "mailpit", "init"] {
+        assert!(names.contains(required), "service {required} missing");
+    }
+    for (name, service) in services {
+        if let Some(depends) = service["depends_on"].as_mapping() {
+            for (target, condition) in depends {
+                let target = target.as_str().unwrap();
+                assert!(
+                    names.contains(target),
+                    "{name:?} depends on unknown {target}"
+                );
+                assert_eq!(
+                    condition["condition"], "service_healthy",
+                    "{name:?} -> {target}"
+                );
+                assert!(
+                    !services[target]["healthcheck"].is_null(),
+                    "{target} is waited for but has no health check"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_init_service_sets_exactly_what_the_tool_reads() {
+    let compose = compose();
+    let environment: BTreeSet<String> = compose["services"]["init"]["environment"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    // The variables `psymatch` reads (see its --help and runtime::db).
+    let read: BTreeSet<String> = [
+        "KAFKA_BROKERS",
+        "SCHEMA_REGISTRY_URL",
+        "DATABASE_URL",
+        "PSYMATCH_CONTRACTS",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(environment, read);
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_psymatch"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for variable in ["KAFKA_BROKERS", "SCHEMA_REGISTRY_URL", "PSYMATCH_CONTRACTS"] {
+        assert!(
+            help.contains(variable),
+            "psymatch --help does not mention {variable}"
+        );
+    }
+    // The contracts directory the init service points at is what the image copies.
+    let dockerfile = repo_file("Dockerfile");
+    assert!(dockerfile.contains("COPY topics.yaml /etc/psymatch/topics.yaml"));
+    assert!(dockerfile.contains("COPY schemas /etc/psymatch/schemas"));
+}
+
+#[test]
+fn env_example_documents_every_interpolated_variable() {
+    let example = repo_file(".env.example");
+    let documented: BTreeSet<String> = example
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('=').map(|(k, _)| k.trim().to_string()))
+        .collect();
+    let used = interpolated(&repo_file("docker-compose.yml"));
+    assert!(!used.is_empty());
+    assert_eq!(
+        used, documented,
+        "every ${{VAR}} of docker-compose.yml is in .env.example and vice versa"
+    );
+}
