@@ -111,5 +111,5 @@ def produce(brokers, url, topic, key, event_id):
 
 
 if __name__ == "__main__":
-    command, args = sys.argv[1], sys.argv[2:]
-    {"registry": registry, "consume": consume, "produce": produce}[command](*args)
+    commands = {"registry": registry, "consume": consume, "produce": produce}
+    commands[sys.argv[1]](*sys.argv[2:])
