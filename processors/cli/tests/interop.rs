@@ -191,3 +191,51 @@ fn publish_refuses_what_does_not_fit_and_publishes_nothing() {
     );
     assert!(tail("patient-commands", &key).is_empty());
 }
+
+#[test]
+fn an_incompatible_schema_change_fails_registration_with_the_registrys_reason() {
+    prepare();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let edited = std::env::temp_dir().join(format!("contracts-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(edited.join("schemas")).unwrap();
+    std::fs::copy(root.join("topics.yaml"), edited.join("topics.yaml")).unwrap();
+    for entry in std::fs::read_dir(root.join("schemas")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), edited.join("schemas").join(entry.file_name())).unwrap();
+    }
+    // A new required field in a payload record: readers of the new schema
+    // could not read records already written.
+    let path = edited.join("schemas/patient-commands.avsc");
+    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let pause = schema["fields"][6]["type"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|record| record["name"] == "PauseSearch")
+        .unwrap();
+    pause["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "until", "type": "string", "doc": "required, no default"}));
+    std::fs::write(&path, schema.to_string()).unwrap();
+
+    let output = psymatch(
+        &[
+            "--contracts",
+            edited.to_str().unwrap(),
+            "schemas",
+            "register",
+        ],
+        None,
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "patient-commands-value refused by the registry (409 Conflict, error_code 409)"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("BACKWARD"), "{stderr}");
+    std::fs::remove_dir_all(&edited).unwrap();
+}
