@@ -96,6 +96,96 @@ impl Codec {
     }
 }
 
+/// Why wire-format bytes could not be read, classified for dead-lettering.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Not magic byte 0 plus a schema id.
+    #[error("not the Confluent wire format (magic byte 0 and a 4-byte schema id)")]
+    NotWireFormat,
+    /// The registry does not know the schema id.
+    #[error("schema id {0} is unknown to the registry: {1}")]
+    UnknownSchema(u32, String),
+    /// The registry could not be asked (retry).
+    #[error("schema registry unreachable: {0}")]
+    Registry(String),
+    /// The body does not decode, or not into this build's schema.
+    #[error("{0}")]
+    Body(String),
+}
+
+impl Codec {
+    /// Decodes wire-format bytes written with any registered schema and
+    /// resolves them to `reader`, the schema this build was compiled with,
+    /// so older and newer producers both work (Avro schema resolution).
+    pub async fn decode_as(
+        &self,
+        bytes: &[u8],
+        reader: &apache_avro::Schema,
+    ) -> Result<Avro, ReadError> {
+        if bytes.len() < 5 || bytes[0] != 0 {
+            return Err(ReadError::NotWireFormat);
+        }
+        let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        let writer = self.decoder.get_schema(id).await.map_err(|error| {
+            if error.retriable {
+                ReadError::Registry(error.to_string())
+            } else {
+                ReadError::UnknownSchema(id, error.to_string())
+            }
+        })?;
+        let datum = apache_avro::reader::datum::GenericDatumReader::builder(&writer.parsed)
+            .reader_schema(reader)
+            .build()
+            .map_err(|error| {
+                ReadError::Body(format!(
+                    "schema {id} cannot be read as this build's schema: {error}"
+                ))
+            })?;
+        let mut body = &bytes[5..];
+        let value = datum.read_value(&mut body).map_err(|error| {
+            ReadError::Body(format!("body does not decode with schema {id}: {error}"))
+        })?;
+        if !body.is_empty() {
+            return Err(ReadError::Body(format!(
+                "{} bytes left after the value",
+                body.len()
+            )));
+        }
+        Ok(value)
+    }
+
+    /// Encodes `value` with `schema` (this build's) for `topic`, registering
+    /// the schema under `<topic>-value` if the registry lacks it (the
+    /// registry checks compatibility), and caching the id.
+    pub async fn encode_with(
+        &self,
+        topic: &str,
+        schema: &crate::schemas::TopicSchema,
+        value: Avro,
+    ) -> Result<Vec<u8>, CodecError> {
+        use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+        let name = schema.json["namespace"]
+            .as_str()
+            .map(|ns| format!("{ns}.{}", schema.json["name"].as_str().unwrap_or_default()));
+        let supplied = SuppliedSchema::new(name, SchemaType::Avro, schema.json.to_string());
+        let strategy =
+            SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_string(), false, supplied);
+        self.encoder
+            .encode_value(value, &strategy)
+            .await
+            .map_err(|error| {
+                if error.retriable {
+                    CodecError::Registry {
+                        message: error.to_string(),
+                        retriable: true,
+                    }
+                } else {
+                    CodecError::Encode(error.to_string())
+                }
+            })
+    }
+}
+
 /// One subject's registration outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registered {
@@ -110,10 +200,19 @@ pub struct Registered {
 /// Registers every topic's value schema; stops at the first refusal with the
 /// registry's reason (an incompatible change names the rule it breaks).
 pub async fn register_all(url: &str, contracts: &Contracts) -> anyhow::Result<Vec<Registered>> {
+    register_all_prefixed(url, contracts, "").await
+}
+
+/// [`register_all`] for topics whose physical names carry `prefix`.
+pub async fn register_all_prefixed(
+    url: &str,
+    contracts: &Contracts,
+    prefix: &str,
+) -> anyhow::Result<Vec<Registered>> {
     let client = reqwest::Client::new();
     let mut out = Vec::new();
     for (topic, schema) in &contracts.schemas {
-        let subject = value_subject(topic);
+        let subject = value_subject(&format!("{prefix}{topic}"));
         let response = client
             .post(format!(
                 "{}/subjects/{subject}/versions",

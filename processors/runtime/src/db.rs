@@ -20,8 +20,13 @@ pub fn database_url() -> String {
 
 /// Opens a pool; fails within seconds when the server does not answer.
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
+    connect_sized(url, 8).await
+}
+
+/// [`connect`] with a given number of connections.
+pub async fn connect_sized(url: &str, connections: u32) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
-        .max_connections(8)
+        .max_connections(connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect(url)
         .await

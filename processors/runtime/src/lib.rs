@@ -5,12 +5,18 @@
 //! wrapped in, Avro in the Confluent wire format through the schema registry,
 //! JSON for people, the database migrations, and logging.
 
+pub mod app;
 pub mod avro_json;
 pub mod codec;
+pub mod config;
 pub mod contracts;
 pub mod db;
 pub mod envelope;
+pub mod errors;
+pub mod example;
+pub mod processor;
 pub mod schemas;
+pub mod surface;
 pub mod telemetry;
 pub mod testing;
 pub mod topics;

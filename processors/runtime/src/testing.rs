@@ -38,3 +38,266 @@ pub async fn fresh_database() -> (PgPool, String) {
         .expect("migrating the test database");
     (pool, url)
 }
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<String>,
+    /// Headers (text values).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Raw value.
+    pub value: Option<Vec<u8>>,
+    /// The value decoded as an envelope, when it is one.
+    pub envelope: Option<crate::envelope::Envelope>,
+}
+
+impl Received {
+    /// The decoded payload as JSON (panics on a record that is no envelope).
+    pub fn payload(&self) -> serde_json::Value {
+        crate::avro_json::to_json(&self.envelope.as_ref().expect("an envelope").payload)
+    }
+}
+
+/// An isolated environment on the shared stack: its own database, its own
+/// topics (a unique prefix, every topic of topics.yaml created and its
+/// schema registered) and its own consumer groups.
+pub struct TestBed {
+    /// Physical topic prefix, e.g. `t3f2a1b9c.`.
+    pub prefix: String,
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// Schema registry URL.
+    pub registry_url: String,
+    /// The test's database.
+    pub database_url: String,
+    /// A pool on it.
+    pub pool: PgPool,
+    codec: crate::codec::Codec,
+    producer: rdkafka::producer::FutureProducer,
+}
+
+impl TestBed {
+    /// Creates the database, topics and subjects.
+    pub async fn new() -> TestBed {
+        Self::with_brokers(&stack_env("KAFKA_BROKERS")).await
+    }
+
+    /// [`TestBed::new`] on another broker (tests that restart their own).
+    pub async fn with_brokers(brokers: &str) -> TestBed {
+        let (pool, database_url) = fresh_database().await;
+        let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let registry_url = stack_env("SCHEMA_REGISTRY_URL");
+        let contracts = crate::contracts::Contracts::embedded();
+        let admin = crate::topics::Admin::connect(brokers).expect("admin client");
+        let file = contracts.topics.with_prefix(&prefix);
+        let outcomes = crate::topics::apply(&admin, &file, false)
+            .await
+            .expect("topics apply");
+        for outcome in outcomes {
+            assert!(outcome.result.is_ok(), "{outcome:?}");
+        }
+        crate::codec::register_all_prefixed(&registry_url, contracts, &prefix)
+            .await
+            .expect("schemas registered");
+        let producer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("message.timeout.ms", "60000")
+            .create()
+            .expect("producer");
+        TestBed {
+            codec: crate::codec::Codec::new(&registry_url),
+            prefix,
+            brokers: brokers.to_string(),
+            registry_url,
+            database_url,
+            pool,
+            producer,
+        }
+    }
+
+    /// Runtime configuration for a processor in this environment.
+    pub fn config(&self, processor: &str) -> crate::config::RuntimeConfig {
+        let mut vars = std::collections::BTreeMap::new();
+        for (name, value) in self.env(processor) {
+            vars.insert(name, value);
+        }
+        crate::config::RuntimeConfig::from_vars(processor, &vars).expect("valid test configuration")
+    }
+
+    /// The environment variables that configure a processor process here.
+    pub fn env(&self, processor: &str) -> Vec<(String, String)> {
+        vec![
+            ("KAFKA_BROKERS".into(), self.brokers.clone()),
+            ("SCHEMA_REGISTRY_URL".into(), self.registry_url.clone()),
+            ("DATABASE_URL".into(), self.database_url.clone()),
+            ("TOPIC_PREFIX".into(), self.prefix.clone()),
+            (
+                "CONSUMER_GROUP".into(),
+                format!("{}{processor}", self.prefix),
+            ),
+            ("KAFKA_OPTION_SESSION_TIMEOUT_MS".into(), "6000".into()),
+            ("SHUTDOWN_TIMEOUT_SECS".into(), "10".into()),
+        ]
+    }
+
+    /// Publishes records written as people write them (`psymatch publish`).
+    pub async fn publish(&self, topic: &str, records: &[serde_json::Value]) {
+        let contracts = crate::contracts::Contracts::embedded();
+        let (spec, schema) = contracts.topic(topic).expect("a topic with a schema");
+        let physical = format!("{}{topic}", self.prefix);
+        let mut sends = Vec::new();
+        for record in records {
+            let (key, envelope) = crate::envelope::from_json(
+                record,
+                schema,
+                &spec.key_fields,
+                "test",
+                chrono::Utc::now(),
+            )
+            .expect("the test record fits");
+            let value = envelope.to_avro(schema).expect("an envelope");
+            let bytes = self
+                .codec
+                .encode_with(&physical, schema, value)
+                .await
+                .expect("encodes");
+            let headers: Vec<(String, String)> = envelope
+                .headers()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            sends.push((key, bytes, headers));
+        }
+        for (key, bytes, headers) in sends {
+            self.publish_raw(topic, Some(&key), Some(&bytes), &headers)
+                .await;
+        }
+    }
+
+    /// Publishes raw bytes (poison records).
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        value: Option<&[u8]>,
+        headers: &[(String, String)],
+    ) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let physical = format!("{}{topic}", self.prefix);
+        let mut owned = OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record: rdkafka::producer::FutureRecord<'_, str, [u8]> =
+            rdkafka::producer::FutureRecord::to(&physical).headers(owned);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        self.producer
+            .send(record, std::time::Duration::from_secs(60))
+            .await
+            .map_err(|(error, _)| error)
+            .expect("published");
+    }
+
+    /// Reads `topic` from the beginning until `done` holds for what was read,
+    /// or panics after `deadline`.
+    pub async fn read_until(
+        &self,
+        topic: &str,
+        deadline: std::time::Duration,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        use rdkafka::Message;
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::message::Headers;
+        let physical = format!("{}{topic}", self.prefix);
+        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[&physical]).expect("subscribe");
+        let contracts = crate::contracts::Contracts::embedded();
+        let reader = contracts
+            .schemas
+            .get(topic.trim_end_matches(".dlq"))
+            .map(|s| s.schema.clone());
+        let is_dlq = topic.ends_with(".dlq");
+        let mut records = Vec::new();
+        let until = tokio::time::Instant::now() + deadline;
+        while !done(&records) {
+            let message = match tokio::time::timeout_at(until, consumer.recv()).await {
+                Ok(Ok(message)) => message,
+                Ok(Err(error)) => panic!("reading {physical}: {error}"),
+                Err(_) => panic!(
+                    "{physical}: condition not met within {deadline:?}; read {} records",
+                    records.len()
+                ),
+            };
+            let envelope = match (message.payload(), &reader, is_dlq) {
+                (Some(bytes), Some(reader), false) => self
+                    .codec
+                    .decode_as(bytes, reader)
+                    .await
+                    .ok()
+                    .and_then(|value| crate::envelope::Envelope::from_avro(value).ok()),
+                _ => None,
+            };
+            records.push(Received {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                headers: message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    h.value
+                                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                                        .unwrap_or_default(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                value: message.payload().map(<[u8]>::to_vec),
+                envelope,
+            });
+        }
+        records
+    }
+
+    /// Polls `check` until it returns true, or panics after `deadline`.
+    pub async fn wait_for<F, Fut>(&self, what: &str, deadline: std::time::Duration, check: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let until = tokio::time::Instant::now() + deadline;
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "{what}: not reached within {deadline:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}

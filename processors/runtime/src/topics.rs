@@ -150,6 +150,19 @@ impl TopicsFile {
         Ok(file)
     }
 
+    /// The same declaration with every topic name prefixed (isolated
+    /// environments and tests).
+    pub fn with_prefix(&self, prefix: &str) -> TopicsFile {
+        let mut file = self.clone();
+        for topic in &mut file.topics {
+            topic.name = format!("{prefix}{}", topic.name);
+            if let Some(source) = &mut topic.dead_letter_of {
+                *source = format!("{prefix}{source}");
+            }
+        }
+        file
+    }
+
     /// A declared topic by name.
     pub fn topic(&self, name: &str) -> Option<&TopicSpec> {
         self.topics.iter().find(|t| t.name == name)

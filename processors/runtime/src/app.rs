@@ -1,0 +1,1088 @@
+//! The consume-process-produce loop with PostgreSQL as the source of truth.
+//!
+//! ```text
+//!  consumer thread ──(per-partition bounded queues)──> partition workers ──> PostgreSQL
+//!  (BaseConsumer, rebalance                           (one transaction per batch:        │
+//!   callbacks, blocking calls)                         state + next offset + outbox)     │
+//!                                                                                        v
+//!                                         Kafka <── relay (publishes the outbox in order, deletes acknowledged rows)
+//! ```
+//!
+//! Why it is effectively once without Kafka transactions: a batch's state
+//! changes, its partition's next offset and the records it emits commit in
+//! one PostgreSQL transaction, which locks the partition's offset row and
+//! skips records below the stored offset, so two owners of a partition (a
+//! rebalance overlap, a process presumed dead) can never both apply a
+//! record. The relay may publish a record twice (crash between publish and
+//! delete), always with the same event id, and every consumer drops an input
+//! whose event id it has processed before. On assignment the consumer starts
+//! at the offsets stored in PostgreSQL.
+//!
+//! The consumer runs on a thread of its own: rdkafka's polling, rebalance
+//! callbacks and the database lookups they need block, and must not block
+//! the async workers.
+
+use crate::config::RuntimeConfig;
+use crate::contracts::Contracts;
+use crate::envelope::Envelope;
+use crate::errors::ErrorCode;
+use crate::processor::{Context, Incoming, Outgoing, ProcessError, Processor, payload_json};
+use crate::surface::{Metrics, Status, Surface};
+use crate::{codec, db, telemetry};
+use anyhow::Context as _;
+use rand::Rng;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
+use serde_json::{Value as Json, json};
+use sqlx::PgPool;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+
+/// Runs `processor` with configuration from the environment until SIGTERM
+/// or SIGINT, then drains and exits.
+pub async fn run<P: Processor>(processor: P) -> anyhow::Result<()> {
+    telemetry::init(processor.name());
+    let config = RuntimeConfig::from_env(processor.name())?;
+    run_with(processor, config, telemetry::shutdown_signal()).await
+}
+
+/// Everything the workers, the relay and the consumer thread share.
+struct Shared<P> {
+    processor: P,
+    config: RuntimeConfig,
+    contracts: &'static Contracts,
+    pool: PgPool,
+    codec: codec::Codec,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+    relay_wake: Notify,
+    /// The processor's schema name, checked to be a plain identifier.
+    schema: String,
+    /// Offsets committed to PostgreSQL, waiting to be stored in the consumer
+    /// for the broker's group offsets (tools, lag).
+    committed: Mutex<Vec<(String, i32, i64)>>,
+}
+
+/// Runs `processor` until `shutdown` completes.
+pub async fn run_with<P: Processor>(
+    processor: P,
+    config: RuntimeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let name = processor.name();
+    anyhow::ensure!(
+        name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+        "processor name {name} must be a plain lower-case identifier (it names a schema)"
+    );
+    let contracts = Contracts::embedded();
+    for topic in processor.inputs() {
+        contracts.topic(topic)?;
+    }
+    let pool = db::connect_sized(&config.database_url, config.db_pool_size).await?;
+    db::migrate(&pool).await?;
+    let metrics = Arc::new(Metrics::new(name));
+    let status = Arc::new(Status::default());
+    let shared = Arc::new(Shared {
+        schema: name.to_string(),
+        codec: codec::Codec::new(&config.registry_url),
+        processor,
+        config,
+        contracts,
+        pool,
+        metrics: metrics.clone(),
+        status: status.clone(),
+        relay_wake: Notify::new(),
+        committed: Mutex::new(Vec::new()),
+    });
+
+    let listener = tokio::net::TcpListener::bind(&shared.config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", shared.config.http_listen))?;
+    let http_address = listener.local_addr()?;
+    let surface = Arc::new(Surface {
+        processor: name.to_string(),
+        group: shared.config.group.clone(),
+        metrics,
+        status,
+        probes: probes(&shared),
+        started: Instant::now(),
+    });
+    let http = tokio::spawn(async move {
+        let _ = axum::serve(listener, crate::surface::router(surface)).await;
+    });
+    tracing::info!(processor = name, http = %http_address, group = %shared.config.group, "running");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let relay = tokio::spawn(relay_loop(shared.clone(), stop.clone()));
+    let consumer = {
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let handle = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name(format!("{name}-consumer"))
+            .spawn(move || consumer_thread(shared, stop, handle))?
+    };
+
+    shutdown.await;
+    tracing::info!("draining");
+    stop.store(true, Ordering::SeqCst);
+    shared.relay_wake.notify_one();
+    let deadline = shared.config.shutdown_timeout;
+    let drained = tokio::time::timeout(deadline, async {
+        let joined = tokio::task::spawn_blocking(move || consumer.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            tracing::error!("the consumer thread ended abnormally");
+        }
+        let _ = relay.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            seconds = deadline.as_secs(),
+            "shutdown timed out; unfinished work is redone on restart"
+        );
+    }
+    http.abort();
+    shared.pool.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn probes<P: Processor>(shared: &Arc<Shared<P>>) -> Vec<(&'static str, crate::surface::Probe)> {
+    let pool = shared.pool.clone();
+    let registry = shared.config.registry_url.clone();
+    let brokers = shared.config.brokers.clone();
+    vec![
+        (
+            "database",
+            Box::new(move || {
+                let pool = pool.clone();
+                Box::pin(async move {
+                    sqlx::query("SELECT 1")
+                        .execute(&pool)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }),
+        ),
+        (
+            "registry",
+            Box::new(move || {
+                let url = format!("{}/subjects", registry.trim_end_matches('/'));
+                Box::pin(async move {
+                    let response = reqwest::get(&url).await.map_err(|e| e.to_string())?;
+                    response
+                        .error_for_status()
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }),
+        ),
+        (
+            "broker",
+            Box::new(move || {
+                let brokers = brokers.clone();
+                Box::pin(async move {
+                    tokio::task::spawn_blocking(move || {
+                        let consumer: BaseConsumer = ClientConfig::new()
+                            .set("bootstrap.servers", &brokers)
+                            .create()
+                            .map_err(|e| e.to_string())?;
+                        consumer
+                            .fetch_metadata(None, Duration::from_secs(2))
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                })
+            }),
+        ),
+    ]
+}
+
+/// rdkafka callbacks: rebalances and statistics.
+struct RuntimeContext<P: Processor> {
+    shared: Arc<Shared<P>>,
+    handle: tokio::runtime::Handle,
+    /// Partition workers by (physical topic, partition).
+    workers: Mutex<HashMap<(String, i32), Worker>>,
+}
+
+struct Worker {
+    queue: mpsc::Sender<OwnedMessage>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<P: Processor> ClientContext for RuntimeContext<P> {
+    fn stats(&self, statistics: Statistics) {
+        let mut lags = self.shared.status.lag.lock().expect("status lock");
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                let logical = self.shared.config.logical(topic).to_string();
+                self.shared
+                    .metrics
+                    .lag
+                    .with_label_values(&[logical.as_str(), &partition.to_string()])
+                    .set(p.consumer_lag);
+                lags.insert((logical, *partition), p.consumer_lag);
+            }
+        }
+    }
+}
+
+impl<P: Processor> ConsumerContext for RuntimeContext<P> {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr::*;
+        match err {
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.shared
+                    .metrics
+                    .rebalances
+                    .with_label_values(&["assign"])
+                    .inc();
+                // Start where PostgreSQL says, not where the broker's group says.
+                let positions = self.handle.block_on(stored_offsets(&self.shared, tpl));
+                let mut assignment = TopicPartitionList::new();
+                for element in tpl.elements() {
+                    let key = (element.topic().to_string(), element.partition());
+                    let offset = match positions.as_ref().ok().and_then(|p| p.get(&key)) {
+                        Some(next) => Offset::Offset(*next),
+                        None => Offset::Beginning,
+                    };
+                    let _ = assignment.add_partition_offset(
+                        element.topic(),
+                        element.partition(),
+                        offset,
+                    );
+                }
+                if let Err(error) = &positions {
+                    // Without stored offsets every record is read from the
+                    // start and skipped by the in-transaction offset check.
+                    tracing::warn!(error = %error, "reading stored offsets failed; starting at the beginning");
+                }
+                if let Err(error) = consumer.assign(&assignment) {
+                    tracing::error!(error = %error, "assign failed");
+                }
+                let mut assigned = self.shared.status.assigned.lock().expect("status lock");
+                for element in tpl.elements() {
+                    let topic = element.topic().to_string();
+                    self.start_worker(topic.clone(), element.partition());
+                    assigned.insert((
+                        self.shared.config.logical(&topic).to_string(),
+                        element.partition(),
+                    ));
+                }
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+            }
+            RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                let kind = if lost { "lost" } else { "revoke" };
+                self.shared
+                    .metrics
+                    .rebalances
+                    .with_label_values(&[kind])
+                    .inc();
+                let partitions: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                // Revoked: let each worker finish and commit what it holds.
+                // Lost: another member may own them already; drop in-flight
+                // work (the offset check keeps whatever commits correct).
+                self.stop_workers(&partitions, !lost);
+                let _ = consumer.unassign();
+                let mut assigned = self.shared.status.assigned.lock().expect("status lock");
+                for (topic, partition) in &partitions {
+                    assigned.remove(&(self.shared.config.logical(topic).to_string(), *partition));
+                }
+                tracing::info!(partitions = partitions.len(), kind, "partitions revoked");
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                self.shared
+                    .status
+                    .error(format!("rebalance error: {other:?}"));
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+impl<P: Processor> RuntimeContext<P> {
+    fn start_worker(&self, topic: String, partition: i32) {
+        let (queue, receiver) = mpsc::channel(self.shared.config.queue_capacity);
+        let task = self
+            .handle
+            .spawn(partition_worker(self.shared.clone(), receiver));
+        let mut workers = self.workers.lock().expect("workers lock");
+        if let Some(old) = workers.insert((topic, partition), Worker { queue, task }) {
+            old.task.abort();
+        }
+    }
+
+    /// Stops the workers of `partitions`; `finish` waits (bounded) for each
+    /// to commit what it holds, otherwise they are aborted.
+    fn stop_workers(&self, partitions: &[(String, i32)], finish: bool) {
+        let stopping: Vec<Worker> = {
+            let mut workers = self.workers.lock().expect("workers lock");
+            partitions
+                .iter()
+                .filter_map(|key| workers.remove(key))
+                .collect()
+        };
+        let timeout = self.shared.config.shutdown_timeout;
+        for worker in stopping {
+            drop(worker.queue);
+            if finish {
+                let task = worker.task;
+                let done = self
+                    .handle
+                    .block_on(async { tokio::time::timeout(timeout, task).await });
+                if done.is_err() {
+                    tracing::warn!("a partition worker did not finish in time");
+                }
+            } else {
+                worker.task.abort();
+            }
+        }
+    }
+
+    fn dispatch(&self, message: OwnedMessage) {
+        let key = (message.topic().to_string(), message.partition());
+        let queue = self
+            .workers
+            .lock()
+            .expect("workers lock")
+            .get(&key)
+            .map(|w| w.queue.clone());
+        match queue {
+            // A full queue blocks the consumer thread: backpressure.
+            Some(queue) => {
+                let _ = queue.blocking_send(message);
+            }
+            None => {
+                tracing::debug!(topic = %key.0, partition = key.1, "record of an unassigned partition dropped")
+            }
+        }
+    }
+}
+
+async fn stored_offsets<P: Processor>(
+    shared: &Shared<P>,
+    tpl: &TopicPartitionList,
+) -> Result<HashMap<(String, i32), i64>, sqlx::Error> {
+    let topics: Vec<String> = tpl
+        .elements()
+        .iter()
+        .map(|e| e.topic().to_string())
+        .collect();
+    let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(&format!(
+        "SELECT o.topic, o.partition, o.next_offset FROM {}.consumer_offsets o
+           JOIN unnest($2::text[], $3::int[]) AS want(topic, partition)
+             ON want.topic = o.topic AND want.partition = o.partition
+          WHERE o.consumer_group = $1",
+        shared.schema
+    ))
+    .bind(&shared.config.group)
+    .bind(&topics)
+    .bind(&partitions)
+    .fetch_all(&shared.pool)
+    .await?;
+    Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
+}
+
+fn consumer_thread<P: Processor>(
+    shared: Arc<Shared<P>>,
+    stop: Arc<AtomicBool>,
+    handle: tokio::runtime::Handle,
+) {
+    let context = RuntimeContext {
+        shared: shared.clone(),
+        handle,
+        workers: Mutex::new(HashMap::new()),
+    };
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &shared.config.brokers)
+        .set("group.id", &shared.config.group)
+        .set("client.id", format!("psymatch-{}", shared.processor.name()))
+        // Offsets live in PostgreSQL; the broker's copy is only for tools
+        // that show group lag, stored after each database commit.
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    for (key, value) in &shared.config.kafka_options {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer<RuntimeContext<P>> = match config.create_with_context(context) {
+        Ok(consumer) => consumer,
+        Err(error) => {
+            tracing::error!(error = %error, "cannot create the consumer");
+            shared
+                .status
+                .error(format!("cannot create the consumer: {error}"));
+            return;
+        }
+    };
+    let topics: Vec<String> = shared
+        .processor
+        .inputs()
+        .iter()
+        .map(|t| shared.config.physical(t))
+        .collect();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if let Err(error) = consumer.subscribe(&names) {
+        tracing::error!(error = %error, "cannot subscribe");
+        shared.status.error(format!("cannot subscribe: {error}"));
+        return;
+    }
+    while !stop.load(Ordering::SeqCst) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let message = message.detach();
+                consumer.context().dispatch(message);
+            }
+            Some(Err(error)) => {
+                tracing::warn!(error = %error, "consumer error");
+                shared.status.error(format!("consumer: {error}"));
+            }
+            None => {}
+        }
+        store_committed(&consumer, &shared);
+    }
+    // Drain: every worker finishes and commits what it holds.
+    let all: Vec<(String, i32)> = consumer
+        .context()
+        .workers
+        .lock()
+        .expect("workers lock")
+        .keys()
+        .cloned()
+        .collect();
+    consumer.context().stop_workers(&all, true);
+    store_committed(&consumer, &shared);
+    let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+    consumer.unsubscribe();
+}
+
+fn store_committed<P: Processor>(consumer: &BaseConsumer<RuntimeContext<P>>, shared: &Shared<P>) {
+    let pending: Vec<(String, i32, i64)> =
+        std::mem::take(&mut *shared.committed.lock().expect("committed lock"));
+    for (topic, partition, next) in pending {
+        // A partition revoked meanwhile answers with a state error: harmless.
+        let _ = consumer.store_offset(&topic, partition, next - 1);
+    }
+}
+
+async fn partition_worker<P: Processor>(
+    shared: Arc<Shared<P>>,
+    mut queue: mpsc::Receiver<OwnedMessage>,
+) {
+    let mut batch = Vec::with_capacity(shared.config.batch_size);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < shared.config.batch_size {
+            match queue.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
+            }
+        }
+        let mut attempt = 0u32;
+        loop {
+            match process_batch(&shared, &batch, attempt > 0).await {
+                Ok(()) => break,
+                Err(BatchError::Transient(reason)) => {
+                    attempt += 1;
+                    shared.metrics.retries.with_label_values(&["batch"]).inc();
+                    shared.status.error(reason.clone());
+                    let pause = backoff(attempt, shared.config.max_backoff);
+                    tracing::warn!(
+                        attempt,
+                        reason,
+                        pause_ms = pause.as_millis() as u64,
+                        "batch failed; retrying"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+        batch.clear();
+        shared.relay_wake.notify_one();
+    }
+}
+
+/// Capped exponential backoff with full jitter.
+pub fn backoff(attempt: u32, cap: Duration) -> Duration {
+    let base = Duration::from_millis(50).saturating_mul(2u32.saturating_pow(attempt.min(16)));
+    let ceiling = base.min(cap).as_millis().max(1) as u64;
+    Duration::from_millis(rand::rng().random_range(ceiling / 2..=ceiling))
+}
+
+enum BatchError {
+    Transient(String),
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(error: sqlx::Error) -> Self {
+        BatchError::Transient(format!("database: {error}"))
+    }
+}
+
+/// A record of the batch after decoding: to process, or to dead-letter.
+enum Decoded {
+    Good(Box<Incoming>),
+    Bad(ErrorCode, String),
+}
+
+fn decode_error(error: codec::ReadError) -> Result<(ErrorCode, String), BatchError> {
+    use codec::ReadError::*;
+    match error {
+        NotWireFormat => Ok((ErrorCode::NotWireFormat, error.to_string())),
+        UnknownSchema(..) => Ok((ErrorCode::UnknownSchema, error.to_string())),
+        Body(reason) => Ok((ErrorCode::UndecodableBody, reason)),
+        Registry(reason) => Err(BatchError::Transient(format!("registry: {reason}"))),
+    }
+}
+
+async fn decode<P: Processor>(
+    shared: &Shared<P>,
+    message: &OwnedMessage,
+) -> Result<Decoded, BatchError> {
+    let logical = shared.config.logical(message.topic()).to_string();
+    let Some(schema) = shared.contracts.schemas.get(&logical) else {
+        return Ok(Decoded::Bad(
+            ErrorCode::NotAnEnvelope,
+            format!("no schema for topic {logical}"),
+        ));
+    };
+    let Some(bytes) = message.payload() else {
+        return Ok(Decoded::Bad(
+            ErrorCode::NotWireFormat,
+            "the record has no value".into(),
+        ));
+    };
+    let value = match shared.codec.decode_as(bytes, &schema.schema).await {
+        Ok(value) => value,
+        Err(error) => {
+            let (code, reason) = decode_error(error)?;
+            return Ok(Decoded::Bad(code, reason));
+        }
+    };
+    let envelope = match Envelope::from_avro(value) {
+        Ok(envelope) => envelope,
+        Err(error) => return Ok(Decoded::Bad(ErrorCode::NotAnEnvelope, error.to_string())),
+    };
+    if schema.branch_for(&envelope.event_type).is_none() {
+        return Ok(Decoded::Bad(
+            ErrorCode::NotAnEnvelope,
+            format!(
+                "event_type {} is not carried by {logical}",
+                envelope.event_type
+            ),
+        ));
+    }
+    let payload = payload_json(&envelope.payload);
+    let key = message
+        .key()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default();
+    let spec = shared
+        .contracts
+        .topics
+        .topic(&logical)
+        .expect("topics with schemas are declared");
+    match crate::envelope::key_of(&payload, &spec.key_fields) {
+        Some(expected) if expected != key => {
+            return Ok(Decoded::Bad(
+                ErrorCode::KeyMismatch,
+                format!("key '{key}' disagrees with the payload's key '{expected}'"),
+            ));
+        }
+        _ => {}
+    }
+    Ok(Decoded::Good(Box::new(Incoming {
+        topic: logical,
+        partition: message.partition(),
+        offset: message.offset(),
+        key,
+        envelope,
+        payload,
+    })))
+}
+
+/// Processes a batch in one transaction. `careful`: run each record under a
+/// savepoint, so that a record the processor refuses leaves no state behind
+/// (the fast path skips savepoints and falls back to this when a record is
+/// refused).
+async fn process_batch<P: Processor>(
+    shared: &Shared<P>,
+    batch: &[OwnedMessage],
+    careful: bool,
+) -> Result<(), BatchError> {
+    let started = Instant::now();
+    let first = &batch[0];
+    let (topic, partition) = (first.topic().to_string(), first.partition());
+    let mut tx = shared.pool.begin().await?;
+    let schema = &shared.schema;
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.consumer_offsets (consumer_group, topic, partition, next_offset)
+         VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING"
+    ))
+    .bind(&shared.config.group)
+    .bind(&topic)
+    .bind(partition)
+    .execute(&mut *tx)
+    .await?;
+    let next: i64 = sqlx::query_scalar(&format!(
+        "SELECT next_offset FROM {schema}.consumer_offsets
+          WHERE consumer_group = $1 AND topic = $2 AND partition = $3 FOR UPDATE"
+    ))
+    .bind(&shared.config.group)
+    .bind(&topic)
+    .bind(partition)
+    .fetch_one(&mut *tx)
+    .await?;
+    let fresh: Vec<&OwnedMessage> = batch.iter().filter(|m| m.offset() >= next).collect();
+    let Some(last) = fresh.last().map(|m| m.offset()) else {
+        // Everything here was committed by an earlier owner.
+        return Ok(());
+    };
+
+    let mut decoded = Vec::with_capacity(fresh.len());
+    for message in &fresh {
+        decoded.push(decode(shared, message).await?);
+    }
+    // Drop inputs processed before (same event id, e.g. a relay's re-publish).
+    let ids: Vec<Uuid> = decoded
+        .iter()
+        .filter_map(|d| match d {
+            Decoded::Good(record) => Some(record.envelope.event_id),
+            Decoded::Bad(..) => None,
+        })
+        .collect();
+    let new_ids: HashSet<Uuid> = sqlx::query_scalar(&format!(
+        "INSERT INTO {schema}.processed_events (event_id) SELECT unnest($1::uuid[])
+         ON CONFLICT DO NOTHING RETURNING event_id"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+
+    let mut outgoing: Vec<Outgoing> = Vec::new();
+    let mut seen = HashSet::new();
+    let now = chrono::Utc::now();
+    for (message, item) in fresh.iter().zip(decoded) {
+        let logical = shared.config.logical(message.topic()).to_string();
+        shared
+            .metrics
+            .consumed
+            .with_label_values(&[logical.as_str()])
+            .inc();
+        let record = match item {
+            Decoded::Bad(code, reason) => {
+                outgoing.push(dead_letter(shared, message, code, &reason));
+                continue;
+            }
+            Decoded::Good(record) => record,
+        };
+        let id = record.envelope.event_id;
+        if !new_ids.contains(&id) || !seen.insert(id) {
+            shared
+                .metrics
+                .duplicates
+                .with_label_values(&[logical.as_str()])
+                .inc();
+            continue;
+        }
+        let timer = Instant::now();
+        if careful {
+            sqlx::query("SAVEPOINT record").execute(&mut *tx).await?;
+        }
+        let mut ctx = Context {
+            db: &mut tx,
+            contracts: shared.contracts,
+            producer: shared.processor.name(),
+            source: &record,
+            now,
+            emitted: Vec::new(),
+        };
+        let result = shared.processor.process(&mut ctx, &record).await;
+        let emitted = std::mem::take(&mut ctx.emitted);
+        shared
+            .metrics
+            .process_seconds
+            .observe(timer.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                if careful {
+                    sqlx::query("RELEASE SAVEPOINT record")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for (topic, key, envelope) in emitted {
+                    outgoing.push(encode(shared, &topic, key, &envelope).await?);
+                }
+            }
+            Err(ProcessError::Transient(reason)) => return Err(BatchError::Transient(reason)),
+            Err(ProcessError::Invalid { code, reason }) => {
+                if !careful {
+                    // Undo this record's state changes: redo the batch with savepoints.
+                    return Err(BatchError::Transient(format!(
+                        "record refused ({code}); redoing the batch record by record"
+                    )));
+                }
+                sqlx::query("ROLLBACK TO SAVEPOINT record")
+                    .execute(&mut *tx)
+                    .await?;
+                tracing::warn!(code = %code, offset = message.offset(), event_id = %id, "record refused; dead-lettered");
+                outgoing.push(dead_letter(shared, message, code, &reason));
+            }
+        }
+    }
+    insert_outbox(shared, &mut tx, &outgoing).await?;
+    sqlx::query(&format!(
+        "UPDATE {schema}.consumer_offsets SET next_offset = $4, updated_at = now()
+          WHERE consumer_group = $1 AND topic = $2 AND partition = $3"
+    ))
+    .bind(&shared.config.group)
+    .bind(&topic)
+    .bind(partition)
+    .bind(last + 1)
+    .execute(&mut *tx)
+    .await?;
+    let commit = Instant::now();
+    tx.commit().await?;
+    shared
+        .metrics
+        .commit_seconds
+        .observe(commit.elapsed().as_secs_f64());
+    shared.metrics.batch_records.observe(fresh.len() as f64);
+    shared
+        .committed
+        .lock()
+        .expect("committed lock")
+        .push((topic.clone(), partition, last + 1));
+    tracing::debug!(
+        topic,
+        partition,
+        records = fresh.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "batch committed"
+    );
+    Ok(())
+}
+
+async fn encode<P: Processor>(
+    shared: &Shared<P>,
+    topic: &str,
+    key: String,
+    envelope: &Envelope,
+) -> Result<Outgoing, BatchError> {
+    let (_, schema) = shared
+        .contracts
+        .topic(topic)
+        .map_err(|e| BatchError::Transient(e.to_string()))?;
+    let value = envelope
+        .to_avro(schema)
+        .map_err(|e| BatchError::Transient(e.to_string()))?;
+    let physical = shared.config.physical(topic);
+    let bytes = shared
+        .codec
+        .encode_with(&physical, schema, value)
+        .await
+        .map_err(|e| {
+            shared
+                .metrics
+                .errors
+                .with_label_values(&[ErrorCode::Registry.as_str()])
+                .inc();
+            BatchError::Transient(e.to_string())
+        })?;
+    Ok(Outgoing {
+        event_id: envelope.event_id,
+        topic: physical,
+        key: Some(key),
+        value: Some(bytes),
+        headers: envelope
+            .headers()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Some(v)))
+            .collect(),
+    })
+}
+
+/// The original record with headers saying why, for `<topic>.dlq`.
+fn dead_letter<P: Processor>(
+    shared: &Shared<P>,
+    message: &OwnedMessage,
+    code: ErrorCode,
+    reason: &str,
+) -> Outgoing {
+    let logical = shared.config.logical(message.topic()).to_string();
+    shared
+        .metrics
+        .dead_letters
+        .with_label_values(&[logical.as_str(), code.as_str()])
+        .inc();
+    shared
+        .metrics
+        .errors
+        .with_label_values(&[code.as_str()])
+        .inc();
+    shared.status.error(format!(
+        "{code} on {logical}/{}@{}: {reason}",
+        message.partition(),
+        message.offset()
+    ));
+    let mut headers: Vec<(String, Option<String>)> = message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        h.value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let source = format!(
+        "{}/{}/{}",
+        message.topic(),
+        message.partition(),
+        message.offset()
+    );
+    headers.extend([
+        (
+            "psymatch.error.code".to_string(),
+            Some(code.as_str().to_string()),
+        ),
+        (
+            "psymatch.error.class".to_string(),
+            Some(code.class().to_string()),
+        ),
+        (
+            "psymatch.error.message".to_string(),
+            Some(reason.to_string()),
+        ),
+        (
+            "psymatch.processor".to_string(),
+            Some(shared.processor.name().to_string()),
+        ),
+        (
+            "psymatch.source.topic".to_string(),
+            Some(message.topic().to_string()),
+        ),
+        (
+            "psymatch.source.partition".to_string(),
+            Some(message.partition().to_string()),
+        ),
+        (
+            "psymatch.source.offset".to_string(),
+            Some(message.offset().to_string()),
+        ),
+        (
+            "psymatch.error.timestamp".to_string(),
+            Some(chrono::Utc::now().to_rfc3339()),
+        ),
+    ]);
+    Outgoing {
+        event_id: Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("dlq/{}/{source}", shared.config.group).as_bytes(),
+        ),
+        topic: format!("{}.dlq", message.topic()),
+        key: message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned()),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+async fn insert_outbox<P: Processor>(
+    shared: &Shared<P>,
+    tx: &mut sqlx::PgConnection,
+    rows: &[Outgoing],
+) -> Result<(), BatchError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
+    let keys: Vec<Option<&str>> = rows.iter().map(|r| r.key.as_deref()).collect();
+    let values: Vec<Option<&[u8]>> = rows.iter().map(|r| r.value.as_deref()).collect();
+    let headers: Vec<Json> = rows
+        .iter()
+        .map(|r| Json::Array(r.headers.iter().map(|(k, v)| json!([k, v])).collect()))
+        .collect();
+    sqlx::query(&format!(
+        "INSERT INTO {}.outbox (event_id, topic, key, value, headers)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[])",
+        shared.schema
+    ))
+    .bind(&ids)
+    .bind(&topics)
+    .bind(&keys)
+    .bind(&values)
+    .bind(&headers)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Publishes the outbox in order until stopped; one relay per processor
+/// schema at a time (advisory lock), so replicas never interleave.
+async fn relay_loop<P: Processor>(shared: Arc<Shared<P>>, stop: Arc<AtomicBool>) {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &shared.config.brokers)
+        .set(
+            "client.id",
+            format!("psymatch-{}-relay", shared.processor.name()),
+        )
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "30000");
+    for (key, value) in &shared.config.kafka_options {
+        config.set(key, value);
+    }
+    let producer: FutureProducer = match config.create() {
+        Ok(producer) => producer,
+        Err(error) => {
+            tracing::error!(error = %error, "cannot create the producer");
+            shared
+                .status
+                .error(format!("cannot create the producer: {error}"));
+            return;
+        }
+    };
+    let mut attempt = 0u32;
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        match relay_pass(&shared, &producer).await {
+            Ok(0) if stopping => break,
+            Ok(0) => {
+                attempt = 0;
+                tokio::select! {
+                    _ = shared.relay_wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+            Ok(_) => attempt = 0,
+            Err(reason) => {
+                attempt += 1;
+                shared.metrics.retries.with_label_values(&["relay"]).inc();
+                shared.status.error(reason.clone());
+                tracing::warn!(attempt, reason, "relay pass failed; retrying");
+                if stopping && attempt > 3 {
+                    break;
+                }
+                tokio::time::sleep(backoff(attempt, shared.config.max_backoff)).await;
+            }
+        }
+    }
+}
+
+/// One pass: publish up to 1,000 outbox rows and delete the acknowledged ones.
+async fn relay_pass<P: Processor>(
+    shared: &Shared<P>,
+    producer: &FutureProducer,
+) -> Result<usize, String> {
+    let failed = |e: sqlx::Error| format!("relay database: {e}");
+    let mut tx = shared.pool.begin().await.map_err(failed)?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
+        .bind(format!("psymatch.relay.{}", shared.schema))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(failed)?;
+    if !locked {
+        return Ok(0);
+    }
+    type Row = (i64, String, Option<String>, Option<Vec<u8>>, Json);
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT id, topic, key, value, headers FROM {}.outbox ORDER BY id LIMIT 1000",
+        shared.schema
+    ))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(failed)?;
+    shared.metrics.outbox_pending.set(rows.len() as i64);
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let sends = rows.iter().map(|(_, topic, key, value, headers)| {
+        let mut owned = OwnedHeaders::new();
+        for pair in headers.as_array().into_iter().flatten() {
+            let name = pair[0].as_str().unwrap_or_default();
+            let value = pair[1].as_str();
+            owned = owned.insert(Header {
+                key: name,
+                value: value.map(str::as_bytes),
+            });
+        }
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).headers(owned);
+        if let Some(key) = key {
+            record = record.key(key.as_str());
+        }
+        if let Some(value) = value {
+            record = record.payload(value.as_slice());
+        }
+        producer.send(record, Duration::from_secs(30))
+    });
+    let results = futures::future::join_all(sends).await;
+    let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
+    for (result, (_, topic, ..)) in results.iter().zip(&rows) {
+        if let Err((error, _)) = result {
+            shared
+                .metrics
+                .errors
+                .with_label_values(&[ErrorCode::Broker.as_str()])
+                .inc();
+            return Err(format!("publishing to {topic}: {error}"));
+        }
+        *per_topic.entry(shared.config.logical(topic)).or_default() += 1;
+    }
+    let ids: Vec<i64> = rows.iter().map(|(id, ..)| *id).collect();
+    sqlx::query(&format!(
+        "DELETE FROM {}.outbox WHERE id = ANY($1)",
+        shared.schema
+    ))
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await
+    .map_err(failed)?;
+    tx.commit().await.map_err(failed)?;
+    for (topic, count) in per_topic {
+        shared
+            .metrics
+            .produced
+            .with_label_values(&[topic])
+            .inc_by(count);
+    }
+    Ok(rows.len())
+}

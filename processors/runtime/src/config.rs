@@ -1,0 +1,143 @@
+//! Configuration of a processor from environment variables.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `KAFKA_BROKERS` | `127.0.0.1:9092` | bootstrap servers |
+//! | `SCHEMA_REGISTRY_URL` | `http://127.0.0.1:8081` | schema registry |
+//! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/psymatch` | PostgreSQL |
+//! | `HTTP_LISTEN` | `127.0.0.1:0` | health and metrics address (port 0: any free port, logged) |
+//! | `CONSUMER_GROUP` | `psymatch-<processor>` | Kafka consumer group |
+//! | `TOPIC_PREFIX` | empty | prefix of every physical topic name (isolated environments, tests) |
+//! | `BATCH_SIZE` | `500` | most records per database transaction |
+//! | `QUEUE_CAPACITY` | `2000` | records buffered per partition before fetching pauses |
+//! | `DB_POOL_SIZE` | `8` | database connections |
+//! | `SHUTDOWN_TIMEOUT_SECS` | `10` | how long SIGTERM may take |
+//! | `RETRY_MAX_BACKOFF_MS` | `30000` | longest pause between retries of a failing batch |
+//! | `KAFKA_OPTION_<NAME>` | | any librdkafka option: `KAFKA_OPTION_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms` |
+
+use anyhow::{Context, bail};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The runtime's configuration.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Kafka bootstrap servers (`KAFKA_BROKERS`).
+    pub brokers: String,
+    /// Schema registry URL (`SCHEMA_REGISTRY_URL`).
+    pub registry_url: String,
+    /// PostgreSQL URL (`DATABASE_URL`).
+    pub database_url: String,
+    /// Address of the health and metrics server (`HTTP_LISTEN`).
+    pub http_listen: String,
+    /// Consumer group (`CONSUMER_GROUP`).
+    pub group: String,
+    /// Prefix of physical topic names (`TOPIC_PREFIX`).
+    pub topic_prefix: String,
+    /// Most records per transaction (`BATCH_SIZE`).
+    pub batch_size: usize,
+    /// Records buffered per partition (`QUEUE_CAPACITY`).
+    pub queue_capacity: usize,
+    /// Database connections (`DB_POOL_SIZE`).
+    pub db_pool_size: u32,
+    /// Bound on a graceful shutdown (`SHUTDOWN_TIMEOUT_SECS`).
+    pub shutdown_timeout: Duration,
+    /// Longest retry pause (`RETRY_MAX_BACKOFF_MS`).
+    pub max_backoff: Duration,
+    /// Raw librdkafka options (`KAFKA_OPTION_*`).
+    pub kafka_options: BTreeMap<String, String>,
+}
+
+impl RuntimeConfig {
+    /// Reads the process environment.
+    pub fn from_env(processor: &str) -> anyhow::Result<RuntimeConfig> {
+        let vars: BTreeMap<String, String> = std::env::vars().collect();
+        RuntimeConfig::from_vars(processor, &vars)
+    }
+
+    /// Reads from a map of variables (tests pass their own).
+    pub fn from_vars(
+        processor: &str,
+        vars: &BTreeMap<String, String>,
+    ) -> anyhow::Result<RuntimeConfig> {
+        let text = |name: &str, default: &str| {
+            vars.get(name)
+                .cloned()
+                .unwrap_or_else(|| default.to_string())
+        };
+        fn number<T: std::str::FromStr>(
+            vars: &BTreeMap<String, String>,
+            name: &str,
+            default: T,
+        ) -> anyhow::Result<T> {
+            match vars.get(name) {
+                None => Ok(default),
+                Some(value) => value
+                    .parse()
+                    .ok()
+                    .with_context(|| format!("{name}={value} is not a valid number")),
+            }
+        }
+        let batch_size = number(vars, "BATCH_SIZE", 500usize)?;
+        if batch_size == 0 {
+            bail!("BATCH_SIZE must be at least 1");
+        }
+        let kafka_options = vars
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("KAFKA_OPTION_")
+                    .map(|name| (name.to_ascii_lowercase().replace('_', "."), v.clone()))
+            })
+            .collect();
+        Ok(RuntimeConfig {
+            brokers: text("KAFKA_BROKERS", "127.0.0.1:9092"),
+            registry_url: text("SCHEMA_REGISTRY_URL", crate::codec::DEFAULT_REGISTRY_URL),
+            database_url: text("DATABASE_URL", crate::db::DEFAULT_DATABASE_URL),
+            http_listen: text("HTTP_LISTEN", "127.0.0.1:0"),
+            group: text("CONSUMER_GROUP", &format!("psymatch-{processor}")),
+            topic_prefix: text("TOPIC_PREFIX", ""),
+            batch_size,
+            queue_capacity: number(vars, "QUEUE_CAPACITY", 2000usize)?.max(1),
+            db_pool_size: number(vars, "DB_POOL_SIZE", 8u32)?.max(2),
+            shutdown_timeout: Duration::from_secs(number(vars, "SHUTDOWN_TIMEOUT_SECS", 10u64)?),
+            max_backoff: Duration::from_millis(number(vars, "RETRY_MAX_BACKOFF_MS", 30_000u64)?),
+            kafka_options,
+        })
+    }
+
+    /// The physical name of a logical topic.
+    pub fn physical(&self, topic: &str) -> String {
+        format!("{}{topic}", self.topic_prefix)
+    }
+
+    /// The logical name of a physical topic.
+    pub fn logical<'a>(&self, topic: &'a str) -> &'a str {
+        topic.strip_prefix(&self.topic_prefix).unwrap_or(topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_overrides_and_raw_kafka_options() {
+        let mut vars = BTreeMap::new();
+        let config = RuntimeConfig::from_vars("intake", &vars).unwrap();
+        assert_eq!(config.group, "psymatch-intake");
+        assert_eq!(config.batch_size, 500);
+        vars.insert("BATCH_SIZE".into(), "50".into());
+        vars.insert("TOPIC_PREFIX".into(), "t1.".into());
+        vars.insert("KAFKA_OPTION_SESSION_TIMEOUT_MS".into(), "6000".into());
+        let config = RuntimeConfig::from_vars("intake", &vars).unwrap();
+        assert_eq!(config.batch_size, 50);
+        assert_eq!(config.physical("patient-commands"), "t1.patient-commands");
+        assert_eq!(config.logical("t1.patient-commands"), "patient-commands");
+        assert_eq!(config.kafka_options["session.timeout.ms"], "6000");
+        vars.insert("BATCH_SIZE".into(), "many".into());
+        let error = RuntimeConfig::from_vars("intake", &vars)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error, "BATCH_SIZE=many is not a valid number");
+    }
+}

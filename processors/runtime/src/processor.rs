@@ -1,0 +1,202 @@
+//! What a processor author writes: "for this record from this topic, given my
+//! state, make these state changes and emit these records".
+//!
+//! The example processor (`example.rs`) shows the whole API in 40 lines.
+//!
+//! The runtime decodes the record (or dead-letters it), opens the
+//! transaction, skips records already processed, and commits the state
+//! changes, the partition's next offset and the emitted records together.
+
+use crate::contracts::Contracts;
+use crate::envelope::{self, Envelope};
+use crate::errors::ErrorCode;
+use apache_avro::types::Value as Avro;
+use chrono::{DateTime, Utc};
+use serde_json::{Value as Json, json};
+use sqlx::PgConnection;
+use std::future::Future;
+use uuid::Uuid;
+
+/// A stream processor: domain code only.
+pub trait Processor: Send + Sync + 'static {
+    /// Name: the PostgreSQL schema of its state, the consumer group and the
+    /// `producer` of what it emits.
+    fn name(&self) -> &'static str;
+
+    /// Topics it consumes (logical names, as in topics.yaml).
+    fn inputs(&self) -> Vec<&'static str>;
+
+    /// Handles one record inside the transaction of its batch. Returning an
+    /// error: [`ProcessError::Invalid`] dead-letters the record and goes on,
+    /// [`ProcessError::Transient`] rolls the batch back and retries it.
+    fn process(
+        &self,
+        ctx: &mut Context<'_>,
+        record: &Incoming,
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send;
+}
+
+/// A decoded input record.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// Logical topic it came from.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Kafka key.
+    pub key: String,
+    /// The envelope (payload as Avro).
+    pub envelope: Envelope,
+    /// The payload as JSON, for serde-typed access.
+    pub payload: Json,
+}
+
+impl Incoming {
+    /// The envelope's event type.
+    pub fn event_type(&self) -> &str {
+        &self.envelope.event_type
+    }
+}
+
+/// How processing one record failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The record can never be processed (bad domain values, a bug it
+    /// triggers): it goes to the dead-letter topic with this code and reason.
+    #[error("{code}: {reason}")]
+    Invalid {
+        /// Stable error code.
+        code: ErrorCode,
+        /// Why, for a person.
+        reason: String,
+    },
+    /// Trying again later may succeed (database, broker, upstream service).
+    #[error("transient: {0}")]
+    Transient(String),
+}
+
+impl From<sqlx::Error> for ProcessError {
+    fn from(error: sqlx::Error) -> Self {
+        ProcessError::Transient(format!("database: {error}"))
+    }
+}
+
+/// A record to publish, already encoded.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub event_id: Uuid,
+    pub topic: String,
+    pub key: Option<String>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<String>)>,
+}
+
+/// What a processor can do while handling a record.
+pub struct Context<'a> {
+    pub(crate) db: &'a mut PgConnection,
+    pub(crate) contracts: &'static Contracts,
+    pub(crate) producer: &'static str,
+    pub(crate) source: &'a Incoming,
+    pub(crate) now: DateTime<Utc>,
+    /// Records emitted so far, encoded by the runtime after `process` returns.
+    pub(crate) emitted: Vec<(String, String, Envelope)>,
+}
+
+impl<'a> Context<'a> {
+    /// The transaction of this batch: state changes go here.
+    pub fn db(&mut self) -> &mut PgConnection {
+        self.db
+    }
+
+    /// The record being processed.
+    pub fn source(&self) -> &Incoming {
+        self.source
+    }
+
+    /// Processing time (the batch's start).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.now
+    }
+
+    /// Emits a record of `event_type` on `topic` with a JSON payload, keyed
+    /// by the payload's key field. Its event id is derived from the input's
+    /// and the emit's position, so reprocessing emits the same id. The
+    /// correlation id is carried over from the input.
+    pub fn emit(
+        &mut self,
+        topic: &str,
+        event_type: &str,
+        payload: Json,
+    ) -> Result<(), ProcessError> {
+        let key_fields = match self.contracts.topics.topic(topic) {
+            Some(spec) => spec.key_fields.clone(),
+            None => Vec::new(),
+        };
+        self.push(topic, event_type, payload, &key_fields)
+    }
+
+    /// Emits `command.rejected` on `topic` for the record being processed:
+    /// the way to answer a well-formed but refused command.
+    pub fn reject(
+        &mut self,
+        topic: &str,
+        code: ErrorCode,
+        reason: &str,
+    ) -> Result<(), ProcessError> {
+        let payload = json!({
+            "subject_id": self.source.key,
+            "command_event_id": self.source.envelope.event_id.to_string(),
+            "command_type": self.source.envelope.event_type,
+            "error_code": code.as_str(),
+            "reason": reason,
+        });
+        self.push(
+            topic,
+            "command.rejected",
+            payload,
+            &["subject_id".to_string()],
+        )
+    }
+
+    fn push(
+        &mut self,
+        topic: &str,
+        event_type: &str,
+        payload: Json,
+        key_fields: &[String],
+    ) -> Result<(), ProcessError> {
+        let bug = |reason: String| ProcessError::Invalid {
+            code: ErrorCode::OutputDoesNotFit,
+            reason,
+        };
+        let (_, schema) = self
+            .contracts
+            .topic(topic)
+            .map_err(|e| bug(e.to_string()))?;
+        let event_id = derived_event_id(&self.source.envelope.event_id, self.emitted.len());
+        let record = json!({
+            "event_type": event_type,
+            "payload": payload,
+            "event_id": event_id.to_string(),
+            "correlation_id": self.source.envelope.correlation_id,
+        });
+        let (key, envelope) =
+            envelope::from_json(&record, schema, key_fields, self.producer, self.now)
+                .map_err(|e| bug(format!("{} emitted a record that {e}", self.producer)))?;
+        self.emitted.push((topic.to_string(), key, envelope));
+        Ok(())
+    }
+}
+
+/// The id of the `index`-th record emitted while processing `input`:
+/// deterministic, so a retried or replayed input emits the same ids.
+pub fn derived_event_id(input: &Uuid, index: usize) -> Uuid {
+    Uuid::new_v5(input, format!("emit/{index}").as_bytes())
+}
+
+/// The payload of an envelope as JSON.
+pub(crate) fn payload_json(payload: &Avro) -> Json {
+    crate::avro_json::to_json(payload)
+}

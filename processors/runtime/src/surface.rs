@@ -1,0 +1,257 @@
+//! The operating surface of every processor: health, status and metrics on
+//! one HTTP port.
+//!
+//! Metrics follow the Kafka Streams vocabulary with Prometheus conventions:
+//! a `psymatch_` prefix, `_total` counters, `_seconds` histograms, and a
+//! constant `processor` label.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Every metric of the runtime. One place defines each name and its labels.
+pub struct Metrics {
+    registry: Registry,
+    /// Records consumed, by topic.
+    pub consumed: IntCounterVec,
+    /// Records produced by the relay, by topic.
+    pub produced: IntCounterVec,
+    /// Input records skipped as duplicates (same event id), by topic.
+    pub duplicates: IntCounterVec,
+    /// Records sent to a dead-letter topic, by source topic and error code.
+    pub dead_letters: IntCounterVec,
+    /// Errors by code (including retried ones).
+    pub errors: IntCounterVec,
+    /// Time to process one record (decode to outputs).
+    pub process_seconds: Histogram,
+    /// Time to commit one batch's transaction.
+    pub commit_seconds: Histogram,
+    /// Records per committed batch.
+    pub batch_records: Histogram,
+    /// Consumer lag per partition (librdkafka statistics).
+    pub lag: IntGaugeVec,
+    /// Rebalances by kind (assign, revoke, lost).
+    pub rebalances: IntCounterVec,
+    /// Retries by kind (batch, relay).
+    pub retries: IntCounterVec,
+    /// Records waiting in the outbox at the relay's last look.
+    pub outbox_pending: IntGauge,
+}
+
+impl Metrics {
+    /// Metrics labelled with the processor's name.
+    pub fn new(processor: &str) -> Metrics {
+        let labels = [("processor".to_string(), processor.to_string())].into();
+        let registry =
+            Registry::new_custom(Some("psymatch".into()), Some(labels)).expect("valid registry");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let seconds = prometheus::exponential_buckets(0.0001, 4.0, 10).expect("valid buckets");
+        Metrics {
+            consumed: counter("records_consumed_total", "Records consumed.", &["topic"]),
+            produced: counter(
+                "records_produced_total",
+                "Records published by the outbox relay.",
+                &["topic"],
+            ),
+            duplicates: counter(
+                "records_duplicate_total",
+                "Input records skipped as already processed.",
+                &["topic"],
+            ),
+            dead_letters: counter(
+                "dlq_records_total",
+                "Records sent to a dead-letter topic.",
+                &["topic", "code"],
+            ),
+            errors: counter(
+                "errors_total",
+                "Errors by code, retried ones included.",
+                &["code"],
+            ),
+            process_seconds: histogram(
+                "process_duration_seconds",
+                "Time to process one record.",
+                seconds.clone(),
+            ),
+            commit_seconds: histogram(
+                "commit_duration_seconds",
+                "Time to commit one batch.",
+                seconds,
+            ),
+            batch_records: histogram(
+                "batch_records",
+                "Records per committed batch.",
+                prometheus::exponential_buckets(1.0, 2.0, 12).expect("valid buckets"),
+            ),
+            lag: gauge(
+                "consumer_lag",
+                "Consumer lag in records per partition.",
+                &["topic", "partition"],
+            ),
+            rebalances: counter("rebalances_total", "Rebalances by kind.", &["kind"]),
+            retries: counter("retries_total", "Retries by kind.", &["kind"]),
+            outbox_pending: {
+                let metric = IntGauge::new("outbox_pending", "Records waiting in the outbox.")
+                    .expect("valid metric");
+                registry
+                    .register(Box::new(metric.clone()))
+                    .expect("unique metric");
+                metric
+            },
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// What `/health/status` reports, updated by the runtime.
+#[derive(Default)]
+pub struct Status {
+    /// Partitions assigned now.
+    pub assigned: Mutex<BTreeSet<(String, i32)>>,
+    /// Lag per partition.
+    pub lag: Mutex<BTreeMap<(String, i32), i64>>,
+    /// The last error, for a person looking.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Status {
+    /// Records an error as the last one.
+    pub fn error(&self, message: impl Into<String>) {
+        *self.last_error.lock().expect("status lock") = Some(message.into());
+    }
+}
+
+/// A readiness probe of one dependency.
+pub type Probe =
+    Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Shared state of the HTTP surface.
+pub struct Surface {
+    /// Processor name.
+    pub processor: String,
+    /// Consumer group.
+    pub group: String,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Status.
+    pub status: Arc<Status>,
+    /// Probes for readiness, by dependency name.
+    pub probes: Vec<(&'static str, Probe)>,
+    /// Start time.
+    pub started: Instant,
+}
+
+/// The router: `/health/liveness`, `/health/readiness`, `/health/status`, `/metrics`.
+pub fn router(surface: Arc<Surface>) -> Router {
+    Router::new()
+        .route("/health/liveness", get(|| async { "ok" }))
+        .route("/health/readiness", get(readiness))
+        .route("/health/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(surface)
+}
+
+async fn readiness(State(surface): State<Arc<Surface>>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut ready = true;
+    for (name, probe) in &surface.probes {
+        let outcome = match tokio::time::timeout(Duration::from_secs(3), probe()).await {
+            Ok(result) => result,
+            Err(_) => Err("no answer within 3 s".to_string()),
+        };
+        ready &= outcome.is_ok();
+        checks.insert(
+            name.to_string(),
+            match outcome {
+                Ok(()) => json!("ok"),
+                Err(reason) => json!(reason),
+            },
+        );
+    }
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(json!({"ready": ready, "checks": checks}))).into_response()
+}
+
+async fn status(State(surface): State<Arc<Surface>>) -> Response {
+    let assigned: Vec<String> = surface
+        .status
+        .assigned
+        .lock()
+        .expect("status lock")
+        .iter()
+        .map(|(topic, partition)| format!("{topic}/{partition}"))
+        .collect();
+    let lag: serde_json::Map<String, serde_json::Value> = surface
+        .status
+        .lag
+        .lock()
+        .expect("status lock")
+        .iter()
+        .map(|((topic, partition), lag)| (format!("{topic}/{partition}"), json!(lag)))
+        .collect();
+    axum::Json(json!({
+        "processor": surface.processor,
+        "version": env!("CARGO_PKG_VERSION"),
+        "group": surface.group,
+        "uptime_seconds": surface.started.elapsed().as_secs(),
+        "assigned_partitions": assigned,
+        "lag": lag,
+        "last_error": *surface.status.last_error.lock().expect("status lock"),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(surface): State<Arc<Surface>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        surface.metrics.render(),
+    )
+        .into_response()
+}
