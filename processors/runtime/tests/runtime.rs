@@ -121,7 +121,9 @@ async fn poison_records_are_dead_lettered_with_reasons_and_the_partition_flows_o
         json!({"event_type": "patient.resume_search", "payload": {"patient_id": key}}),
     )
     .await;
-    let poison: Vec<(Option<&str>, Option<Vec<u8>>, &str)> = vec![
+    // (key, value, expected error code)
+    type Poison<'a> = (Option<&'a str>, Option<Vec<u8>>, &'a str);
+    let poison: Vec<Poison> = vec![
         (
             raw(b"garbage bytes").0,
             raw(b"garbage bytes").1,
