@@ -38,12 +38,30 @@ pub fn to_avro(json: &Json, schema: &Schema) -> Result<Avro, FitError> {
 
 /// Like [`to_avro`] for a schema nested in a larger one whose named types
 /// `names` holds.
-pub fn to_avro_within(json: &Json, schema: &Schema, names: &NamesRef) -> Result<Avro, FitError> {
+pub fn to_avro_within<N: Names>(json: &Json, schema: &Schema, names: &N) -> Result<Avro, FitError> {
     Converter { names }.convert(json, schema, "")
 }
 
-struct Converter<'a> {
-    names: &'a HashMap<Name, &'a Schema>,
+/// A table of named types by name.
+pub trait Names {
+    /// The schema named `name`.
+    fn lookup(&self, name: &Name) -> Option<&Schema>;
+}
+
+impl Names for NamesRef<'_> {
+    fn lookup(&self, name: &Name) -> Option<&Schema> {
+        self.get(name).copied()
+    }
+}
+
+impl Names for HashMap<Name, Schema> {
+    fn lookup(&self, name: &Name) -> Option<&Schema> {
+        self.get(name)
+    }
+}
+
+struct Converter<'a, N: Names> {
+    names: &'a N,
 }
 
 fn fail<T>(path: &str, reason: impl Into<String>) -> Result<T, FitError> {
@@ -89,7 +107,7 @@ fn branch_name(schema: &Schema) -> String {
     }
 }
 
-impl Converter<'_> {
+impl<N: Names> Converter<'_, N> {
     fn convert(&self, json: &Json, schema: &Schema, path: &str) -> Result<Avro, FitError> {
         let integer = |json: &Json| json.as_i64();
         match schema {
@@ -198,7 +216,7 @@ impl Converter<'_> {
                 Ok(Avro::Record(fields))
             }
             Schema::Union(u) => self.union(json, u.variants(), path),
-            Schema::Ref { name } => match self.names.get(name) {
+            Schema::Ref { name } => match self.names.lookup(name) {
                 Some(target) => self.convert(json, target, path),
                 None => fail(
                     path,

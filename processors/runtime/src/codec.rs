@@ -6,11 +6,15 @@
 //! that an incompatible schema fails with the registry's own reason.
 
 use crate::contracts::{Contracts, value_subject};
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value as Avro;
+use apache_avro::writer::datum::GenericDatumWriter;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
 use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// The default registry: the local stack's.
 pub const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:8081";
@@ -39,10 +43,20 @@ pub enum CodecError {
     Encode(String),
 }
 
+/// A registered schema id with its prepared writer.
+type PreparedWriter = (u32, Arc<GenericDatumWriter<'static>>);
+
 /// Encoder and decoder sharing one registry.
+///
+/// Prepared Avro readers and writers are cached per schema id. They borrow
+/// their schemas, so the schemas of a cache entry are leaked: a process sees
+/// a handful of schema ids in its life, and building the resolution tables
+/// per record costs more than the whole rest of decoding.
 pub struct Codec {
     encoder: AvroEncoder,
     decoder: AvroDecoder,
+    readers: Mutex<HashMap<(u32, usize), Arc<GenericDatumReader<'static>>>>,
+    writers: Mutex<HashMap<(String, usize), PreparedWriter>>,
 }
 
 impl Codec {
@@ -51,6 +65,8 @@ impl Codec {
         Codec {
             encoder: AvroEncoder::new(SrSettings::new(url.to_string())),
             decoder: AvroDecoder::new(SrSettings::new(url.to_string())),
+            readers: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -126,21 +142,44 @@ impl Codec {
             return Err(ReadError::NotWireFormat);
         }
         let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-        let writer = self.decoder.get_schema(id).await.map_err(|error| {
-            if error.retriable {
-                ReadError::Registry(error.to_string())
-            } else {
-                ReadError::UnknownSchema(id, error.to_string())
+        // Readers are keyed by the reader schema's address too: a process
+        // may read with more than one build of a schema (tests do).
+        let key = (id, reader as *const apache_avro::Schema as usize);
+        let cached = self
+            .readers
+            .lock()
+            .expect("reader cache")
+            .get(&key)
+            .cloned();
+        let datum = match cached {
+            Some(datum) => datum,
+            None => {
+                let writer = self.decoder.get_schema(id).await.map_err(|error| {
+                    if error.retriable {
+                        ReadError::Registry(error.to_string())
+                    } else {
+                        ReadError::UnknownSchema(id, error.to_string())
+                    }
+                })?;
+                let writer: &'static apache_avro::Schema =
+                    Box::leak(Box::new(writer.parsed.clone()));
+                let reader: &'static apache_avro::Schema = Box::leak(Box::new(reader.clone()));
+                let datum = GenericDatumReader::builder(writer)
+                    .reader_schema(reader)
+                    .build()
+                    .map_err(|error| {
+                        ReadError::Body(format!(
+                            "schema {id} cannot be read as this build's schema: {error}"
+                        ))
+                    })?;
+                let datum = Arc::new(datum);
+                self.readers
+                    .lock()
+                    .expect("reader cache")
+                    .insert(key, datum.clone());
+                datum
             }
-        })?;
-        let datum = apache_avro::reader::datum::GenericDatumReader::builder(&writer.parsed)
-            .reader_schema(reader)
-            .build()
-            .map_err(|error| {
-                ReadError::Body(format!(
-                    "schema {id} cannot be read as this build's schema: {error}"
-                ))
-            })?;
+        };
         let mut body = &bytes[5..];
         let value = datum.read_value(&mut body).map_err(|error| {
             ReadError::Body(format!("body does not decode with schema {id}: {error}"))
@@ -164,25 +203,56 @@ impl Codec {
         value: Avro,
     ) -> Result<Vec<u8>, CodecError> {
         use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
-        let name = schema.json["namespace"]
-            .as_str()
-            .map(|ns| format!("{ns}.{}", schema.json["name"].as_str().unwrap_or_default()));
-        let supplied = SuppliedSchema::new(name, SchemaType::Avro, schema.json.to_string());
-        let strategy =
-            SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_string(), false, supplied);
-        self.encoder
-            .encode_value(value, &strategy)
-            .await
-            .map_err(|error| {
-                if error.retriable {
-                    CodecError::Registry {
+        let key = (
+            topic.to_string(),
+            &schema.schema as *const apache_avro::Schema as usize,
+        );
+        let cached = self
+            .writers
+            .lock()
+            .expect("writer cache")
+            .get(&key)
+            .cloned();
+        let (id, datum) = match cached {
+            Some(entry) => entry,
+            None => {
+                let name = schema.json["namespace"]
+                    .as_str()
+                    .map(|ns| format!("{ns}.{}", schema.json["name"].as_str().unwrap_or_default()));
+                let supplied = SuppliedSchema::new(name, SchemaType::Avro, schema.json.to_string());
+                let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
+                    topic.to_string(),
+                    false,
+                    supplied,
+                );
+                let registered = self
+                    .encoder
+                    .get_schema_and_id(&value_subject(topic), strategy)
+                    .await
+                    .map_err(|error| CodecError::Registry {
+                        retriable: error.retriable,
                         message: error.to_string(),
-                        retriable: true,
-                    }
-                } else {
-                    CodecError::Encode(error.to_string())
-                }
-            })
+                    })?;
+                let leaked: &'static apache_avro::Schema =
+                    Box::leak(Box::new(schema.schema.clone()));
+                let datum = GenericDatumWriter::builder(leaked)
+                    .build()
+                    .map_err(|error| CodecError::Encode(error.to_string()))?;
+                let entry = (registered.id, Arc::new(datum));
+                self.writers
+                    .lock()
+                    .expect("writer cache")
+                    .insert(key, entry.clone());
+                entry
+            }
+        };
+        let mut bytes = Vec::with_capacity(128);
+        bytes.push(0);
+        bytes.extend_from_slice(&id.to_be_bytes());
+        datum
+            .write_value(&mut bytes, value)
+            .map_err(|error| CodecError::Encode(error.to_string()))?;
+        Ok(bytes)
     }
 }
 

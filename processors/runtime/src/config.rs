@@ -13,6 +13,7 @@
 //! | `DB_POOL_SIZE` | `8` | database connections |
 //! | `SHUTDOWN_TIMEOUT_SECS` | `10` | how long SIGTERM may take |
 //! | `RETRY_MAX_BACKOFF_MS` | `30000` | longest pause between retries of a failing batch |
+//! | `PARTITION_ASSIGNMENT` | `lease` | `lease`: partitions are shared out with PostgreSQL leases; `group`: Kafka consumer groups (see README) |
 //! | `KAFKA_OPTION_<NAME>` | | any librdkafka option: `KAFKA_OPTION_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms` |
 
 use anyhow::{Context, bail};
@@ -44,8 +45,21 @@ pub struct RuntimeConfig {
     pub shutdown_timeout: Duration,
     /// Longest retry pause (`RETRY_MAX_BACKOFF_MS`).
     pub max_backoff: Duration,
+    /// How partitions are shared among instances (`PARTITION_ASSIGNMENT`).
+    pub assignment: Assignment,
     /// Raw librdkafka options (`KAFKA_OPTION_*`).
     pub kafka_options: BTreeMap<String, String>,
+}
+
+/// How the instances of a processor share the partitions of its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignment {
+    /// Each instance holds PostgreSQL advisory locks on its partitions and
+    /// takes its fair share of them; a crashed instance's locks go with its
+    /// connection, so its partitions move at once. Works on any broker.
+    Lease,
+    /// Kafka consumer groups (subscribe and rebalance callbacks).
+    Group,
 }
 
 impl RuntimeConfig {
@@ -101,6 +115,11 @@ impl RuntimeConfig {
             db_pool_size: number(vars, "DB_POOL_SIZE", 8u32)?.max(2),
             shutdown_timeout: Duration::from_secs(number(vars, "SHUTDOWN_TIMEOUT_SECS", 10u64)?),
             max_backoff: Duration::from_millis(number(vars, "RETRY_MAX_BACKOFF_MS", 30_000u64)?),
+            assignment: match text("PARTITION_ASSIGNMENT", "lease").as_str() {
+                "lease" => Assignment::Lease,
+                "group" => Assignment::Group,
+                other => bail!("PARTITION_ASSIGNMENT={other}: expected lease or group"),
+            },
             kafka_options,
         })
     }

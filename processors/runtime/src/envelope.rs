@@ -15,7 +15,6 @@
 
 use crate::avro_json::{self, FitError};
 use crate::schemas::TopicSchema;
-use apache_avro::schema::ResolvedSchema;
 use apache_avro::types::Value as Avro;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value as Json};
@@ -264,14 +263,12 @@ pub fn from_json(
             reason: error.reason,
         },
     };
-    let resolved =
-        ResolvedSchema::try_from(&schema.schema).map_err(|error| shape(error.to_string()))?;
     let apache_avro::Schema::Union(union) = schema.payload_schema() else {
         return Err(shape("the payload schema is not a union".into()));
     };
     let branch_schema = &union.variants()[branch.index as usize];
-    let payload = avro_json::to_avro_within(payload_json, branch_schema, resolved.get_names())
-        .map_err(fit)?;
+    let payload =
+        avro_json::to_avro_within(payload_json, branch_schema, &schema.names).map_err(fit)?;
     let derived = key_of(payload_json, key_fields);
     let key = match (text("key")?, derived) {
         (Some(given), Some(derived)) if given != derived => {

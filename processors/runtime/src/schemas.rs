@@ -78,6 +78,9 @@ pub struct TopicSchema {
     pub schema: Schema,
     /// The payload union's records.
     pub branches: Vec<Branch>,
+    /// Every named type of the schema, resolved once (JSON conversion
+    /// follows references through it).
+    pub names: std::collections::HashMap<apache_avro::schema::Name, Schema>,
 }
 
 impl TopicSchema {
@@ -117,11 +120,21 @@ impl TopicSchema {
             )));
         }
         let branches = branches(&json).map_err(convention)?;
+        let names = apache_avro::schema::ResolvedSchema::try_from(&schema)
+            .map_err(|error| SchemaError::Avro {
+                file: file.to_string(),
+                reason: error.to_string(),
+            })?
+            .get_names()
+            .iter()
+            .map(|(name, schema)| (name.clone(), (*schema).clone()))
+            .collect();
         Ok(TopicSchema {
             topic: topic.to_string(),
             json,
             schema,
             branches,
+            names,
         })
     }
 

@@ -16,10 +16,14 @@ pub fn stack_env(name: &str) -> String {
 /// A new, migrated database of its own for one test, on the server of
 /// `DATABASE_URL`. The stack drops these on its next start.
 pub async fn fresh_database() -> (PgPool, String) {
-    let base_url = stack_env("DATABASE_URL");
+    fresh_database_on(&stack_env("DATABASE_URL")).await
+}
+
+/// [`fresh_database`] on the server of `base_url`.
+pub async fn fresh_database_on(base_url: &str) -> (PgPool, String) {
     let server = base_url
         .rsplit_once('/')
-        .map_or(base_url.as_str(), |(server, _)| server);
+        .map_or(base_url, |(server, _)| server);
     let admin = db::connect(&format!("{server}/postgres"))
         .await
         .expect("the stack's PostgreSQL answers");
@@ -84,12 +88,13 @@ pub struct TestBed {
 impl TestBed {
     /// Creates the database, topics and subjects.
     pub async fn new() -> TestBed {
-        Self::with_brokers(&stack_env("KAFKA_BROKERS")).await
+        Self::with(&stack_env("KAFKA_BROKERS"), &stack_env("DATABASE_URL")).await
     }
 
-    /// [`TestBed::new`] on another broker (tests that restart their own).
-    pub async fn with_brokers(brokers: &str) -> TestBed {
-        let (pool, database_url) = fresh_database().await;
+    /// [`TestBed::new`] on another broker or PostgreSQL server (tests that
+    /// restart their own).
+    pub async fn with(brokers: &str, database_url: &str) -> TestBed {
+        let (pool, database_url) = fresh_database_on(database_url).await;
         let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let registry_url = stack_env("SCHEMA_REGISTRY_URL");
         let contracts = crate::contracts::Contracts::embedded();
@@ -106,7 +111,8 @@ impl TestBed {
             .expect("schemas registered");
         let producer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", brokers)
-            .set("message.timeout.ms", "60000")
+            .set("message.timeout.ms", "120000")
+            .set("queue.buffering.max.messages", "1000000")
             .create()
             .expect("producer");
         TestBed {
@@ -173,10 +179,11 @@ impl TestBed {
                 .collect();
             sends.push((key, bytes, headers));
         }
-        for (key, bytes, headers) in sends {
-            self.publish_raw(topic, Some(&key), Some(&bytes), &headers)
-                .await;
-        }
+        // All in flight at once: librdkafka keeps each partition's order.
+        let sends = sends
+            .iter()
+            .map(|(key, bytes, headers)| self.publish_raw(topic, Some(key), Some(bytes), headers));
+        futures::future::join_all(sends).await;
     }
 
     /// Publishes raw bytes (poison records).

@@ -1,0 +1,276 @@
+//! `psymatch-bench`: the runtime's throughput against its limit, in one run,
+//! on the same broker and the same records.
+//!
+//! Needs the local stack (`scripts/stack up`, `. .stack/env`). Publishes N
+//! `matching.run` commands (default 100,000) once, then runs each path in a
+//! process of its own over them and prints a table:
+//!
+//! - `passthrough`: raw rdkafka consume -> produce of the bytes (the limit);
+//! - `at-least-once`: decode the Avro envelope with this build's reader
+//!   schema, check key and payload, build and encode an output envelope,
+//!   produce;
+//! - `effectively-once`: the runtime with the example processor: state,
+//!   offsets and outbox in PostgreSQL per batch, then the relay.
+//!
+//! Usage: `psymatch-bench [RECORDS]`
+
+use psymatch_runtime::app::run_with;
+use psymatch_runtime::contracts::Contracts;
+use psymatch_runtime::envelope::{self, Envelope};
+use psymatch_runtime::example::Counter;
+use psymatch_runtime::testing::TestBed;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const PHASES: [&str; 3] = ["passthrough", "at-least-once", "effectively-once"];
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--phase") {
+        return phase(&args[2]).await;
+    }
+    let records: usize = args
+        .get(1)
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(100_000);
+    let bed = TestBed::new().await;
+    eprintln!(
+        "publishing {records} records to {}matching-commands ...",
+        bed.prefix
+    );
+    publish(&bed, records).await?;
+    let mut rows = Vec::new();
+    for name in PHASES {
+        eprintln!("running {name} ...");
+        let output = std::process::Command::new(std::env::current_exe()?)
+            .args(["--phase", name])
+            .envs(bed.env("example"))
+            .env("BENCH_RECORDS", records.to_string())
+            .env("BENCH_PREFIX", &bed.prefix)
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::inherit())
+            .output()?;
+        anyhow::ensure!(output.status.success(), "phase {name} failed");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        rows.push(report);
+    }
+    let limit = rows[0]["per_second"].as_f64().unwrap_or(1.0);
+    println!();
+    println!("| path | records | seconds | records/s | ratio to passthrough | peak RSS (MiB) |");
+    println!("|---|---|---|---|---|---|");
+    for row in &rows {
+        let per_second = row["per_second"].as_f64().unwrap_or(0.0);
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {:.2} | {:.1} |",
+            row["phase"].as_str().unwrap_or("?"),
+            row["records"],
+            row["seconds"].as_f64().unwrap_or(0.0),
+            per_second,
+            per_second / limit,
+            row["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+        );
+    }
+    Ok(())
+}
+
+/// Publishes `records` commands over 1,000 patients, encoded once each.
+async fn publish(bed: &TestBed, records: usize) -> anyhow::Result<()> {
+    let chunk = 10_000;
+    let mut start = 0;
+    while start < records {
+        let batch: Vec<serde_json::Value> = (start..(start + chunk).min(records))
+            .map(|i| {
+                json!({"event_type": "matching.run",
+                       "payload": {"run_id": format!("run-{i}"), "patient_id": format!("p-{}", i % 1000)}})
+            })
+            .collect();
+        bed.publish("matching-commands", &batch).await;
+        start += chunk;
+    }
+    Ok(())
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn report(phase: &str, records: usize, elapsed: Duration) {
+    let seconds = elapsed.as_secs_f64();
+    println!(
+        "{}",
+        json!({"phase": phase, "records": records, "seconds": seconds,
+               "per_second": records as f64 / seconds, "peak_rss_kib": peak_rss_kib()})
+    );
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
+}
+
+/// A consumer assigned to every partition of the input from the beginning.
+fn input_consumer(brokers: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+fn output_producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?)
+}
+
+fn send(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+) {
+    let mut record = BaseRecord::to(topic).key(key).payload(value);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, returned)) => {
+                // Queue full: let librdkafka deliver, then retry.
+                producer.poll(Duration::from_millis(5));
+                record = returned;
+            }
+        }
+    }
+}
+
+async fn phase(name: &str) -> anyhow::Result<()> {
+    let records: usize = env("BENCH_RECORDS").parse()?;
+    let prefix = env("BENCH_PREFIX");
+    let brokers = env("KAFKA_BROKERS");
+    let input = format!("{prefix}matching-commands");
+    let output = format!("{prefix}matching-events");
+    match name {
+        "passthrough" => {
+            let consumer = input_consumer(&brokers, &input)?;
+            let producer = output_producer(&brokers)?;
+            let mut seen = 0;
+            let mut started = None;
+            while seen < records {
+                if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                    let message = message?;
+                    started.get_or_insert_with(Instant::now);
+                    send(
+                        &producer,
+                        &output,
+                        message.key().unwrap_or_default(),
+                        message.payload().unwrap_or_default(),
+                    );
+                    seen += 1;
+                }
+            }
+            producer.flush(Duration::from_secs(60))?;
+            report(name, records, started.expect("records were read").elapsed());
+        }
+        "at-least-once" => {
+            let contracts = Contracts::embedded();
+            let (spec, schema) = contracts.topic("matching-commands")?;
+            let (_, out_schema) = contracts.topic("matching-events")?;
+            let codec = psymatch_runtime::codec::Codec::new(&env("SCHEMA_REGISTRY_URL"));
+            let consumer = input_consumer(&brokers, &input)?;
+            let producer = output_producer(&brokers)?;
+            let mut seen = 0;
+            let mut started = None;
+            while seen < records {
+                let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let message = message?;
+                started.get_or_insert_with(Instant::now);
+                let value = codec
+                    .decode_as(message.payload().unwrap_or_default(), &schema.schema)
+                    .await?;
+                let incoming = Envelope::from_avro(value)?;
+                let payload = psymatch_runtime::avro_json::to_json(&incoming.payload);
+                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+                anyhow::ensure!(
+                    envelope::key_of(&payload, &spec.key_fields).as_deref() == Some(key.as_str())
+                );
+                let out = json!({"event_type": "matching.search_exhausted",
+                                 "event_id": psymatch_runtime::processor::derived_event_id(&incoming.event_id, 0).to_string(),
+                                 "payload": {"patient_id": payload["patient_id"], "candidates_considered": 1}});
+                let (out_key, envelope) = envelope::from_json(
+                    &out,
+                    out_schema,
+                    &["patient_id".into()],
+                    "bench",
+                    chrono::Utc::now(),
+                )?;
+                let bytes = codec
+                    .encode_with(&output, out_schema, envelope.to_avro(out_schema)?)
+                    .await?;
+                send(&producer, &output, out_key.as_bytes(), &bytes);
+                seen += 1;
+            }
+            producer.flush(Duration::from_secs(60))?;
+            report(name, records, started.expect("records were read").elapsed());
+        }
+        "effectively-once" => {
+            let config = psymatch_runtime::config::RuntimeConfig::from_env("example")?;
+            let pool = psymatch_runtime::db::connect(&config.database_url).await?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let started = Instant::now();
+            let runtime = tokio::spawn(run_with(Counter, config, async move {
+                let _ = stopped.await;
+            }));
+            let mut state_done = None;
+            loop {
+                let done: Option<i64> =
+                    sqlx::query_scalar("SELECT sum(count)::bigint FROM example.counts")
+                        .fetch_one(&pool)
+                        .await?;
+                let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM example.outbox")
+                    .fetch_one(&pool)
+                    .await?;
+                if done.unwrap_or(0) as usize >= records {
+                    state_done.get_or_insert_with(|| started.elapsed());
+                    if pending == 0 {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let elapsed = started.elapsed();
+            eprintln!(
+                "effectively-once: state of every record committed after {:.2} s, outbox published after {:.2} s",
+                state_done.unwrap_or_default().as_secs_f64(),
+                elapsed.as_secs_f64()
+            );
+            let _ = stop.send(());
+            runtime.await??;
+            report(name, records, elapsed);
+        }
+        other => anyhow::bail!("unknown phase {other}"),
+    }
+    Ok(())
+}

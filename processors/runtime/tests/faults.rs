@@ -1,0 +1,145 @@
+//! Faults: processes killed with SIGKILL at random moments, instances
+//! joining and leaving, broker and PostgreSQL restarts. Each ends with every
+//! input applied exactly once and every output present.
+
+use psymatch_runtime::testing::{Received, TestBed};
+use rand::Rng;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const KEYS: usize = 100;
+
+fn commands(total: usize, offset: usize) -> Vec<Value> {
+    (offset..offset + total)
+        .map(|i| {
+            json!({"event_type": "matching.run",
+                   "payload": {"run_id": format!("run-{i}"), "patient_id": format!("p-{}", i % KEYS)}})
+        })
+        .collect()
+}
+
+fn spawn_example(bed: &TestBed, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_psymatch-example"))
+        .envs(bed.env("example"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting psymatch-example")
+}
+
+async fn total(bed: &TestBed) -> i64 {
+    sqlx::query_scalar::<_, Option<i64>>("SELECT sum(count)::bigint FROM example.counts")
+        .fetch_one(&bed.pool)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// Checks the end state after `inputs` records: state applied exactly once
+/// per input, outputs complete, duplicates (same event id) identical.
+async fn assert_exactly_once(bed: &TestBed, inputs: usize) -> Vec<Received> {
+    let per_key: Vec<(String, i64)> =
+        sqlx::query_as("SELECT key, count FROM example.counts ORDER BY key")
+            .fetch_all(&bed.pool)
+            .await
+            .unwrap();
+    assert_eq!(per_key.len(), KEYS);
+    for (key, count) in &per_key {
+        assert_eq!(*count as usize, inputs / KEYS, "{key}");
+    }
+    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM example.processed_events")
+        .fetch_one(&bed.pool)
+        .await
+        .unwrap();
+    assert_eq!(processed as usize, inputs);
+    let distinct = |records: &[Received]| {
+        records
+            .iter()
+            .filter_map(|r| r.envelope.as_ref().map(|e| e.event_id))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    let outputs = bed
+        .read_until("matching-events", Duration::from_secs(120), |r| {
+            distinct(r) >= inputs
+        })
+        .await;
+    let mut by_id: HashMap<uuid::Uuid, Value> = HashMap::new();
+    let mut counts_per_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for record in &outputs {
+        let envelope = record.envelope.as_ref().expect("outputs decode");
+        let payload = record.payload();
+        match by_id.get(&envelope.event_id) {
+            Some(first) => assert_eq!(
+                first, &payload,
+                "a duplicate event id carries the same record"
+            ),
+            None => {
+                by_id.insert(envelope.event_id, payload.clone());
+                counts_per_key
+                    .entry(payload["patient_id"].as_str().unwrap().to_string())
+                    .or_default()
+                    .push(payload["candidates_considered"].as_i64().unwrap());
+            }
+        }
+    }
+    assert_eq!(
+        by_id.len(),
+        inputs,
+        "every input's output is present once by event id"
+    );
+    for (key, mut seen) in counts_per_key {
+        seen.sort();
+        let expected: Vec<i64> = (1..=(inputs / KEYS) as i64).collect();
+        assert_eq!(seen, expected, "{key}: each count exactly once");
+    }
+    outputs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
+    let bed = std::sync::Arc::new(TestBed::new().await);
+    let log = std::env::temp_dir().join(format!("{}example.log", bed.prefix));
+    let inputs = 10_000;
+    let publisher = {
+        let records = commands(inputs, 0);
+        let bed = bed.clone();
+        tokio::spawn(async move {
+            for chunk in records.chunks(500) {
+                bed.publish("matching-commands", chunk).await;
+            }
+        })
+    };
+    let mut child = spawn_example(&bed, &log);
+    let mut kills = 0;
+    let mut rng = rand::rng();
+    while kills < 20 {
+        let pause = rng.random_range(50..600);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        kills += 1;
+        child = spawn_example(&bed, &log);
+    }
+    publisher.await.unwrap();
+    bed.wait_for("every input applied", Duration::from_secs(180), || async {
+        total(&bed).await >= inputs as i64
+    })
+    .await;
+    let outputs = assert_exactly_once(&bed, inputs).await;
+    eprintln!(
+        "{kills} kills; {} output records for {inputs} inputs ({} duplicates dropped by id)",
+        outputs.len(),
+        outputs.len() - inputs
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
