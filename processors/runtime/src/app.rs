@@ -68,6 +68,10 @@ struct Shared<P> {
     /// Offsets committed to PostgreSQL, waiting to be stored in the consumer
     /// for the broker's group offsets (tools, lag).
     committed: Mutex<Vec<(String, i32, i64)>>,
+    /// Seeks the workers ask the consumer thread for (topic, partition, offset).
+    seeks: Mutex<std::sync::mpsc::Sender<(String, i32, i64)>>,
+    /// Input topics whose offsets may have holes (compacted).
+    compacted: HashSet<String>,
 }
 
 /// Runs `processor` until `shutdown` completes.
@@ -89,6 +93,19 @@ pub async fn run_with<P: Processor>(
     db::migrate(&pool).await?;
     let metrics = Arc::new(Metrics::new(name));
     let status = Arc::new(Status::default());
+    let (seek_sender, seek_receiver) = std::sync::mpsc::channel();
+    let compacted: HashSet<String> = contracts
+        .topics
+        .topics
+        .iter()
+        .filter(|t| {
+            t.config
+                .get("cleanup.policy")
+                .and_then(|v| v.as_str())
+                .is_some_and(|p| p.contains("compact"))
+        })
+        .map(|t| t.name.clone())
+        .collect();
     let shared = Arc::new(Shared {
         schema: name.to_string(),
         codec: codec::Codec::new(&config.registry_url),
@@ -100,6 +117,8 @@ pub async fn run_with<P: Processor>(
         status: status.clone(),
         relay_wake: Notify::new(),
         committed: Mutex::new(Vec::new()),
+        seeks: Mutex::new(seek_sender),
+        compacted,
     });
 
     let listener = tokio::net::TcpListener::bind(&shared.config.http_listen)
@@ -127,7 +146,7 @@ pub async fn run_with<P: Processor>(
         let handle = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name(format!("{name}-consumer"))
-            .spawn(move || consumer_thread(shared, stop, handle))?
+            .spawn(move || consumer_thread(shared, stop, handle, seek_receiver))?
     };
 
     shutdown.await;
@@ -218,7 +237,7 @@ struct RuntimeContext<P: Processor> {
 }
 
 struct Worker {
-    queue: mpsc::Sender<OwnedMessage>,
+    queue: mpsc::Sender<WorkItem>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -263,7 +282,7 @@ impl<P: Processor> ConsumerContext for RuntimeContext<P> {
                 for element in tpl.elements() {
                     let key = (element.topic().to_string(), element.partition());
                     let offset = match positions.as_ref().ok().and_then(|p| p.get(&key)) {
-                        Some(next) => Offset::Offset(*next),
+                        Some(next) => Offset::Offset((*next - REWIND).max(0)),
                         None => Offset::Beginning,
                     };
                     let _ = assignment.add_partition_offset(
@@ -329,9 +348,12 @@ impl<P: Processor> ConsumerContext for RuntimeContext<P> {
 impl<P: Processor> RuntimeContext<P> {
     fn start_worker(&self, topic: String, partition: i32) {
         let (queue, receiver) = mpsc::channel(self.shared.config.queue_capacity);
-        let task = self
-            .handle
-            .spawn(partition_worker(self.shared.clone(), receiver));
+        let task = self.handle.spawn(partition_worker(
+            self.shared.clone(),
+            receiver,
+            topic.clone(),
+            partition,
+        ));
         let mut workers = self.workers.lock().expect("workers lock");
         if let Some(old) = workers.insert((topic, partition), Worker { queue, task }) {
             old.task.abort();
@@ -365,6 +387,41 @@ impl<P: Processor> RuntimeContext<P> {
         }
     }
 
+    /// Re-positions a partition at `next` (or at the oldest record still
+    /// kept, if retention removed `next`) and tells its worker.
+    fn seek_back(&self, consumer: &BaseConsumer<Self>, topic: &str, partition: i32, next: i64) {
+        let target = match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+            Ok((low, _)) if low > next => {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    next,
+                    low,
+                    "records removed by retention before they were processed"
+                );
+                low
+            }
+            _ => next,
+        };
+        if let Err(error) = consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(target),
+            Duration::from_secs(5),
+        ) {
+            tracing::warn!(topic, partition, error = %error, "seek failed");
+        }
+        let queue = self
+            .workers
+            .lock()
+            .expect("workers lock")
+            .get(&(topic.to_string(), partition))
+            .map(|w| w.queue.clone());
+        if let Some(queue) = queue {
+            let _ = queue.blocking_send(WorkItem::Sought);
+        }
+    }
+
     fn dispatch(&self, message: OwnedMessage) {
         let key = (message.topic().to_string(), message.partition());
         let queue = self
@@ -376,7 +433,7 @@ impl<P: Processor> RuntimeContext<P> {
         match queue {
             // A full queue blocks the consumer thread: backpressure.
             Some(queue) => {
-                let _ = queue.blocking_send(message);
+                let _ = queue.blocking_send(WorkItem::Message(message));
             }
             None => {
                 tracing::debug!(topic = %key.0, partition = key.1, "record of an unassigned partition dropped")
@@ -414,6 +471,7 @@ fn consumer_thread<P: Processor>(
     shared: Arc<Shared<P>>,
     stop: Arc<AtomicBool>,
     handle: tokio::runtime::Handle,
+    seeks: std::sync::mpsc::Receiver<(String, i32, i64)>,
 ) {
     let context = RuntimeContext {
         shared: shared.clone(),
@@ -470,6 +528,11 @@ fn consumer_thread<P: Processor>(
     while !stop.load(Ordering::SeqCst) {
         while let Ok(command) = leases.try_recv() {
             consumer.context().apply_lease(&consumer, command);
+        }
+        while let Ok((topic, partition, next)) = seeks.try_recv() {
+            consumer
+                .context()
+                .seek_back(&consumer, &topic, partition, next);
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
@@ -530,7 +593,7 @@ impl<P: Processor> RuntimeContext<P> {
                         .ok()
                         .and_then(|p| p.get(&(topic.clone(), *partition)));
                     let offset = match stored {
-                        Some(next) => Offset::Offset(*next),
+                        Some(next) => Offset::Offset((*next - REWIND).max(0)),
                         None => Offset::Beginning,
                     };
                     let _ = assignment.add_partition_offset(topic, *partition, offset);
@@ -741,23 +804,103 @@ fn store_committed<P: Processor>(consumer: &BaseConsumer<RuntimeContext<P>>, sha
     }
 }
 
+/// What the consumer thread hands a partition worker.
+enum WorkItem {
+    /// A record to process.
+    Message(OwnedMessage),
+    /// The partition was sought back as the worker asked; what follows is
+    /// delivered from the new position.
+    Sought,
+}
+
+/// How far before the wanted offset a resync seeks first, growing tenfold
+/// while the broker still starts after it.
+const REWIND: i64 = 1000;
+
+/// A worker waiting for the records it missed.
+struct Resync {
+    /// The partition's next offset (from PostgreSQL).
+    next: i64,
+    /// How far back the last seek went.
+    rewind: i64,
+    /// Whether the consumer has sought back yet.
+    sought: bool,
+}
+
 async fn partition_worker<P: Processor>(
     shared: Arc<Shared<P>>,
-    mut queue: mpsc::Receiver<OwnedMessage>,
+    mut queue: mpsc::Receiver<WorkItem>,
+    topic: String,
+    partition: i32,
 ) {
     let mut batch = Vec::with_capacity(shared.config.batch_size);
+    let mut resync: Option<Resync> = None;
+    let seek = |target: i64| {
+        let _ = shared
+            .seeks
+            .lock()
+            .expect("seek queue")
+            .send((topic.clone(), partition, target));
+    };
+    // Tansu 0.6 answers a fetch from an offset inside a record batch with the
+    // following batch, so a consumer resuming mid-batch would silently skip
+    // records; stale records of an earlier assignment can also arrive ahead
+    // of the wanted ones. While resyncing, records after `next` are dropped
+    // until, after a seek, one at or before `next` arrives; the offset check
+    // in the transaction drops those before `next`.
+    let accept =
+        |item: WorkItem, batch: &mut Vec<OwnedMessage>, resync: &mut Option<Resync>| match item {
+            WorkItem::Sought => {
+                if let Some(state) = resync.as_mut() {
+                    state.sought = true;
+                }
+            }
+            WorkItem::Message(message) => match resync.as_mut() {
+                None => batch.push(message),
+                Some(state) if !state.sought => {}
+                Some(state) if message.offset() <= state.next => {
+                    *resync = None;
+                    batch.push(message);
+                }
+                Some(state) => {
+                    state.rewind = state.rewind.saturating_mul(10);
+                    state.sought = false;
+                    seek((state.next - state.rewind).max(0));
+                }
+            },
+        };
     while let Some(first) = queue.recv().await {
-        batch.push(first);
+        accept(first, &mut batch, &mut resync);
         while batch.len() < shared.config.batch_size {
             match queue.try_recv() {
-                Ok(message) => batch.push(message),
+                Ok(item) => accept(item, &mut batch, &mut resync),
                 Err(_) => break,
             }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let mut attempt = 0u32;
         loop {
             match process_batch(&shared, &batch, attempt > 0).await {
                 Ok(()) => break,
+                Err(BatchError::Gap { next }) => {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        next,
+                        first = batch[0].offset(),
+                        "offset gap; seeking back"
+                    );
+                    batch.clear();
+                    resync = Some(Resync {
+                        next,
+                        rewind: REWIND,
+                        sought: false,
+                    });
+                    seek((next - REWIND).max(0));
+                    break;
+                }
                 Err(BatchError::Transient(reason)) => {
                     attempt += 1;
                     shared.metrics.retries.with_label_values(&["batch"]).inc();
@@ -787,6 +930,10 @@ pub fn backoff(attempt: u32, cap: Duration) -> Duration {
 
 enum BatchError {
     Transient(String),
+    /// The batch starts after the partition's next offset.
+    Gap {
+        next: i64,
+    },
 }
 
 impl From<sqlx::Error> for BatchError {
@@ -914,6 +1061,12 @@ async fn process_batch<P: Processor>(
         // Everything here was committed by an earlier owner.
         return Ok(());
     };
+    let logical_topic = shared.config.logical(&topic).to_string();
+    if fresh[0].offset() > next && !shared.compacted.contains(&logical_topic) {
+        // Offsets of a topic that is not compacted have no holes: records
+        // were skipped in delivery (a stale fetch of an earlier assignment).
+        return Err(BatchError::Gap { next });
+    }
 
     let mut decoded = Vec::with_capacity(fresh.len());
     for message in &fresh {

@@ -53,6 +53,8 @@ type PreparedWriter = (u32, Arc<GenericDatumWriter<'static>>);
 /// a handful of schema ids in its life, and building the resolution tables
 /// per record costs more than the whole rest of decoding.
 pub struct Codec {
+    url: String,
+    http: reqwest::Client,
     encoder: AvroEncoder,
     decoder: AvroDecoder,
     readers: Mutex<HashMap<(u32, usize), Arc<GenericDatumReader<'static>>>>,
@@ -63,6 +65,8 @@ impl Codec {
     /// A codec for the registry at `url`.
     pub fn new(url: &str) -> Codec {
         Codec {
+            url: url.to_string(),
+            http: reqwest::Client::new(),
             encoder: AvroEncoder::new(SrSettings::new(url.to_string())),
             decoder: AvroDecoder::new(SrSettings::new(url.to_string())),
             readers: Mutex::new(HashMap::new()),
@@ -202,7 +206,6 @@ impl Codec {
         schema: &crate::schemas::TopicSchema,
         value: Avro,
     ) -> Result<Vec<u8>, CodecError> {
-        use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
         let key = (
             topic.to_string(),
             &schema.schema as *const apache_avro::Schema as usize,
@@ -216,29 +219,16 @@ impl Codec {
         let (id, datum) = match cached {
             Some(entry) => entry,
             None => {
-                let name = schema.json["namespace"]
-                    .as_str()
-                    .map(|ns| format!("{ns}.{}", schema.json["name"].as_str().unwrap_or_default()));
-                let supplied = SuppliedSchema::new(name, SchemaType::Avro, schema.json.to_string());
-                let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
-                    topic.to_string(),
-                    false,
-                    supplied,
-                );
-                let registered = self
-                    .encoder
-                    .get_schema_and_id(&value_subject(topic), strategy)
-                    .await
-                    .map_err(|error| CodecError::Registry {
-                        retriable: error.retriable,
-                        message: error.to_string(),
-                    })?;
+                // Register (or find) exactly this schema: the converter's
+                // cache is per subject and would hand out the id of whatever
+                // schema it saw first for the subject.
+                let id = self.register(topic, &schema.json).await?;
                 let leaked: &'static apache_avro::Schema =
                     Box::leak(Box::new(schema.schema.clone()));
                 let datum = GenericDatumWriter::builder(leaked)
                     .build()
                     .map_err(|error| CodecError::Encode(error.to_string()))?;
-                let entry = (registered.id, Arc::new(datum));
+                let entry = (id, Arc::new(datum));
                 self.writers
                     .lock()
                     .expect("writer cache")
@@ -253,6 +243,39 @@ impl Codec {
             .write_value(&mut bytes, value)
             .map_err(|error| CodecError::Encode(error.to_string()))?;
         Ok(bytes)
+    }
+}
+
+impl Codec {
+    /// The id of `schema` under `<topic>-value`, registering it if needed.
+    async fn register(&self, topic: &str, schema: &Value) -> Result<u32, CodecError> {
+        let url = format!(
+            "{}/subjects/{}/versions",
+            self.url.trim_end_matches('/'),
+            value_subject(topic)
+        );
+        let refused =
+            |message: String, retriable: bool| CodecError::Registry { message, retriable };
+        let response = self
+            .http
+            .post(&url)
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .json(&json!({"schema": schema.to_string()}))
+            .send()
+            .await
+            .map_err(|error| refused(format!("{url}: {error}"), true))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        match body["id"].as_u64() {
+            Some(id) if status.is_success() => Ok(id as u32),
+            _ => Err(refused(
+                format!(
+                    "{url}: {status}: {}",
+                    body["message"].as_str().unwrap_or("no id in the answer")
+                ),
+                status.is_server_error(),
+            )),
+        }
     }
 }
 

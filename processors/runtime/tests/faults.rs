@@ -20,7 +20,18 @@ fn commands(total: usize, offset: usize) -> Vec<Value> {
         .collect()
 }
 
-fn spawn_example(bed: &TestBed, log: &std::path::Path) -> Child {
+/// A child process that is killed when dropped, so that a failing test
+/// leaves nothing running.
+struct Example(Child);
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_example(bed: &TestBed, log: &std::path::Path) -> Example {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -32,6 +43,7 @@ fn spawn_example(bed: &TestBed, log: &std::path::Path) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(Example)
         .expect("starting psymatch-example")
 }
 
@@ -124,8 +136,8 @@ async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
     while kills < 20 {
         let pause = rng.random_range(50..600);
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
+        child.0.kill().expect("SIGKILL");
+        child.0.wait().unwrap();
         kills += 1;
         child = spawn_example(&bed, &log);
     }
@@ -140,6 +152,5 @@ async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
         outputs.len(),
         outputs.len() - inputs
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 }

@@ -225,3 +225,304 @@ async fn poison_records_are_dead_lettered_with_reasons_and_the_partition_flows_o
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// A free loopback port for a processor's HTTP surface.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_with(
+    bed: &TestBed,
+    vars: &[(&str, String)],
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let mut env: BTreeMap<String, String> = bed.env("example").into_iter().collect();
+    for (name, value) in vars {
+        env.insert(name.to_string(), value.clone());
+    }
+    let config = psymatch_runtime::config::RuntimeConfig::from_vars("example", &env).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run_with(Counter, config, async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+async fn status(port: u16) -> Value {
+    reqwest::get(format!("http://127.0.0.1:{port}/health/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn assigned(port: u16) -> usize {
+    match reqwest::get(format!("http://127.0.0.1:{port}/health/status")).await {
+        Ok(response) => response.json::<Value>().await.map_or(0, |s| {
+            s["assigned_partitions"].as_array().map_or(0, Vec::len)
+        }),
+        Err(_) => 0,
+    }
+}
+
+async fn rebalance_as_instances_join_and_leave(mode: &str) {
+    psymatch_runtime::telemetry::init("test");
+    let bed = TestBed::new().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let mode = ("PARTITION_ASSIGNMENT", mode.to_string());
+    let (stop_a, task_a) = start_with(
+        &bed,
+        &[mode.clone(), ("HTTP_LISTEN", format!("127.0.0.1:{port_a}"))],
+    );
+    bed.wait_for("A owns all six partitions", DEADLINE, || async {
+        assigned(port_a).await == 6
+    })
+    .await;
+    let first: Vec<Value> = (0..600)
+        .map(|i| run_command(&format!("p-{}", i % 10), i))
+        .collect();
+    bed.publish("matching-commands", &first).await;
+
+    let (stop_b, task_b) = start_with(
+        &bed,
+        &[mode.clone(), ("HTTP_LISTEN", format!("127.0.0.1:{port_b}"))],
+    );
+    bed.wait_for("A and B share the partitions", DEADLINE, || async {
+        let (a, b) = (assigned(port_a).await, assigned(port_b).await);
+        a > 0 && b > 0 && a + b == 6
+    })
+    .await;
+    let second: Vec<Value> = (600..1200)
+        .map(|i| run_command(&format!("p-{}", i % 10), i))
+        .collect();
+    bed.publish("matching-commands", &second).await;
+    let rebalances = status(port_a).await;
+    assert!(rebalances["assigned_partitions"].as_array().unwrap().len() < 6);
+
+    // A leaves; B takes everything over.
+    stop_a.send(()).unwrap();
+    task_a.await.unwrap().unwrap();
+    bed.wait_for("B owns all six partitions", DEADLINE, || async {
+        assigned(port_b).await == 6
+    })
+    .await;
+    let third: Vec<Value> = (1200..1800)
+        .map(|i| run_command(&format!("p-{}", i % 10), i))
+        .collect();
+    bed.publish("matching-commands", &third).await;
+
+    let outputs = bed
+        .read_until("matching-events", DEADLINE, |r| distinct_ids(r) >= 1800)
+        .await;
+    let mut per_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut ids = HashSet::new();
+    for record in &outputs {
+        if ids.insert(record.envelope.as_ref().unwrap().event_id) {
+            let payload = record.payload();
+            per_key
+                .entry(payload["patient_id"].as_str().unwrap().to_string())
+                .or_default()
+                .push(payload["candidates_considered"].as_i64().unwrap());
+        }
+    }
+    for (patient, mut seen) in per_key {
+        seen.sort();
+        assert_eq!(
+            seen,
+            (1..=180).collect::<Vec<i64>>(),
+            "{patient}: every record once"
+        );
+    }
+    assert_eq!(counts(&bed).await.values().sum::<i64>(), 1800);
+    stop_b.send(()).unwrap();
+    task_b.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_rebalance_when_an_instance_joins_and_when_one_leaves() {
+    rebalance_as_instances_join_and_leave("lease").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_groups_rebalance_when_an_instance_joins_and_when_one_leaves() {
+    rebalance_as_instances_join_and_leave("group").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_status_and_metrics_are_served_and_pass_promtool() {
+    let bed = TestBed::new().await;
+    let port = free_port();
+    let (stop, task) = start_with(&bed, &[("HTTP_LISTEN", format!("127.0.0.1:{port}"))]);
+    let records: Vec<Value> = (0..20).map(|i| run_command("p-1", i)).collect();
+    bed.publish("matching-commands", &records).await;
+    bed.publish_raw("matching-commands", Some("p-1"), Some(b"junk"), &[])
+        .await;
+    bed.read_until("matching-events", DEADLINE, |r| r.len() >= 20)
+        .await;
+    bed.read_until("matching-commands.dlq", DEADLINE, |r| !r.is_empty())
+        .await;
+
+    let base = format!("http://127.0.0.1:{port}");
+    let live = reqwest::get(format!("{base}/health/liveness"))
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let ready = reqwest::get(format!("{base}/health/readiness"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(
+        ready["checks"],
+        json!({"database": "ok", "registry": "ok", "broker": "ok"})
+    );
+    let state = status(port).await;
+    assert_eq!(state["processor"], "example");
+    assert_eq!(state["group"], format!("{}example", bed.prefix));
+    assert_eq!(state["assigned_partitions"].as_array().unwrap().len(), 6);
+    assert!(
+        state["last_error"].as_str().unwrap().contains("PSY-D-001"),
+        "{state}"
+    );
+
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "psymatch_records_consumed_total{topic=\"matching-commands\",processor=\"example\"} 21",
+        "psymatch_dlq_records_total{code=\"PSY-D-001\",topic=\"matching-commands\",processor=\"example\"} 1",
+        "psymatch_process_duration_seconds_count{processor=\"example\"} 20",
+        "psymatch_commit_duration_seconds_bucket",
+        "psymatch_rebalances_total{kind=\"assign\",processor=\"example\"}",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected} in\n{metrics}"
+        );
+    }
+    // The relay publishes after the commit: its counter catches up.
+    bed.wait_for("the relay counted its records", DEADLINE, || async {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains(
+            "psymatch_records_produced_total{topic=\"matching-events\",processor=\"example\"} 20",
+        )
+    })
+    .await;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package) is installed by scripts/install-tools");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_an_older_and_a_newer_schema_both_decode() {
+    use psymatch_runtime::schemas::TopicSchema;
+    let bed = TestBed::new().await;
+    let contracts = psymatch_runtime::contracts::Contracts::embedded();
+    let (spec, current) = contracts.topic("matching-commands").unwrap();
+    // The newer schema: RunMatching gains a field with a default
+    // (BACKWARD-compatible, so the registry accepts it).
+    let mut newer_json = current.json.clone();
+    let payload = newer_json["fields"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "payload")
+        .unwrap();
+    let run = payload["type"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|r| r["name"] == "RunMatching")
+        .unwrap();
+    run["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "priority", "type": "int", "default": 0, "doc": "Newer producers set a priority."}));
+    let newer = TopicSchema::new("matching-commands", "newer", &json!([]), &newer_json).unwrap();
+    let codec = psymatch_runtime::codec::Codec::new(&bed.registry_url);
+    let physical = format!("{}matching-commands", bed.prefix);
+    let record = json!({"event_type": "matching.run",
+                        "payload": {"run_id": "new", "patient_id": "p-evolve", "priority": 3}});
+    let (key, envelope) = psymatch_runtime::envelope::from_json(
+        &record,
+        &newer,
+        &spec.key_fields,
+        "newer",
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    let bytes = codec
+        .encode_with(&physical, &newer, envelope.to_avro(&newer).unwrap())
+        .await
+        .unwrap();
+    let old_id = {
+        let (_, envelope) = psymatch_runtime::envelope::from_json(
+            &run_command("p-evolve", 1),
+            current,
+            &spec.key_fields,
+            "older",
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        codec
+            .encode_with(&physical, current, envelope.to_avro(current).unwrap())
+            .await
+            .unwrap()
+    };
+    assert_ne!(bytes[1..5], old_id[1..5], "two schema versions, two ids");
+    bed.publish_raw("matching-commands", Some(&key), Some(&old_id), &[])
+        .await;
+    bed.publish_raw("matching-commands", Some(&key), Some(&bytes), &[])
+        .await;
+
+    let (stop, task) = start(&bed);
+    let outputs = bed
+        .read_until("matching-events", DEADLINE, |r| r.len() >= 2)
+        .await;
+    let counted: Vec<i64> = outputs
+        .iter()
+        .map(|r| r.payload()["candidates_considered"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        counted,
+        vec![1, 2],
+        "both versions decoded and processed in order"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
