@@ -154,3 +154,237 @@ async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
     );
     drop(child);
 }
+
+/// A Tansu broker of the test's own, with SQLite storage so that its data
+/// survives a restart.
+struct OwnBroker {
+    process: Option<Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl OwnBroker {
+    fn start() -> OwnBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("tansu-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut broker = OwnBroker {
+            process: None,
+            port,
+            dir,
+        };
+        broker.launch();
+        broker
+    }
+
+    fn launch(&mut self) {
+        let tools =
+            std::env::var("PSYMATCH_TOOLS").unwrap_or_else(|_| "/var/tmp/psymatch-tools".into());
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(format!("{tools}/bin/tansu"))
+            // Tansu resolves the SQLite path against its working directory.
+            .current_dir(&self.dir)
+            .args(["broker", "--storage-engine", "sqlite://tansu.db"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu (scripts/install-tools)");
+        self.process = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn restart(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        self.launch();
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A PostgreSQL cluster of the test's own (initdb as the postgres user).
+struct OwnPostgres {
+    bin: String,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnPostgres {
+    fn start() -> OwnPostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .max()
+            .unwrap()
+            .display()
+            .to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Command::new("chown")
+            .args(["postgres", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        let initdb = Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{bin}/initdb"),
+                "-D",
+                dir.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(initdb.success());
+        let cluster = OwnPostgres { bin, dir, port };
+        cluster.pg_ctl("start");
+        cluster
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let status = Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{}/pg_ctl", self.bin),
+                "-D",
+                self.dir.to_str().unwrap(),
+            ])
+            .args([
+                "-l",
+                &format!("{}/log", self.dir.display()),
+                "-w",
+                "-m",
+                "fast",
+                "-o",
+                &options,
+                action,
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl {action}");
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{}/pg_ctl", self.bin),
+                "-D",
+                self.dir.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the example in-process while `fault` strikes mid-stream; 2,000
+/// records before, 2,000 after.
+async fn survive(bed: &TestBed, fault: impl std::future::Future<Output = ()>) {
+    let inputs = 4_000;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runtime = tokio::spawn(psymatch_runtime::app::run_with(
+        psymatch_runtime::example::Counter,
+        bed.config("example"),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    bed.publish("matching-commands", &commands(inputs / 2, 0))
+        .await;
+    bed.wait_for("processing started", Duration::from_secs(60), || async {
+        total(bed).await > 0
+    })
+    .await;
+    fault.await;
+    bed.publish("matching-commands", &commands(inputs / 2, inputs / 2))
+        .await;
+    bed.wait_for("every input applied", Duration::from_secs(120), || async {
+        total(bed).await >= inputs as i64
+    })
+    .await;
+    assert_exactly_once(bed, inputs).await;
+    stop.send(()).unwrap();
+    runtime.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_recovers_without_a_person() {
+    let mut broker = OwnBroker::start();
+    let bed = TestBed::with(
+        &broker.address(),
+        &psymatch_runtime::testing::stack_env("DATABASE_URL"),
+    )
+    .await;
+    survive(&bed, async {
+        broker.restart();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_mid_stream_recovers_without_a_person() {
+    let postgres = OwnPostgres::start();
+    let bed = TestBed::with(
+        &psymatch_runtime::testing::stack_env("KAFKA_BROKERS"),
+        &postgres.url(),
+    )
+    .await;
+    survive(&bed, async {
+        postgres.pg_ctl("restart");
+    })
+    .await;
+}
