@@ -9,8 +9,10 @@
 //! - `at-least-once`: decode the Avro envelope with this build's reader
 //!   schema, check key and payload, build and encode an output envelope,
 //!   produce;
-//! - `effectively-once`: the runtime with the example processor: state,
-//!   offsets and outbox in PostgreSQL per batch, then the relay.
+//! - `effectively-once-stateless`: the runtime with a processor that only
+//!   emits: offsets, dedupe and outbox in PostgreSQL per batch, the relay;
+//! - `effectively-once`: the same with the example processor, which also
+//!   writes its state (one upsert per record).
 //!
 //! Usage: `psymatch-bench [RECORDS]`
 
@@ -18,6 +20,7 @@ use psymatch_runtime::app::run_with;
 use psymatch_runtime::contracts::Contracts;
 use psymatch_runtime::envelope::{self, Envelope};
 use psymatch_runtime::example::Counter;
+use psymatch_runtime::processor::{Context, Incoming, ProcessError, Processor};
 use psymatch_runtime::testing::TestBed;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -25,7 +28,31 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-const PHASES: [&str; 3] = ["passthrough", "at-least-once", "effectively-once"];
+const PHASES: [&str; 4] = [
+    "passthrough",
+    "at-least-once",
+    "effectively-once-stateless",
+    "effectively-once",
+];
+
+/// The example without its state write: what the runtime itself costs.
+struct Stateless;
+
+impl Processor for Stateless {
+    fn name(&self) -> &'static str {
+        "example"
+    }
+
+    fn inputs(&self) -> Vec<&'static str> {
+        vec!["matching-commands"]
+    }
+
+    async fn process(&self, ctx: &mut Context<'_>, record: &Incoming) -> Result<(), ProcessError> {
+        let payload =
+            json!({"patient_id": record.payload["patient_id"], "candidates_considered": 1});
+        ctx.emit("matching-events", "matching.search_exhausted", payload)
+    }
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -52,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
             .envs(bed.env("example"))
             .env("BENCH_RECORDS", records.to_string())
             .env("BENCH_PREFIX", &bed.prefix)
+            .env("CONSUMER_GROUP", format!("{}{name}", bed.prefix))
             .env("RUST_LOG", "warn")
             .stderr(std::process::Stdio::inherit())
             .output()?;
@@ -235,24 +263,35 @@ async fn phase(name: &str) -> anyhow::Result<()> {
             producer.flush(Duration::from_secs(60))?;
             report(name, records, started.expect("records were read").elapsed());
         }
-        "effectively-once" => {
+        "effectively-once" | "effectively-once-stateless" => {
             let config = psymatch_runtime::config::RuntimeConfig::from_env("example")?;
             let pool = psymatch_runtime::db::connect(&config.database_url).await?;
+            psymatch_runtime::db::migrate(&pool).await?;
+            // Each phase starts from empty state: no offsets, no ids seen.
+            sqlx::query(
+                "TRUNCATE example.consumer_offsets, example.processed_events, example.counts, example.outbox",
+            )
+            .execute(&pool)
+            .await?;
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let started = Instant::now();
-            let runtime = tokio::spawn(run_with(Counter, config, async move {
+            let until = async move {
                 let _ = stopped.await;
-            }));
+            };
+            let runtime = if name == "effectively-once" {
+                tokio::spawn(run_with(Counter, config, until))
+            } else {
+                tokio::spawn(run_with(Stateless, config, until))
+            };
             let mut state_done = None;
             loop {
-                let done: Option<i64> =
-                    sqlx::query_scalar("SELECT sum(count)::bigint FROM example.counts")
-                        .fetch_one(&pool)
-                        .await?;
+                let done: i64 = sqlx::query_scalar("SELECT count(*) FROM example.processed_events")
+                    .fetch_one(&pool)
+                    .await?;
                 let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM example.outbox")
                     .fetch_one(&pool)
                     .await?;
-                if done.unwrap_or(0) as usize >= records {
+                if done as usize >= records {
                     state_done.get_or_insert_with(|| started.elapsed());
                     if pending == 0 {
                         break;
@@ -262,7 +301,7 @@ async fn phase(name: &str) -> anyhow::Result<()> {
             }
             let elapsed = started.elapsed();
             eprintln!(
-                "effectively-once: state of every record committed after {:.2} s, outbox published after {:.2} s",
+                "{name}: every record committed after {:.2} s, outbox published after {:.2} s",
                 state_done.unwrap_or_default().as_secs_f64(),
                 elapsed.as_secs_f64()
             );
