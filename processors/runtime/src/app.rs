@@ -921,6 +921,19 @@ async fn partition_worker<P: Processor>(
     }
 }
 
+/// The union index of an envelope's payload, before the envelope is unwrapped.
+fn payload_branch(value: &apache_avro::types::Value) -> Option<u32> {
+    match value {
+        apache_avro::types::Value::Record(fields) => {
+            fields.iter().find_map(|(name, value)| match value {
+                apache_avro::types::Value::Union(index, _) if name == "payload" => Some(*index),
+                _ => None,
+            })
+        }
+        _ => None,
+    }
+}
+
 /// Capped exponential backoff with full jitter.
 pub fn backoff(attempt: u32, cap: Duration) -> Duration {
     let base = Duration::from_millis(50).saturating_mul(2u32.saturating_pow(attempt.min(16)));
@@ -975,6 +988,16 @@ async fn decode<P: Processor>(
             "the record has no value".into(),
         ));
     };
+    if bytes.len() > shared.config.max_record_bytes {
+        return Ok(Decoded::Bad(
+            ErrorCode::Oversize,
+            format!(
+                "{} bytes; at most {} are accepted",
+                bytes.len(),
+                shared.config.max_record_bytes
+            ),
+        ));
+    }
     let value = match shared.codec.decode_as(bytes, &schema.schema).await {
         Ok(value) => value,
         Err(error) => {
@@ -982,18 +1005,31 @@ async fn decode<P: Processor>(
             return Ok(Decoded::Bad(code, reason));
         }
     };
+    let branch = payload_branch(&value);
     let envelope = match Envelope::from_avro(value) {
         Ok(envelope) => envelope,
         Err(error) => return Ok(Decoded::Bad(ErrorCode::NotAnEnvelope, error.to_string())),
     };
-    if schema.branch_for(&envelope.event_type).is_none() {
-        return Ok(Decoded::Bad(
-            ErrorCode::NotAnEnvelope,
-            format!(
-                "event_type {} is not carried by {logical}",
-                envelope.event_type
-            ),
-        ));
+    match schema.branch_for(&envelope.event_type) {
+        None => {
+            return Ok(Decoded::Bad(
+                ErrorCode::NotAnEnvelope,
+                format!(
+                    "event_type {} is not carried by {logical}",
+                    envelope.event_type
+                ),
+            ));
+        }
+        Some(expected) if Some(expected.index) != branch => {
+            return Ok(Decoded::Bad(
+                ErrorCode::NotAnEnvelope,
+                format!(
+                    "event_type {} announces {}, but the payload is another record",
+                    envelope.event_type, expected.record
+                ),
+            ));
+        }
+        Some(_) => {}
     }
     let payload = payload_json(&envelope.payload);
     let key = message

@@ -10,6 +10,7 @@
 //! | `TOPIC_PREFIX` | empty | prefix of every physical topic name (isolated environments, tests) |
 //! | `BATCH_SIZE` | `500` | most records per database transaction |
 //! | `QUEUE_CAPACITY` | `2000` | records buffered per partition before fetching pauses |
+//! | `MAX_RECORD_BYTES` | `1048576` | larger input values are dead-lettered (PSY-D-006) |
 //! | `DB_POOL_SIZE` | `8` | database connections |
 //! | `SHUTDOWN_TIMEOUT_SECS` | `10` | how long SIGTERM may take |
 //! | `RETRY_MAX_BACKOFF_MS` | `30000` | longest pause between retries of a failing batch |
@@ -39,6 +40,8 @@ pub struct RuntimeConfig {
     pub batch_size: usize,
     /// Records buffered per partition (`QUEUE_CAPACITY`).
     pub queue_capacity: usize,
+    /// Largest input value accepted (`MAX_RECORD_BYTES`).
+    pub max_record_bytes: usize,
     /// Database connections (`DB_POOL_SIZE`).
     pub db_pool_size: u32,
     /// Bound on a graceful shutdown (`SHUTDOWN_TIMEOUT_SECS`).
@@ -112,6 +115,7 @@ impl RuntimeConfig {
             topic_prefix: text("TOPIC_PREFIX", ""),
             batch_size,
             queue_capacity: number(vars, "QUEUE_CAPACITY", 2000usize)?.max(1),
+            max_record_bytes: number(vars, "MAX_RECORD_BYTES", 1_048_576usize)?,
             db_pool_size: number(vars, "DB_POOL_SIZE", 8u32)?.max(2),
             shutdown_timeout: Duration::from_secs(number(vars, "SHUTDOWN_TIMEOUT_SECS", 10u64)?),
             max_backoff: Duration::from_millis(number(vars, "RETRY_MAX_BACKOFF_MS", 30_000u64)?),

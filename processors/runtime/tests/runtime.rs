@@ -148,6 +148,44 @@ async fn poison_records_are_dead_lettered_with_reasons_and_the_partition_flows_o
         .await;
         bed.publish("matching-commands", &[good(i + 1)]).await;
     }
+    // An envelope whose event_type announces another record than it holds.
+    let liar = {
+        let contracts = psymatch_runtime::contracts::Contracts::embedded();
+        let (spec, schema) = contracts.topic("matching-commands").unwrap();
+        let (_, mut envelope) = psymatch_runtime::envelope::from_json(
+            &good(50),
+            schema,
+            &spec.key_fields,
+            "test",
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        let mut value = envelope.to_avro(schema).unwrap();
+        if let apache_avro::types::Value::Record(fields) = &mut value {
+            fields[1].1 = apache_avro::types::Value::String("matching.sweep".into());
+        }
+        envelope.event_type = "matching.sweep".into();
+        psymatch_runtime::codec::Codec::new(&bed.registry_url)
+            .encode_with(&format!("{}matching-commands", bed.prefix), schema, value)
+            .await
+            .unwrap()
+    };
+    bed.publish_raw(
+        "matching-commands",
+        Some(key),
+        Some(&liar),
+        &[("probe".into(), "liar".into())],
+    )
+    .await;
+    // Larger than MAX_RECORD_BYTES (set to 4096 below).
+    let huge = vec![0u8; 5000];
+    bed.publish_raw(
+        "matching-commands",
+        Some(key),
+        Some(&huge),
+        &[("probe".into(), "huge".into())],
+    )
+    .await;
     // The key disagrees with the payload.
     let mismatched = encode(
         &bed,
@@ -169,10 +207,10 @@ async fn poison_records_are_dead_lettered_with_reasons_and_the_partition_flows_o
     bed.publish("matching-commands", &[refused, rejected, good(99)])
         .await;
 
-    let (stop, task) = start(&bed);
+    let (stop, task) = start_with(&bed, &[("MAX_RECORD_BYTES", "4096".to_string())]);
     let dead = bed
         .read_until("matching-commands.dlq", DEADLINE, |r| {
-            r.len() >= poison.len() + 2
+            r.len() >= poison.len() + 4
         })
         .await;
     let outputs = bed
@@ -196,6 +234,17 @@ async fn poison_records_are_dead_lettered_with_reasons_and_the_partition_flows_o
         );
         assert!(!letter.headers["psymatch.error.message"].is_empty());
         assert_eq!(letter.value, poison[i].1, "the original value is kept");
+    }
+    for (probe, code) in [("liar", "PSY-D-004"), ("huge", "PSY-D-006")] {
+        let letter = dead
+            .iter()
+            .find(|r| r.headers.get("probe").map(String::as_str) == Some(probe))
+            .unwrap();
+        assert_eq!(
+            letter.headers["psymatch.error.code"], code,
+            "{probe}: {:?}",
+            letter.headers
+        );
     }
     let mismatch = dead
         .iter()
