@@ -491,9 +491,7 @@ fn consumer_thread<P: Processor>(
         .set("statistics.interval.ms", "5000")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
-    for (key, value) in &shared.config.kafka_options {
-        config.set(key, value);
-    }
+    with_options(&mut config, &shared.config);
     let consumer: BaseConsumer<RuntimeContext<P>> = match config.create_with_context(context) {
         Ok(consumer) => consumer,
         Err(error) => {
@@ -931,6 +929,14 @@ fn payload_branch(value: &apache_avro::types::Value) -> Option<u32> {
             })
         }
         _ => None,
+    }
+}
+
+/// Applies the raw librdkafka options of the configuration last, so that
+/// they override what the runtime sets.
+fn with_options(config: &mut ClientConfig, runtime: &RuntimeConfig) {
+    for (key, value) in &runtime.kafka_options {
+        config.set(key, value);
     }
 }
 
@@ -1402,9 +1408,7 @@ async fn relay_loop<P: Processor>(shared: Arc<Shared<P>>, stop: Arc<AtomicBool>)
         )
         .set("linger.ms", "2")
         .set("message.timeout.ms", "30000");
-    for (key, value) in &shared.config.kafka_options {
-        config.set(key, value);
-    }
+    with_options(&mut config, &shared.config);
     let producer: FutureProducer = match config.create() {
         Ok(producer) => producer,
         Err(error) => {

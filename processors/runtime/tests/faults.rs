@@ -280,15 +280,8 @@ impl OwnPostgres {
             self.port,
             self.dir.display()
         );
-        let status = Command::new("runuser")
-            .args([
-                "-u",
-                "postgres",
-                "--",
-                &format!("{}/pg_ctl", self.bin),
-                "-D",
-                self.dir.to_str().unwrap(),
-            ])
+        let status = self
+            .pg_ctl_command()
             .args([
                 "-l",
                 &format!("{}/log", self.dir.display()),
@@ -305,6 +298,20 @@ impl OwnPostgres {
         assert!(status.success(), "pg_ctl {action}");
     }
 
+    /// `pg_ctl -D <dir>` run as the postgres user (it refuses root).
+    fn pg_ctl_command(&self) -> Command {
+        let mut command = Command::new("runuser");
+        command.args([
+            "-u",
+            "postgres",
+            "--",
+            &format!("{}/pg_ctl", self.bin),
+            "-D",
+            self.dir.to_str().unwrap(),
+        ]);
+        command
+    }
+
     fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
@@ -312,18 +319,9 @@ impl OwnPostgres {
 
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args([
-                "-u",
-                "postgres",
-                "--",
-                &format!("{}/pg_ctl", self.bin),
-                "-D",
-                self.dir.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "stop",
-            ])
+        let _ = self
+            .pg_ctl_command()
+            .args(["-m", "immediate", "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
