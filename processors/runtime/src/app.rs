@@ -880,7 +880,15 @@ async fn partition_worker<P: Processor>(
         }
         let mut attempt = 0u32;
         loop {
-            match process_batch(&shared, &batch, attempt > 0).await {
+            let span = tracing::info_span!(
+                "batch",
+                processor = shared.processor.name(),
+                topic = shared.config.logical(&topic),
+                partition,
+            );
+            match tracing::Instrument::instrument(process_batch(&shared, &batch, attempt > 0), span)
+                .await
+            {
                 Ok(()) => break,
                 Err(BatchError::Gap { next }) => {
                     tracing::warn!(
@@ -1158,6 +1166,13 @@ async fn process_batch<P: Processor>(
                 .inc();
             continue;
         }
+        tracing::debug!(
+            offset = message.offset(),
+            event_id = %id,
+            event_type = %record.envelope.event_type,
+            correlation_id = record.envelope.correlation_id.as_deref().unwrap_or(""),
+            "processing"
+        );
         let timer = Instant::now();
         if careful {
             sqlx::query("SAVEPOINT record").execute(&mut *tx).await?;
