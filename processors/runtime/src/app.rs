@@ -22,7 +22,7 @@
 //! callbacks and the database lookups they need block, and must not block
 //! the async workers.
 
-use crate::config::{Assignment, RuntimeConfig};
+use crate::config::{Assignment, Guarantee, RuntimeConfig};
 use crate::contracts::Contracts;
 use crate::envelope::Envelope;
 use crate::errors::ErrorCode;
@@ -72,6 +72,8 @@ struct Shared<P> {
     seeks: Mutex<std::sync::mpsc::Sender<(String, i32, i64)>>,
     /// Input topics whose offsets may have holes (compacted).
     compacted: HashSet<String>,
+    /// Producer of the relay and of the at-least-once path.
+    producer: FutureProducer,
 }
 
 /// Runs `processor` until `shutdown` completes.
@@ -94,6 +96,14 @@ pub async fn run_with<P: Processor>(
     let metrics = Arc::new(Metrics::new(name));
     let status = Arc::new(Status::default());
     let (seek_sender, seek_receiver) = std::sync::mpsc::channel();
+    let mut producer_config = ClientConfig::new();
+    producer_config
+        .set("bootstrap.servers", &config.brokers)
+        .set("client.id", format!("psymatch-{name}-producer"))
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "30000");
+    with_options(&mut producer_config, &config);
+    let producer: FutureProducer = producer_config.create().context("creating the producer")?;
     let compacted: HashSet<String> = contracts
         .topics
         .topics
@@ -119,6 +129,7 @@ pub async fn run_with<P: Processor>(
         committed: Mutex::new(Vec::new()),
         seeks: Mutex::new(seek_sender),
         compacted,
+        producer,
     });
 
     let listener = tokio::net::TcpListener::bind(&shared.config.http_listen)
@@ -1130,15 +1141,20 @@ async fn process_batch<P: Processor>(
             Decoded::Bad(..) => None,
         })
         .collect();
-    let new_ids: HashSet<Uuid> = sqlx::query_scalar(&format!(
-        "INSERT INTO {schema}.processed_events (event_id) SELECT unnest($1::uuid[])
-         ON CONFLICT DO NOTHING RETURNING event_id"
-    ))
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
+    let exactly = shared.config.guarantee == Guarantee::EffectivelyOnce;
+    let new_ids: HashSet<Uuid> = if exactly {
+        sqlx::query_scalar(&format!(
+            "INSERT INTO {schema}.processed_events (event_id) SELECT unnest($1::uuid[])
+             ON CONFLICT DO NOTHING RETURNING event_id"
+        ))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect()
+    } else {
+        ids.iter().copied().collect()
+    };
 
     let mut outgoing: Vec<Outgoing> = Vec::new();
     let mut seen = HashSet::new();
@@ -1218,7 +1234,15 @@ async fn process_batch<P: Processor>(
             }
         }
     }
-    insert_outbox(shared, &mut tx, &outgoing).await?;
+    if exactly {
+        insert_outbox(shared, &mut tx, &outgoing).await?;
+    } else {
+        // At least once: the broker acknowledges the outputs before the
+        // offsets commit; a crash in between repeats them.
+        publish(shared, &shared.producer, &outgoing)
+            .await
+            .map_err(BatchError::Transient)?;
+    }
     sqlx::query(&format!(
         "UPDATE {schema}.consumer_offsets SET next_offset = $4, updated_at = now()
           WHERE consumer_group = $1 AND topic = $2 AND partition = $3"
@@ -1411,33 +1435,62 @@ async fn insert_outbox<P: Processor>(
     Ok(())
 }
 
+/// Publishes records and waits until the broker acknowledged every one.
+async fn publish<P: Processor>(
+    shared: &Shared<P>,
+    producer: &FutureProducer,
+    records: &[Outgoing],
+) -> Result<(), String> {
+    let sends = records.iter().map(|record| {
+        let mut owned = OwnedHeaders::new();
+        for (name, value) in &record.headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: value.as_deref().map(str::as_bytes),
+            });
+        }
+        let mut future: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(&record.topic).headers(owned);
+        if let Some(key) = &record.key {
+            future = future.key(key.as_str());
+        }
+        if let Some(value) = &record.value {
+            future = future.payload(value.as_slice());
+        }
+        producer.send(future, Duration::from_secs(30))
+    });
+    let results = futures::future::join_all(sends).await;
+    let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
+    for (result, record) in results.iter().zip(records) {
+        if let Err((error, _)) = result {
+            shared
+                .metrics
+                .errors
+                .with_label_values(&[ErrorCode::Broker.as_str()])
+                .inc();
+            return Err(format!("publishing to {}: {error}", record.topic));
+        }
+        *per_topic
+            .entry(shared.config.logical(&record.topic))
+            .or_default() += 1;
+    }
+    for (topic, count) in per_topic {
+        shared
+            .metrics
+            .produced
+            .with_label_values(&[topic])
+            .inc_by(count);
+    }
+    Ok(())
+}
+
 /// Publishes the outbox in order until stopped; one relay per processor
 /// schema at a time (advisory lock), so replicas never interleave.
 async fn relay_loop<P: Processor>(shared: Arc<Shared<P>>, stop: Arc<AtomicBool>) {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &shared.config.brokers)
-        .set(
-            "client.id",
-            format!("psymatch-{}-relay", shared.processor.name()),
-        )
-        .set("linger.ms", "2")
-        .set("message.timeout.ms", "30000");
-    with_options(&mut config, &shared.config);
-    let producer: FutureProducer = match config.create() {
-        Ok(producer) => producer,
-        Err(error) => {
-            tracing::error!(error = %error, "cannot create the producer");
-            shared
-                .status
-                .error(format!("cannot create the producer: {error}"));
-            return;
-        }
-    };
     let mut attempt = 0u32;
     loop {
         let stopping = stop.load(Ordering::SeqCst);
-        match relay_pass(&shared, &producer).await {
+        match relay_pass(&shared).await {
             Ok(0) if stopping => break,
             Ok(0) => {
                 attempt = 0;
@@ -1462,10 +1515,7 @@ async fn relay_loop<P: Processor>(shared: Arc<Shared<P>>, stop: Arc<AtomicBool>)
 }
 
 /// One pass: publish up to 1,000 outbox rows and delete the acknowledged ones.
-async fn relay_pass<P: Processor>(
-    shared: &Shared<P>,
-    producer: &FutureProducer,
-) -> Result<usize, String> {
+async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize, String> {
     let failed = |e: sqlx::Error| format!("relay database: {e}");
     let mut tx = shared.pool.begin().await.map_err(failed)?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
@@ -1476,9 +1526,9 @@ async fn relay_pass<P: Processor>(
     if !locked {
         return Ok(0);
     }
-    type Row = (i64, String, Option<String>, Option<Vec<u8>>, Json);
+    type Row = (i64, Uuid, String, Option<String>, Option<Vec<u8>>, Json);
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT id, topic, key, value, headers FROM {}.outbox ORDER BY id LIMIT 1000",
+        "SELECT id, event_id, topic, key, value, headers FROM {}.outbox ORDER BY id LIMIT 1000",
         shared.schema
     ))
     .fetch_all(&mut *tx)
@@ -1488,38 +1538,27 @@ async fn relay_pass<P: Processor>(
     if rows.is_empty() {
         return Ok(0);
     }
-    let sends = rows.iter().map(|(_, topic, key, value, headers)| {
-        let mut owned = OwnedHeaders::new();
-        for pair in headers.as_array().into_iter().flatten() {
-            let name = pair[0].as_str().unwrap_or_default();
-            let value = pair[1].as_str();
-            owned = owned.insert(Header {
-                key: name,
-                value: value.map(str::as_bytes),
-            });
-        }
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).headers(owned);
-        if let Some(key) = key {
-            record = record.key(key.as_str());
-        }
-        if let Some(value) = value {
-            record = record.payload(value.as_slice());
-        }
-        producer.send(record, Duration::from_secs(30))
-    });
-    let results = futures::future::join_all(sends).await;
-    let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
-    for (result, (_, topic, ..)) in results.iter().zip(&rows) {
-        if let Err((error, _)) = result {
-            shared
-                .metrics
-                .errors
-                .with_label_values(&[ErrorCode::Broker.as_str()])
-                .inc();
-            return Err(format!("publishing to {topic}: {error}"));
-        }
-        *per_topic.entry(shared.config.logical(topic)).or_default() += 1;
-    }
+    let outgoing: Vec<Outgoing> = rows
+        .iter()
+        .map(|(_, event_id, topic, key, value, headers)| Outgoing {
+            event_id: *event_id,
+            topic: topic.clone(),
+            key: key.clone(),
+            value: value.clone(),
+            headers: headers
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|pair| {
+                    (
+                        pair[0].as_str().unwrap_or_default().to_string(),
+                        pair[1].as_str().map(str::to_string),
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    publish(shared, &shared.producer, &outgoing).await?;
     let ids: Vec<i64> = rows.iter().map(|(id, ..)| *id).collect();
     sqlx::query(&format!(
         "DELETE FROM {}.outbox WHERE id = ANY($1)",
@@ -1530,12 +1569,5 @@ async fn relay_pass<P: Processor>(
     .await
     .map_err(failed)?;
     tx.commit().await.map_err(failed)?;
-    for (topic, count) in per_topic {
-        shared
-            .metrics
-            .produced
-            .with_label_values(&[topic])
-            .inc_by(count);
-    }
     Ok(rows.len())
 }

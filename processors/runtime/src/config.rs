@@ -15,6 +15,7 @@
 //! | `SHUTDOWN_TIMEOUT_SECS` | `10` | how long SIGTERM may take |
 //! | `RETRY_MAX_BACKOFF_MS` | `30000` | longest pause between retries of a failing batch |
 //! | `PARTITION_ASSIGNMENT` | `lease` | `lease`: partitions are shared out with PostgreSQL leases; `group`: Kafka consumer groups (see README) |
+//! | `GUARANTEE` | `effectively-once` | `effectively-once`: outputs through the outbox, inputs deduplicated by event id; `at-least-once`: outputs produced directly before the commit (a crash may repeat them), no dedupe |
 //! | `KAFKA_OPTION_<NAME>` | | any librdkafka option: `KAFKA_OPTION_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms` |
 
 use anyhow::{Context, bail};
@@ -48,10 +49,23 @@ pub struct RuntimeConfig {
     pub shutdown_timeout: Duration,
     /// Longest retry pause (`RETRY_MAX_BACKOFF_MS`).
     pub max_backoff: Duration,
+    /// What a crash may cost (`GUARANTEE`).
+    pub guarantee: Guarantee,
     /// How partitions are shared among instances (`PARTITION_ASSIGNMENT`).
     pub assignment: Assignment,
     /// Raw librdkafka options (`KAFKA_OPTION_*`).
     pub kafka_options: BTreeMap<String, String>,
+}
+
+/// The processing guarantee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// State, offsets and outputs (outbox) commit together; inputs are
+    /// deduplicated by event id; the relay publishes.
+    EffectivelyOnce,
+    /// State and offsets commit together after the outputs were
+    /// acknowledged by the broker: a crash in between repeats the outputs.
+    AtLeastOnce,
 }
 
 /// How the instances of a processor share the partitions of its inputs.
@@ -119,6 +133,11 @@ impl RuntimeConfig {
             db_pool_size: number(vars, "DB_POOL_SIZE", 8u32)?.max(2),
             shutdown_timeout: Duration::from_secs(number(vars, "SHUTDOWN_TIMEOUT_SECS", 10u64)?),
             max_backoff: Duration::from_millis(number(vars, "RETRY_MAX_BACKOFF_MS", 30_000u64)?),
+            guarantee: match text("GUARANTEE", "effectively-once").as_str() {
+                "effectively-once" => Guarantee::EffectivelyOnce,
+                "at-least-once" => Guarantee::AtLeastOnce,
+                other => bail!("GUARANTEE={other}: expected effectively-once or at-least-once"),
+            },
             assignment: match text("PARTITION_ASSIGNMENT", "lease").as_str() {
                 "lease" => Assignment::Lease,
                 "group" => Assignment::Group,

@@ -575,3 +575,27 @@ async fn records_of_an_older_and_a_newer_schema_both_decode() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_publishes_directly_without_outbox_or_dedupe() {
+    let bed = TestBed::new().await;
+    let records: Vec<Value> = (0..100)
+        .map(|i| run_command(&format!("p-{}", i % 5), i))
+        .collect();
+    bed.publish("matching-commands", &records).await;
+    let (stop, task) = start_with(&bed, &[("GUARANTEE", "at-least-once".to_string())]);
+    let outputs = bed
+        .read_until("matching-events", DEADLINE, |r| distinct_ids(r) >= 100)
+        .await;
+    assert_eq!(outputs.len(), 100);
+    assert_eq!(counts(&bed).await.values().sum::<i64>(), 100);
+    let (deduped, outbox): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM example.processed_events), (SELECT count(*) FROM example.outbox)",
+    )
+    .fetch_one(&bed.pool)
+    .await
+    .unwrap();
+    assert_eq!((deduped, outbox), (0, 0), "no dedupe ids, no outbox rows");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
