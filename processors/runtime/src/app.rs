@@ -1514,7 +1514,7 @@ async fn relay_loop<P: Processor>(shared: Arc<Shared<P>>, stop: Arc<AtomicBool>)
     }
 }
 
-/// One pass: publish up to 1,000 outbox rows and delete the acknowledged ones.
+/// One pass: publish up to 5,000 outbox rows and delete the acknowledged ones.
 async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize, String> {
     let failed = |e: sqlx::Error| format!("relay database: {e}");
     let mut tx = shared.pool.begin().await.map_err(failed)?;
@@ -1528,7 +1528,7 @@ async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize, String> {
     }
     type Row = (i64, Uuid, String, Option<String>, Option<Vec<u8>>, Json);
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT id, event_id, topic, key, value, headers FROM {}.outbox ORDER BY id LIMIT 1000",
+        "SELECT id, event_id, topic, key, value, headers FROM {}.outbox ORDER BY id LIMIT 5000",
         shared.schema
     ))
     .fetch_all(&mut *tx)

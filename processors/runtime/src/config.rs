@@ -8,8 +8,8 @@
 //! | `HTTP_LISTEN` | `127.0.0.1:0` | health and metrics address (port 0: any free port, logged) |
 //! | `CONSUMER_GROUP` | `psymatch-<processor>` | Kafka consumer group |
 //! | `TOPIC_PREFIX` | empty | prefix of every physical topic name (isolated environments, tests) |
-//! | `BATCH_SIZE` | `500` | most records per database transaction |
-//! | `QUEUE_CAPACITY` | `2000` | records buffered per partition before fetching pauses |
+//! | `BATCH_SIZE` | `2000` | most records per database transaction (a batch holds what has arrived; it never waits to fill) |
+//! | `QUEUE_CAPACITY` | `10000` | records buffered per partition before fetching pauses |
 //! | `MAX_RECORD_BYTES` | `1048576` | larger input values are dead-lettered (PSY-D-006) |
 //! | `DB_POOL_SIZE` | `8` | database connections |
 //! | `SHUTDOWN_TIMEOUT_SECS` | `10` | how long SIGTERM may take |
@@ -109,7 +109,7 @@ impl RuntimeConfig {
                     .with_context(|| format!("{name}={value} is not a valid number")),
             }
         }
-        let batch_size = number(vars, "BATCH_SIZE", 500usize)?;
+        let batch_size = number(vars, "BATCH_SIZE", 2000usize)?;
         if batch_size == 0 {
             bail!("BATCH_SIZE must be at least 1");
         }
@@ -128,7 +128,7 @@ impl RuntimeConfig {
             group: text("CONSUMER_GROUP", &format!("psymatch-{processor}")),
             topic_prefix: text("TOPIC_PREFIX", ""),
             batch_size,
-            queue_capacity: number(vars, "QUEUE_CAPACITY", 2000usize)?.max(1),
+            queue_capacity: number(vars, "QUEUE_CAPACITY", 10_000usize)?.max(1),
             max_record_bytes: number(vars, "MAX_RECORD_BYTES", 1_048_576usize)?,
             db_pool_size: number(vars, "DB_POOL_SIZE", 8u32)?.max(2),
             shutdown_timeout: Duration::from_secs(number(vars, "SHUTDOWN_TIMEOUT_SECS", 10u64)?),
@@ -167,7 +167,7 @@ mod tests {
         let mut vars = BTreeMap::new();
         let config = RuntimeConfig::from_vars("intake", &vars).unwrap();
         assert_eq!(config.group, "psymatch-intake");
-        assert_eq!(config.batch_size, 500);
+        assert_eq!(config.batch_size, 2000);
         vars.insert("BATCH_SIZE".into(), "50".into());
         vars.insert("TOPIC_PREFIX".into(), "t1.".into());
         vars.insert("KAFKA_OPTION_SESSION_TIMEOUT_MS".into(), "6000".into());
