@@ -1416,13 +1416,13 @@ async fn insert_outbox<P: Processor>(
     let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
     let keys: Vec<Option<&str>> = rows.iter().map(|r| r.key.as_deref()).collect();
     let values: Vec<Option<&[u8]>> = rows.iter().map(|r| r.value.as_deref()).collect();
-    let headers: Vec<Json> = rows
+    let headers: Vec<String> = rows
         .iter()
-        .map(|r| Json::Array(r.headers.iter().map(|(k, v)| json!([k, v])).collect()))
+        .map(|r| Json::Array(r.headers.iter().map(|(k, v)| json!([k, v])).collect()).to_string())
         .collect();
     sqlx::query(&format!(
         "INSERT INTO {}.outbox (event_id, topic, key, value, headers)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[])",
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[])",
         shared.schema
     ))
     .bind(&ids)
@@ -1526,7 +1526,7 @@ async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize, String> {
     if !locked {
         return Ok(0);
     }
-    type Row = (i64, Uuid, String, Option<String>, Option<Vec<u8>>, Json);
+    type Row = (i64, Uuid, String, Option<String>, Option<Vec<u8>>, String);
     let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT id, event_id, topic, key, value, headers FROM {}.outbox ORDER BY id LIMIT 5000",
         shared.schema
@@ -1545,17 +1545,8 @@ async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize, String> {
             topic: topic.clone(),
             key: key.clone(),
             value: value.clone(),
-            headers: headers
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|pair| {
-                    (
-                        pair[0].as_str().unwrap_or_default().to_string(),
-                        pair[1].as_str().map(str::to_string),
-                    )
-                })
-                .collect(),
+            headers: serde_json::from_str::<Vec<(String, Option<String>)>>(headers)
+                .unwrap_or_default(),
         })
         .collect();
     publish(shared, &shared.producer, &outgoing).await?;
