@@ -32,6 +32,7 @@ use crate::{codec, db, telemetry};
 use anyhow::Context as _;
 use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
@@ -282,68 +283,15 @@ impl<P: Processor> ConsumerContext for RuntimeContext<P> {
         use rdkafka::types::RDKafkaRespErr::*;
         match err {
             RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.shared
-                    .metrics
-                    .rebalances
-                    .with_label_values(&["assign"])
-                    .inc();
-                // Start where PostgreSQL says, not where the broker's group says.
-                let positions = self.handle.block_on(stored_offsets(&self.shared, tpl));
-                let mut assignment = TopicPartitionList::new();
-                for element in tpl.elements() {
-                    let key = (element.topic().to_string(), element.partition());
-                    let offset = match positions.as_ref().ok().and_then(|p| p.get(&key)) {
-                        Some(next) => Offset::Offset((*next - REWIND).max(0)),
-                        None => Offset::Beginning,
-                    };
-                    let _ = assignment.add_partition_offset(
-                        element.topic(),
-                        element.partition(),
-                        offset,
-                    );
-                }
-                if let Err(error) = &positions {
-                    // Without stored offsets every record is read from the
-                    // start and skipped by the in-transaction offset check.
-                    tracing::warn!(error = %error, "reading stored offsets failed; starting at the beginning");
-                }
-                if let Err(error) = consumer.assign(&assignment) {
-                    tracing::error!(error = %error, "assign failed");
-                }
-                let mut assigned = self.shared.status.assigned.lock().expect("status lock");
-                for element in tpl.elements() {
-                    let topic = element.topic().to_string();
-                    self.start_worker(topic.clone(), element.partition());
-                    assigned.insert((
-                        self.shared.config.logical(&topic).to_string(),
-                        element.partition(),
-                    ));
-                }
-                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                let partitions = partitions_in(tpl);
+                self.take(&partitions, |assignment| consumer.assign(assignment));
             }
             RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let lost = consumer.assignment_lost();
-                let kind = if lost { "lost" } else { "revoke" };
-                self.shared
-                    .metrics
-                    .rebalances
-                    .with_label_values(&[kind])
-                    .inc();
-                let partitions: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
                 // Revoked: let each worker finish and commit what it holds.
                 // Lost: another member may own them already; drop in-flight
                 // work (the offset check keeps whatever commits correct).
-                self.stop_workers(&partitions, !lost);
-                let _ = consumer.unassign();
-                let mut assigned = self.shared.status.assigned.lock().expect("status lock");
-                for (topic, partition) in &partitions {
-                    assigned.remove(&(self.shared.config.logical(topic).to_string(), *partition));
-                }
-                tracing::info!(partitions = partitions.len(), kind, "partitions revoked");
+                let finish = !consumer.assignment_lost();
+                self.give_up(&partitions_in(tpl), finish, |_| consumer.unassign());
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error");
@@ -455,14 +403,10 @@ impl<P: Processor> RuntimeContext<P> {
 
 async fn stored_offsets<P: Processor>(
     shared: &Shared<P>,
-    tpl: &TopicPartitionList,
+    wanted: &[(String, i32)],
 ) -> Result<HashMap<(String, i32), i64>, sqlx::Error> {
-    let topics: Vec<String> = tpl
-        .elements()
-        .iter()
-        .map(|e| e.topic().to_string())
-        .collect();
-    let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+    let topics: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
+    let partitions: Vec<i32> = wanted.iter().map(|(_, p)| *p).collect();
     let rows: Vec<(String, i32, i64)> = sqlx::query_as(&format!(
         "SELECT o.topic, o.partition, o.next_offset FROM {}.consumer_offsets o
            JOIN unnest($2::text[], $3::int[]) AS want(topic, partition)
@@ -585,60 +529,101 @@ impl<P: Processor> RuntimeContext<P> {
     fn apply_lease(&self, consumer: &BaseConsumer<Self>, command: LeaseCommand) {
         match command {
             LeaseCommand::Take(partitions) => {
-                self.shared
-                    .metrics
-                    .rebalances
-                    .with_label_values(&["assign"])
-                    .inc();
-                let mut tpl = TopicPartitionList::new();
-                for (topic, partition) in &partitions {
-                    tpl.add_partition(topic, *partition);
-                }
-                let positions = self.handle.block_on(stored_offsets(&self.shared, &tpl));
-                let mut assignment = TopicPartitionList::new();
-                for (topic, partition) in &partitions {
-                    let stored = positions
-                        .as_ref()
-                        .ok()
-                        .and_then(|p| p.get(&(topic.clone(), *partition)));
-                    let offset = match stored {
-                        Some(next) => Offset::Offset((*next - REWIND).max(0)),
-                        None => Offset::Beginning,
-                    };
-                    let _ = assignment.add_partition_offset(topic, *partition, offset);
-                    self.start_worker(topic.clone(), *partition);
-                }
-                if let Err(error) = consumer.incremental_assign(&assignment) {
-                    tracing::error!(error = %error, "assign failed");
-                    self.shared.status.error(format!("assign failed: {error}"));
-                }
-                let mut assigned = self.shared.status.assigned.lock().expect("status lock");
-                for (topic, partition) in &partitions {
-                    assigned.insert((self.shared.config.logical(topic).to_string(), *partition));
-                }
-                tracing::info!(partitions = partitions.len(), "partitions leased");
+                self.take(&partitions, |assignment| {
+                    consumer.incremental_assign(assignment)
+                });
             }
             LeaseCommand::Release(partitions, finish) => {
-                let kind = if finish { "revoke" } else { "lost" };
-                self.shared
-                    .metrics
-                    .rebalances
-                    .with_label_values(&[kind])
-                    .inc();
-                self.stop_workers(&partitions, finish);
-                let mut tpl = TopicPartitionList::new();
-                for (topic, partition) in &partitions {
-                    tpl.add_partition(topic, *partition);
-                }
-                let _ = consumer.incremental_unassign(&tpl);
-                let mut assigned = self.shared.status.assigned.lock().expect("status lock");
-                for (topic, partition) in &partitions {
-                    assigned.remove(&(self.shared.config.logical(topic).to_string(), *partition));
-                }
-                tracing::info!(partitions = partitions.len(), kind, "partitions released");
+                self.give_up(&partitions, finish, |released| {
+                    consumer.incremental_unassign(released)
+                });
             }
         }
     }
+
+    /// Starts consuming `partitions` where PostgreSQL says (less a rewind,
+    /// see [`REWIND`]), not where the broker's group offsets say.
+    fn take(
+        &self,
+        partitions: &[(String, i32)],
+        assign: impl FnOnce(&TopicPartitionList) -> KafkaResult<()>,
+    ) {
+        self.shared
+            .metrics
+            .rebalances
+            .with_label_values(&["assign"])
+            .inc();
+        let positions = self
+            .handle
+            .block_on(stored_offsets(&self.shared, partitions));
+        if let Err(error) = &positions {
+            // Without stored offsets every record is read from the start
+            // and skipped by the in-transaction offset check.
+            tracing::warn!(error = %error, "reading stored offsets failed; starting at the beginning");
+        }
+        let mut assignment = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            let stored = positions
+                .as_ref()
+                .ok()
+                .and_then(|p| p.get(&(topic.clone(), *partition)));
+            let offset = match stored {
+                Some(next) => Offset::Offset((*next - REWIND).max(0)),
+                None => Offset::Beginning,
+            };
+            let _ = assignment.add_partition_offset(topic, *partition, offset);
+            self.start_worker(topic.clone(), *partition);
+        }
+        if let Err(error) = assign(&assignment) {
+            tracing::error!(error = %error, "assign failed");
+            self.shared.status.error(format!("assign failed: {error}"));
+        }
+        let mut assigned = self.shared.status.assigned.lock().expect("status lock");
+        for (topic, partition) in partitions {
+            assigned.insert((self.shared.config.logical(topic).to_string(), *partition));
+        }
+        tracing::info!(partitions = partitions.len(), "partitions taken");
+    }
+
+    /// Stops consuming `partitions`; `finish` lets their workers commit
+    /// what they hold first.
+    fn give_up(
+        &self,
+        partitions: &[(String, i32)],
+        finish: bool,
+        unassign: impl FnOnce(&TopicPartitionList) -> KafkaResult<()>,
+    ) {
+        let kind = if finish { "revoke" } else { "lost" };
+        self.shared
+            .metrics
+            .rebalances
+            .with_label_values(&[kind])
+            .inc();
+        self.stop_workers(partitions, finish);
+        let _ = unassign(&list_of(partitions));
+        let mut assigned = self.shared.status.assigned.lock().expect("status lock");
+        for (topic, partition) in partitions {
+            assigned.remove(&(self.shared.config.logical(topic).to_string(), *partition));
+        }
+        tracing::info!(partitions = partitions.len(), kind, "partitions given up");
+    }
+}
+
+/// The (topic, partition) pairs of a list.
+fn partitions_in(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+/// A list of (topic, partition) pairs without offsets.
+fn list_of(partitions: &[(String, i32)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        tpl.add_partition(topic, *partition);
+    }
+    tpl
 }
 
 /// Shares the input partitions among the live instances of this consumer
