@@ -386,3 +386,48 @@ async fn a_postgres_restart_mid_stream_recovers_without_a_person() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_commits_and_exits_promptly() {
+    let bed = TestBed::new().await;
+    let log = std::env::temp_dir().join(format!("{}example.log", bed.prefix));
+    bed.publish("matching-commands", &commands(1_000, 0)).await;
+    let mut child = spawn_example(&bed, &log);
+    bed.wait_for("processing started", Duration::from_secs(60), || async {
+        total(&bed).await > 0
+    })
+    .await;
+    let pid = child.0.id().to_string();
+    let signalled = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(15),
+            "still running 15 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    // Whatever it committed before exiting was published: the outbox is empty.
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM example.outbox")
+        .fetch_one(&bed.pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0, "the relay drained the outbox before exit");
+    // A restart finishes the rest, each record once.
+    let _restarted = spawn_example(&bed, &log);
+    bed.wait_for("every input applied", Duration::from_secs(60), || async {
+        total(&bed).await >= 1_000
+    })
+    .await;
+    assert_exactly_once(&bed, 1_000).await;
+}
