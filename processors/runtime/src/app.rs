@@ -151,7 +151,10 @@ pub async fn run_with<P: Processor>(
     tracing::info!(processor = name, http = %http_address, group = %shared.config.group, "running");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let relay = tokio::spawn(relay_loop(shared.clone(), stop.clone()));
+    // The relay stops only once the workers have drained and committed, so
+    // that everything committed is published before the process exits.
+    let drained = Arc::new(AtomicBool::new(false));
+    let relay = tokio::spawn(relay_loop(shared.clone(), drained.clone()));
     let consumer = {
         let shared = shared.clone();
         let stop = stop.clone();
@@ -166,15 +169,17 @@ pub async fn run_with<P: Processor>(
     stop.store(true, Ordering::SeqCst);
     shared.relay_wake.notify_one();
     let deadline = shared.config.shutdown_timeout;
-    let drained = tokio::time::timeout(deadline, async {
+    let finished = tokio::time::timeout(deadline, async {
         let joined = tokio::task::spawn_blocking(move || consumer.join()).await;
+        drained.store(true, Ordering::SeqCst);
+        shared.relay_wake.notify_one();
         if !matches!(joined, Ok(Ok(()))) {
             tracing::error!("the consumer thread ended abnormally");
         }
         let _ = relay.await;
     })
     .await;
-    if drained.is_err() {
+    if finished.is_err() {
         tracing::warn!(
             seconds = deadline.as_secs(),
             "shutdown timed out; unfinished work is redone on restart"
@@ -1469,7 +1474,8 @@ async fn publish<P: Processor>(
     Ok(())
 }
 
-/// Publishes the outbox in order until stopped; one relay per processor
+/// Publishes the outbox in order until `drained` is set and the outbox is
+/// empty; one relay per processor
 /// schema at a time (advisory lock), so replicas never interleave.
 async fn relay_loop<P: Processor>(shared: Arc<Shared<P>>, stop: Arc<AtomicBool>) {
     let mut attempt = 0u32;
