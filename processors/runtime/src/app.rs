@@ -1479,7 +1479,21 @@ async fn publish<P: Processor>(
 /// schema at a time (advisory lock), so replicas never interleave.
 async fn relay_loop<P: Processor>(shared: Arc<Shared<P>>, stop: Arc<AtomicBool>) {
     let mut attempt = 0u32;
+    let mut cleaned: Option<Instant> = None;
     loop {
+        // Processed ids are needed only as long as a duplicate can arrive.
+        if cleaned.is_none_or(|at| at.elapsed() > Duration::from_secs(600)) {
+            match forget_processed(&shared).await {
+                Ok(removed) if removed > 0 => {
+                    tracing::info!(removed, "old processed event ids removed")
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(error = %error, "removing old processed event ids failed")
+                }
+            }
+            cleaned = Some(Instant::now());
+        }
         let stopping = stop.load(Ordering::SeqCst);
         match relay_pass(&shared).await {
             Ok(0) if stopping => break,
@@ -1503,6 +1517,25 @@ async fn relay_loop<P: Processor>(shared: Arc<Shared<P>>, stop: Arc<AtomicBool>)
             }
         }
     }
+}
+
+/// Deletes processed event ids older than the dedupe retention.
+async fn forget_processed<P: Processor>(shared: &Shared<P>) -> Result<u64, sqlx::Error> {
+    // A retention too long to subtract from now means: keep everything.
+    let Some(cutoff) = chrono::Duration::from_std(shared.config.dedupe_retention)
+        .ok()
+        .and_then(|retention| chrono::Utc::now().checked_sub_signed(retention))
+    else {
+        return Ok(0);
+    };
+    let result = sqlx::query(&format!(
+        "DELETE FROM {}.processed_events WHERE processed_at < $1",
+        shared.schema
+    ))
+    .bind(cutoff)
+    .execute(&shared.pool)
+    .await?;
+    Ok(result.rows_affected())
 }
 
 /// One pass: publish up to 5,000 outbox rows and delete the acknowledged ones.

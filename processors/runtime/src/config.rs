@@ -11,6 +11,7 @@
 //! | `BATCH_SIZE` | `2000` | most records per database transaction (a batch holds what has arrived; it never waits to fill) |
 //! | `QUEUE_CAPACITY` | `10000` | records buffered per partition before fetching pauses |
 //! | `MAX_RECORD_BYTES` | `1048576` | larger input values are dead-lettered (PSY-D-006) |
+//! | `DEDUPE_RETENTION_HOURS` | `336` | how long processed event ids are kept for dropping duplicates (longer than any re-publish can come late) |
 //! | `DB_POOL_SIZE` | `8` | database connections |
 //! | `SHUTDOWN_TIMEOUT_SECS` | `10` | how long SIGTERM may take |
 //! | `RETRY_MAX_BACKOFF_MS` | `30000` | longest pause between retries of a failing batch |
@@ -43,6 +44,8 @@ pub struct RuntimeConfig {
     pub queue_capacity: usize,
     /// Largest input value accepted (`MAX_RECORD_BYTES`).
     pub max_record_bytes: usize,
+    /// How long processed event ids are kept (`DEDUPE_RETENTION_HOURS`).
+    pub dedupe_retention: Duration,
     /// Database connections (`DB_POOL_SIZE`).
     pub db_pool_size: u32,
     /// Bound on a graceful shutdown (`SHUTDOWN_TIMEOUT_SECS`).
@@ -130,6 +133,9 @@ impl RuntimeConfig {
             batch_size,
             queue_capacity: number(vars, "QUEUE_CAPACITY", 10_000usize)?.max(1),
             max_record_bytes: number(vars, "MAX_RECORD_BYTES", 1_048_576usize)?,
+            dedupe_retention: Duration::from_secs(
+                3600 * number(vars, "DEDUPE_RETENTION_HOURS", 336u64)?,
+            ),
             db_pool_size: number(vars, "DB_POOL_SIZE", 8u32)?.max(2),
             shutdown_timeout: Duration::from_secs(number(vars, "SHUTDOWN_TIMEOUT_SECS", 10u64)?),
             max_backoff: Duration::from_millis(number(vars, "RETRY_MAX_BACKOFF_MS", 30_000u64)?),

@@ -599,3 +599,35 @@ async fn at_least_once_publishes_directly_without_outbox_or_dedupe() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processed_event_ids_older_than_the_retention_are_forgotten() {
+    let bed = TestBed::new().await;
+    // Ids processed long ago (before the retention) and one just now.
+    sqlx::query(
+        "INSERT INTO example.processed_events (event_id, processed_at)
+         SELECT gen_random_uuid(), now() - interval '30 days' FROM generate_series(1, 5)",
+    )
+    .execute(&bed.pool)
+    .await
+    .unwrap();
+    bed.publish("matching-commands", &[run_command("p-1", 1)])
+        .await;
+    let (stop, task) = start_with(&bed, &[("DEDUPE_RETENTION_HOURS", "24".to_string())]);
+    bed.read_until("matching-events", DEADLINE, |r| !r.is_empty())
+        .await;
+    bed.wait_for("old ids removed, the new one kept", DEADLINE, || async {
+        let (old, new): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE processed_at < now() - interval '1 day'),
+                    count(*) FILTER (WHERE processed_at >= now() - interval '1 day')
+               FROM example.processed_events",
+        )
+        .fetch_one(&bed.pool)
+        .await
+        .unwrap();
+        old == 0 && new == 1
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
