@@ -26,7 +26,7 @@ use crate::config::{Assignment, Guarantee, RuntimeConfig};
 use crate::contracts::Contracts;
 use crate::envelope::Envelope;
 use crate::errors::ErrorCode;
-use crate::processor::{Context, Incoming, Outgoing, ProcessError, Processor, payload_json};
+use crate::processor::{Context, Incoming, Outgoing, ProcessError, Processor};
 use crate::surface::{Metrics, Status, Surface};
 use crate::{codec, db, telemetry};
 use anyhow::Context as _;
@@ -1046,7 +1046,7 @@ async fn decode<P: Processor>(
         }
         Some(_) => {}
     }
-    let payload = payload_json(&envelope.payload);
+    let payload = crate::avro_json::to_json(&envelope.payload);
     let key = message
         .key()
         .map(|k| String::from_utf8_lossy(k).into_owned())

@@ -204,6 +204,34 @@ pub fn key_of(payload: &Json, key_fields: &[String]) -> Option<String> {
     })
 }
 
+/// The payload record `event_type` travels in, converted from JSON.
+pub fn payload_of(
+    schema: &TopicSchema,
+    event_type: &str,
+    payload: &Json,
+) -> Result<Avro, EnvelopeError> {
+    let branch = schema
+        .branch_for(event_type)
+        .ok_or_else(|| unknown_event_type(schema, event_type))?;
+    let apache_avro::Schema::Union(union) = schema.payload_schema() else {
+        return Err(EnvelopeError::Shape(
+            "the payload schema is not a union".into(),
+        ));
+    };
+    let branch_schema = &union.variants()[branch.index as usize];
+    avro_json::to_avro_within(payload, branch_schema, &schema.names).map_err(|error| {
+        EnvelopeError::Fit {
+            topic: schema.topic.clone(),
+            error: FitError {
+                path: format!("payload.{}", error.path)
+                    .trim_end_matches('.')
+                    .to_string(),
+                reason: error.reason,
+            },
+        }
+    })
+}
+
 /// Wraps a record written by a person (see the module docs) into an envelope
 /// for `schema`, returning the Kafka key with it.
 pub fn from_json(
@@ -248,27 +276,10 @@ pub fn from_json(
             schema.event_types().join(", ")
         ))
     })?;
-    let branch = schema
-        .branch_for(&event_type)
-        .ok_or_else(|| unknown_event_type(schema, &event_type))?;
     let payload_json = object
         .get("payload")
         .ok_or_else(|| shape("'payload' is missing".into()))?;
-    let fit = |error: FitError| EnvelopeError::Fit {
-        topic: schema.topic.clone(),
-        error: FitError {
-            path: format!("payload.{}", error.path)
-                .trim_end_matches('.')
-                .to_string(),
-            reason: error.reason,
-        },
-    };
-    let apache_avro::Schema::Union(union) = schema.payload_schema() else {
-        return Err(shape("the payload schema is not a union".into()));
-    };
-    let branch_schema = &union.variants()[branch.index as usize];
-    let payload =
-        avro_json::to_avro_within(payload_json, branch_schema, &schema.names).map_err(fit)?;
+    let payload = payload_of(schema, &event_type, payload_json)?;
     let derived = key_of(payload_json, key_fields);
     let key = match (text("key")?, derived) {
         (Some(given), Some(derived)) if given != derived => {

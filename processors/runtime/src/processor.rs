@@ -10,7 +10,6 @@
 use crate::contracts::Contracts;
 use crate::envelope::{self, Envelope};
 use crate::errors::ErrorCode;
-use apache_avro::types::Value as Avro;
 use chrono::{DateTime, Utc};
 use serde_json::{Value as Json, json};
 use sqlx::PgConnection;
@@ -175,16 +174,23 @@ impl<'a> Context<'a> {
             .contracts
             .topic(topic)
             .map_err(|e| bug(e.to_string()))?;
-        let event_id = derived_event_id(&self.source.envelope.event_id, self.emitted.len());
-        let record = json!({
-            "event_type": event_type,
-            "payload": payload,
-            "event_id": event_id.to_string(),
-            "correlation_id": self.source.envelope.correlation_id,
-        });
-        let (key, envelope) =
-            envelope::from_json(&record, schema, key_fields, self.producer, self.now)
-                .map_err(|e| bug(format!("{} emitted a record that {e}", self.producer)))?;
+        let converted = envelope::payload_of(schema, event_type, &payload)
+            .map_err(|e| bug(format!("{} emitted a record that {e}", self.producer)))?;
+        let key = envelope::key_of(&payload, key_fields).ok_or_else(|| {
+            bug(format!(
+                "{} emitted a {event_type} without any of {key_fields:?}",
+                self.producer
+            ))
+        })?;
+        let envelope = Envelope {
+            event_id: derived_event_id(&self.source.envelope.event_id, self.emitted.len()),
+            event_type: event_type.to_string(),
+            version: 1,
+            timestamp_millis: self.now.timestamp_millis(),
+            producer: self.producer.to_string(),
+            correlation_id: self.source.envelope.correlation_id.clone(),
+            payload: converted,
+        };
         self.emitted.push((topic.to_string(), key, envelope));
         Ok(())
     }
@@ -194,9 +200,4 @@ impl<'a> Context<'a> {
 /// deterministic, so a retried or replayed input emits the same ids.
 pub fn derived_event_id(input: &Uuid, index: usize) -> Uuid {
     Uuid::new_v5(input, format!("emit/{index}").as_bytes())
-}
-
-/// The payload of an envelope as JSON.
-pub(crate) fn payload_json(payload: &Avro) -> Json {
-    crate::avro_json::to_json(payload)
 }

@@ -151,7 +151,7 @@ impl TopicSchema {
             .collect()
     }
 
-    /// The payload record's JSON definition for a branch (after bundling).
+    /// The parsed payload union (its variants are the branches, in order).
     pub fn payload_schema(&self) -> &Schema {
         match &self.schema {
             Schema::Record(record) => &record.fields[ENVELOPE_FIELDS.len() - 1].schema,

@@ -43,6 +43,21 @@ pub async fn fresh_database_on(base_url: &str) -> (PgPool, String) {
     (pool, url)
 }
 
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+/// A new, empty directory under the system's temporary directory.
+pub fn scratch_dir(prefix: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    dir
+}
+
 /// A record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Received {

@@ -2,7 +2,7 @@
 //! joining and leaving, broker and PostgreSQL restarts. Each ends with every
 //! input applied exactly once and every output present.
 
-use psymatch_runtime::testing::{Received, TestBed};
+use psymatch_runtime::testing::{Received, TestBed, free_port, scratch_dir};
 use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -165,13 +165,8 @@ struct OwnBroker {
 
 impl OwnBroker {
     fn start() -> OwnBroker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("tansu-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let dir = scratch_dir("tansu");
         let mut broker = OwnBroker {
             process: None,
             port,
@@ -242,13 +237,8 @@ impl OwnPostgres {
             .unwrap()
             .display()
             .to_string();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("pg-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let dir = scratch_dir("pg");
         Command::new("chown")
             .args(["postgres", dir.to_str().unwrap()])
             .status()

@@ -3,7 +3,7 @@
 
 use psymatch_runtime::app::run_with;
 use psymatch_runtime::example::Counter;
-use psymatch_runtime::testing::{Received, TestBed};
+use psymatch_runtime::testing::{Received, TestBed, free_port};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -273,15 +273,6 @@ async fn poison_records_are_dead_lettered_with_reasons_and_the_partition_flows_o
     assert_eq!(counts(&bed).await.get("invalid-1"), None);
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
-}
-
-/// A free loopback port for a processor's HTTP surface.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_with(
