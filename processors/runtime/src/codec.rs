@@ -46,6 +46,125 @@ pub enum CodecError {
 /// A registered schema id with its prepared writer.
 type PreparedWriter = (u32, Arc<GenericDatumWriter<'static>>);
 
+/// A writer schema prepared for reading with this build's schema.
+struct PreparedReader {
+    /// Decodes with the writer schema alone.
+    datum: GenericDatumReader<'static>,
+    /// `None` when writer and reader schema have the same canonical form:
+    /// the written value is the value this build reads, no resolution.
+    resolution: Option<Resolution>,
+}
+
+/// What resolving a writer's value to this build's schema needs.
+struct Resolution {
+    reader: &'static apache_avro::Schema,
+    names: apache_avro::schema::ResolvedSchema<'static>,
+    /// Per branch of the writer's payload union, the reader branch of the
+    /// same record name (`None`: this build does not know that record).
+    branches: Vec<Option<(usize, &'static apache_avro::Schema)>>,
+    /// Full names of the writer's payload branches, for errors.
+    writer_names: Vec<String>,
+}
+
+/// The branches of the `payload` union of an envelope schema.
+fn payload_union(schema: &apache_avro::Schema) -> Option<&[apache_avro::Schema]> {
+    let apache_avro::Schema::Record(record) = schema else {
+        return None;
+    };
+    record
+        .fields
+        .iter()
+        .find(|f| f.name == "payload")
+        .and_then(|f| match &f.schema {
+            apache_avro::Schema::Union(union) => Some(union.variants()),
+            _ => None,
+        })
+}
+
+fn full_name(schema: &apache_avro::Schema) -> Option<String> {
+    schema.name().map(|name| name.fullname(None))
+}
+
+impl Resolution {
+    fn new(
+        writer: &'static apache_avro::Schema,
+        reader: &'static apache_avro::Schema,
+    ) -> Result<Resolution, String> {
+        let names = apache_avro::schema::ResolvedSchema::try_from(reader)
+            .map_err(|error| format!("this build's schema does not resolve: {error}"))?;
+        let writer_branches = payload_union(writer).unwrap_or_default();
+        let reader_branches = payload_union(reader).unwrap_or_default();
+        let branches = writer_branches
+            .iter()
+            .map(|w| {
+                let name = full_name(w)?;
+                reader_branches
+                    .iter()
+                    .enumerate()
+                    .find(|(_, r)| full_name(r).as_deref() == Some(name.as_str()))
+            })
+            .collect();
+        Ok(Resolution {
+            reader,
+            names,
+            branches,
+            writer_names: writer_branches
+                .iter()
+                .map(|w| full_name(w).unwrap_or_default())
+                .collect(),
+        })
+    }
+
+    /// Resolves a value written with the writer schema to the reader's.
+    ///
+    /// apache-avro resolves a union by trying the reader's branches in
+    /// order and taking the first the value fits, which confuses payload
+    /// records of the same shape (a pause and a resume command, both just
+    /// an id). Avro's rule is to match by name, so the payload is resolved
+    /// against the reader branch named like the writer's.
+    fn resolve(&self, value: Avro) -> Result<Avro, String> {
+        let payload = match &value {
+            Avro::Record(fields) => fields.iter().find_map(|(name, value)| match value {
+                Avro::Union(index, inner) if name == "payload" => Some((*index, (**inner).clone())),
+                _ => None,
+            }),
+            _ => None,
+        };
+        let names = self.names.get_names();
+        let resolved = value
+            .resolve_with_names(self.reader, names)
+            .map_err(|error| format!("cannot be read as this build's schema: {error}"))?;
+        let Some((index, inner)) = payload else {
+            return Ok(resolved);
+        };
+        let (reader_index, branch) = self
+            .branches
+            .get(index as usize)
+            .copied()
+            .flatten()
+            .ok_or_else(|| {
+                let name = self
+                    .writer_names
+                    .get(index as usize)
+                    .map_or("?", String::as_str);
+                format!("payload record {name} is unknown to this build")
+            })?;
+        let inner = inner
+            .resolve_with_names(branch, names)
+            .map_err(|error| format!("payload cannot be read as this build's schema: {error}"))?;
+        let Avro::Record(mut fields) = resolved else {
+            return Err("not a record".into());
+        };
+        for (name, value) in &mut fields {
+            if name == "payload" {
+                *value = Avro::Union(reader_index as u32, Box::new(inner));
+                break;
+            }
+        }
+        Ok(Avro::Record(fields))
+    }
+}
+
 /// Encoder and decoder sharing one registry.
 ///
 /// Prepared Avro readers and writers are cached per schema id. They borrow
@@ -57,7 +176,7 @@ pub struct Codec {
     http: reqwest::Client,
     encoder: AvroEncoder,
     decoder: AvroDecoder,
-    readers: Mutex<HashMap<(u32, usize), Arc<GenericDatumReader<'static>>>>,
+    readers: Mutex<HashMap<(u32, usize), Arc<PreparedReader>>>,
     writers: Mutex<HashMap<(String, usize), PreparedWriter>>,
 }
 
@@ -167,16 +286,19 @@ impl Codec {
                 })?;
                 let writer: &'static apache_avro::Schema =
                     Box::leak(Box::new(writer.parsed.clone()));
-                let reader: &'static apache_avro::Schema = Box::leak(Box::new(reader.clone()));
                 let datum = GenericDatumReader::builder(writer)
-                    .reader_schema(reader)
                     .build()
                     .map_err(|error| {
-                        ReadError::Body(format!(
-                            "schema {id} cannot be read as this build's schema: {error}"
-                        ))
+                        ReadError::Body(format!("schema {id} cannot be read: {error}"))
                     })?;
-                let datum = Arc::new(datum);
+                let same = writer.canonical_form() == reader.canonical_form();
+                let resolution = if same {
+                    None
+                } else {
+                    let reader: &'static apache_avro::Schema = Box::leak(Box::new(reader.clone()));
+                    Some(Resolution::new(writer, reader).map_err(ReadError::Body)?)
+                };
+                let datum = Arc::new(PreparedReader { datum, resolution });
                 self.readers
                     .lock()
                     .expect("reader cache")
@@ -185,7 +307,7 @@ impl Codec {
             }
         };
         let mut body = &bytes[5..];
-        let value = datum.read_value(&mut body).map_err(|error| {
+        let value = datum.datum.read_value(&mut body).map_err(|error| {
             ReadError::Body(format!("body does not decode with schema {id}: {error}"))
         })?;
         if !body.is_empty() {
@@ -194,7 +316,12 @@ impl Codec {
                 body.len()
             )));
         }
-        Ok(value)
+        match &datum.resolution {
+            None => Ok(value),
+            Some(resolution) => resolution
+                .resolve(value)
+                .map_err(|error| ReadError::Body(format!("schema {id}: {error}"))),
+        }
     }
 
     /// Encodes `value` with `schema` (this build's) for `topic`, registering

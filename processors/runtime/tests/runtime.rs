@@ -622,3 +622,102 @@ async fn processed_event_ids_older_than_the_retention_are_forgotten() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_arriving_later_on_every_partition_are_processed() {
+    let bed = TestBed::new().await;
+    let (stop, task) = start(&bed);
+    // One record per partition, answered; then one more per partition: the
+    // consumer must go on fetching partitions that were idle at their end.
+    let patients: Vec<String> = (0..12).map(|i| format!("late-{i}")).collect();
+    for round in 0..2 {
+        let commands: Vec<Value> = patients
+            .iter()
+            .enumerate()
+            .map(|(i, p)| run_command(p, round * 100 + i))
+            .collect();
+        bed.publish("matching-commands", &commands).await;
+        let wanted = patients.len() * (round + 1);
+        bed.read_until("matching-events", DEADLINE, |records| {
+            distinct_ids(records) >= wanted
+        })
+        .await;
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// The payload union branch of a decoded envelope value.
+fn branch_of(value: &apache_avro::types::Value) -> Option<u32> {
+    match value {
+        apache_avro::types::Value::Record(fields) => {
+            fields.iter().find_map(|(name, value)| match value {
+                apache_avro::types::Value::Union(index, _) if name == "payload" => Some(*index),
+                _ => None,
+            })
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_records_of_the_same_shape_keep_the_branch_they_were_written_with() {
+    use psymatch_runtime::schemas::TopicSchema;
+    // geocoding.geocode_address and geocoding.forget_address carry the same
+    // fields; only the record name tells them apart.
+    let bed = TestBed::new().await;
+    let contracts = psymatch_runtime::contracts::Contracts::embedded();
+    let (spec, current) = contracts.topic("geocoding-requests").unwrap();
+    let mut newer_json = current.json.clone();
+    // The newer schema: GeocodeAddress gains a field with a default.
+    let payload = newer_json["fields"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "payload")
+        .unwrap();
+    payload["type"][0]["fields"].as_array_mut().unwrap().push(
+        json!({"name": "language", "type": "string", "default": "de", "doc": "Newer producers ask for a language."}),
+    );
+    let newer = TopicSchema::new("geocoding-requests", "newer", &json!([]), &newer_json).unwrap();
+    let codec = psymatch_runtime::codec::Codec::new(&bed.registry_url);
+    let physical = format!("{}geocoding-requests", bed.prefix);
+    let address =
+        json!({"street": "Teststraße", "house_number": "1", "postcode": "10115", "city": "Berlin"});
+    for writer in [current, &newer] {
+        for (event_type, expected) in [
+            ("geocoding.geocode_address", "GeocodeAddress"),
+            ("geocoding.forget_address", "ForgetAddress"),
+        ] {
+            let record = json!({"event_type": event_type,
+                                "payload": {"request_id": "r-1", "address": address}});
+            let (_, envelope) = psymatch_runtime::envelope::from_json(
+                &record,
+                writer,
+                &spec.key_fields,
+                "test",
+                chrono::Utc::now(),
+            )
+            .unwrap();
+            let bytes = codec
+                .encode_with(&physical, writer, envelope.to_avro(writer).unwrap())
+                .await
+                .unwrap();
+            let value = codec.decode_as(&bytes, &current.schema).await.unwrap();
+            let branch = branch_of(&value).unwrap() as usize;
+            let apache_avro::Schema::Record(record) = &current.schema else {
+                panic!("an envelope is a record");
+            };
+            let payload = record.fields.iter().find(|f| f.name == "payload").unwrap();
+            let apache_avro::Schema::Union(union) = &payload.schema else {
+                panic!("the payload is a union");
+            };
+            let name = union.variants()[branch].name().unwrap().name().to_string();
+            let newer_writer = std::ptr::eq(writer, &newer);
+            assert_eq!(
+                name, expected,
+                "{event_type} written by a newer producer: {newer_writer}"
+            );
+        }
+    }
+}
