@@ -95,6 +95,9 @@ pub async fn run_with<P: Processor>(
     let pool = db::connect_sized(&config.database_url, config.db_pool_size).await?;
     db::migrate(&pool).await?;
     let metrics = Arc::new(Metrics::new(name));
+    for collector in processor.collectors() {
+        metrics.register(collector)?;
+    }
     let status = Arc::new(Status::default());
     let (seek_sender, seek_receiver) = std::sync::mpsc::channel();
     let mut producer_config = ClientConfig::new();
@@ -1185,6 +1188,7 @@ async fn process_batch<P: Processor>(
         }
         let mut ctx = Context {
             db: &mut tx,
+            pool: &shared.pool,
             contracts: shared.contracts,
             producer: shared.processor.name(),
             source: &record,

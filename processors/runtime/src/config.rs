@@ -82,6 +82,33 @@ pub enum Assignment {
     Group,
 }
 
+/// Configuration variables with defaults: the reading every processor's
+/// configuration shares, so errors read alike.
+#[derive(Debug, Clone, Copy)]
+pub struct Vars<'a>(pub &'a BTreeMap<String, String>);
+
+impl Vars<'_> {
+    /// The variable's text, or `default`.
+    pub fn text(&self, name: &str, default: &str) -> String {
+        self.0
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    /// The variable parsed as a number, or `default`; an unparsable value
+    /// is an error naming the variable.
+    pub fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> anyhow::Result<T> {
+        match self.0.get(name) {
+            None => Ok(default),
+            Some(value) => value
+                .parse()
+                .ok()
+                .with_context(|| format!("{name}={value} is not a valid number")),
+        }
+    }
+}
+
 impl RuntimeConfig {
     /// Reads the process environment.
     pub fn from_env(processor: &str) -> anyhow::Result<RuntimeConfig> {
@@ -94,25 +121,9 @@ impl RuntimeConfig {
         processor: &str,
         vars: &BTreeMap<String, String>,
     ) -> anyhow::Result<RuntimeConfig> {
-        let text = |name: &str, default: &str| {
-            vars.get(name)
-                .cloned()
-                .unwrap_or_else(|| default.to_string())
-        };
-        fn number<T: std::str::FromStr>(
-            vars: &BTreeMap<String, String>,
-            name: &str,
-            default: T,
-        ) -> anyhow::Result<T> {
-            match vars.get(name) {
-                None => Ok(default),
-                Some(value) => value
-                    .parse()
-                    .ok()
-                    .with_context(|| format!("{name}={value} is not a valid number")),
-            }
-        }
-        let batch_size = number(vars, "BATCH_SIZE", 2000usize)?;
+        let v = Vars(vars);
+        let text = |name: &str, default: &str| v.text(name, default);
+        let batch_size = v.number("BATCH_SIZE", 2000usize)?;
         if batch_size == 0 {
             bail!("BATCH_SIZE must be at least 1");
         }
@@ -131,14 +142,14 @@ impl RuntimeConfig {
             group: text("CONSUMER_GROUP", &format!("psymatch-{processor}")),
             topic_prefix: text("TOPIC_PREFIX", ""),
             batch_size,
-            queue_capacity: number(vars, "QUEUE_CAPACITY", 10_000usize)?.max(1),
-            max_record_bytes: number(vars, "MAX_RECORD_BYTES", 1_048_576usize)?,
+            queue_capacity: v.number("QUEUE_CAPACITY", 10_000usize)?.max(1),
+            max_record_bytes: v.number("MAX_RECORD_BYTES", 1_048_576usize)?,
             dedupe_retention: Duration::from_secs(
-                3600 * number(vars, "DEDUPE_RETENTION_HOURS", 336u64)?,
+                3600 * v.number("DEDUPE_RETENTION_HOURS", 336u64)?,
             ),
-            db_pool_size: number(vars, "DB_POOL_SIZE", 8u32)?.max(2),
-            shutdown_timeout: Duration::from_secs(number(vars, "SHUTDOWN_TIMEOUT_SECS", 10u64)?),
-            max_backoff: Duration::from_millis(number(vars, "RETRY_MAX_BACKOFF_MS", 30_000u64)?),
+            db_pool_size: v.number("DB_POOL_SIZE", 8u32)?.max(2),
+            shutdown_timeout: Duration::from_secs(v.number("SHUTDOWN_TIMEOUT_SECS", 10u64)?),
+            max_backoff: Duration::from_millis(v.number("RETRY_MAX_BACKOFF_MS", 30_000u64)?),
             guarantee: match text("GUARANTEE", "effectively-once").as_str() {
                 "effectively-once" => Guarantee::EffectivelyOnce,
                 "at-least-once" => Guarantee::AtLeastOnce,

@@ -25,6 +25,9 @@ pub enum ErrorCode {
     UnknownSubject,
     /// A command not allowed in the subject's current state.
     InvalidState,
+    /// No position can be found for an address (the upstream knows none and
+    /// its postcode is not in the offline dataset).
+    AddressNotFound,
     /// A processor emitted a record that does not fit its topic's schema (a bug).
     OutputDoesNotFit,
     /// The database failed (retried).
@@ -39,7 +42,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::NotWireFormat,
         ErrorCode::UnknownSchema,
         ErrorCode::UndecodableBody,
@@ -49,6 +52,7 @@ impl ErrorCode {
         ErrorCode::InvalidCommand,
         ErrorCode::UnknownSubject,
         ErrorCode::InvalidState,
+        ErrorCode::AddressNotFound,
         ErrorCode::OutputDoesNotFit,
         ErrorCode::Database,
         ErrorCode::Broker,
@@ -68,6 +72,7 @@ impl ErrorCode {
             ErrorCode::InvalidCommand => "PSY-V-001",
             ErrorCode::UnknownSubject => "PSY-V-002",
             ErrorCode::InvalidState => "PSY-V-003",
+            ErrorCode::AddressNotFound => "PSY-V-004",
             ErrorCode::OutputDoesNotFit => "PSY-B-001",
             ErrorCode::Database => "PSY-T-001",
             ErrorCode::Broker => "PSY-T-002",

@@ -12,7 +12,7 @@ use crate::envelope::{self, Envelope};
 use crate::errors::ErrorCode;
 use chrono::{DateTime, Utc};
 use serde_json::{Value as Json, json};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use std::future::Future;
 use uuid::Uuid;
 
@@ -33,6 +33,12 @@ pub trait Processor: Send + Sync + 'static {
         ctx: &mut Context<'_>,
         record: &Incoming,
     ) -> impl Future<Output = Result<(), ProcessError>> + Send;
+
+    /// The processor's own metrics, served on `/metrics` beside the
+    /// runtime's with the same `psymatch_` prefix and `processor` label.
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        Vec::new()
+    }
 }
 
 /// A decoded input record.
@@ -95,6 +101,7 @@ pub(crate) struct Outgoing {
 /// What a processor can do while handling a record.
 pub struct Context<'a> {
     pub(crate) db: &'a mut PgConnection,
+    pub(crate) pool: &'a PgPool,
     pub(crate) contracts: &'static Contracts,
     pub(crate) producer: &'static str,
     pub(crate) source: &'a Incoming,
@@ -107,6 +114,13 @@ impl<'a> Context<'a> {
     /// The transaction of this batch: state changes go here.
     pub fn db(&mut self) -> &mut PgConnection {
         self.db
+    }
+
+    /// The connection pool, for writes that must outlive a rolled-back
+    /// batch (caches of upstream answers, shared rate limits). Never for
+    /// state that depends on the input: that belongs in [`Context::db`].
+    pub fn pool(&self) -> &PgPool {
+        self.pool
     }
 
     /// The record being processed.

@@ -133,6 +133,13 @@ impl Metrics {
         }
     }
 
+    /// Adds a processor's own metric (it gets the prefix and the label).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) -> anyhow::Result<()> {
+        self.registry
+            .register(collector)
+            .map_err(|e| anyhow::anyhow!("registering a processor metric: {e}"))
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

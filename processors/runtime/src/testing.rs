@@ -58,6 +58,35 @@ pub fn scratch_dir(prefix: &str) -> std::path::PathBuf {
     dir
 }
 
+/// A child process killed when dropped, so a failing test leaves nothing
+/// running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// Starts `binary` with `env`, its stderr (the logs) appended to `log`.
+    pub fn spawn(binary: &str, env: &[(String, String)], log: &std::path::Path) -> KillOnDrop {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("opening the log file");
+        std::process::Command::new(binary)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map(KillOnDrop)
+            .unwrap_or_else(|error| panic!("starting {binary}: {error}"))
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Received {

@@ -2,7 +2,7 @@
 //! joining and leaving, broker and PostgreSQL restarts. Each ends with every
 //! input applied exactly once and every output present.
 
-use psymatch_runtime::testing::{Received, TestBed, free_port, scratch_dir};
+use psymatch_runtime::testing::{KillOnDrop, Received, TestBed, free_port, scratch_dir};
 use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -20,31 +20,10 @@ fn commands(total: usize, offset: usize) -> Vec<Value> {
         .collect()
 }
 
-/// A child process that is killed when dropped, so that a failing test
-/// leaves nothing running.
-struct Example(Child);
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_example(bed: &TestBed, log: &std::path::Path) -> Example {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_psymatch-example"))
-        .envs(bed.env("example"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map(Example)
-        .expect("starting psymatch-example")
+fn spawn_example(bed: &TestBed, log: &std::path::Path) -> KillOnDrop {
+    let mut env = bed.env("example");
+    env.push(("RUST_LOG".into(), "info".into()));
+    KillOnDrop::spawn(env!("CARGO_BIN_EXE_psymatch-example"), &env, log)
 }
 
 async fn total(bed: &TestBed) -> i64 {

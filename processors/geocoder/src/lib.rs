@@ -1,0 +1,613 @@
+//! The geocoder processor: positions of addresses and travel times, cached
+//! in PostgreSQL, with Nominatim throttled for the whole deployment and
+//! offline fallbacks when the upstream services fail.
+//!
+//! Consumes `geocoding-requests`, produces `geocoding-results` (each result
+//! keyed by and carrying the request's id and correlation id).
+
+pub mod address;
+pub mod breaker;
+pub mod cache;
+pub mod config;
+pub mod fake;
+pub mod fallback;
+pub mod metrics;
+pub mod nominatim;
+pub mod osrm;
+pub mod upstream;
+
+use address::Address;
+use config::GeocoderConfig;
+use metrics::GeoMetrics;
+use psymatch_runtime::errors::ErrorCode;
+use psymatch_runtime::processor::{Context, Incoming, ProcessError, Processor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+use sqlx::PgPool;
+use upstream::{Upstream, UpstreamError};
+
+/// A WGS84 position (`psymatch.Coordinates`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    /// Degrees north.
+    pub latitude: f64,
+    /// Degrees east.
+    pub longitude: f64,
+}
+
+impl Position {
+    /// Whether this is a position on Earth.
+    pub fn is_valid(&self) -> bool {
+        (-90.0..=90.0).contains(&self.latitude) && (-180.0..=180.0).contains(&self.longitude)
+    }
+}
+
+/// How exact a geocode is (`Precision` in the result schema).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// The building.
+    Address,
+    /// The street.
+    Street,
+    /// The postcode area's centre.
+    Postcode,
+    /// The city.
+    City,
+}
+
+impl Precision {
+    /// The schema's symbol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Address => "ADDRESS",
+            Precision::Street => "STREET",
+            Precision::Postcode => "POSTCODE",
+            Precision::City => "CITY",
+        }
+    }
+
+    /// From the schema's symbol.
+    pub fn parse(symbol: &str) -> Option<Precision> {
+        match symbol {
+            "ADDRESS" => Some(Precision::Address),
+            "STREET" => Some(Precision::Street),
+            "POSTCODE" => Some(Precision::Postcode),
+            "CITY" => Some(Precision::City),
+            _ => None,
+        }
+    }
+}
+
+/// Mode of transport (`psymatch.TransportMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Mode {
+    /// By car.
+    Car,
+    /// By bus and train: no OSRM profile, estimated.
+    PublicTransport,
+    /// On foot.
+    Walking,
+    /// By bicycle.
+    Bicycle,
+}
+
+/// Where a geocode came from (`GeocodeSource`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Asked Nominatim now.
+    Nominatim,
+    /// From the cache.
+    Cache,
+    /// The bundled postcode centroids.
+    OfflinePostcode,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Nominatim => "NOMINATIM",
+            Source::Cache => "CACHE",
+            Source::OfflinePostcode => "OFFLINE_POSTCODE",
+        }
+    }
+}
+
+/// The answer to a geocode request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Geocoded {
+    /// A position.
+    Found {
+        /// Where.
+        position: Position,
+        /// How exact.
+        precision: Precision,
+        /// From where.
+        source: Source,
+        /// Why a fallback answered.
+        note: Option<String>,
+    },
+    /// No position.
+    Failed {
+        /// Stable error code.
+        code: ErrorCode,
+        /// Why, for a person.
+        reason: String,
+    },
+}
+
+/// How a travel time was obtained (`TravelMethod`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Routed with the mode's own profile.
+    Routed,
+    /// Routed with another profile and scaled.
+    OtherProfile,
+    /// Estimated from the straight line.
+    StraightLine,
+}
+
+/// Travel to one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Travel {
+    /// The destination's id.
+    pub destination_id: String,
+    /// Seconds, `None` when unreachable.
+    pub duration: Option<f64>,
+    /// Metres.
+    pub distance: f64,
+    /// How it was obtained.
+    pub method: Method,
+}
+
+impl Travel {
+    fn to_json(&self) -> Json {
+        json!({
+            "destination_id": self.destination_id,
+            "duration_seconds": self.duration,
+            "distance_meters": self.distance,
+            "approximate": self.method != Method::Routed,
+            "method": match self.method {
+                Method::Routed => "ROUTED",
+                Method::OtherProfile => "OTHER_PROFILE",
+                Method::StraightLine => "STRAIGHT_LINE",
+            },
+        })
+    }
+}
+
+/// A destination of a travel-time request.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Destination {
+    /// Id the result refers back to.
+    pub id: String,
+    /// Where.
+    pub position: Position,
+}
+
+/// At most this many destinations per request: more is a bulk job the
+/// requester should split.
+pub const MAX_DESTINATIONS: usize = 5_000;
+
+/// The geocoder: its configuration, upstream clients and metrics.
+pub struct Geocoder {
+    config: GeocoderConfig,
+    nominatim: Upstream,
+    osrm: Upstream,
+    metrics: GeoMetrics,
+}
+
+impl Geocoder {
+    /// A geocoder with `config`.
+    pub fn new(config: GeocoderConfig) -> Geocoder {
+        let metrics = GeoMetrics::new();
+        Geocoder {
+            nominatim: Upstream::new(
+                config.nominatim.clone(),
+                &config.user_agent,
+                metrics.clone(),
+            ),
+            osrm: Upstream::new(config.osrm.clone(), &config.user_agent, metrics.clone()),
+            config,
+            metrics,
+        }
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &GeoMetrics {
+        &self.metrics
+    }
+
+    /// The Nominatim client.
+    pub fn nominatim(&self) -> &Upstream {
+        &self.nominatim
+    }
+
+    /// The OSRM client.
+    pub fn osrm(&self) -> &Upstream {
+        &self.osrm
+    }
+
+    fn lookup(&self, cache: &str, hit: bool) {
+        let outcome = if hit { "hit" } else { "miss" };
+        self.metrics
+            .cache_lookups
+            .with_label_values(&[cache, outcome])
+            .inc();
+    }
+
+    /// The position of `address`: from the cache, else Nominatim (and then
+    /// cached), else the postcode's centroid. Errors only when the shared
+    /// rate limit or the cache cannot be reached (retry the record).
+    pub async fn geocode(&self, pool: &PgPool, address: &Address) -> Result<Geocoded, sqlx::Error> {
+        if let Err(reason) = address.validate() {
+            return Ok(Geocoded::Failed {
+                code: ErrorCode::InvalidCommand,
+                reason,
+            });
+        }
+        let key = address.key();
+        let cached = cache::geocode(pool, &key).await?;
+        self.lookup("geocode", cached.is_some());
+        let note = match cached {
+            Some(Some((position, precision))) => {
+                return Ok(Geocoded::Found {
+                    position,
+                    precision,
+                    source: Source::Cache,
+                    note: None,
+                });
+            }
+            Some(None) => "Nominatim knows no such address (cached answer)".to_string(),
+            None => {
+                let path = nominatim::search_path(&address.query());
+                match self
+                    .nominatim
+                    .get(pool, &path, nominatim::parse_search)
+                    .await
+                {
+                    Ok(Some(found)) => {
+                        let answer = Some((found.position, found.precision));
+                        cache::put_geocode(pool, &key, answer, self.config.geocode_ttl).await?;
+                        return Ok(Geocoded::Found {
+                            position: found.position,
+                            precision: found.precision,
+                            source: Source::Nominatim,
+                            note: None,
+                        });
+                    }
+                    Ok(None) => {
+                        cache::put_geocode(pool, &key, None, self.config.geocode_ttl).await?;
+                        "Nominatim knows no such address".to_string()
+                    }
+                    Err(UpstreamError::Database(error)) => return Err(error),
+                    // Not cached: the next request asks Nominatim again.
+                    Err(error) => error.to_string(),
+                }
+            }
+        };
+        let postcode = address.postcode.trim();
+        match fallback::postcodes().get(postcode) {
+            Some(position) => {
+                self.metrics
+                    .fallbacks
+                    .with_label_values(&["postcode_centroid"])
+                    .inc();
+                Ok(Geocoded::Found {
+                    position: *position,
+                    precision: Precision::Postcode,
+                    source: Source::OfflinePostcode,
+                    note: Some(format!("{note}; centre of postcode {postcode}")),
+                })
+            }
+            None => Ok(Geocoded::Failed {
+                code: ErrorCode::AddressNotFound,
+                reason: format!("{note}, and postcode {postcode} is not in the offline dataset"),
+            }),
+        }
+    }
+
+    /// Travel from `origin` to every destination by `mode`: cached, else
+    /// routed by OSRM (and then cached), else estimated from the straight
+    /// line. Errors only when the cache cannot be reached.
+    pub async fn travel_times(
+        &self,
+        pool: &PgPool,
+        mode: Mode,
+        origin: Position,
+        destinations: &[Destination],
+    ) -> Result<Vec<Travel>, sqlx::Error> {
+        let profile = self.config.profiles[&mode].as_str();
+        let routed = if mode == Mode::PublicTransport {
+            Method::OtherProfile
+        } else {
+            Method::Routed
+        };
+        let scale = if routed == Method::OtherProfile {
+            self.config.public_transport_factor
+        } else {
+            1.0
+        };
+        let origin_key = cache::position_key(origin);
+        let keys: Vec<String> = destinations
+            .iter()
+            .map(|d| cache::position_key(d.position))
+            .collect();
+        let mut known = cache::travel_times(pool, profile, &origin_key, &keys).await?;
+        let hits = keys.iter().filter(|k| known.contains_key(*k)).count();
+        self.metrics
+            .cache_lookups
+            .with_label_values(&["travel_time", "hit"])
+            .inc_by(hits as u64);
+        self.metrics
+            .cache_lookups
+            .with_label_values(&["travel_time", "miss"])
+            .inc_by((keys.len() - hits) as u64);
+        // Each distinct uncached position once.
+        let mut missing: Vec<(String, Position)> = Vec::new();
+        for (key, destination) in keys.iter().zip(destinations) {
+            if !known.contains_key(key) && !missing.iter().any(|(k, _)| k == key) {
+                missing.push((key.clone(), destination.position));
+            }
+        }
+        let mut routing_failed = false;
+        for chunk in missing.chunks(self.config.table_max) {
+            if routing_failed {
+                break;
+            }
+            match self.route(pool, profile, origin, chunk).await {
+                Ok(trips) => {
+                    cache::put_travel_times(
+                        pool,
+                        profile,
+                        &origin_key,
+                        &trips,
+                        self.config.travel_time_ttl,
+                    )
+                    .await?;
+                    known.extend(trips);
+                }
+                Err(UpstreamError::Database(error)) => return Err(error),
+                Err(error) => {
+                    tracing::warn!(%error, "routing failed; estimating from straight lines");
+                    routing_failed = true;
+                }
+            }
+        }
+        Ok(keys
+            .iter()
+            .zip(destinations)
+            .map(|(key, destination)| match known.get(key) {
+                Some((duration, distance)) => Travel {
+                    destination_id: destination.id.clone(),
+                    duration: duration.map(|d| d * scale),
+                    distance: *distance,
+                    method: routed,
+                },
+                None => {
+                    self.metrics
+                        .fallbacks
+                        .with_label_values(&["straight_line"])
+                        .inc();
+                    let (distance, duration) =
+                        fallback::straight_line(mode, origin, destination.position);
+                    Travel {
+                        destination_id: destination.id.clone(),
+                        duration: Some(duration),
+                        distance,
+                        method: Method::StraightLine,
+                    }
+                }
+            })
+            .collect())
+    }
+
+    /// Routes one chunk of destinations: `/route` for one, `/table` for more.
+    async fn route(
+        &self,
+        pool: &PgPool,
+        profile: &str,
+        origin: Position,
+        chunk: &[(String, Position)],
+    ) -> Result<Vec<(String, cache::CachedTrip)>, UpstreamError> {
+        if let [(key, position)] = chunk {
+            let path = osrm::route_path(profile, origin, *position);
+            let trip = self.osrm.get(pool, &path, osrm::parse_route).await?;
+            return Ok(vec![(key.clone(), (trip.duration, trip.distance))]);
+        }
+        let positions: Vec<Position> = chunk.iter().map(|(_, p)| *p).collect();
+        let path = osrm::table_path(profile, origin, &positions);
+        let rows = self
+            .osrm
+            .get(pool, &path, |body| osrm::parse_table(body, positions.len()))
+            .await?;
+        Ok(chunk
+            .iter()
+            .zip(rows)
+            .map(|((key, position), (duration, distance))| {
+                // Older OSRM answers durations only: the distance is then the
+                // straight line's with its detour.
+                let distance = distance.unwrap_or_else(|| {
+                    let (detour, _) = fallback::detour_and_speed(Mode::Car);
+                    fallback::great_circle_m(origin, *position) * detour
+                });
+                (key.clone(), (duration, distance))
+            })
+            .collect())
+    }
+}
+
+#[derive(Deserialize)]
+struct GeocodeRequest {
+    request_id: String,
+    address: Address,
+}
+
+#[derive(Deserialize)]
+struct TravelRequest {
+    request_id: String,
+    mode: Mode,
+    origin: Position,
+    destinations: Vec<Destination>,
+}
+
+#[derive(Deserialize)]
+struct PlainRequest {
+    request_id: String,
+}
+
+const RESULTS: &str = "geocoding-results";
+
+fn failed(
+    ctx: &mut Context<'_>,
+    request_id: &str,
+    code: ErrorCode,
+    reason: &str,
+) -> Result<(), ProcessError> {
+    ctx.emit(
+        RESULTS,
+        "geocoding.failed",
+        json!({"request_id": request_id, "error_code": code.as_str(), "reason": reason}),
+    )
+}
+
+fn parse<T: serde::de::DeserializeOwned>(record: &Incoming) -> Result<T, ProcessError> {
+    serde_json::from_value(record.payload.clone()).map_err(|error| ProcessError::Invalid {
+        code: ErrorCode::InvalidCommand,
+        reason: format!("{} does not fit its payload: {error}", record.event_type()),
+    })
+}
+
+impl Processor for Geocoder {
+    fn name(&self) -> &'static str {
+        "geocoder"
+    }
+
+    fn inputs(&self) -> Vec<&'static str> {
+        vec!["geocoding-requests"]
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        self.metrics.collectors()
+    }
+
+    async fn process(&self, ctx: &mut Context<'_>, record: &Incoming) -> Result<(), ProcessError> {
+        let pool = ctx.pool().clone();
+        match record.event_type() {
+            "geocoding.geocode_address" => {
+                let request: GeocodeRequest = parse(record)?;
+                match self.geocode(&pool, &request.address).await? {
+                    Geocoded::Found {
+                        position,
+                        precision,
+                        source,
+                        note,
+                    } => ctx.emit(
+                        RESULTS,
+                        "geocoding.address_geocoded",
+                        json!({
+                            "request_id": request.request_id,
+                            "position": position,
+                            "precision": precision.as_str(),
+                            "source": source.as_str(),
+                            "note": note,
+                        }),
+                    ),
+                    Geocoded::Failed { code, reason } => {
+                        failed(ctx, &request.request_id, code, &reason)
+                    }
+                }
+            }
+            "geocoding.compute_travel_times" => {
+                let request: TravelRequest = parse(record)?;
+                let bad = std::iter::once(("origin", &request.origin))
+                    .chain(
+                        request
+                            .destinations
+                            .iter()
+                            .map(|d| (d.id.as_str(), &d.position)),
+                    )
+                    .find(|(_, position)| !position.is_valid());
+                if let Some((what, position)) = bad {
+                    let reason = format!(
+                        "position of {what} ({}, {}) is not a latitude and longitude",
+                        position.latitude, position.longitude
+                    );
+                    return failed(ctx, &request.request_id, ErrorCode::InvalidCommand, &reason);
+                }
+                if request.destinations.len() > MAX_DESTINATIONS {
+                    let reason = format!(
+                        "{} destinations; at most {MAX_DESTINATIONS} per request",
+                        request.destinations.len()
+                    );
+                    return failed(ctx, &request.request_id, ErrorCode::InvalidCommand, &reason);
+                }
+                let results = self
+                    .travel_times(&pool, request.mode, request.origin, &request.destinations)
+                    .await?;
+                let mode = record.payload["mode"].clone();
+                ctx.emit(
+                    RESULTS,
+                    "geocoding.travel_times_computed",
+                    json!({
+                        "request_id": request.request_id,
+                        "mode": mode,
+                        "results": results.iter().map(Travel::to_json).collect::<Vec<_>>(),
+                    }),
+                )
+            }
+            "geocoding.cleanup_cache" => {
+                let request: PlainRequest = parse(record)?;
+                let (geocodes, travel) = cache::cleanup(ctx.db()).await?;
+                self.metrics
+                    .cache_removed
+                    .with_label_values(&["geocode", "expired"])
+                    .inc_by(geocodes);
+                self.metrics
+                    .cache_removed
+                    .with_label_values(&["travel_time", "expired"])
+                    .inc_by(travel);
+                tracing::info!(
+                    geocodes,
+                    travel_times = travel,
+                    "expired cache entries removed"
+                );
+                ctx.emit(
+                    RESULTS,
+                    "geocoding.cache_cleaned",
+                    json!({
+                        "request_id": request.request_id,
+                        "geocodes_removed": geocodes.min(i32::MAX as u64),
+                        "travel_times_removed": travel.min(i32::MAX as u64),
+                    }),
+                )
+            }
+            "geocoding.forget_address" => {
+                #[derive(Deserialize)]
+                struct Forget {
+                    address: Address,
+                }
+                let request: Forget = parse(record)?;
+                let (geocodes, travel) = cache::forget(ctx.db(), &request.address.key()).await?;
+                tracing::info!(
+                    geocodes,
+                    travel_times = travel,
+                    "cache entries of an address forgotten"
+                );
+                self.metrics
+                    .cache_removed
+                    .with_label_values(&["geocode", "erased"])
+                    .inc_by(geocodes);
+                self.metrics
+                    .cache_removed
+                    .with_label_values(&["travel_time", "erased"])
+                    .inc_by(travel);
+                Ok(())
+            }
+            other => Err(ProcessError::Invalid {
+                code: ErrorCode::InvalidCommand,
+                reason: format!("the geocoder does not handle {other}"),
+            }),
+        }
+    }
+}
