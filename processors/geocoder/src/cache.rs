@@ -43,6 +43,52 @@ pub async fn geocode<'e>(
     }))
 }
 
+/// A geocode row: key, latitude, longitude, precision.
+type Row = (Vec<u8>, Option<f64>, Option<f64>, Option<String>);
+
+/// Looks up many address keys in one query: the unexpired entries found.
+pub async fn geocodes<'e>(
+    db: impl PgExecutor<'e>,
+    keys: &[[u8; 32]],
+) -> Result<HashMap<[u8; 32], CachedGeocode>, sqlx::Error> {
+    let keys: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT address_key, latitude, longitude, precision FROM geocoder.geocodes
+          WHERE address_key = ANY($1) AND expires_at > now()",
+    )
+    .bind(&keys)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(key, latitude, longitude, precision)| {
+            let key: [u8; 32] = key.try_into().ok()?;
+            Some((key, entry(latitude, longitude, precision)))
+        })
+        .collect())
+}
+
+fn entry(
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+    precision: Option<String>,
+) -> CachedGeocode {
+    match (
+        latitude,
+        longitude,
+        precision.as_deref().and_then(Precision::parse),
+    ) {
+        (Some(latitude), Some(longitude), Some(precision)) => Some((
+            Position {
+                latitude,
+                longitude,
+            },
+            precision,
+        )),
+        _ => None,
+    }
+}
+
 /// Stores the answer for an address key for `ttl`.
 pub async fn put_geocode(
     pool: &PgPool,

@@ -20,7 +20,7 @@ use address::Address;
 use config::GeocoderConfig;
 use metrics::GeoMetrics;
 use psymatch_runtime::errors::ErrorCode;
-use psymatch_runtime::processor::{Context, Incoming, ProcessError, Processor};
+use psymatch_runtime::processor::{BatchContext, Context, Incoming, ProcessError, Processor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use sqlx::PgPool;
@@ -246,17 +246,38 @@ impl Geocoder {
                 reason,
             });
         }
+        let cached = cache::geocode(pool, &address.key()).await?;
+        Ok(self.geocode_with(pool, address, cached).await?.0)
+    }
+
+    /// [`Geocoder::geocode`] with the cache already consulted (`cached`:
+    /// the unexpired entry, if any). Also returns what the cache holds for
+    /// the address afterwards, when that changed.
+    pub async fn geocode_with(
+        &self,
+        pool: &PgPool,
+        address: &Address,
+        cached: Option<cache::CachedGeocode>,
+    ) -> Result<(Geocoded, Option<cache::CachedGeocode>), sqlx::Error> {
+        if let Err(reason) = address.validate() {
+            let failed = Geocoded::Failed {
+                code: ErrorCode::InvalidCommand,
+                reason,
+            };
+            return Ok((failed, None));
+        }
         let key = address.key();
-        let cached = cache::geocode(pool, &key).await?;
         self.lookup("geocode", cached.is_some());
+        let mut stored = None;
         let note = match cached {
             Some(Some((position, precision))) => {
-                return Ok(Geocoded::Found {
+                let found = Geocoded::Found {
                     position,
                     precision,
                     source: Source::Cache,
                     note: None,
-                });
+                };
+                return Ok((found, None));
             }
             Some(None) => "Nominatim knows no such address (cached answer)".to_string(),
             None => {
@@ -269,15 +290,17 @@ impl Geocoder {
                     Ok(Some(found)) => {
                         let answer = Some((found.position, found.precision));
                         cache::put_geocode(pool, &key, answer, self.config.geocode_ttl).await?;
-                        return Ok(Geocoded::Found {
+                        let found = Geocoded::Found {
                             position: found.position,
                             precision: found.precision,
                             source: Source::Nominatim,
                             note: None,
-                        });
+                        };
+                        return Ok((found, Some(answer)));
                     }
                     Ok(None) => {
                         cache::put_geocode(pool, &key, None, self.config.geocode_ttl).await?;
+                        stored = Some(None);
                         "Nominatim knows no such address".to_string()
                     }
                     Err(UpstreamError::Database(error)) => return Err(error),
@@ -287,24 +310,25 @@ impl Geocoder {
             }
         };
         let postcode = address.postcode.trim();
-        match fallback::postcodes().get(postcode) {
+        let answer = match fallback::postcodes().get(postcode) {
             Some(position) => {
                 self.metrics
                     .fallbacks
                     .with_label_values(&["postcode_centroid"])
                     .inc();
-                Ok(Geocoded::Found {
+                Geocoded::Found {
                     position: *position,
                     precision: Precision::Postcode,
                     source: Source::OfflinePostcode,
                     note: Some(format!("{note}; centre of postcode {postcode}")),
-                })
+                }
             }
-            None => Ok(Geocoded::Failed {
+            None => Geocoded::Failed {
                 code: ErrorCode::AddressNotFound,
                 reason: format!("{note}, and postcode {postcode} is not in the offline dataset"),
-            }),
-        }
+            },
+        };
+        Ok((answer, stored))
     }
 
     /// Travel from `origin` to every destination by `mode`: cached, else
@@ -458,6 +482,14 @@ struct PlainRequest {
 
 const RESULTS: &str = "geocoding-results";
 
+/// The cached geocodes of a batch's addresses, looked up once per batch.
+#[derive(Default)]
+struct Known {
+    /// Whether the batch's lookup ran (else each record looks up its own).
+    loaded: bool,
+    entries: std::collections::HashMap<[u8; 32], cache::CachedGeocode>,
+}
+
 fn failed(
     ctx: &mut Context<'_>,
     request_id: &str,
@@ -491,12 +523,47 @@ impl Processor for Geocoder {
         self.metrics.collectors()
     }
 
+    /// Looks up the cached geocodes of every address of the batch in one
+    /// query.
+    async fn begin_batch(
+        &self,
+        batch: &mut BatchContext<'_>,
+        records: &[&Incoming],
+    ) -> Result<(), ProcessError> {
+        let keys: Vec<[u8; 32]> = records
+            .iter()
+            .filter(|r| r.event_type() == "geocoding.geocode_address")
+            .filter_map(|r| serde_json::from_value::<Address>(r.payload["address"].clone()).ok())
+            .map(|address| address.key())
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let found = cache::geocodes(batch.db(), &keys).await?;
+        let known = batch.scratch::<Known>();
+        known.loaded = true;
+        known.entries = found;
+        Ok(())
+    }
+
     async fn process(&self, ctx: &mut Context<'_>, record: &Incoming) -> Result<(), ProcessError> {
         let pool = ctx.pool().clone();
         match record.event_type() {
             "geocoding.geocode_address" => {
                 let request: GeocodeRequest = parse(record)?;
-                match self.geocode(&pool, &request.address).await? {
+                let key = request.address.key();
+                let known = ctx.scratch::<Known>();
+                let cached = if known.loaded {
+                    known.entries.get(&key).copied()
+                } else {
+                    cache::geocode(&pool, &key).await?
+                };
+                let (answer, stored) = self.geocode_with(&pool, &request.address, cached).await?;
+                if let Some(stored) = stored {
+                    // A later request of the batch for the same address hits.
+                    ctx.scratch::<Known>().entries.insert(key, stored);
+                }
+                match answer {
                     Geocoded::Found {
                         position,
                         precision,

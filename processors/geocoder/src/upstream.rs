@@ -5,18 +5,16 @@
 //! The rate limit has two stages. governor paces each process on its own;
 //! a limit for the whole deployment needs state all replicas see, so for a
 //! shared upstream every request also reserves a slot in PostgreSQL
-//! (`geocoder.request_slots`): one atomic `UPDATE` moves the upstream's next
-//! free slot one interval on and returns how long this request waits for
-//! its own. That is governor's algorithm (GCRA, one theoretical arrival
-//! time) with its state in the database; the database's clock decides, so
-//! replicas on different machines agree. A 429 pushes the shared slot past
-//! its Retry-After, so every replica holds back.
+//! (`geocoder.request_slots`, see `psymatch_runtime::throttle`): governor's
+//! algorithm (GCRA) with its state in the database. A 429 pushes the shared
+//! slot past its Retry-After, so every replica holds back.
 
 use crate::breaker::{Breaker, State};
 use crate::config::UpstreamConfig;
 use crate::metrics::GeoMetrics;
 use backon::{ExponentialBuilder, Retryable};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use psymatch_runtime::throttle;
 use sqlx::PgPool;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -185,7 +183,7 @@ impl Upstream {
             .with_label_values(&[name, "local"])
             .observe(waited.elapsed().as_secs_f64());
         if self.config.shared {
-            let wait = reserve_slot(pool, name, self.config.interval)
+            let wait = throttle::reserve_slot(pool, "geocoder", name, self.config.interval)
                 .await
                 .map_err(|error| Attempt {
                     fatal: Some(UpstreamError::Database(error)),
@@ -229,7 +227,7 @@ impl Upstream {
             && self.config.shared
         {
             // Everyone holds back, not only this replica.
-            let _ = push_slot(pool, name, *wait).await;
+            let _ = throttle::push_slot(pool, "geocoder", name, *wait).await;
         }
         result
     }
@@ -304,43 +302,6 @@ fn without_url(error: &reqwest::Error) -> String {
         text = text.replace(url.as_str(), "<url>");
     }
     text
-}
-
-/// Reserves the next request slot of `upstream` for the whole deployment
-/// and returns how long to wait for it.
-pub async fn reserve_slot(
-    pool: &PgPool,
-    upstream: &str,
-    interval: Duration,
-) -> Result<Duration, sqlx::Error> {
-    // The row lock of the upsert orders concurrent reservations; each one
-    // gets the slot after the previous one.
-    let wait: f64 = sqlx::query_scalar(
-        "INSERT INTO geocoder.request_slots AS s (upstream, next_slot)
-         VALUES ($1, clock_timestamp() + make_interval(secs => $2))
-         ON CONFLICT (upstream) DO UPDATE
-            SET next_slot = greatest(s.next_slot, clock_timestamp()) + make_interval(secs => $2)
-         RETURNING greatest(extract(epoch FROM s.next_slot - clock_timestamp())::float8 - $2, 0)",
-    )
-    .bind(upstream)
-    .bind(interval.as_secs_f64())
-    .fetch_one(pool)
-    .await?;
-    Ok(Duration::from_secs_f64(wait))
-}
-
-/// Moves the next slot of `upstream` at least `wait` into the future.
-async fn push_slot(pool: &PgPool, upstream: &str, wait: Duration) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE geocoder.request_slots
-            SET next_slot = greatest(next_slot, clock_timestamp() + make_interval(secs => $2))
-          WHERE upstream = $1",
-    )
-    .bind(upstream)
-    .bind(wait.as_secs_f64())
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 /// Retry-After as seconds or an HTTP date.

@@ -26,7 +26,9 @@ use crate::config::{Assignment, Guarantee, RuntimeConfig};
 use crate::contracts::Contracts;
 use crate::envelope::Envelope;
 use crate::errors::ErrorCode;
-use crate::processor::{Context, Incoming, Outgoing, ProcessError, Processor};
+use crate::processor::{
+    BatchContext, Context, Incoming, Outgoing, ProcessError, Processor, Scratch,
+};
 use crate::surface::{Metrics, Status, Surface};
 use crate::{codec, db, telemetry};
 use anyhow::Context as _;
@@ -931,6 +933,18 @@ async fn partition_worker<P: Processor>(
     }
 }
 
+/// A batch hook's error: the batch is retried (an invalid batch has no
+/// single record to dead-letter, so a refusal there is retried too and
+/// reported).
+fn batch_error(error: ProcessError) -> BatchError {
+    match error {
+        ProcessError::Transient(reason) => BatchError::Transient(reason),
+        ProcessError::Invalid { code, reason } => {
+            BatchError::Transient(format!("batch hook refused the batch ({code}): {reason}"))
+        }
+    }
+}
+
 /// The union index of an envelope's payload, before the envelope is unwrapped.
 fn payload_branch(value: &apache_avro::types::Value) -> Option<u32> {
     match value {
@@ -1152,6 +1166,9 @@ async fn process_batch<P: Processor>(
     let mut outgoing: Vec<Outgoing> = Vec::new();
     let mut seen = HashSet::new();
     let now = chrono::Utc::now();
+    // First the records to process (bad ones dead-lettered, duplicates
+    // skipped), so the processor can prepare for all of them at once.
+    let mut work: Vec<(&OwnedMessage, Incoming)> = Vec::with_capacity(fresh.len());
     for (message, item) in fresh.iter().zip(decoded) {
         let logical = shared.config.logical(message.topic()).to_string();
         shared
@@ -1175,6 +1192,24 @@ async fn process_batch<P: Processor>(
                 .inc();
             continue;
         }
+        work.push((message, *record));
+    }
+    let mut scratch = Scratch::default();
+    if !work.is_empty() {
+        let records: Vec<&Incoming> = work.iter().map(|(_, r)| r).collect();
+        let mut batch_ctx = BatchContext {
+            db: &mut tx,
+            pool: &shared.pool,
+            scratch: &mut scratch,
+        };
+        shared
+            .processor
+            .begin_batch(&mut batch_ctx, &records)
+            .await
+            .map_err(batch_error)?;
+    }
+    for (message, record) in &work {
+        let id = record.envelope.event_id;
         tracing::debug!(
             offset = message.offset(),
             event_id = %id,
@@ -1189,13 +1224,14 @@ async fn process_batch<P: Processor>(
         let mut ctx = Context {
             db: &mut tx,
             pool: &shared.pool,
+            scratch: &mut scratch,
             contracts: shared.contracts,
             producer: shared.processor.name(),
-            source: &record,
+            source: record,
             now,
             emitted: Vec::new(),
         };
-        let result = shared.processor.process(&mut ctx, &record).await;
+        let result = shared.processor.process(&mut ctx, record).await;
         let emitted = std::mem::take(&mut ctx.emitted);
         shared
             .metrics
@@ -1227,6 +1263,18 @@ async fn process_batch<P: Processor>(
                 outgoing.push(dead_letter(shared, message, code, &reason));
             }
         }
+    }
+    if !work.is_empty() {
+        let mut batch_ctx = BatchContext {
+            db: &mut tx,
+            pool: &shared.pool,
+            scratch: &mut scratch,
+        };
+        shared
+            .processor
+            .finish_batch(&mut batch_ctx)
+            .await
+            .map_err(batch_error)?;
     }
     if exactly {
         insert_outbox(shared, &mut tx, &outgoing).await?;

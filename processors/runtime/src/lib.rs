@@ -19,4 +19,5 @@ pub mod schemas;
 pub mod surface;
 pub mod telemetry;
 pub mod testing;
+pub mod throttle;
 pub mod topics;

@@ -34,6 +34,32 @@ pub trait Processor: Send + Sync + 'static {
         record: &Incoming,
     ) -> impl Future<Output = Result<(), ProcessError>> + Send;
 
+    /// Called once per batch, inside its transaction, before its records:
+    /// load what they will need in one query (their keys' state) into the
+    /// batch's [`Scratch`]. `records` are the records `process` will see.
+    fn begin_batch(
+        &self,
+        batch: &mut BatchContext<'_>,
+        records: &[&Incoming],
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send {
+        let _ = (batch, records);
+        async { Ok(()) }
+    }
+
+    /// Called once per batch after its records, before the commit: write
+    /// what the records accumulated in the [`Scratch`] in one statement.
+    ///
+    /// A record refused with [`ProcessError::Invalid`] has its database
+    /// changes rolled back but not its scratch changes: change the scratch
+    /// only once a record is accepted.
+    fn finish_batch(
+        &self,
+        batch: &mut BatchContext<'_>,
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send {
+        let _ = batch;
+        async { Ok(()) }
+    }
+
     /// The processor's own metrics, served on `/metrics` beside the
     /// runtime's with the same `psymatch_` prefix and `processor` label.
     fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
@@ -98,10 +124,55 @@ pub(crate) struct Outgoing {
     pub headers: Vec<(String, Option<String>)>,
 }
 
+/// State a processor keeps for the records of one batch (prefetched rows,
+/// pending writes): any `Default` type, created empty for every attempt of
+/// every batch.
+#[derive(Default)]
+pub struct Scratch(Option<Box<dyn std::any::Any + Send>>);
+
+impl Scratch {
+    /// The batch's value of type `T`, created with `T::default()` on first
+    /// use. A processor uses one type.
+    pub fn get<T: Default + Send + 'static>(&mut self) -> &mut T {
+        if !self.0.as_ref().is_some_and(|value| value.is::<T>()) {
+            self.0 = Some(Box::new(T::default()));
+        }
+        self.0
+            .as_mut()
+            .and_then(|value| value.downcast_mut::<T>())
+            .expect("the scratch holds a T")
+    }
+}
+
+/// What a processor can use at the start and end of a batch.
+pub struct BatchContext<'a> {
+    pub(crate) db: &'a mut PgConnection,
+    pub(crate) pool: &'a PgPool,
+    pub(crate) scratch: &'a mut Scratch,
+}
+
+impl BatchContext<'_> {
+    /// The batch's transaction.
+    pub fn db(&mut self) -> &mut PgConnection {
+        self.db
+    }
+
+    /// The connection pool (see [`Context::pool`]).
+    pub fn pool(&self) -> &PgPool {
+        self.pool
+    }
+
+    /// The batch's scratch.
+    pub fn scratch<T: Default + Send + 'static>(&mut self) -> &mut T {
+        self.scratch.get()
+    }
+}
+
 /// What a processor can do while handling a record.
 pub struct Context<'a> {
     pub(crate) db: &'a mut PgConnection,
     pub(crate) pool: &'a PgPool,
+    pub(crate) scratch: &'a mut Scratch,
     pub(crate) contracts: &'static Contracts,
     pub(crate) producer: &'static str,
     pub(crate) source: &'a Incoming,
@@ -121,6 +192,11 @@ impl<'a> Context<'a> {
     /// state that depends on the input: that belongs in [`Context::db`].
     pub fn pool(&self) -> &PgPool {
         self.pool
+    }
+
+    /// The batch's scratch (see [`Processor::begin_batch`]).
+    pub fn scratch<T: Default + Send + 'static>(&mut self) -> &mut T {
+        self.scratch.get()
     }
 
     /// The record being processed.
