@@ -1,6 +1,7 @@
 //! Addresses as requested: validation, the text Nominatim is asked, and the
 //! normalised cache key.
 
+use psymatch_runtime::text::fold;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -63,22 +64,6 @@ impl Address {
     pub fn key(&self) -> [u8; 32] {
         Sha256::digest(self.normalised().as_bytes()).into()
     }
-}
-
-/// Lower case, German letters transliterated, only letters and digits kept.
-fn fold(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars().flat_map(char::to_lowercase) {
-        match c {
-            'ä' => out.push_str("ae"),
-            'ö' => out.push_str("oe"),
-            'ü' => out.push_str("ue"),
-            'ß' => out.push_str("ss"),
-            c if c.is_alphanumeric() => out.push(c),
-            _ => {}
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -18,29 +18,7 @@ pub async fn geocode<'e>(
     db: impl PgExecutor<'e>,
     key: &[u8; 32],
 ) -> Result<Option<CachedGeocode>, sqlx::Error> {
-    let row: Option<(Option<f64>, Option<f64>, Option<String>)> = sqlx::query_as(
-        "SELECT latitude, longitude, precision FROM geocoder.geocodes
-          WHERE address_key = $1 AND expires_at > now()",
-    )
-    .bind(&key[..])
-    .fetch_optional(db)
-    .await?;
-    Ok(row.map(|(latitude, longitude, precision)| {
-        match (
-            latitude,
-            longitude,
-            precision.as_deref().and_then(Precision::parse),
-        ) {
-            (Some(latitude), Some(longitude), Some(precision)) => Some((
-                Position {
-                    latitude,
-                    longitude,
-                },
-                precision,
-            )),
-            _ => None,
-        }
-    }))
+    Ok(geocodes(db, std::slice::from_ref(key)).await?.remove(key))
 }
 
 /// A geocode row: key, latitude, longitude, precision.

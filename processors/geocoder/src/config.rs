@@ -14,7 +14,7 @@ pub struct UpstreamConfig {
     pub name: &'static str,
     /// Base URL without a trailing slash.
     pub base_url: String,
-    /// Minimum time between two requests.
+    /// Minimum time between an answer and the next request.
     pub interval: Duration,
     /// Whether the interval holds for the whole deployment (slots shared
     /// through PostgreSQL) or only per process.
@@ -73,9 +73,8 @@ impl GeocoderConfig {
             }
             Ok(rate)
         };
-        let margin = Duration::from_millis(v.number("THROTTLE_MARGIN_MS", 100u64)?);
         let nominatim_interval =
-            Duration::from_secs_f64(1.0 / rate("NOMINATIM_RATE_PER_SECOND", 1.0)?) + margin;
+            Duration::from_secs_f64(1.0 / rate("NOMINATIM_RATE_PER_SECOND", 1.0)?);
         let osrm_interval = Duration::from_secs_f64(1.0 / rate("OSRM_RATE_PER_SECOND", 20.0)?);
         let timeout = Duration::from_millis(v.number("UPSTREAM_TIMEOUT_MS", 10_000u64)?);
         let attempts = v.number("UPSTREAM_ATTEMPTS", 3u32)?.max(1);
@@ -166,8 +165,8 @@ mod tests {
     #[test]
     fn defaults_follow_the_usage_policies() {
         let config = GeocoderConfig::from_vars(&BTreeMap::new()).unwrap();
-        // One request per second plus the safety margin, shared.
-        assert_eq!(config.nominatim.interval, Duration::from_millis(1100));
+        // One request per second, shared.
+        assert_eq!(config.nominatim.interval, Duration::from_secs(1));
         assert!(config.nominatim.shared);
         assert!(!config.osrm.shared);
         assert_eq!(config.profiles[&Mode::Walking], "foot");

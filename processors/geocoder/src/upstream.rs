@@ -4,10 +4,10 @@
 //!
 //! The rate limit has two stages. governor paces each process on its own;
 //! a limit for the whole deployment needs state all replicas see, so for a
-//! shared upstream every request also reserves a slot in PostgreSQL
-//! (`geocoder.request_slots`, see `psymatch_runtime::throttle`): governor's
-//! algorithm (GCRA) with its state in the database. A 429 pushes the shared
-//! slot past its Retry-After, so every replica holds back.
+//! shared upstream every request also takes the upstream's token in
+//! PostgreSQL (`psymatch_runtime::throttle`): one request at a time, the
+//! next an interval after the previous answer. A 429 holds everyone back
+//! for its Retry-After.
 
 use crate::breaker::{Breaker, State};
 use crate::config::UpstreamConfig;
@@ -64,6 +64,8 @@ impl Attempt {
 /// A rate-limited, retried, breaker-guarded HTTP client of one service.
 pub struct Upstream {
     config: UpstreamConfig,
+    /// The deployment-wide rate, for a shared upstream.
+    rate: Option<throttle::SharedRate>,
     client: reqwest::Client,
     local: DefaultDirectRateLimiter,
     breaker: Mutex<Breaker>,
@@ -92,6 +94,9 @@ impl Upstream {
                 Instant::now(),
             )),
             local: RateLimiter::direct(quota),
+            rate: config
+                .shared
+                .then(|| throttle::SharedRate::new("geocoder", config.name, config.interval)),
             client,
             config,
             metrics,
@@ -182,20 +187,30 @@ impl Upstream {
             .throttle_wait
             .with_label_values(&[name, "local"])
             .observe(waited.elapsed().as_secs_f64());
-        if self.config.shared {
-            let wait = throttle::reserve_slot(pool, "geocoder", name, self.config.interval)
-                .await
-                .map_err(|error| Attempt {
-                    fatal: Some(UpstreamError::Database(error)),
-                    ..Attempt::failed("request slot".into(), false)
-                })?;
-            self.metrics
-                .throttle_wait
-                .with_label_values(&[name, "shared"])
-                .observe(wait.as_secs_f64());
-            tokio::time::sleep(wait).await;
-        }
-        let outcome = self.send(url).await;
+        let outcome = match &self.rate {
+            None => self.send(url).await,
+            Some(rate) => {
+                let (outcome, waited) = rate
+                    .run(pool, || async {
+                        let outcome = self.send(url).await;
+                        let hold_back = match &outcome {
+                            Err((_, attempt)) => attempt.retry_after,
+                            Ok(_) => None,
+                        };
+                        (outcome, hold_back)
+                    })
+                    .await
+                    .map_err(|error| Attempt {
+                        fatal: Some(UpstreamError::Database(error)),
+                        ..Attempt::failed("request slot".into(), false)
+                    })?;
+                self.metrics
+                    .throttle_wait
+                    .with_label_values(&[name, "shared"])
+                    .observe(waited.as_secs_f64());
+                outcome
+            }
+        };
         let (label, result) = match outcome {
             Ok(body) => match parse(&body) {
                 Ok(value) => ("ok", Ok(value)),
@@ -220,15 +235,6 @@ impl Upstream {
             }
         }
         self.publish_breaker_state();
-        if let Err(Attempt {
-            retry_after: Some(wait),
-            ..
-        }) = &result
-            && self.config.shared
-        {
-            // Everyone holds back, not only this replica.
-            let _ = throttle::push_slot(pool, "geocoder", name, *wait).await;
-        }
         result
     }
 

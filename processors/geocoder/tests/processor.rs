@@ -53,7 +53,6 @@ async fn requests_are_answered_with_their_correlation_id_cached_forgotten_and_cl
         ("NOMINATIM_URL", fake.url.as_str()),
         ("OSRM_URL", fake.url.as_str()),
         ("NOMINATIM_RATE_PER_SECOND", "50"),
-        ("THROTTLE_MARGIN_MS", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

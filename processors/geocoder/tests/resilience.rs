@@ -31,7 +31,6 @@ async fn geocoder(fake: &FakeUpstreams, overrides: &[(&str, &str)]) -> (Geocoder
         ("NOMINATIM_URL", fake.url.as_str()),
         ("OSRM_URL", fake.url.as_str()),
         ("NOMINATIM_RATE_PER_SECOND", "100"),
-        ("THROTTLE_MARGIN_MS", "0"),
         ("UPSTREAM_BACKOFF_MS", "20"),
         ("UPSTREAM_TIMEOUT_MS", "400"),
         ("GEOCODER_CONTACT", "tests@example.invalid"),

@@ -945,19 +945,6 @@ fn batch_error(error: ProcessError) -> BatchError {
     }
 }
 
-/// The union index of an envelope's payload, before the envelope is unwrapped.
-fn payload_branch(value: &apache_avro::types::Value) -> Option<u32> {
-    match value {
-        apache_avro::types::Value::Record(fields) => {
-            fields.iter().find_map(|(name, value)| match value {
-                apache_avro::types::Value::Union(index, _) if name == "payload" => Some(*index),
-                _ => None,
-            })
-        }
-        _ => None,
-    }
-}
-
 /// Applies the raw librdkafka options of the configuration last, so that
 /// they override what the runtime sets.
 fn with_options(config: &mut ClientConfig, runtime: &RuntimeConfig) {
@@ -1037,7 +1024,7 @@ async fn decode<P: Processor>(
             return Ok(Decoded::Bad(code, reason));
         }
     };
-    let branch = payload_branch(&value);
+    let branch = crate::envelope::payload_branch(&value);
     let envelope = match Envelope::from_avro(value) {
         Ok(envelope) => envelope,
         Err(error) => return Ok(Decoded::Bad(ErrorCode::NotAnEnvelope, error.to_string())),

@@ -331,3 +331,15 @@ pub fn from_json(
         },
     ))
 }
+
+/// The union index of an envelope value's payload (which record it holds),
+/// before the envelope is unwrapped.
+pub fn payload_branch(value: &Avro) -> Option<u32> {
+    match value {
+        Avro::Record(fields) => fields.iter().find_map(|(name, value)| match value {
+            Avro::Union(index, _) if name == "payload" => Some(*index),
+            _ => None,
+        }),
+        _ => None,
+    }
+}

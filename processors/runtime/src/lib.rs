@@ -19,5 +19,6 @@ pub mod schemas;
 pub mod surface;
 pub mod telemetry;
 pub mod testing;
+pub mod text;
 pub mod throttle;
 pub mod topics;

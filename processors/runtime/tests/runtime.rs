@@ -647,19 +647,6 @@ async fn records_arriving_later_on_every_partition_are_processed() {
     task.await.unwrap().unwrap();
 }
 
-/// The payload union branch of a decoded envelope value.
-fn branch_of(value: &apache_avro::types::Value) -> Option<u32> {
-    match value {
-        apache_avro::types::Value::Record(fields) => {
-            fields.iter().find_map(|(name, value)| match value {
-                apache_avro::types::Value::Union(index, _) if name == "payload" => Some(*index),
-                _ => None,
-            })
-        }
-        _ => None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_records_of_the_same_shape_keep_the_branch_they_were_written_with() {
     use psymatch_runtime::schemas::TopicSchema;
@@ -704,7 +691,7 @@ async fn payload_records_of_the_same_shape_keep_the_branch_they_were_written_wit
                 .await
                 .unwrap();
             let value = codec.decode_as(&bytes, &current.schema).await.unwrap();
-            let branch = branch_of(&value).unwrap() as usize;
+            let branch = psymatch_runtime::envelope::payload_branch(&value).unwrap() as usize;
             let apache_avro::Schema::Record(record) = &current.schema else {
                 panic!("an envelope is a record");
             };

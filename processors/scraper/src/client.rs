@@ -20,8 +20,8 @@ pub enum SearchError {
     /// Every attempt failed; the reason of the last.
     #[error("the doctor search failed: {0}")]
     Failed(String),
-    /// The shared request slot could not be reserved.
-    #[error("reserving a request slot: {0}")]
+    /// The shared rate's token could not be taken.
+    #[error("taking the doctor search's token: {0}")]
     Database(#[from] sqlx::Error),
 }
 
@@ -38,6 +38,7 @@ pub struct KbvClient {
     /// Whether the current session was started (start page fetched).
     session: AtomicBool,
     local: DefaultDirectRateLimiter,
+    rate: throttle::SharedRate,
     metrics: ScraperMetrics,
 }
 
@@ -56,6 +57,7 @@ impl KbvClient {
             http,
             session: AtomicBool::new(false),
             local: RateLimiter::direct(quota),
+            rate: throttle::SharedRate::new("scraper", "kbv", config.interval),
             config,
             metrics,
         }
@@ -91,22 +93,28 @@ impl KbvClient {
             })
     }
 
-    /// Waits for this process's and the deployment's next request slot.
-    async fn slot(&self, pool: &PgPool) -> Result<(), Attempt> {
+    /// Sends `request` when this process and the deployment may: governor
+    /// per process, then the upstream's shared token.
+    async fn polite<T, F, Fut>(&self, pool: &PgPool, request: F) -> Result<T, Attempt>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
         let waited = Instant::now();
         self.local.until_ready().await;
-        let wait = throttle::reserve_slot(pool, "scraper", "kbv", self.config.interval)
+        let (value, _) = self
+            .rate
+            .run(pool, || async { (request().await, None) })
             .await
             .map_err(|error| Attempt {
-                reason: "request slot".into(),
+                reason: "the shared rate's token".into(),
                 retryable: false,
                 database: Some(error),
             })?;
-        tokio::time::sleep(wait).await;
         self.metrics
             .throttle_wait
             .observe(waited.elapsed().as_secs_f64());
-        Ok(())
+        Ok(value)
     }
 
     fn failed(&self, outcome: &str, reason: String, retryable: bool) -> Attempt {
@@ -125,12 +133,11 @@ impl KbvClient {
         token: &str,
     ) -> Result<Answer, Attempt> {
         if !self.session.load(Ordering::SeqCst) {
-            self.slot(pool).await?;
             let start = self
-                .http
-                .get(format!("{}/", self.config.base_url))
-                .send()
-                .await;
+                .polite(pool, || {
+                    self.http.get(format!("{}/", self.config.base_url)).send()
+                })
+                .await?;
             match start {
                 Ok(response) if response.status().is_success() => {
                     self.metrics.requests.with_label_values(&["session"]).inc();
@@ -149,7 +156,6 @@ impl KbvClient {
                 }
             }
         }
-        self.slot(pool).await?;
         let mut request = self
             .http
             .post(format!("{}/api/data", self.config.base_url))
@@ -165,7 +171,18 @@ impl KbvClient {
                 ),
             };
         }
-        let response = match request.send().await {
+        let sent = self
+            .polite(pool, || async {
+                match request.send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        response.bytes().await.map(|bytes| (status, bytes))
+                    }
+                    Err(error) => Err(error),
+                }
+            })
+            .await?;
+        let (status, bytes) = match sent {
             Ok(response) => response,
             Err(error) if error.is_timeout() => {
                 let reason = format!("no answer within {} s", self.config.timeout.as_secs());
@@ -179,14 +196,6 @@ impl KbvClient {
                 ));
             }
         };
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|error| {
-            self.failed(
-                "connection",
-                format!("reading the answer: {}", error.without_url()),
-                true,
-            )
-        })?;
         if status.as_u16() == 500 || status.as_u16() == 401 || status.as_u16() == 403 {
             // The site refuses a session it does not trust with a bare 500:
             // start a new one before the next attempt.

@@ -217,24 +217,12 @@ impl Scraper {
         {
             return reject(ctx, problem);
         }
-        let created = sqlx::query(
-            "INSERT INTO scraper.runs (run_id, source, description, areas_total)
-             VALUES ($1, 'kbv-api', $2, $3) ON CONFLICT (run_id) DO NOTHING",
-        )
-        .bind(run_id)
-        .bind(description)
-        .bind(areas.len() as i32)
-        .execute(ctx.db())
-        .await?
-        .rows_affected();
-        if created == 0 {
-            return ctx.reject(
-                EVENTS,
-                ErrorCode::InvalidState,
-                &format!("run {run_id} exists already; a new run needs a new run_id"),
-            );
+        if !self
+            .register_run(ctx, run_id, "kbv-api", description, areas.len())
+            .await?
+        {
+            return Ok(());
         }
-        self.metrics.runs.with_label_values(&["started"]).inc();
         tracing::info!(run_id, areas = areas.len(), "scrape run started");
         let counts = Counts {
             areas_total: areas.len() as i32,
@@ -253,6 +241,38 @@ impl Scraper {
             )?;
         }
         Ok(())
+    }
+
+    /// Records a new run; a run id used before is rejected (false).
+    async fn register_run(
+        &self,
+        ctx: &mut Context<'_>,
+        run_id: &str,
+        source: &str,
+        description: &str,
+        areas: usize,
+    ) -> Result<bool, ProcessError> {
+        let created = sqlx::query(
+            "INSERT INTO scraper.runs (run_id, source, description, areas_total)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (run_id) DO NOTHING",
+        )
+        .bind(run_id)
+        .bind(source)
+        .bind(description)
+        .bind(areas as i32)
+        .execute(ctx.db())
+        .await?
+        .rows_affected();
+        if created == 0 {
+            ctx.reject(
+                EVENTS,
+                ErrorCode::InvalidState,
+                &format!("run {run_id} exists already; a new run needs a new run_id"),
+            )?;
+            return Ok(false);
+        }
+        self.metrics.runs.with_label_values(&["started"]).inc();
+        Ok(true)
     }
 
     /// Scrapes one area of a run.
@@ -405,7 +425,7 @@ impl Scraper {
             let mut detail = row.8;
             if row.7 > 0 {
                 let note = format!(
-                    "{} areas still had more results at the smallest radius",
+                    "areas still listing more results at the smallest radius: {}",
                     row.7
                 );
                 detail = Some(detail.map_or(note.clone(), |d| format!("{d}; {note}")));
@@ -567,24 +587,13 @@ impl Scraper {
             .filter(|path| path.is_file())
             .collect();
         files.sort();
-        let created = sqlx::query(
-            "INSERT INTO scraper.runs (run_id, source, description, areas_total)
-             VALUES ($1, 'kbv-file', $2, $3) ON CONFLICT (run_id) DO NOTHING",
-        )
-        .bind(run_id)
-        .bind(format!("import of {directory}"))
-        .bind(files.len() as i32)
-        .execute(ctx.db())
-        .await?
-        .rows_affected();
-        if created == 0 {
-            return ctx.reject(
-                EVENTS,
-                ErrorCode::InvalidState,
-                &format!("run {run_id} exists already; a new run needs a new run_id"),
-            );
+        let description = format!("import of {directory}");
+        if !self
+            .register_run(ctx, run_id, "kbv-file", &description, files.len())
+            .await?
+        {
+            return Ok(());
         }
-        self.metrics.runs.with_label_values(&["started"]).inc();
         let mut counts = Counts {
             areas_total: files.len() as i32,
             ..Counts::default()

@@ -2,6 +2,7 @@
 //! published: validated, with data-quality flags instead of silently
 //! dropped values.
 
+pub use psymatch_runtime::text::{fold, squash};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -136,22 +137,6 @@ impl Therapist {
     }
 }
 
-/// Lower case, German letters transliterated, letters and digits only.
-pub fn fold(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars().flat_map(char::to_lowercase) {
-        match c {
-            'ä' => out.push_str("ae"),
-            'ö' => out.push_str("oe"),
-            'ü' => out.push_str("ue"),
-            'ß' => out.push_str("ss"),
-            c if c.is_alphanumeric() => out.push(c),
-            _ => {}
-        }
-    }
-    out
-}
-
 /// What a source published about one practice, before validation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Raw {
@@ -210,18 +195,6 @@ pub struct Implied {
 fn clean(value: &Option<String>) -> Option<String> {
     let squashed = squash(value.as_deref()?);
     (!squashed.is_empty()).then_some(squashed)
-}
-
-/// The words of `text` joined by single spaces, in one allocation.
-pub fn squash(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for word in text.split_whitespace() {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(word);
-    }
-    out
 }
 
 /// Validates and normalises one record. An error says why the record

@@ -112,6 +112,22 @@ async fn finished(bed: &TestBed, run_id: &str) -> (Value, Vec<Received>) {
     (completed, mine)
 }
 
+/// The reason of the first `command.rejected` on `scraping-events`.
+async fn rejection(bed: &TestBed) -> String {
+    let is_rejection = |r: &Received| {
+        r.envelope
+            .as_ref()
+            .is_some_and(|e| e.event_type == "command.rejected")
+    };
+    let records = bed
+        .read_until("scraping-events", DEADLINE, |records| {
+            records.iter().any(is_rejection)
+        })
+        .await;
+    let rejected = records.iter().find(|r| is_rejection(r)).unwrap();
+    rejected.payload()["reason"].as_str().unwrap().to_string()
+}
+
 fn distinct_events(records: &[&Received]) -> usize {
     records
         .iter()
@@ -229,30 +245,8 @@ async fn runs_emit_only_what_changed() {
 
     // A run id used before is refused, readably.
     bed.publish("scraping-commands", &[region("run-4")]).await;
-    let rejected = bed
-        .read_until("scraping-events", DEADLINE, |records| {
-            records.iter().any(|r| {
-                r.envelope
-                    .as_ref()
-                    .is_some_and(|e| e.event_type == "command.rejected")
-            })
-        })
-        .await;
-    let rejection = rejected
-        .iter()
-        .find(|r| {
-            r.envelope
-                .as_ref()
-                .is_some_and(|e| e.event_type == "command.rejected")
-        })
-        .unwrap()
-        .payload();
-    assert!(
-        rejection["reason"]
-            .as_str()
-            .unwrap()
-            .contains("run-4 exists already")
-    );
+    let reason = rejection(&bed).await;
+    assert!(reason.contains("run-4 exists already"), "{reason}");
 
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
@@ -377,30 +371,9 @@ async fn saved_files_are_imported_and_foreign_directories_refused() {
         &[import("import-2", "/etc".to_string())],
     )
     .await;
-    let rejected = bed
-        .read_until("scraping-events", DEADLINE, |records| {
-            records.iter().any(|r| {
-                r.envelope
-                    .as_ref()
-                    .is_some_and(|e| e.event_type == "command.rejected")
-            })
-        })
-        .await;
-    let reason = rejected
-        .iter()
-        .find(|r| {
-            r.envelope
-                .as_ref()
-                .is_some_and(|e| e.event_type == "command.rejected")
-        })
-        .unwrap()
-        .payload()["reason"]
-        .clone();
+    let reason = rejection(&bed).await;
     assert!(
-        reason
-            .as_str()
-            .unwrap()
-            .contains("not a directory under the import root"),
+        reason.contains("not a directory under the import root"),
         "{reason}"
     );
     stop.send(()).unwrap();
