@@ -12,5 +12,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /out/ /usr/local/bin/
 COPY topics.yaml /etc/psymatch/topics.yaml
 COPY schemas /etc/psymatch/schemas
+COPY processors/email-batcher/templates /etc/psymatch/templates
+ENV TEMPLATES_DIR=/etc/psymatch/templates
 USER psymatch
 ENTRYPOINT ["/usr/local/bin/psymatch"]

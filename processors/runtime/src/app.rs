@@ -438,9 +438,13 @@ fn consumer_thread<P: Processor>(
     handle: tokio::runtime::Handle,
     seeks: std::sync::mpsc::Receiver<(String, i32, i64)>,
 ) {
+    // Whatever is dropped on this thread (the processor itself, when this
+    // thread holds the last reference) may need the runtime: a connection
+    // pool's drop spawns its clean-up.
+    let _runtime = handle.enter();
     let context = RuntimeContext {
         shared: shared.clone(),
-        handle,
+        handle: handle.clone(),
         workers: Mutex::new(HashMap::new()),
     };
     let mut config = ClientConfig::new();

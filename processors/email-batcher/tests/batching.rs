@@ -1,0 +1,428 @@
+//! The email batcher against the real SMTP capture server of the stack
+//! (maildev, read back over its HTTP API), the broker and PostgreSQL:
+//! batching, the window deferring and later merging, three replicas sending
+//! one email per address, SIGKILL while sending, and no patient names.
+
+use psymatch_email_batcher::EmailBatcher;
+use psymatch_email_batcher::config::BatcherConfig;
+use psymatch_runtime::app::run_with;
+use psymatch_runtime::testing::{KillOnDrop, Received, TestBed, free_port, scratch_dir, stack_env};
+use rand::Rng;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// The settings of a batcher on the stack's SMTP server.
+fn env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut vars = vec![
+        ("EMAIL_TRANSPORT".to_string(), "smtp".to_string()),
+        ("SMTP_HOST".to_string(), stack_env("SMTP_HOST")),
+        ("SMTP_PORT".to_string(), stack_env("SMTP_PORT")),
+        ("SMTP_SECURITY".to_string(), "none".to_string()),
+        ("SMTP_BACKOFF_MS".to_string(), "50".to_string()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    vars
+}
+
+/// Addresses unique to one test run.
+fn address(tag: &str, n: usize) -> String {
+    format!("{tag}-{n}@example.org")
+}
+
+fn inquiry(tag: &str, therapist: usize, inquiry: &str, patients: &[&str]) -> Value {
+    json!({
+        "event_type": "email.send_inquiry",
+        "payload": {
+            "inquiry_id": inquiry,
+            "therapist_id": format!("{tag}-therapist-{therapist}"),
+            "recipient": {"email": address(tag, therapist), "salutation": "FRAU", "title": "Dr.", "last_name": "Beispiel"},
+            "patients": patients.iter().map(|p| json!({
+                "patient_id": p, "age": 34, "gender": "FEMALE", "symptoms": ["Schlafstörungen"],
+                "insurer": "Beispielkasse", "therapy_experience": false, "open_to_group": true,
+                "availability": [{"weekday": "TUESDAY", "from": "16:00", "to": "19:00"}]
+            })).collect::<Vec<_>>()
+        }
+    })
+}
+
+fn flush(run: &str) -> Value {
+    json!({"event_type": "email.flush_batches", "payload": {"run_id": run}})
+}
+
+/// Every email maildev holds for addresses with `tag`: (address, email).
+async fn mails(tag: &str) -> Vec<(String, Value)> {
+    let all: Vec<Value> = reqwest::get(format!("{}/email", stack_env("MAILDEV_URL")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    all.into_iter()
+        .filter_map(|mail| {
+            let to = mail["to"][0]["address"].as_str()?.to_string();
+            to.starts_with(&format!("{tag}-")).then_some((to, mail))
+        })
+        .collect()
+}
+
+/// Inquiry ids an email carries (its X-Psymatch-Inquiries header).
+fn carried(mail: &Value) -> Vec<String> {
+    mail["headers"]["x-psymatch-inquiries"]
+        .as_str()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+async fn wait_for_mails(bed: &TestBed, tag: &str, count: usize) -> Vec<(String, Value)> {
+    bed.wait_for(&format!("{count} emails for {tag}"), DEADLINE, || async {
+        mails(tag).await.len() >= count
+    })
+    .await;
+    mails(tag).await
+}
+
+async fn stored(bed: &TestBed, count: i64) {
+    bed.wait_for(&format!("{count} inquiries stored"), DEADLINE, || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM email_batcher.inquiries")
+            .fetch_one(&bed.pool)
+            .await
+            .unwrap();
+        n >= count
+    })
+    .await;
+}
+
+fn events<'a>(records: &'a [Received], event_type: &str) -> Vec<&'a Received> {
+    let mut seen = HashSet::new();
+    records
+        .iter()
+        .filter(|r| {
+            r.envelope
+                .as_ref()
+                .is_some_and(|e| e.event_type == event_type)
+        })
+        .filter(|r| seen.insert(r.envelope.as_ref().unwrap().event_id))
+        .collect()
+}
+
+fn start(
+    bed: &TestBed,
+    extra: &[(&str, &str)],
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let vars: BTreeMap<String, String> = env(extra).into_iter().collect();
+    let batcher = EmailBatcher::new(BatcherConfig::from_vars(&vars).unwrap()).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run_with(batcher, bed.config("email_batcher"), async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inquiries_are_batched_and_the_window_defers_then_merges() {
+    let bed = TestBed::new().await;
+    let tag = format!("batch{}", &bed.prefix[1..9]);
+    let (stop, task) = start(&bed, &[]);
+    bed.publish(
+        "email-commands",
+        &[
+            inquiry(&tag, 1, &format!("{tag}-i1"), &["p-1"]),
+            inquiry(&tag, 1, &format!("{tag}-i2"), &["p-2", "p-3"]),
+            inquiry(&tag, 1, &format!("{tag}-i3"), &["p-4"]),
+            inquiry(&tag, 2, &format!("{tag}-i4"), &["p-5"]),
+        ],
+    )
+    .await;
+    stored(&bed, 4).await;
+    bed.publish("email-commands", &[flush("flush-1")]).await;
+    let received = wait_for_mails(&bed, &tag, 2).await;
+    let first: Vec<&Value> = received
+        .iter()
+        .filter(|(to, _)| *to == address(&tag, 1))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(first.len(), 1, "one email for all three inquiries");
+    let mut ids = carried(first[0]);
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![
+            format!("{tag}-i1"),
+            format!("{tag}-i2"),
+            format!("{tag}-i3")
+        ]
+    );
+    let text = first[0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("Sehr geehrte Frau Dr. Beispiel,"),
+        "{text}"
+    );
+    for patient in ["p-1", "p-2", "p-3", "p-4"] {
+        assert!(text.contains(patient), "{patient} missing");
+    }
+    assert_eq!(
+        first[0]["subject"],
+        "Anfrage Therapieplatz für 4 Patient:innen"
+    );
+
+    // Inside the window: deferred, and the next flush writes only to a
+    // therapist whose window is free.
+    bed.publish(
+        "email-commands",
+        &[
+            inquiry(&tag, 1, &format!("{tag}-i5"), &["p-6"]),
+            inquiry(&tag, 3, &format!("{tag}-i6"), &["p-7"]),
+        ],
+    )
+    .await;
+    let records = bed
+        .read_until("communication-events", DEADLINE, |r| {
+            !events(r, "email.deferred").is_empty()
+        })
+        .await;
+    let deferred = events(&records, "email.deferred")[0].payload();
+    assert_eq!(deferred["inquiry_id"], format!("{tag}-i5"));
+    assert!(
+        deferred["reason"]
+            .as_str()
+            .unwrap()
+            .contains("one email per 7 days")
+    );
+    stored(&bed, 6).await;
+    bed.publish("email-commands", &[flush("flush-2")]).await;
+    let received = wait_for_mails(&bed, &tag, 3).await;
+    assert!(received.iter().any(|(to, _)| *to == address(&tag, 3)));
+    assert_eq!(
+        received
+            .iter()
+            .filter(|(to, _)| *to == address(&tag, 1))
+            .count(),
+        1
+    );
+
+    // A week later the waiting inquiries go out together.
+    sqlx::query("UPDATE email_batcher.windows SET opened_at = opened_at - interval '8 days' WHERE recipient = $1")
+        .bind(address(&tag, 1))
+        .execute(&bed.pool)
+        .await
+        .unwrap();
+    bed.publish(
+        "email-commands",
+        &[inquiry(&tag, 1, &format!("{tag}-i7"), &["p-8"])],
+    )
+    .await;
+    stored(&bed, 7).await;
+    bed.publish("email-commands", &[flush("flush-3")]).await;
+    let received = wait_for_mails(&bed, &tag, 4).await;
+    let second: Vec<&Value> = received
+        .iter()
+        .filter(|(to, m)| *to == address(&tag, 1) && carried(m).contains(&format!("{tag}-i5")))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(second.len(), 1);
+    let mut ids = carried(second[0]);
+    ids.sort();
+    assert_eq!(ids, vec![format!("{tag}-i5"), format!("{tag}-i7")]);
+    let records = bed
+        .read_until("communication-events", DEADLINE, |r| {
+            events(r, "email.sent").len() >= 4
+        })
+        .await;
+    let sent = events(&records, "email.sent");
+    assert!(sent.iter().all(|r| {
+        r.payload()["message_id"]
+            .as_str()
+            .unwrap()
+            .ends_with("@psymatch>")
+    }));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_passed_by_mistake_never_reach_a_therapist() {
+    let bed = TestBed::new().await;
+    let tag = format!("names{}", &bed.prefix[1..9]);
+    let (stop, task) = start(&bed, &[]);
+    let planted = "Erika Mustermann";
+    bed.publish(
+        "email-commands",
+        &[
+            json!({"event_type": "email.send_templated", "payload": {
+                "message_id": format!("{tag}-decline-1"), "therapist_id": "t-1", "template": "decline",
+                "recipient": {"email": address(&tag, 1), "salutation": "HERR", "title": null, "last_name": "Muster"},
+                "variables": {"patient_id": "p-9", "patient_name": planted, "patient_email": "erika@example.org"}}}),
+            json!({"event_type": "email.send_templated", "payload": {
+                "message_id": format!("{tag}-decline-1"), "therapist_id": "t-1", "template": "decline",
+                "recipient": {"email": address(&tag, 1), "salutation": "HERR", "title": null, "last_name": "Muster"},
+                "variables": {"patient_id": "p-9"}}}),
+            json!({"event_type": "email.send_templated", "payload": {
+                "message_id": format!("{tag}-bad"), "therapist_id": "t-1", "template": "newsletter",
+                "recipient": {"email": address(&tag, 2), "salutation": "HERR", "title": null, "last_name": "Muster"},
+                "variables": {}}}),
+        ],
+    )
+    .await;
+    let received = wait_for_mails(&bed, &tag, 1).await;
+    let records = bed
+        .read_until("communication-events", DEADLINE, |r| {
+            !events(r, "email.sent").is_empty() && !events(r, "command.rejected").is_empty()
+        })
+        .await;
+    assert_eq!(received.len(), 1, "the same message id is sent once");
+    let text = received[0].1["text"].as_str().unwrap();
+    assert!(text.contains("p-9"));
+    assert!(
+        !text.contains("Mustermann") && !text.contains("erika@"),
+        "{text}"
+    );
+    assert!(text.starts_with("Sehr geehrter Herr Muster,"));
+    let rejected = events(&records, "command.rejected")[0].payload();
+    assert!(rejected["reason"].as_str().unwrap().contains("newsletter"));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_send_one_email_per_address() {
+    let bed = TestBed::new().await;
+    let tag = format!("three{}", &bed.prefix[1..9]);
+    let log = scratch_dir("batchers").join("batchers.log");
+    let binary = env!("CARGO_BIN_EXE_psymatch-email-batcher");
+    let _replicas: Vec<KillOnDrop> = (0..3)
+        .map(|_| {
+            let mut vars = bed.env("email_batcher");
+            vars.extend(env(&[("RUST_LOG", "info")]));
+            vars.push(("HTTP_LISTEN".into(), format!("127.0.0.1:{}", free_port())));
+            KillOnDrop::spawn(binary, &vars, &log)
+        })
+        .collect();
+    let therapists = 50;
+    let commands: Vec<Value> = (0..therapists)
+        .flat_map(|t| {
+            [0, 1].map(|k| {
+                inquiry(
+                    &tag,
+                    t,
+                    &format!("{tag}-i{t}-{k}"),
+                    &[&format!("p-{t}-{k}")],
+                )
+            })
+        })
+        .collect();
+    bed.publish("email-commands", &commands).await;
+    stored(&bed, 2 * therapists as i64).await;
+    // Flushes on several partitions, so the replicas race for the same
+    // addresses.
+    let flushes: Vec<Value> = (0..9).map(|i| flush(&format!("race-{i}"))).collect();
+    bed.publish("email-commands", &flushes).await;
+    let records = bed
+        .read_until("communication-events", DEADLINE, |r| {
+            events(r, "email.sent").len() >= therapists
+        })
+        .await;
+    let received = wait_for_mails(&bed, &tag, therapists).await;
+    let mut per_address: HashMap<&str, usize> = HashMap::new();
+    for (to, _) in &received {
+        *per_address.entry(to.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_address.len(), therapists);
+    assert!(per_address.values().all(|n| *n == 1), "{per_address:?}");
+    assert!(received.iter().all(|(_, m)| carried(m).len() == 2));
+    assert_eq!(events(&records, "email.sent").len(), therapists);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_while_sending_never_doubles_and_loses_no_inquiry() {
+    let bed = TestBed::new().await;
+    let tag = format!("kill{}", &bed.prefix[1..9]);
+    let log = scratch_dir("batcher-kill").join("batcher.log");
+    let binary = env!("CARGO_BIN_EXE_psymatch-email-batcher");
+    let mut vars = bed.env("email_batcher");
+    vars.extend(env(&[
+        ("RUST_LOG", "info"),
+        ("ATTEMPT_TIMEOUT_SECS", "1"),
+        ("SMTP_CONCURRENCY", "2"),
+    ]));
+    let therapists = 150;
+    let commands: Vec<Value> = (0..therapists)
+        .map(|t| inquiry(&tag, t, &format!("{tag}-i{t}"), &[&format!("p-{t}")]))
+        .collect();
+    let all: HashSet<String> = (0..therapists).map(|t| format!("{tag}-i{t}")).collect();
+    {
+        let _batcher = KillOnDrop::spawn(binary, &vars, &log);
+        bed.publish("email-commands", &commands).await;
+        stored(&bed, therapists as i64).await;
+    }
+    let mut kills = 0;
+    for round in 0..24 {
+        let mut batcher = KillOnDrop::spawn(binary, &vars, &log);
+        bed.publish("email-commands", &[flush(&format!("kill-{round}"))])
+            .await;
+        // Killed at a random moment of the flush: before, while or after
+        // emails are handed over.
+        let pause = rand::rng().random_range(200..1200);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        batcher.0.kill().unwrap();
+        batcher.0.wait().unwrap();
+        kills += 1;
+    }
+    // A last run settles what the kills left: unknown attempts reported,
+    // everything else sent.
+    let _last = KillOnDrop::spawn(binary, &vars, &log);
+    bed.wait_for("attempts settled and every free address written", DEADLINE, || async {
+        let _ = bed.publish("email-commands", &[flush("settle")]).await;
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM email_batcher.emails WHERE status = 'ATTEMPTED' OR NOT reported",
+        )
+        .fetch_one(&bed.pool)
+        .await
+        .unwrap();
+        let waiting_free: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM email_batcher.inquiries i WHERE email_id IS NULL
+               AND NOT EXISTS (SELECT 1 FROM email_batcher.windows w WHERE w.recipient = i.recipient)",
+        )
+        .fetch_one(&bed.pool)
+        .await
+        .unwrap();
+        open == 0 && waiting_free == 0
+    })
+    .await;
+    let received = mails(&tag).await;
+    let mut per_address: HashMap<&str, usize> = HashMap::new();
+    for (to, _) in &received {
+        *per_address.entry(to.as_str()).or_default() += 1;
+    }
+    assert!(
+        per_address.values().all(|n| *n == 1),
+        "two emails to one address: {per_address:?}"
+    );
+    // Every inquiry went out, or waits for its address's next window after
+    // an attempt of unknown outcome.
+    let mut accounted: HashSet<String> = received.iter().flat_map(|(_, m)| carried(m)).collect();
+    let waiting: Vec<String> =
+        sqlx::query_scalar("SELECT inquiry_id FROM email_batcher.inquiries WHERE email_id IS NULL")
+            .fetch_all(&bed.pool)
+            .await
+            .unwrap();
+    accounted.extend(waiting);
+    let lost: Vec<&String> = all.difference(&accounted).collect();
+    assert!(
+        lost.is_empty(),
+        "lost inquiries after {kills} kills: {lost:?}"
+    );
+    println!(
+        "{kills} kills: {} emails received, {} inquiries waiting",
+        received.len(),
+        all.len() - received.len()
+    );
+}
