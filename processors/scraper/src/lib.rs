@@ -150,6 +150,65 @@ fn centre(area: &Area) -> Result<(f64, f64), String> {
     }
 }
 
+/// Side of the grid cells a region is covered with, in km.
+pub const REGION_CELL_KM: f64 = 10.0;
+
+/// Reference latitude of the region grid (the middle of Germany), so cells
+/// are the same squares wherever a region lies.
+const GRID_LATITUDE: f64 = 51.0;
+
+/// Areas covering a region given by name: `germany` (or `deutschland`,
+/// `de`), or a postcode prefix (`1`, `10`, `80331`). The postcode centroids
+/// inside it are put on a grid of 10 km squares; every square holding one
+/// becomes an area of 8 km radius around its centre (the square's
+/// half-diagonal is 7.07 km), so neighbouring areas overlap and every
+/// centroid lies inside its square's area.
+pub fn region_areas(region: &str) -> Result<Vec<(f64, f64, i32)>, String> {
+    let region = region.trim().to_lowercase();
+    let prefix = match region.as_str() {
+        "germany" | "deutschland" | "de" => "",
+        digits
+            if !digits.is_empty()
+                && digits.len() <= 5
+                && digits.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            digits
+        }
+        _ => {
+            return Err(format!(
+                "region {region:?} has no areas: give areas, or the region germany, or a postcode prefix"
+            ));
+        }
+    };
+    let km_lon = 111.2 * GRID_LATITUDE.to_radians().cos();
+    let mut cells: Vec<(i64, i64)> = psymatch_geocoder::fallback::postcodes()
+        .iter()
+        .filter(|(postcode, _)| postcode.starts_with(prefix))
+        .map(|(_, p)| {
+            (
+                (p.latitude * 111.2 / REGION_CELL_KM).floor() as i64,
+                (p.longitude * km_lon / REGION_CELL_KM).floor() as i64,
+            )
+        })
+        .collect();
+    if cells.is_empty() {
+        return Err(format!("no postcode starts with {prefix:?}"));
+    }
+    cells.sort_unstable();
+    cells.dedup();
+    let radius = (REGION_CELL_KM * std::f64::consts::FRAC_1_SQRT_2).ceil() as i32;
+    Ok(cells
+        .into_iter()
+        .map(|(row, column)| {
+            (
+                (row as f64 + 0.5) * REGION_CELL_KM / 111.2,
+                (column as f64 + 0.5) * REGION_CELL_KM / km_lon,
+                radius,
+            )
+        })
+        .collect())
+}
+
 /// The key of an area in the membership table: centre, radius and filters.
 fn area_key(latitude: f64, longitude: f64, radius_km: i32, filters: &FilterSymbols) -> String {
     format!(
@@ -777,6 +836,35 @@ mod tests {
         }
         assert!(sub_radius(2) < 2);
         assert_eq!(sub_radius(1), 1, "1 km cannot be split");
+    }
+
+    #[test]
+    fn regions_are_covered_by_overlapping_areas() {
+        let germany = region_areas("Germany").unwrap();
+        assert!(
+            (2_000..6_000).contains(&germany.len()),
+            "{} areas",
+            germany.len()
+        );
+        assert!(germany.iter().all(|a| a.2 == 8));
+        // Every postcode centroid lies inside an area.
+        let km_lon = 111.2 * GRID_LATITUDE.to_radians().cos();
+        for (postcode, p) in psymatch_geocoder::fallback::postcodes() {
+            let inside = germany.iter().any(|(lat, lon, r)| {
+                let dy = (lat - p.latitude) * 111.2;
+                let dx = (lon - p.longitude) * km_lon;
+                (dx * dx + dy * dy).sqrt() <= *r as f64
+            });
+            assert!(inside, "{postcode} is not covered");
+        }
+        let berlin = region_areas("10").unwrap();
+        assert!((1..30).contains(&berlin.len()), "{} areas", berlin.len());
+        assert!(
+            region_areas("Atlantis")
+                .unwrap_err()
+                .contains("postcode prefix")
+        );
+        assert!(region_areas("00").unwrap_err().contains("no postcode"));
     }
 
     #[test]
