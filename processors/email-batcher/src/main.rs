@@ -5,6 +5,9 @@ use psymatch_email_batcher::EmailBatcher;
 use psymatch_email_batcher::config::BatcherConfig;
 use psymatch_runtime::{app, telemetry};
 
+#[global_allocator]
+static ALLOCATOR: psymatch_runtime::Allocator = psymatch_runtime::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init("email_batcher");

@@ -6,6 +6,9 @@ use psymatch_geocoder::config::GeocoderConfig;
 use psymatch_geocoder::{Geocoder, cache, fake};
 use psymatch_runtime::{app, db, telemetry};
 
+#[global_allocator]
+static ALLOCATOR: psymatch_runtime::Allocator = psymatch_runtime::Allocator;
+
 #[derive(Parser)]
 #[command(version, about = "The psymatch geocoder: addresses and travel times")]
 struct Cli {

@@ -5,6 +5,13 @@
 //! wrapped in, Avro in the Confluent wire format through the schema registry,
 //! JSON for people, the database migrations, and logging.
 
+/// The allocator every psymatch binary uses (`#[global_allocator] static
+/// ALLOCATOR: psymatch_runtime::Allocator = psymatch_runtime::Allocator;`):
+/// decoding, converting and encoding records allocates and frees small
+/// values at a high rate, where glibc's malloc spent a third of the
+/// runtime's time (perf, README "Benchmark").
+pub use mimalloc::MiMalloc as Allocator;
+
 pub mod app;
 pub mod avro_json;
 pub mod codec;

@@ -7,6 +7,9 @@ use psymatch_runtime::{app, telemetry};
 use psymatch_scraper::Scraper;
 use psymatch_scraper::config::ScraperConfig;
 
+#[global_allocator]
+static ALLOCATOR: psymatch_runtime::Allocator = psymatch_runtime::Allocator;
+
 #[derive(Parser)]
 #[command(
     version,

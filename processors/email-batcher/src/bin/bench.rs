@@ -17,6 +17,9 @@ use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+#[global_allocator]
+static ALLOCATOR: psymatch_runtime::Allocator = psymatch_runtime::Allocator;
+
 /// Consumes the same commands and decides nothing: the runtime's own cost.
 struct Noop;
 

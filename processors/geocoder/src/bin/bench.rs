@@ -32,6 +32,9 @@ use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+#[global_allocator]
+static ALLOCATOR: psymatch_runtime::Allocator = psymatch_runtime::Allocator;
+
 /// Concurrent lookups: the processor's partitions (6) and then some.
 const CONCURRENCY: usize = 8;
 /// Keys per query of the batch lookup (what a processor batch does).

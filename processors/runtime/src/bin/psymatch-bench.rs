@@ -27,6 +27,9 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
+#[global_allocator]
+static ALLOCATOR: psymatch_runtime::Allocator = psymatch_runtime::Allocator;
+
 const PHASES: [&str; 4] = [
     "passthrough",
     "at-least-once",

@@ -12,6 +12,9 @@ use psymatch_scraper::{html, kbv};
 use std::hint::black_box;
 use std::time::Instant;
 
+#[global_allocator]
+static ALLOCATOR: psymatch_runtime::Allocator = psymatch_runtime::Allocator;
+
 /// A saved page with `n` practices in the layout of the fixture.
 fn page(n: usize) -> String {
     let mut out = String::from("<!DOCTYPE html><html><body><main><h1>Suchergebnisse</h1>");
