@@ -1221,9 +1221,11 @@ async fn process_batch<P: Processor>(
             source: record,
             now,
             emitted: Vec::new(),
+            tombstones: Vec::new(),
         };
         let result = shared.processor.process(&mut ctx, record).await;
         let emitted = std::mem::take(&mut ctx.emitted);
+        let tombstones = std::mem::take(&mut ctx.tombstones);
         shared
             .metrics
             .process_seconds
@@ -1237,6 +1239,15 @@ async fn process_batch<P: Processor>(
                 }
                 for (topic, key, envelope) in emitted {
                     outgoing.push(encode(shared, &topic, key, &envelope).await?);
+                }
+                for (topic, key, event_id) in tombstones {
+                    outgoing.push(Outgoing {
+                        event_id,
+                        topic: shared.config.physical(&topic),
+                        key: Some(key),
+                        value: None,
+                        headers: Vec::new(),
+                    });
                 }
             }
             Err(ProcessError::Transient(reason)) => return Err(BatchError::Transient(reason)),

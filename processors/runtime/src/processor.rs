@@ -179,6 +179,8 @@ pub struct Context<'a> {
     pub(crate) now: DateTime<Utc>,
     /// Records emitted so far, encoded by the runtime after `process` returns.
     pub(crate) emitted: Vec<(String, String, Envelope)>,
+    /// Tombstones (key, no value) for compacted topics: (topic, key, id).
+    pub(crate) tombstones: Vec<(String, String, Uuid)>,
 }
 
 impl<'a> Context<'a> {
@@ -224,6 +226,19 @@ impl<'a> Context<'a> {
             None => Vec::new(),
         };
         self.push(topic, event_type, payload, &key_fields)
+    }
+
+    /// Writes a tombstone for `key` on a compacted `topic`: once the topic
+    /// is compacted, nothing of what was published under the key remains
+    /// (erasure).
+    pub fn tombstone(&mut self, topic: &str, key: &str) {
+        let index = self.emitted.len() + self.tombstones.len();
+        let id = Uuid::new_v5(
+            &self.source.envelope.event_id,
+            format!("tombstone/{index}").as_bytes(),
+        );
+        self.tombstones
+            .push((topic.to_string(), key.to_string(), id));
     }
 
     /// Emits `command.rejected` on `topic` for the record being processed:

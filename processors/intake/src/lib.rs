@@ -1,0 +1,378 @@
+//! The intake processor. Patients (here) and therapists
+//! ([`therapists`]). Patient side: registrations, updates, pausing,
+//! resuming and cancelling a search, and erasure. Personal data stay in
+//! `intake.patients`; `patient-events` carry the pseudonymous search
+//! profile (ids, age, gender, preferences, availability, position rounded
+//! to about 100 m), never names, contact data or the address.
+//!
+//! Every valid registration or address change asks the geocoder for the
+//! home position (`geocoding-requests`, request id `patient-<id>-<n>`); the
+//! answer is folded into the record and published as an update.
+
+pub mod therapists;
+pub mod validate;
+
+use chrono::{DateTime, Utc};
+use psymatch_runtime::errors::ErrorCode;
+use psymatch_runtime::processor::{Context, Incoming, ProcessError, Processor};
+use serde_json::{Value, json};
+
+const EVENTS: &str = "patient-events";
+
+/// The intake processor.
+pub struct Intake;
+
+/// A stored patient.
+struct Stored {
+    details: Value,
+    status: String,
+    position: Option<(f64, f64)>,
+    sequence: i32,
+}
+
+/// A patient row: details, status, latitude, longitude, geocode sequence.
+type Row = (Value, String, Option<f64>, Option<f64>, i32);
+
+async fn load(ctx: &mut Context<'_>, patient_id: &str) -> Result<Option<Stored>, ProcessError> {
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT details, status, latitude, longitude, geocode_sequence
+           FROM intake.patients WHERE patient_id = $1 FOR UPDATE",
+    )
+    .bind(patient_id)
+    .fetch_optional(ctx.db())
+    .await?;
+    Ok(row.map(|(details, status, lat, lon, sequence)| Stored {
+        details,
+        status,
+        position: lat.zip(lon),
+        sequence,
+    }))
+}
+
+/// Rounds a position to 3 decimals (about 100 m): enough for matching,
+/// not a home address.
+pub fn rounded(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+/// The pseudonymous search profile of a patient.
+pub fn profile(
+    patient_id: &str,
+    details: &Value,
+    status: &str,
+    position: Option<(f64, f64)>,
+    now: DateTime<Utc>,
+) -> Value {
+    let age = validate::birth_date(details)
+        .map(|born| validate::age(born, now.date_naive()))
+        .unwrap_or(0);
+    let or_empty = |field: &str| match &details[field] {
+        Value::Array(items) => Value::Array(items.clone()),
+        _ => json!([]),
+    };
+    json!({
+        "patient_id": patient_id,
+        "age": age,
+        "gender": details["gender"],
+        "postcode": details["address"]["postcode"],
+        "coordinates": position.map(|(lat, lon)| json!({"latitude": rounded(lat), "longitude": rounded(lon)})),
+        "transport": details["transport"],
+        "max_distance_km": details["max_distance_km"],
+        "max_travel_minutes": details["max_travel_minutes"],
+        "preferred_therapist_gender": details["preferred_therapist_gender"],
+        "preferred_procedures": or_empty("preferred_procedures"),
+        "languages": or_empty("languages"),
+        "excluded_therapists": or_empty("excluded_therapists"),
+        "summary": {
+            "patient_id": patient_id,
+            "age": age,
+            "gender": details["gender"],
+            "symptoms": or_empty("symptoms"),
+            "insurer": details["insurer"],
+            "therapy_experience": details["therapy_experience"],
+            "open_to_group": details["open_to_group"],
+            "availability": or_empty("availability"),
+        },
+        "status": status,
+    })
+}
+
+fn geocode(
+    ctx: &mut Context<'_>,
+    patient_id: &str,
+    sequence: i32,
+    details: &Value,
+) -> Result<String, ProcessError> {
+    let request_id = format!("patient-{patient_id}-{sequence}");
+    ctx.emit(
+        "geocoding-requests",
+        "geocoding.geocode_address",
+        json!({"request_id": request_id, "address": details["address"]}),
+    )?;
+    Ok(request_id)
+}
+
+impl Intake {
+    async fn register(
+        &self,
+        ctx: &mut Context<'_>,
+        record: &Incoming,
+        update: bool,
+    ) -> Result<(), ProcessError> {
+        let patient_id = record.payload["patient_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if let Err(reason) = validate::patient_id(&patient_id) {
+            return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &reason);
+        }
+        let erased: Option<String> =
+            sqlx::query_scalar("SELECT patient_id FROM intake.erased WHERE patient_id = $1")
+                .bind(&patient_id)
+                .fetch_optional(ctx.db())
+                .await?;
+        if erased.is_some() {
+            let reason =
+                format!("patient {patient_id} was erased; a new registration needs a new id");
+            return ctx.reject(EVENTS, ErrorCode::InvalidState, &reason);
+        }
+        let details = record.payload["details"].clone();
+        let now = ctx.now();
+        let problems = validate::details(&details, now);
+        if !problems.is_empty() {
+            return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &problems.join("; "));
+        }
+        let stored = load(ctx, &patient_id).await?;
+        match (update, stored) {
+            (false, Some(_)) => {
+                let reason =
+                    format!("patient {patient_id} is registered already; send patient.update");
+                ctx.reject(EVENTS, ErrorCode::InvalidState, &reason)
+            }
+            (true, None) => {
+                let reason = format!("patient {patient_id} is not registered");
+                ctx.reject(EVENTS, ErrorCode::UnknownSubject, &reason)
+            }
+            (true, Some(old)) if old.status == "CANCELLED" => {
+                let reason = format!(
+                    "the search of patient {patient_id} is cancelled; register anew to search again"
+                );
+                ctx.reject(EVENTS, ErrorCode::InvalidState, &reason)
+            }
+            (false, None) => {
+                let request = geocode(ctx, &patient_id, 1, &details)?;
+                sqlx::query(
+                    "INSERT INTO intake.patients (patient_id, details, status, geocode_request, geocode_sequence)
+                     VALUES ($1, $2, 'ACTIVE', $3, 1)",
+                )
+                .bind(&patient_id)
+                .bind(&details)
+                .bind(&request)
+                .execute(ctx.db())
+                .await?;
+                let profile = profile(&patient_id, &details, "ACTIVE", None, now);
+                ctx.emit(
+                    EVENTS,
+                    "patient.registered",
+                    json!({"patient_id": patient_id, "profile": profile}),
+                )
+            }
+            (true, Some(old)) => {
+                // Names of what changed, never the values.
+                let changed: Vec<String> = details
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(field, value)| old.details.get(field.as_str()) != Some(value))
+                    .map(|(field, _)| field.clone())
+                    .collect();
+                let moved = old.details["address"] != details["address"];
+                let (position, sequence) = if moved {
+                    (None, old.sequence + 1)
+                } else {
+                    (old.position, old.sequence)
+                };
+                if moved {
+                    geocode(ctx, &patient_id, sequence, &details)?;
+                }
+                sqlx::query(
+                    "UPDATE intake.patients
+                        SET details = $2, latitude = $3, longitude = $4, geocode_sequence = $5,
+                            geocode_request = CASE WHEN $6 THEN $7 ELSE geocode_request END, updated_at = now()
+                      WHERE patient_id = $1",
+                )
+                .bind(&patient_id)
+                .bind(&details)
+                .bind(position.map(|p| p.0))
+                .bind(position.map(|p| p.1))
+                .bind(sequence)
+                .bind(moved)
+                .bind(format!("patient-{patient_id}-{sequence}"))
+                .execute(ctx.db())
+                .await?;
+                let profile = profile(&patient_id, &details, &old.status, position, now);
+                ctx.emit(
+                    EVENTS,
+                    "patient.updated",
+                    json!({"patient_id": patient_id, "profile": profile, "changed_fields": changed}),
+                )
+            }
+        }
+    }
+
+    async fn transition(
+        &self,
+        ctx: &mut Context<'_>,
+        record: &Incoming,
+    ) -> Result<(), ProcessError> {
+        let patient_id = record.payload["patient_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let Some(stored) = load(ctx, &patient_id).await? else {
+            let reason = format!("patient {patient_id} is not registered");
+            return ctx.reject(EVENTS, ErrorCode::UnknownSubject, &reason);
+        };
+        let (allowed, target): (&[&str], &str) = match record.event_type() {
+            "patient.pause_search" => (&["ACTIVE"], "PAUSED"),
+            "patient.resume_search" => (&["PAUSED"], "ACTIVE"),
+            _ => (&["ACTIVE", "PAUSED"], "CANCELLED"),
+        };
+        if !allowed.contains(&stored.status.as_str()) {
+            let reason = format!(
+                "{} is not possible for a search that is {}",
+                record.event_type(),
+                stored.status.to_lowercase()
+            );
+            return ctx.reject(EVENTS, ErrorCode::InvalidState, &reason);
+        }
+        sqlx::query(
+            "UPDATE intake.patients SET status = $2, updated_at = now() WHERE patient_id = $1",
+        )
+        .bind(&patient_id)
+        .bind(target)
+        .execute(ctx.db())
+        .await?;
+        let profile = profile(
+            &patient_id,
+            &stored.details,
+            target,
+            stored.position,
+            ctx.now(),
+        );
+        ctx.emit(
+            EVENTS,
+            "patient.search_status_changed",
+            json!({"patient_id": patient_id, "profile": profile, "reason": record.payload["reason"]}),
+        )
+    }
+
+    async fn erase(&self, ctx: &mut Context<'_>, record: &Incoming) -> Result<(), ProcessError> {
+        let patient_id = record.payload["patient_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let Some(stored) = load(ctx, &patient_id).await? else {
+            let reason = format!("patient {patient_id} is not registered (or was erased already)");
+            return ctx.reject(EVENTS, ErrorCode::UnknownSubject, &reason);
+        };
+        // The geocoder forgets the address and the travel times from it.
+        ctx.emit(
+            "geocoding-requests",
+            "geocoding.forget_address",
+            json!({"request_id": format!("erase-{patient_id}"), "address": stored.details["address"]}),
+        )?;
+        sqlx::query("DELETE FROM intake.patients WHERE patient_id = $1")
+            .bind(&patient_id)
+            .execute(ctx.db())
+            .await?;
+        sqlx::query("INSERT INTO intake.erased (patient_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(&patient_id)
+            .execute(ctx.db())
+            .await?;
+        tracing::info!(patient_id, "patient erased");
+        ctx.emit(
+            EVENTS,
+            "patient.erased",
+            json!({"patient_id": patient_id, "keep_contact_log": record.payload["keep_contact_log"]}),
+        )?;
+        // Compaction then removes everything published under the key.
+        ctx.tombstone(EVENTS, &patient_id);
+        Ok(())
+    }
+
+    async fn geocoded(&self, ctx: &mut Context<'_>, record: &Incoming) -> Result<(), ProcessError> {
+        let request_id = record.payload["request_id"].as_str().unwrap_or_default();
+        if !request_id.starts_with("patient-") {
+            return Ok(());
+        }
+        let row: Option<(String, Value, String)> = sqlx::query_as(
+            "SELECT patient_id, details, status FROM intake.patients WHERE geocode_request = $1 FOR UPDATE",
+        )
+        .bind(request_id)
+        .fetch_optional(ctx.db())
+        .await?;
+        let Some((patient_id, details, status)) = row else {
+            // An answer for an erased patient or a superseded address.
+            return Ok(());
+        };
+        if record.event_type() != "geocoding.address_geocoded" {
+            tracing::warn!(patient_id, reason = %record.payload["reason"], "no position for a patient's address");
+            return Ok(());
+        }
+        let position = &record.payload["position"];
+        let (Some(lat), Some(lon)) = (
+            position["latitude"].as_f64(),
+            position["longitude"].as_f64(),
+        ) else {
+            return Ok(());
+        };
+        let (lat, lon) = (rounded(lat), rounded(lon));
+        sqlx::query(
+            "UPDATE intake.patients SET latitude = $2, longitude = $3, geocode_request = NULL, updated_at = now()
+              WHERE patient_id = $1",
+        )
+        .bind(&patient_id)
+        .bind(lat)
+        .bind(lon)
+        .execute(ctx.db())
+        .await?;
+        let profile = profile(&patient_id, &details, &status, Some((lat, lon)), ctx.now());
+        ctx.emit(
+            EVENTS,
+            "patient.updated",
+            json!({"patient_id": patient_id, "profile": profile, "changed_fields": ["coordinates"]}),
+        )
+    }
+}
+
+impl Processor for Intake {
+    fn name(&self) -> &'static str {
+        "intake"
+    }
+
+    fn inputs(&self) -> Vec<&'static str> {
+        vec![
+            "patient-commands",
+            "therapist-commands",
+            "geocoding-results",
+        ]
+    }
+
+    async fn process(&self, ctx: &mut Context<'_>, record: &Incoming) -> Result<(), ProcessError> {
+        match record.event_type() {
+            "patient.register" => self.register(ctx, record, false).await,
+            "patient.update" => self.register(ctx, record, true).await,
+            "patient.pause_search" | "patient.resume_search" | "patient.cancel_search" => {
+                self.transition(ctx, record).await
+            }
+            "patient.erase" => self.erase(ctx, record).await,
+            other if other.starts_with("therapist.") => therapists::handle(ctx, record).await,
+            other if other.starts_with("geocoding.") => self.geocoded(ctx, record).await,
+            other => Err(ProcessError::Invalid {
+                code: ErrorCode::InvalidCommand,
+                reason: format!("intake does not handle {other}"),
+            }),
+        }
+    }
+}

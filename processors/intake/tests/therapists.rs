@@ -1,0 +1,100 @@
+//! Therapist commands through intake: created and corrected by a person,
+//! blocked and unblocked, free places and preferences; every refusal
+//! readable.
+
+use psymatch_intake::Intake;
+use psymatch_runtime::app::run_with;
+use psymatch_runtime::testing::{Received, TestBed};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn upsert(email: &str) -> Value {
+    json!({"event_type": "therapist.upsert", "payload": {"therapist_id": "t-1", "details": {
+        "salutation": "HERR", "title": "Dr.", "first_name": "Max", "last_name": "Muster", "gender": "MALE",
+        "address": {"street": "Beispielweg", "house_number": "7", "postcode": "10117", "city": "Berlin"},
+        "email": email, "statutory_licence": true, "procedures": ["BEHAVIOURAL"], "age_groups": ["ADULTS"],
+        "settings": ["INDIVIDUAL"]}}})
+}
+
+fn command(event_type: &str, payload: Value) -> Value {
+    json!({"event_type": event_type, "payload": payload})
+}
+
+fn types(records: &[Received]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| r.envelope.as_ref().map(|e| e.event_type.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn therapists_are_created_corrected_blocked_and_described() {
+    let bed = TestBed::new().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run_with(Intake, bed.config("intake"), async move {
+        let _ = stopped.await;
+    }));
+    // All on one key, so they are processed in this order.
+    bed.publish(
+        "therapist-commands",
+        &[
+            upsert("praxis.muster@example.org"),
+            upsert("praxis.muster@example.org"),
+            upsert("neu@example.org"),
+            upsert("keine adresse"),
+            command("therapist.block", json!({"therapist_id": "t-1", "reason": " "})),
+            command("therapist.block", json!({"therapist_id": "t-1", "reason": "no answer to three inquiries"})),
+            command("therapist.block", json!({"therapist_id": "t-1", "reason": "again"})),
+            command("therapist.unblock", json!({"therapist_id": "t-1"})),
+            command("therapist.set_free_places", json!({"therapist_id": "t-1", "individual_from": "2027-01-15", "group_from": null})),
+            command("therapist.set_preferences", json!({"therapist_id": "t-1", "min_age": 40, "max_age": 30, "genders": [], "prefers_group": false})),
+            command("therapist.set_preferences", json!({"therapist_id": "t-1", "min_age": 18, "max_age": 65, "genders": ["FEMALE"], "prefers_group": true})),
+        ],
+    )
+    .await;
+    let records = bed
+        .read_until("therapist-events", DEADLINE, |r| {
+            types(r)
+                .iter()
+                .any(|t| t == "therapist.preferences_changed")
+        })
+        .await;
+    assert_eq!(
+        types(&records),
+        vec![
+            "therapist.discovered",
+            "therapist.updated",
+            "command.rejected",
+            "command.rejected",
+            "therapist.blocked",
+            "command.rejected",
+            "therapist.unblocked",
+            "therapist.free_places_changed",
+            "command.rejected",
+            "therapist.preferences_changed",
+        ],
+        "the unchanged second upsert emits nothing"
+    );
+    assert_eq!(records[1].payload()["changed_fields"], json!(["email"]));
+    let reasons: Vec<String> = records
+        .iter()
+        .filter(|r| r.envelope.as_ref().unwrap().event_type == "command.rejected")
+        .map(|r| r.payload()["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        reasons[0].contains("\"keine adresse\" is not an email address"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].contains("needs a reason"));
+    assert!(reasons[2].contains("blocked already"));
+    assert!(reasons[3].contains("minimum not above the maximum"));
+    assert_eq!(records[7].payload()["individual_from"], "2027-01-15");
+    let requests = bed
+        .read_until("geocoding-requests", DEADLINE, |r| !r.is_empty())
+        .await;
+    assert_eq!(requests[0].payload()["request_id"], "therapist-t-1");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
