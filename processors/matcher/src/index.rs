@@ -1,0 +1,289 @@
+//! The candidate search: therapists on a grid of 10 km squares in memory,
+//! so a search looks only at the squares within the patient's limit
+//! instead of every therapist in Germany.
+
+use crate::rules::{self, History, Patient, Ranked, Therapist, Verdict};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+
+/// Side of a grid square in km.
+const CELL_KM: f64 = 10.0;
+/// km per degree of longitude at the grid's reference latitude (51° N).
+const KM_PER_DEGREE_LON: f64 = 111.2 * 0.629_320_391;
+/// Longitude degrees shrink further north: the search widens its window by
+/// this factor so Germany's north (55° N) is covered (cos 51° / cos 55°).
+const NORTH_MARGIN: f64 = 1.098;
+
+fn cell(position: (f64, f64)) -> (i64, i64) {
+    (
+        (position.0 * 111.2 / CELL_KM).floor() as i64,
+        (position.1 * KM_PER_DEGREE_LON / CELL_KM).floor() as i64,
+    )
+}
+
+/// Therapists by grid square.
+#[derive(Debug, Default)]
+pub struct Index {
+    therapists: Vec<Therapist>,
+    cells: HashMap<(i64, i64), Vec<usize>>,
+}
+
+/// A therapist a search found, with what the verdict said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    /// Position in the index.
+    pub therapist: usize,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+impl Index {
+    /// Builds the index (therapists without a position are kept but never
+    /// found: rule 1 needs a position).
+    pub fn new(therapists: Vec<Therapist>) -> Index {
+        let mut cells: HashMap<(i64, i64), Vec<usize>> = HashMap::new();
+        for (i, therapist) in therapists.iter().enumerate() {
+            if let Some(position) = therapist.position {
+                cells.entry(cell(position)).or_default().push(i);
+            }
+        }
+        Index { therapists, cells }
+    }
+
+    /// The therapist at `i`.
+    pub fn therapist(&self, i: usize) -> &Therapist {
+        &self.therapists[i]
+    }
+
+    /// Every therapist within `km` of `position` by their squares (a
+    /// superset; the rules check the distance).
+    fn near(&self, position: (f64, f64), km: f64) -> impl Iterator<Item = usize> + '_ {
+        let (row, column) = cell(position);
+        let rows = (km / CELL_KM).ceil() as i64 + 1;
+        let columns = (km * NORTH_MARGIN / CELL_KM).ceil() as i64 + 1;
+        (row - rows..=row + rows)
+            .flat_map(move |r| (column - columns..=column + columns).map(move |c| (r, c)))
+            .filter_map(|square| self.cells.get(&square))
+            .flatten()
+            .copied()
+    }
+
+    /// The verdict on every therapist near enough to matter, for one
+    /// patient: candidates, those waiting for a travel time, and the
+    /// rejected with their rule (the explanation of the search).
+    pub fn search(
+        &self,
+        patient: &Patient,
+        history: &History,
+        now: DateTime<Utc>,
+        travel: &HashMap<String, f64>,
+    ) -> Vec<Found> {
+        let Some(home) = patient.position else {
+            return Vec::new();
+        };
+        let reach = patient
+            .max_distance_km
+            .unwrap_or(if patient.max_travel_minutes.is_some() {
+                // A travel-time limit: no therapist beyond what the fastest
+                // mode covers in that time (100 km/h door to door).
+                patient.max_travel_minutes.unwrap_or(0.0) * 100.0 / 60.0
+            } else {
+                rules::DEFAULT_LIMIT_KM
+            });
+        // A cheap flat-earth distance first (exact enough within 100 km):
+        // only therapists inside the circle get the full check.
+        let km_per_lon = 111.2 * home.0.to_radians().cos();
+        let reach_squared = (reach * 1.01).powi(2);
+        self.near(home, reach)
+            .filter(|i| {
+                self.therapists[*i].position.is_some_and(|p| {
+                    let (dy, dx) = ((p.0 - home.0) * 111.2, (p.1 - home.1) * km_per_lon);
+                    dy * dy + dx * dx <= reach_squared
+                })
+            })
+            .map(|i| {
+                let therapist = &self.therapists[i];
+                let minutes = travel.get(&therapist.id).copied();
+                Found {
+                    therapist: i,
+                    verdict: rules::check(patient, therapist, history, now, minutes),
+                }
+            })
+            .collect()
+    }
+
+    /// The ranked candidates of one patient.
+    pub fn candidates(
+        &self,
+        patient: &Patient,
+        history: &History,
+        now: DateTime<Utc>,
+        travel: &HashMap<String, f64>,
+    ) -> Vec<Ranked<'_>> {
+        let mut ranked: Vec<Ranked<'_>> = self
+            .search(patient, history, now, travel)
+            .into_iter()
+            .filter_map(|found| match found.verdict {
+                Verdict::Candidate { km, minutes } => {
+                    Some((&self.therapists[found.therapist], km, minutes))
+                }
+                _ => None,
+            })
+            .collect();
+        rules::rank(&mut ranked, now.date_naive());
+        ranked
+    }
+
+    /// The same search over every therapist (the baseline the index is
+    /// measured against, and what tests compare it with).
+    pub fn candidates_by_scan(
+        &self,
+        patient: &Patient,
+        history: &History,
+        now: DateTime<Utc>,
+        travel: &HashMap<String, f64>,
+    ) -> Vec<Ranked<'_>> {
+        let mut ranked: Vec<Ranked<'_>> = self
+            .therapists
+            .iter()
+            .filter_map(|therapist| {
+                match rules::check(
+                    patient,
+                    therapist,
+                    history,
+                    now,
+                    travel.get(&therapist.id).copied(),
+                ) {
+                    Verdict::Candidate { km, minutes } => Some((therapist, km, minutes)),
+                    _ => None,
+                }
+            })
+            .collect();
+        rules::rank(&mut ranked, now.date_naive());
+        ranked
+    }
+}
+
+/// Synthetic therapists and patients spread over Germany (tests and the
+/// benchmark): deterministic, no real data.
+pub mod synthetic {
+    use crate::rules::{Gender, GenderPreference, Patient, Procedure, Therapist};
+    use std::collections::HashSet;
+
+    fn unit(n: u64, salt: u64) -> f64 {
+        let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt;
+        x ^= x >> 31;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 27;
+        (x % 1_000_000) as f64 / 1_000_000.0
+    }
+
+    /// A position in Germany's bounding box, denser around a few cities.
+    fn position(n: u64, salt: u64) -> (f64, f64) {
+        const CITIES: [(f64, f64); 6] = [
+            (52.52, 13.40),
+            (53.55, 9.99),
+            (48.14, 11.58),
+            (50.94, 6.96),
+            (50.11, 8.68),
+            (51.34, 12.37),
+        ];
+        if unit(n, salt ^ 1) < 0.6 {
+            let (lat, lon) = CITIES[(unit(n, salt ^ 2) * 6.0) as usize % 6];
+            (
+                lat + (unit(n, salt ^ 3) - 0.5) * 0.5,
+                lon + (unit(n, salt ^ 4) - 0.5) * 0.8,
+            )
+        } else {
+            (
+                47.4 + unit(n, salt ^ 5) * 7.5,
+                6.0 + unit(n, salt ^ 6) * 8.8,
+            )
+        }
+    }
+
+    /// Therapist `n`.
+    pub fn therapist(n: u64) -> Therapist {
+        let procedures = [
+            Procedure::Behavioural,
+            Procedure::Psychodynamic,
+            Procedure::Analytic,
+            Procedure::Systemic,
+        ];
+        Therapist {
+            id: format!("t-{n}"),
+            gender: [Gender::Female, Gender::Male, Gender::Diverse]
+                [(unit(n, 11) * 2.2) as usize % 3],
+            position: Some(position(n, 12)),
+            procedures: vec![procedures[(unit(n, 13) * 4.0) as usize % 4]],
+            treats_adults: unit(n, 14) < 0.85,
+            treats_children: unit(n, 14) > 0.7,
+            blocked: unit(n, 15) < 0.02,
+            min_age: None,
+            max_age: None,
+            genders: Vec::new(),
+            prefers_group: unit(n, 16) < 0.1,
+            free_from: None,
+            has_email: unit(n, 17) < 0.8,
+            last_contact: None,
+        }
+    }
+
+    /// Patient `n`.
+    pub fn patient(n: u64) -> Patient {
+        Patient {
+            id: format!("p-{n}"),
+            age: 16 + (unit(n, 21) * 60.0) as i32,
+            gender: if unit(n, 22) < 0.6 {
+                Gender::Female
+            } else {
+                Gender::Male
+            },
+            position: Some(position(n, 23)),
+            max_distance_km: Some(5.0 + unit(n, 24) * 25.0),
+            max_travel_minutes: None,
+            preferred_gender: [
+                GenderPreference::Any,
+                GenderPreference::Female,
+                GenderPreference::Male,
+            ][(unit(n, 25) * 2.4) as usize % 3],
+            preferred_procedures: Vec::new(),
+            excluded: HashSet::new(),
+            open_to_group: unit(n, 26) < 0.4,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_finds_exactly_what_a_full_scan_finds() {
+        let index = Index::new((0..5_000).map(synthetic::therapist).collect());
+        let now: DateTime<Utc> = "2026-11-26T10:00:00Z".parse().unwrap();
+        let travel = HashMap::new();
+        let mut found = 0;
+        for n in 0..300 {
+            let mut patient = synthetic::patient(n);
+            // Limits up to 80 km, and positions up to Germany's north.
+            patient.max_distance_km = Some(5.0 + (n % 16) as f64 * 5.0);
+            let by_index: Vec<&str> = index
+                .candidates(&patient, &History::default(), now, &travel)
+                .iter()
+                .map(|(t, _, _)| t.id.as_str())
+                .collect();
+            let by_scan: Vec<&str> = index
+                .candidates_by_scan(&patient, &History::default(), now, &travel)
+                .iter()
+                .map(|(t, _, _)| t.id.as_str())
+                .collect();
+            assert_eq!(by_index, by_scan, "patient {n}");
+            found += by_index.len();
+        }
+        assert!(
+            found > 1_000,
+            "the synthetic data must produce candidates: {found}"
+        );
+    }
+}

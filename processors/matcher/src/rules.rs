@@ -1,0 +1,597 @@
+//! Hard constraints and ranking (DOMAIN.md, "Matching rules").
+
+use chrono::{DateTime, NaiveDate, Utc};
+use std::collections::{HashMap, HashSet};
+
+/// Gender of a patient or therapist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Gender {
+    /// Female.
+    Female,
+    /// Male.
+    Male,
+    /// Diverse.
+    Diverse,
+}
+
+/// Preferred gender of the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenderPreference {
+    /// Female only.
+    Female,
+    /// Male only.
+    Male,
+    /// Anyone.
+    Any,
+}
+
+/// Therapy procedure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Procedure {
+    /// Verhaltenstherapie.
+    Behavioural,
+    /// Tiefenpsychologisch fundiert.
+    Psychodynamic,
+    /// Analytisch.
+    Analytic,
+    /// Systemisch.
+    Systemic,
+}
+
+/// What matching knows of a patient (the pseudonymous search profile).
+#[derive(Debug, Clone)]
+pub struct Patient {
+    /// Pseudonymous id.
+    pub id: String,
+    /// Age in years.
+    pub age: i32,
+    /// Gender.
+    pub gender: Gender,
+    /// Home position (rounded), once geocoded.
+    pub position: Option<(f64, f64)>,
+    /// Largest distance in km; `None` and no travel limit: 25 km.
+    pub max_distance_km: Option<f64>,
+    /// Largest travel time by the patient's mode, in minutes.
+    pub max_travel_minutes: Option<f64>,
+    /// Preferred therapist gender.
+    pub preferred_gender: GenderPreference,
+    /// Preferred procedures; empty means any.
+    pub preferred_procedures: Vec<Procedure>,
+    /// Therapists the patient excluded.
+    pub excluded: HashSet<String>,
+    /// Open to group therapy.
+    pub open_to_group: bool,
+}
+
+/// What matching knows of a therapist.
+#[derive(Debug, Clone)]
+pub struct Therapist {
+    /// Therapist id.
+    pub id: String,
+    /// Gender.
+    pub gender: Gender,
+    /// Practice position, once known.
+    pub position: Option<(f64, f64)>,
+    /// Procedures offered.
+    pub procedures: Vec<Procedure>,
+    /// Treats adults.
+    pub treats_adults: bool,
+    /// Treats children and adolescents (up to the 21st birthday).
+    pub treats_children: bool,
+    /// Blocked by a person.
+    pub blocked: bool,
+    /// Own constraints: youngest and oldest patient.
+    pub min_age: Option<i32>,
+    /// Oldest patient.
+    pub max_age: Option<i32>,
+    /// Patient genders accepted; empty means all.
+    pub genders: Vec<Gender>,
+    /// Prefers group therapy: only patients open to groups.
+    pub prefers_group: bool,
+    /// Earliest free place for individual therapy.
+    pub free_from: Option<NaiveDate>,
+    /// Has an email address (inquiries go out by email).
+    pub has_email: bool,
+    /// Last contact by email or phone.
+    pub last_contact: Option<DateTime<Utc>>,
+}
+
+/// What matching remembers between patients and therapists, by therapist
+/// (looked up without building keys: the search checks thousands).
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Therapist -> patients held by its unanswered inquiries.
+    pub pending: HashMap<String, HashSet<String>>,
+    /// Therapist -> patient -> end of the cooling period after an answer.
+    pub cooling_until: HashMap<String, HashMap<String, DateTime<Utc>>>,
+    /// Therapists excluded for this search (not by the patient).
+    pub search_excluded: HashSet<String>,
+}
+
+/// The hard constraint that rejected a therapist (DOMAIN.md numbering).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rule {
+    /// 1: farther than the patient's limit (km, limit).
+    Distance(f64, f64),
+    /// 1: longer travel than the patient's limit (minutes, limit).
+    TravelTime(f64, f64),
+    /// 1: no position known for the patient or the therapist.
+    NoPosition,
+    /// 2: on the patient's or the search's exclusion list.
+    Excluded,
+    /// 3: blocked.
+    Blocked,
+    /// 4: offers none of the preferred procedures.
+    Procedure,
+    /// 5: not the preferred gender.
+    Gender,
+    /// 6: outside the therapist's own age or gender constraints.
+    TherapistConstraints,
+    /// 7: prefers group therapy, the patient is not open to it.
+    Group,
+    /// 8: the age group does not fit (children's therapist for an adult,
+    /// adults' therapist for a minor).
+    AgeGroup,
+    /// 9: an unanswered inquiry to this therapist holds the patient.
+    Pending,
+    /// 9: cooling period until then.
+    Cooling(DateTime<Utc>),
+}
+
+impl Rule {
+    /// A sentence a person reads ("why wasn't Dr. X contacted?").
+    pub fn explain(&self) -> String {
+        match self {
+            Rule::Distance(km, limit) => {
+                format!("rule 1: {km:.1} km away, the limit is {limit:.0} km")
+            }
+            Rule::TravelTime(min, limit) => {
+                format!("rule 1: {min:.0} minutes away, the limit is {limit:.0}")
+            }
+            Rule::NoPosition => {
+                "rule 1: the position of the patient or the practice is not known yet".into()
+            }
+            Rule::Excluded => "rule 2: on the exclusion list".into(),
+            Rule::Blocked => "rule 3: blocked".into(),
+            Rule::Procedure => "rule 4: offers none of the preferred procedures".into(),
+            Rule::Gender => "rule 5: not the preferred gender".into(),
+            Rule::TherapistConstraints => {
+                "rule 6: outside the therapist's own age or gender preferences".into()
+            }
+            Rule::Group => "rule 7: prefers group therapy, the patient is not open to it".into(),
+            Rule::AgeGroup => "rule 8: does not treat the patient's age group".into(),
+            Rule::Pending => "rule 9: an unanswered inquiry already holds the patient".into(),
+            Rule::Cooling(until) => {
+                format!("rule 9: cooling period until {}", until.format("%Y-%m-%d"))
+            }
+        }
+    }
+}
+
+/// The outcome of checking one therapist for one patient.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// A candidate, at this distance (km) and, when known, travel time.
+    Candidate {
+        /// Straight-line distance in km.
+        km: f64,
+        /// Travel time in minutes, when known.
+        minutes: Option<f64>,
+    },
+    /// Every other rule holds; the travel time decides (ask the geocoder).
+    NeedsTravelTime {
+        /// Straight-line distance in km.
+        km: f64,
+    },
+    /// Rejected by this rule.
+    Rejected(Rule),
+}
+
+/// The default distance limit when the patient set none.
+pub const DEFAULT_LIMIT_KM: f64 = 25.0;
+
+/// Great-circle distance in km.
+pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (p1, p2) = (a.0.to_radians(), b.0.to_radians());
+    let (dp, dl) = ((b.0 - a.0).to_radians(), (b.1 - a.1).to_radians());
+    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * 6371.0088 * h.sqrt().asin()
+}
+
+/// Checks the hard constraints in DOMAIN.md's order (the cheap ones
+/// first would be faster; this order makes the first broken rule the
+/// one reported). `minutes` is the travel time by the patient's mode when
+/// the geocoder has answered.
+pub fn check(
+    patient: &Patient,
+    therapist: &Therapist,
+    history: &History,
+    now: DateTime<Utc>,
+    minutes: Option<f64>,
+) -> Verdict {
+    let reject = Verdict::Rejected;
+    let (Some(home), Some(practice)) = (patient.position, therapist.position) else {
+        return reject(Rule::NoPosition);
+    };
+    let km = distance_km(home, practice);
+    let limit_km = patient
+        .max_distance_km
+        .unwrap_or(if patient.max_travel_minutes.is_some() {
+            f64::INFINITY
+        } else {
+            DEFAULT_LIMIT_KM
+        });
+    if km > limit_km {
+        return reject(Rule::Distance(km, limit_km));
+    }
+    if let (Some(limit), Some(minutes)) = (patient.max_travel_minutes, minutes)
+        && minutes > limit
+    {
+        return reject(Rule::TravelTime(minutes, limit));
+    }
+    if patient.excluded.contains(&therapist.id) || history.search_excluded.contains(&therapist.id) {
+        return reject(Rule::Excluded);
+    }
+    if therapist.blocked {
+        return reject(Rule::Blocked);
+    }
+    if !patient.preferred_procedures.is_empty()
+        && !patient
+            .preferred_procedures
+            .iter()
+            .any(|p| therapist.procedures.contains(p))
+    {
+        return reject(Rule::Procedure);
+    }
+    let gender_ok = match patient.preferred_gender {
+        GenderPreference::Any => true,
+        GenderPreference::Female => therapist.gender == Gender::Female,
+        GenderPreference::Male => therapist.gender == Gender::Male,
+    };
+    if !gender_ok {
+        return reject(Rule::Gender);
+    }
+    let age_ok = therapist.min_age.is_none_or(|min| patient.age >= min)
+        && therapist.max_age.is_none_or(|max| patient.age <= max);
+    let gender_accepted =
+        therapist.genders.is_empty() || therapist.genders.contains(&patient.gender);
+    if !(age_ok && gender_accepted) {
+        return reject(Rule::TherapistConstraints);
+    }
+    if therapist.prefers_group && !patient.open_to_group {
+        return reject(Rule::Group);
+    }
+    // Children's therapists treat up to the 21st birthday; minors need one.
+    let age_group_ok = (patient.age < 21 && therapist.treats_children)
+        || (patient.age >= 18 && therapist.treats_adults);
+    if !age_group_ok {
+        return reject(Rule::AgeGroup);
+    }
+    if history
+        .pending
+        .get(therapist.id.as_str())
+        .is_some_and(|patients| patients.contains(patient.id.as_str()))
+    {
+        return reject(Rule::Pending);
+    }
+    if let Some(until) = history
+        .cooling_until
+        .get(therapist.id.as_str())
+        .and_then(|patients| patients.get(patient.id.as_str()))
+        && *until > now
+    {
+        return reject(Rule::Cooling(*until));
+    }
+    match (patient.max_travel_minutes, minutes) {
+        (Some(_), None) => Verdict::NeedsTravelTime { km },
+        _ => Verdict::Candidate { km, minutes },
+    }
+}
+
+/// A candidate to rank: the therapist and its distance and travel time.
+pub type Ranked<'a> = (&'a Therapist, f64, Option<f64>);
+
+/// The baseline ranking (DOMAIN.md): a free place whose date has passed
+/// first, then shorter travel (time when known, else distance), then those
+/// with an email address, then those not contacted recently. Replace this
+/// one function to rank differently.
+pub fn rank(candidates: &mut [Ranked<'_>], today: NaiveDate) {
+    // The keys once per candidate, not once per comparison.
+    let key = |(t, km, minutes): &Ranked<'_>| {
+        (
+            // false sorts first: a place that is free today.
+            t.free_from.is_none_or(|d| d > today),
+            // Without a travel time, 2 minutes per km stands in.
+            minutes.unwrap_or(*km * 2.0),
+            !t.has_email,
+            t.last_contact,
+        )
+    };
+    let mut keyed: Vec<_> = candidates.iter().map(|c| (key(c), *c)).collect();
+    keyed.sort_unstable_by(|(a, ta), (b, tb)| {
+        a.0.cmp(&b.0)
+            .then(a.1.total_cmp(&b.1))
+            .then(a.2.cmp(&b.2))
+            .then(a.3.cmp(&b.3))
+            .then(ta.0.id.cmp(&tb.0.id))
+    });
+    for (slot, (_, candidate)) in candidates.iter_mut().zip(keyed) {
+        *slot = candidate;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BERLIN: (f64, f64) = (52.52, 13.40);
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-26T10:00:00Z".parse().unwrap()
+    }
+
+    fn patient() -> Patient {
+        Patient {
+            id: "p-1".into(),
+            age: 35,
+            gender: Gender::Female,
+            position: Some(BERLIN),
+            max_distance_km: None,
+            max_travel_minutes: None,
+            preferred_gender: GenderPreference::Any,
+            preferred_procedures: Vec::new(),
+            excluded: HashSet::new(),
+            open_to_group: false,
+        }
+    }
+
+    fn therapist() -> Therapist {
+        Therapist {
+            id: "t-1".into(),
+            gender: Gender::Female,
+            position: Some((52.53, 13.42)),
+            procedures: vec![Procedure::Behavioural],
+            treats_adults: true,
+            treats_children: false,
+            blocked: false,
+            min_age: None,
+            max_age: None,
+            genders: Vec::new(),
+            prefers_group: false,
+            free_from: None,
+            has_email: true,
+            last_contact: None,
+        }
+    }
+
+    fn verdict(p: &Patient, t: &Therapist) -> Verdict {
+        check(p, t, &History::default(), now(), None)
+    }
+
+    fn rule(p: &Patient, t: &Therapist) -> Option<Rule> {
+        match verdict(p, t) {
+            Verdict::Rejected(rule) => Some(rule),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_nearby_fitting_therapist_is_a_candidate() {
+        assert!(
+            matches!(verdict(&patient(), &therapist()), Verdict::Candidate { km, .. } if km < 2.0)
+        );
+    }
+
+    #[test]
+    fn rule_1_distance_and_travel_time() {
+        let mut far = therapist();
+        far.position = Some((52.52, 13.90)); // about 34 km
+        assert!(matches!(rule(&patient(), &far), Some(Rule::Distance(_, limit)) if limit == 25.0));
+        let mut p = patient();
+        p.max_distance_km = Some(40.0);
+        assert_eq!(rule(&p, &far), None);
+        let mut by_time = patient();
+        by_time.max_travel_minutes = Some(30.0);
+        assert!(matches!(
+            verdict(&by_time, &far),
+            Verdict::NeedsTravelTime { .. }
+        ));
+        let answer = check(&by_time, &far, &History::default(), now(), Some(45.0));
+        assert_eq!(answer, Verdict::Rejected(Rule::TravelTime(45.0, 30.0)));
+        assert!(matches!(
+            check(&by_time, &far, &History::default(), now(), Some(25.0)),
+            Verdict::Candidate { .. }
+        ));
+        let mut nowhere = therapist();
+        nowhere.position = None;
+        assert_eq!(rule(&patient(), &nowhere), Some(Rule::NoPosition));
+    }
+
+    #[test]
+    fn rules_2_and_3_exclusion_and_blocking() {
+        let mut p = patient();
+        p.excluded.insert("t-1".into());
+        assert_eq!(rule(&p, &therapist()), Some(Rule::Excluded));
+        let history = History {
+            search_excluded: HashSet::from(["t-1".to_string()]),
+            ..History::default()
+        };
+        assert_eq!(
+            check(&patient(), &therapist(), &history, now(), None),
+            Verdict::Rejected(Rule::Excluded)
+        );
+        let mut blocked = therapist();
+        blocked.blocked = true;
+        assert_eq!(rule(&patient(), &blocked), Some(Rule::Blocked));
+    }
+
+    #[test]
+    fn rule_6_the_therapists_own_constraints() {
+        let mut t = therapist();
+        t.min_age = Some(40);
+        assert_eq!(rule(&patient(), &t), Some(Rule::TherapistConstraints));
+        t.min_age = Some(30);
+        t.max_age = Some(35);
+        assert_eq!(rule(&patient(), &t), None);
+        t.genders = vec![Gender::Male];
+        assert_eq!(rule(&patient(), &t), Some(Rule::TherapistConstraints));
+    }
+
+    #[test]
+    fn rule_9_pending_inquiries_and_cooling() {
+        let patients = |p: &str| HashSet::from([p.to_string()]);
+        let pending = History {
+            pending: HashMap::from([("t-1".to_string(), patients("p-1"))]),
+            ..History::default()
+        };
+        assert_eq!(
+            check(&patient(), &therapist(), &pending, now(), None),
+            Verdict::Rejected(Rule::Pending)
+        );
+        let until = now() + chrono::Duration::days(10);
+        let cooling_for =
+            |at| HashMap::from([("t-1".to_string(), HashMap::from([("p-1".to_string(), at)]))]);
+        let cooling = History {
+            cooling_until: cooling_for(until),
+            ..History::default()
+        };
+        assert_eq!(
+            check(&patient(), &therapist(), &cooling, now(), None),
+            Verdict::Rejected(Rule::Cooling(until))
+        );
+        let over = History {
+            cooling_until: cooling_for(now() - chrono::Duration::days(1)),
+            ..History::default()
+        };
+        let other_patient = History {
+            pending: HashMap::from([("t-1".to_string(), patients("p-2"))]),
+            ..History::default()
+        };
+        assert!(matches!(
+            check(&patient(), &therapist(), &other_patient, now(), None),
+            Verdict::Candidate { .. }
+        ));
+        assert!(matches!(
+            check(&patient(), &therapist(), &over, now(), None),
+            Verdict::Candidate { .. }
+        ));
+        assert!(Rule::Cooling(until).explain().contains("2026-12-06"));
+    }
+
+    /// Rules 4, 5, 7 and 8 in every combination of procedure, gender
+    /// preference, group and age, against an expected verdict computed
+    /// from the rules' plain wording.
+    #[test]
+    fn procedure_gender_group_and_age_in_combination() {
+        let procedures = [
+            vec![],
+            vec![Procedure::Behavioural],
+            vec![Procedure::Analytic],
+        ];
+        let preferences = [
+            GenderPreference::Any,
+            GenderPreference::Female,
+            GenderPreference::Male,
+        ];
+        let genders = [Gender::Female, Gender::Male, Gender::Diverse];
+        let mut checked = 0;
+        for wanted in &procedures {
+            for preference in preferences {
+                for therapist_gender in genders {
+                    for (prefers_group, open_to_group) in
+                        [(false, false), (true, false), (true, true)]
+                    {
+                        for (age, adults, children) in [
+                            (35, true, false),
+                            (35, false, true),
+                            (15, true, false),
+                            (15, false, true),
+                            (19, true, false),
+                            (19, false, true),
+                        ] {
+                            let mut p = patient();
+                            p.preferred_procedures = wanted.clone();
+                            p.preferred_gender = preference;
+                            p.open_to_group = open_to_group;
+                            p.age = age;
+                            let mut t = therapist();
+                            t.gender = therapist_gender;
+                            t.prefers_group = prefers_group;
+                            t.treats_adults = adults;
+                            t.treats_children = children;
+                            let procedure_ok =
+                                wanted.is_empty() || wanted.contains(&Procedure::Behavioural);
+                            let gender_ok = match preference {
+                                GenderPreference::Any => true,
+                                GenderPreference::Female => therapist_gender == Gender::Female,
+                                GenderPreference::Male => therapist_gender == Gender::Male,
+                            };
+                            let group_ok = !prefers_group || open_to_group;
+                            let age_ok = (age < 21 && children) || (age >= 18 && adults);
+                            let expected = if !procedure_ok {
+                                Some(Rule::Procedure)
+                            } else if !gender_ok {
+                                Some(Rule::Gender)
+                            } else if !group_ok {
+                                Some(Rule::Group)
+                            } else if !age_ok {
+                                Some(Rule::AgeGroup)
+                            } else {
+                                None
+                            };
+                            assert_eq!(
+                                rule(&p, &t),
+                                expected,
+                                "{wanted:?} {preference:?} {therapist_gender:?} group {prefers_group}/{open_to_group} age {age} adults {adults}"
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 3 * 3 * 3 * 3 * 6);
+        // The cases DOMAIN.md names.
+        let mut diverse = therapist();
+        diverse.gender = Gender::Diverse;
+        let mut wants_female = patient();
+        wants_female.preferred_gender = GenderPreference::Female;
+        assert_eq!(rule(&wants_female, &diverse), Some(Rule::Gender));
+        let mut adult_for_children = therapist();
+        adult_for_children.treats_adults = false;
+        adult_for_children.treats_children = true;
+        assert_eq!(rule(&patient(), &adult_for_children), Some(Rule::AgeGroup));
+    }
+
+    #[test]
+    fn ranking_follows_the_baseline() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
+        let mut free = therapist();
+        free.id = "free".into();
+        free.free_from = Some(NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
+        let mut near = therapist();
+        near.id = "near".into();
+        let mut near_no_email = therapist();
+        near_no_email.id = "near-no-email".into();
+        near_no_email.has_email = false;
+        let mut contacted = therapist();
+        contacted.id = "contacted".into();
+        contacted.last_contact = Some(now());
+        let mut later_free = therapist();
+        later_free.id = "later-free".into();
+        later_free.free_from = Some(NaiveDate::from_ymd_opt(2027, 3, 1).unwrap());
+        let mut list: Vec<Ranked<'_>> = vec![
+            (&later_free, 1.0, None),
+            (&contacted, 2.0, None),
+            (&near_no_email, 2.0, None),
+            (&near, 2.0, None),
+            (&free, 9.0, None),
+        ];
+        rank(&mut list, today);
+        let order: Vec<&str> = list.iter().map(|(t, _, _)| t.id.as_str()).collect();
+        assert_eq!(
+            order,
+            vec!["free", "later-free", "near", "contacted", "near-no-email"]
+        );
+    }
+}
