@@ -5,8 +5,9 @@
 
 use psymatch_email_batcher::EmailBatcher;
 use psymatch_email_batcher::config::BatcherConfig;
-use psymatch_runtime::app::run_with;
-use psymatch_runtime::testing::{KillOnDrop, Received, TestBed, free_port, scratch_dir, stack_env};
+use psymatch_runtime::testing::{
+    KillOnDrop, Running, TestBed, free_port, of_type, scratch_dir, stack_env,
+};
 use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -98,40 +99,17 @@ async fn stored(bed: &TestBed, count: i64) {
     .await;
 }
 
-fn events<'a>(records: &'a [Received], event_type: &str) -> Vec<&'a Received> {
-    let mut seen = HashSet::new();
-    records
-        .iter()
-        .filter(|r| {
-            r.envelope
-                .as_ref()
-                .is_some_and(|e| e.event_type == event_type)
-        })
-        .filter(|r| seen.insert(r.envelope.as_ref().unwrap().event_id))
-        .collect()
-}
-
-fn start(
-    bed: &TestBed,
-    extra: &[(&str, &str)],
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
+fn start(bed: &TestBed, extra: &[(&str, &str)]) -> Running {
     let vars: BTreeMap<String, String> = env(extra).into_iter().collect();
     let batcher = EmailBatcher::new(BatcherConfig::from_vars(&vars).unwrap()).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_with(batcher, bed.config("email_batcher"), async move {
-        let _ = stopped.await;
-    }));
-    (stop, task)
+    Running::start(batcher, bed.config("email_batcher"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn inquiries_are_batched_and_the_window_defers_then_merges() {
     let bed = TestBed::new().await;
     let tag = format!("batch{}", &bed.prefix[1..9]);
-    let (stop, task) = start(&bed, &[]);
+    let running = start(&bed, &[]);
     bed.publish(
         "email-commands",
         &[
@@ -186,10 +164,10 @@ async fn inquiries_are_batched_and_the_window_defers_then_merges() {
     .await;
     let records = bed
         .read_until("communication-events", DEADLINE, |r| {
-            !events(r, "email.deferred").is_empty()
+            !of_type(r, "email.deferred").is_empty()
         })
         .await;
-    let deferred = events(&records, "email.deferred")[0].payload();
+    let deferred = of_type(&records, "email.deferred")[0].payload();
     assert_eq!(deferred["inquiry_id"], format!("{tag}-i5"));
     assert!(
         deferred["reason"]
@@ -234,25 +212,24 @@ async fn inquiries_are_batched_and_the_window_defers_then_merges() {
     assert_eq!(ids, vec![format!("{tag}-i5"), format!("{tag}-i7")]);
     let records = bed
         .read_until("communication-events", DEADLINE, |r| {
-            events(r, "email.sent").len() >= 4
+            of_type(r, "email.sent").len() >= 4
         })
         .await;
-    let sent = events(&records, "email.sent");
+    let sent = of_type(&records, "email.sent");
     assert!(sent.iter().all(|r| {
         r.payload()["message_id"]
             .as_str()
             .unwrap()
             .ends_with("@psymatch>")
     }));
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn names_passed_by_mistake_never_reach_a_therapist() {
     let bed = TestBed::new().await;
     let tag = format!("names{}", &bed.prefix[1..9]);
-    let (stop, task) = start(&bed, &[]);
+    let running = start(&bed, &[]);
     let planted = "Erika Mustermann";
     bed.publish(
         "email-commands",
@@ -275,7 +252,7 @@ async fn names_passed_by_mistake_never_reach_a_therapist() {
     let received = wait_for_mails(&bed, &tag, 1).await;
     let records = bed
         .read_until("communication-events", DEADLINE, |r| {
-            !events(r, "email.sent").is_empty() && !events(r, "command.rejected").is_empty()
+            !of_type(r, "email.sent").is_empty() && !of_type(r, "command.rejected").is_empty()
         })
         .await;
     assert_eq!(received.len(), 1, "the same message id is sent once");
@@ -286,10 +263,9 @@ async fn names_passed_by_mistake_never_reach_a_therapist() {
         "{text}"
     );
     assert!(text.starts_with("Sehr geehrter Herr Muster,"));
-    let rejected = events(&records, "command.rejected")[0].payload();
+    let rejected = of_type(&records, "command.rejected")[0].payload();
     assert!(rejected["reason"].as_str().unwrap().contains("newsletter"));
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -327,7 +303,7 @@ async fn three_replicas_send_one_email_per_address() {
     bed.publish("email-commands", &flushes).await;
     let records = bed
         .read_until("communication-events", DEADLINE, |r| {
-            events(r, "email.sent").len() >= therapists
+            of_type(r, "email.sent").len() >= therapists
         })
         .await;
     let received = wait_for_mails(&bed, &tag, therapists).await;
@@ -338,7 +314,7 @@ async fn three_replicas_send_one_email_per_address() {
     assert_eq!(per_address.len(), therapists);
     assert!(per_address.values().all(|n| *n == 1), "{per_address:?}");
     assert!(received.iter().all(|(_, m)| carried(m).len() == 2));
-    assert_eq!(events(&records, "email.sent").len(), therapists);
+    assert_eq!(of_type(&records, "email.sent").len(), therapists);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,8 +5,7 @@
 
 use psymatch_email_batcher::EmailBatcher;
 use psymatch_email_batcher::config::BatcherConfig;
-use psymatch_runtime::app::run_with;
-use psymatch_runtime::testing::{KillOnDrop, Received, TestBed, free_port, scratch_dir};
+use psymatch_runtime::testing::{KillOnDrop, Running, TestBed, free_port, of_type, scratch_dir};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,17 +17,6 @@ fn templated(message_id: &str, to: &str) -> Value {
         "message_id": message_id, "therapist_id": "t-tls", "template": "follow_up",
         "recipient": {"email": to, "salutation": "NONE", "title": null, "last_name": "Probe"},
         "variables": {"inquiry_id": "i-tls"}}})
-}
-
-fn of_type<'a>(records: &'a [Received], event_type: &str) -> Vec<&'a Received> {
-    records
-        .iter()
-        .filter(|r| {
-            r.envelope
-                .as_ref()
-                .is_some_and(|e| e.event_type == event_type)
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -116,14 +104,7 @@ async fn a_self_signed_relay_is_trusted_only_through_the_configured_certificate(
     };
 
     // Trusted through SMTP_CA_CERT: delivered, over TLS, with the login.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_with(
-        run(true),
-        bed.config("email_batcher"),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let running = Running::start(run(true), bed.config("email_batcher"));
     bed.publish(
         "email-commands",
         &[templated("tls-trusted", "praxis-tls-2@example.org")],
@@ -147,19 +128,11 @@ async fn a_self_signed_relay_is_trusted_only_through_the_configured_certificate(
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0]["to"][0]["address"], "praxis-tls-2@example.org");
     assert_eq!(mails[0]["subject"], "Erinnerung: Anfrage i-tls");
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop().await;
 
     // Without it the handshake fails and the failure is reported. (Last:
     // maildev itself exits when a client refuses its certificate.)
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_with(
-        run(false),
-        bed.config("email_batcher"),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let running = Running::start(run(false), bed.config("email_batcher"));
     bed.publish(
         "email-commands",
         &[templated("tls-untrusted", "praxis-tls-1@example.org")],
@@ -176,6 +149,5 @@ async fn a_self_signed_relay_is_trusted_only_through_the_configured_certificate(
         reason.contains("certificate") || reason.contains("tls"),
         "{reason}"
     );
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop().await;
 }

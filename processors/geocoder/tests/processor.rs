@@ -5,8 +5,7 @@
 use psymatch_geocoder::Geocoder;
 use psymatch_geocoder::config::GeocoderConfig;
 use psymatch_geocoder::fake::FakeUpstreams;
-use psymatch_runtime::app::run_with;
-use psymatch_runtime::testing::{Received, TestBed};
+use psymatch_runtime::testing::{Received, Running, TestBed};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -58,10 +57,7 @@ async fn requests_are_answered_with_their_correlation_id_cached_forgotten_and_cl
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let geocoder = Geocoder::new(GeocoderConfig::from_vars(&vars).unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_with(geocoder, bed.config("geocoder"), async move {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(geocoder, bed.config("geocoder"));
 
     bed.publish(
         "geocoding-requests",
@@ -180,6 +176,5 @@ async fn requests_are_answered_with_their_correlation_id_cached_forgotten_and_cl
     assert_eq!(cleaned["geocodes_removed"], 1);
     assert_eq!(cleaned["travel_times_removed"], travel_rows);
 
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop().await;
 }

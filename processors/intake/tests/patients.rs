@@ -3,8 +3,7 @@
 //! status changes, readable rejections, and erasure.
 
 use psymatch_intake::Intake;
-use psymatch_runtime::app::run_with;
-use psymatch_runtime::testing::{Received, TestBed};
+use psymatch_runtime::testing::{Received, Running, TestBed, of_type};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -31,17 +30,6 @@ fn command(event_type: &str, payload: Value) -> Value {
     json!({"event_type": event_type, "payload": payload})
 }
 
-fn of_type<'a>(records: &'a [Received], event_type: &str) -> Vec<&'a Received> {
-    records
-        .iter()
-        .filter(|r| {
-            r.envelope
-                .as_ref()
-                .is_some_and(|e| e.event_type == event_type)
-        })
-        .collect()
-}
-
 async fn until(bed: &TestBed, topic: &str, event_type: &str, count: usize) -> Vec<Received> {
     bed.read_until(topic, DEADLINE, |records| {
         of_type(records, event_type).len() >= count
@@ -52,10 +40,7 @@ async fn until(bed: &TestBed, topic: &str, event_type: &str, count: usize) -> Ve
 #[tokio::test(flavor = "multi_thread")]
 async fn a_patient_from_registration_to_erasure() {
     let bed = TestBed::new().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_with(Intake, bed.config("intake"), async move {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(Intake, bed.config("intake"));
 
     // Invalid commands: one readable rejection each, nothing else.
     let mut no_consent = details("10115");
@@ -250,6 +235,5 @@ async fn a_patient_from_registration_to_erasure() {
             .contains("was erased")
     }));
 
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop().await;
 }

@@ -3,8 +3,7 @@
 //! readable.
 
 use psymatch_intake::Intake;
-use psymatch_runtime::app::run_with;
-use psymatch_runtime::testing::{Received, TestBed};
+use psymatch_runtime::testing::{Received, Running, TestBed};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -32,10 +31,7 @@ fn types(records: &[Received]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn therapists_are_created_corrected_blocked_and_described() {
     let bed = TestBed::new().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_with(Intake, bed.config("intake"), async move {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(Intake, bed.config("intake"));
     // All on one key, so they are processed in this order.
     bed.publish(
         "therapist-commands",
@@ -95,6 +91,5 @@ async fn therapists_are_created_corrected_blocked_and_described() {
         .read_until("geocoding-requests", DEADLINE, |r| !r.is_empty())
         .await;
     assert_eq!(requests[0].payload()["request_id"], "therapist-t-1");
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop().await;
 }

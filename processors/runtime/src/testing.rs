@@ -87,6 +87,50 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The records of `event_type`, each event once (a relay may publish a
+/// record twice, always with the same event id).
+pub fn of_type<'a>(records: &'a [Received], event_type: &str) -> Vec<&'a Received> {
+    let mut seen = std::collections::HashSet::new();
+    records
+        .iter()
+        .filter(|r| {
+            r.envelope
+                .as_ref()
+                .is_some_and(|e| e.event_type == event_type)
+        })
+        .filter(|r| seen.insert(r.envelope.as_ref().map(|e| e.event_id)))
+        .collect()
+}
+
+/// A processor running in the test's process until [`Running::stop`].
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Starts `processor` with `config`.
+    pub fn start<P: crate::processor::Processor>(
+        processor: P,
+        config: crate::config::RuntimeConfig,
+    ) -> Running {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(crate::app::run_with(processor, config, async move {
+            let _ = stopped.await;
+        }));
+        Running { stop, task }
+    }
+
+    /// Stops it (drain and exit) and fails the test if it failed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("the processor task ended")
+            .expect("the processor ran without error");
+    }
+}
+
 /// A record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Received {

@@ -4,8 +4,7 @@
 //! that emits nothing, a run after changes that emits exactly those, a run
 //! interrupted by SIGKILL that resumes without duplicates, and imports.
 
-use psymatch_runtime::app::run_with;
-use psymatch_runtime::testing::{KillOnDrop, Received, TestBed, scratch_dir};
+use psymatch_runtime::testing::{KillOnDrop, Received, Running, TestBed, of_type, scratch_dir};
 use psymatch_scraper::Scraper;
 use psymatch_scraper::config::ScraperConfig;
 use psymatch_scraper::fake::{FakeKbv, practice};
@@ -136,20 +135,6 @@ fn distinct_events(records: &[&Received]) -> usize {
         .len()
 }
 
-fn of_type<'a>(records: &'a [Received], event_type: &str) -> Vec<&'a Received> {
-    let mut seen = HashSet::new();
-    records
-        .iter()
-        .filter(|r| {
-            r.envelope
-                .as_ref()
-                .is_some_and(|e| e.event_type == event_type)
-        })
-        // A relay may publish a record twice, always with the same id.
-        .filter(|r| seen.insert(r.envelope.as_ref().unwrap().event_id))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn runs_emit_only_what_changed() {
     let fake = FakeKbv::start(CREDENTIAL).await;
@@ -158,14 +143,10 @@ async fn runs_emit_only_what_changed() {
     let vars: BTreeMap<String, String> = env(&fake, "50").into_iter().collect();
     let mut runtime = bed.config("scraper");
     runtime.batch_size = 1;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_with(
+    let running = Running::start(
         Scraper::new(ScraperConfig::from_vars(&vars).unwrap()),
         runtime,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    );
 
     // A full run: every practice discovered once, although both areas and
     // their overlapping parts list most of them.
@@ -248,8 +229,7 @@ async fn runs_emit_only_what_changed() {
     let reason = rejection(&bed).await;
     assert!(reason.contains("run-4 exists already"), "{reason}");
 
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -314,14 +294,10 @@ async fn saved_files_are_imported_and_foreign_directories_refused() {
     }
     let mut vars: BTreeMap<String, String> = env(&fake, "50").into_iter().collect();
     vars.insert("IMPORT_ROOT".into(), root.display().to_string());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_with(
+    let running = Running::start(
         Scraper::new(ScraperConfig::from_vars(&vars).unwrap()),
         bed.config("scraper"),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    );
     let import = |run: &str, directory: String| {
         json!({"event_type": "scraping.import_files", "correlation_id": run,
                "payload": {"run_id": run, "directory": directory, "format": "AUTO"}})
@@ -376,6 +352,5 @@ async fn saved_files_are_imported_and_foreign_directories_refused() {
         reason.contains("not a directory under the import root"),
         "{reason}"
     );
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop().await;
 }
