@@ -120,18 +120,8 @@ impl Index {
         now: DateTime<Utc>,
         travel: &HashMap<String, f64>,
     ) -> Vec<Ranked<'_>> {
-        let mut ranked: Vec<Ranked<'_>> = self
-            .search(patient, history, now, travel)
-            .into_iter()
-            .filter_map(|found| match found.verdict {
-                Verdict::Candidate { km, minutes } => {
-                    Some((&self.therapists[found.therapist], km, minutes))
-                }
-                _ => None,
-            })
-            .collect();
-        rules::rank(&mut ranked, now.date_naive());
-        ranked
+        let found = self.search(patient, history, now, travel);
+        self.ranked(found, now)
     }
 
     /// The same search over every therapist (the baseline the index is
@@ -143,20 +133,35 @@ impl Index {
         now: DateTime<Utc>,
         travel: &HashMap<String, f64>,
     ) -> Vec<Ranked<'_>> {
-        let mut ranked: Vec<Ranked<'_>> = self
-            .therapists
-            .iter()
-            .filter_map(|therapist| {
-                match rules::check(
+        let found = (0..self.therapists.len()).map(|i| {
+            let therapist = &self.therapists[i];
+            Found {
+                therapist: i,
+                verdict: rules::check(
                     patient,
                     therapist,
                     history,
                     now,
                     travel.get(&therapist.id).copied(),
-                ) {
-                    Verdict::Candidate { km, minutes } => Some((therapist, km, minutes)),
-                    _ => None,
+                ),
+            }
+        });
+        self.ranked(found, now)
+    }
+
+    /// The candidates among `found`, ranked.
+    fn ranked(
+        &self,
+        found: impl IntoIterator<Item = Found>,
+        now: DateTime<Utc>,
+    ) -> Vec<Ranked<'_>> {
+        let mut ranked: Vec<Ranked<'_>> = found
+            .into_iter()
+            .filter_map(|found| match found.verdict {
+                Verdict::Candidate { km, minutes } => {
+                    Some((&self.therapists[found.therapist], km, minutes))
                 }
+                _ => None,
             })
             .collect();
         rules::rank(&mut ranked, now.date_naive());

@@ -131,6 +131,50 @@ impl Running {
     }
 }
 
+/// Benchmarks: runs `processor` (whose state is in schema `processor`)
+/// over what its inputs hold, from empty offsets, and returns the seconds
+/// from its first commit until `records` are committed and its outbox is
+/// published, and how many records that timing covers (start-up, the
+/// connection and lease acquisition are not throughput).
+pub async fn throughput<P: crate::processor::Processor>(
+    bed: &TestBed,
+    pool: &PgPool,
+    processor: P,
+    group: &str,
+    records: i64,
+) -> anyhow::Result<(f64, i64)> {
+    let schema = processor.name();
+    sqlx::query(&format!(
+        "TRUNCATE {schema}.consumer_offsets, {schema}.processed_events, {schema}.outbox"
+    ))
+    .execute(pool)
+    .await?;
+    let mut config = bed.config(schema);
+    config.group = format!("{}{group}", bed.prefix);
+    let running = Running::start(processor, config);
+    let mut first = None;
+    loop {
+        // Offsets start at 0 without holes: their sum is what is committed.
+        let (done, pending): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT (SELECT coalesce(sum(next_offset), 0)::bigint FROM {schema}.consumer_offsets),
+                    (SELECT count(*) FROM {schema}.outbox)"
+        ))
+        .fetch_one(pool)
+        .await?;
+        if done > 0 && first.is_none() {
+            first = Some((std::time::Instant::now(), done));
+        }
+        if done >= records && pending == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (from, already) = first.expect("records were committed");
+    let seconds = from.elapsed().as_secs_f64();
+    running.stop().await;
+    Ok((seconds, records - already))
+}
+
 /// A record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Received {

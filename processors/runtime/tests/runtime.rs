@@ -53,6 +53,25 @@ async fn encode(bed: &TestBed, topic: &str, record: Value) -> Vec<u8> {
         .unwrap()
 }
 
+/// `schema` with `field` added to its payload record `record`.
+fn with_payload_field(schema: &Value, record: &str, field: Value) -> Value {
+    let mut newer = schema.clone();
+    let payload = newer["fields"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "payload")
+        .unwrap();
+    let branch = payload["type"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|r| r["name"] == record)
+        .unwrap();
+    branch["fields"].as_array_mut().unwrap().push(field);
+    newer
+}
+
 fn distinct_ids(records: &[Received]) -> usize {
     records
         .iter()
@@ -496,23 +515,11 @@ async fn records_of_an_older_and_a_newer_schema_both_decode() {
     let (spec, current) = contracts.topic("matching-commands").unwrap();
     // The newer schema: RunMatching gains a field with a default
     // (BACKWARD-compatible, so the registry accepts it).
-    let mut newer_json = current.json.clone();
-    let payload = newer_json["fields"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|f| f["name"] == "payload")
-        .unwrap();
-    let run = payload["type"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|r| r["name"] == "RunMatching")
-        .unwrap();
-    run["fields"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"name": "priority", "type": "int", "default": 0, "doc": "Newer producers set a priority."}));
+    let newer_json = with_payload_field(
+        &current.json,
+        "RunMatching",
+        json!({"name": "priority", "type": "int", "default": 0, "doc": "Newer producers set a priority."}),
+    );
     let newer = TopicSchema::new("matching-commands", "newer", &json!([]), &newer_json).unwrap();
     let codec = psymatch_runtime::codec::Codec::new(&bed.registry_url);
     let physical = format!("{}matching-commands", bed.prefix);
@@ -655,15 +662,10 @@ async fn payload_records_of_the_same_shape_keep_the_branch_they_were_written_wit
     let bed = TestBed::new().await;
     let contracts = psymatch_runtime::contracts::Contracts::embedded();
     let (spec, current) = contracts.topic("geocoding-requests").unwrap();
-    let mut newer_json = current.json.clone();
     // The newer schema: GeocodeAddress gains a field with a default.
-    let payload = newer_json["fields"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|f| f["name"] == "payload")
-        .unwrap();
-    payload["type"][0]["fields"].as_array_mut().unwrap().push(
+    let newer_json = with_payload_field(
+        &current.json,
+        "GeocodeAddress",
         json!({"name": "language", "type": "string", "default": "de", "doc": "Newer producers ask for a language."}),
     );
     let newer = TopicSchema::new("geocoding-requests", "newer", &json!([]), &newer_json).unwrap();

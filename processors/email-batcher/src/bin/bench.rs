@@ -9,9 +9,8 @@
 
 use psymatch_email_batcher::EmailBatcher;
 use psymatch_email_batcher::config::BatcherConfig;
-use psymatch_runtime::app::run_with;
 use psymatch_runtime::processor::{Context, Incoming, ProcessError, Processor};
-use psymatch_runtime::testing::{TestBed, scratch_dir};
+use psymatch_runtime::testing::{Running, TestBed, scratch_dir, throughput};
 use serde_json::json;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
@@ -41,16 +40,7 @@ impl Processor for Noop {
     }
 }
 
-async fn committed(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT coalesce(sum(next_offset), 0)::bigint FROM email_batcher.consumer_offsets",
-    )
-    .fetch_one(pool)
-    .await?)
-}
-
-/// Runs `processor` over everything published; seconds from its first
-/// commit until `records` are committed, and how many were timed.
+/// The batcher's throughput over everything published, from no stored inquiries.
 async fn through<P: Processor>(
     bed: &TestBed,
     pool: &PgPool,
@@ -58,31 +48,10 @@ async fn through<P: Processor>(
     group: &str,
     records: i64,
 ) -> anyhow::Result<(f64, i64)> {
-    sqlx::query("TRUNCATE email_batcher.consumer_offsets, email_batcher.processed_events, email_batcher.outbox, email_batcher.inquiries")
+    sqlx::query("TRUNCATE email_batcher.inquiries")
         .execute(pool)
         .await?;
-    let mut config = bed.config("email_batcher");
-    config.group = format!("{}{group}", bed.prefix);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_with(processor, config, async move {
-        let _ = stopped.await;
-    }));
-    let mut first = None;
-    loop {
-        let done = committed(pool).await?;
-        if done > 0 && first.is_none() {
-            first = Some((Instant::now(), done));
-        }
-        if done >= records {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (from, already) = first.expect("records were committed");
-    let seconds = from.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    task.await??;
-    Ok((seconds, records - already))
+    throughput(bed, pool, processor, group, records).await
 }
 
 #[tokio::main]
@@ -134,10 +103,7 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let mut config = bed.config("email_batcher");
     config.group = format!("{}batcher", bed.prefix);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_with(batcher, config, async move {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(batcher, config);
     loop {
         let sent: i64 =
             sqlx::query_scalar("SELECT count(*) FROM email_batcher.emails WHERE reported")
@@ -149,8 +115,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let flush_s = started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    task.await??;
+    running.stop().await;
     let files = std::fs::read_dir(&outbox)?.count();
 
     println!("| path | operations | seconds | per second | ratio |");

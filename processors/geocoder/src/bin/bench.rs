@@ -24,11 +24,9 @@ use futures::StreamExt;
 use psymatch_geocoder::address::Address;
 use psymatch_geocoder::config::GeocoderConfig;
 use psymatch_geocoder::{Geocoder, Position, Precision, cache};
-use psymatch_runtime::app::run_with;
 use psymatch_runtime::processor::{Context, Incoming, ProcessError, Processor};
-use psymatch_runtime::testing::TestBed;
+use psymatch_runtime::testing::{TestBed, throughput};
 use serde_json::json;
-use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -159,8 +157,13 @@ async fn main() -> anyhow::Result<()> {
     }
     for phase in ["runtime-only", "processor"] {
         eprintln!("{phase} ...");
-        let (measured, counted) = through(&bed, &pool, phase, records).await?;
-        rows.push((phase, counted, measured));
+        let (seconds, counted) = if phase == "processor" {
+            let geocoder = Geocoder::new(GeocoderConfig::from_vars(&BTreeMap::new())?);
+            throughput(&bed, &pool, geocoder, phase, records as i64).await?
+        } else {
+            throughput(&bed, &pool, Noop, phase, records as i64).await?
+        };
+        rows.push((phase, counted as usize, Duration::from_secs_f64(seconds)));
     }
 
     println!();
@@ -199,54 +202,4 @@ where
         result?;
     }
     Ok(started.elapsed())
-}
-
-/// Runs one processor over every published request; the time from its
-/// first commit until everything is committed and published.
-async fn through(
-    bed: &TestBed,
-    pool: &PgPool,
-    phase: &str,
-    records: usize,
-) -> anyhow::Result<(Duration, usize)> {
-    sqlx::query("TRUNCATE geocoder.consumer_offsets, geocoder.processed_events, geocoder.outbox")
-        .execute(pool)
-        .await?;
-    let mut config = bed.config("geocoder");
-    config.group = format!("{}{phase}", bed.prefix);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let until = async move {
-        let _ = stopped.await;
-    };
-    let runtime = if phase == "processor" {
-        let vars: BTreeMap<String, String> = BTreeMap::new();
-        let geocoder = Geocoder::new(GeocoderConfig::from_vars(&vars)?);
-        tokio::spawn(run_with(geocoder, config, until))
-    } else {
-        tokio::spawn(run_with(Noop, config, until))
-    };
-    let mut first: Option<(Instant, i64)> = None;
-    loop {
-        // Offsets start at 0 without holes: their sum is what is committed.
-        let done: i64 = sqlx::query_scalar(
-            "SELECT coalesce(sum(next_offset), 0)::bigint FROM geocoder.consumer_offsets",
-        )
-        .fetch_one(pool)
-        .await?;
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM geocoder.outbox")
-            .fetch_one(pool)
-            .await?;
-        if done > 0 && first.is_none() {
-            first = Some((Instant::now(), done));
-        }
-        if done as usize >= records && pending == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (from, already) = first.expect("records were committed");
-    let measured = from.elapsed();
-    let _ = stop.send(());
-    runtime.await??;
-    Ok((measured, records - already as usize))
 }
