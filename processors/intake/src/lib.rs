@@ -296,8 +296,12 @@ impl Intake {
             "patient.erased",
             json!({"patient_id": patient_id, "keep_contact_log": record.payload["keep_contact_log"]}),
         )?;
-        // Compaction then removes everything published under the key.
+        // Compaction then removes everything published under the keys.
         ctx.tombstone(EVENTS, &patient_id);
+        ctx.tombstone(
+            EVENTS,
+            &psymatch_runtime::processor::rejection_key(&patient_id),
+        );
         Ok(())
     }
 

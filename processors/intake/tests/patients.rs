@@ -77,6 +77,12 @@ async fn a_patient_from_registration_to_erasure() {
         "{reasons:?}"
     );
     assert_eq!(records.len(), 2, "rejections and nothing else");
+    // Beside the subject's own key, which holds its profile once compacted.
+    assert!(
+        records
+            .iter()
+            .any(|r| r.key.as_deref() == Some("p-unknown/rejected"))
+    );
 
     // A registration: a pseudonymous profile and a geocoding request.
     bed.publish(
@@ -134,13 +140,14 @@ async fn a_patient_from_registration_to_erasure() {
         ],
     )
     .await;
+    let rejections = until(&bed, "patient-events", "command.rejected", 3).await;
     let records = until(&bed, "patient-events", "patient.search_status_changed", 2).await;
     let statuses: Vec<Value> = of_type(&records, "patient.search_status_changed")
         .iter()
         .map(|r| r.payload()["profile"]["status"].clone())
         .collect();
     assert_eq!(statuses, vec![json!("PAUSED"), json!("ACTIVE")]);
-    let rejected = of_type(&records, "command.rejected");
+    let rejected = of_type(&rejections, "command.rejected");
     assert!(rejected.iter().any(|r| {
         r.payload()["reason"]
             .as_str()

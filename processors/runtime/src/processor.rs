@@ -256,11 +256,22 @@ impl<'a> Context<'a> {
             "error_code": code.as_str(),
             "reason": reason,
         });
-        self.push(
+        // On a compacted topic the subject's own key holds its latest state
+        // (a patient's profile): a rejection under that key would replace
+        // it when the topic is compacted. It goes under `<subject>/rejected`.
+        let compacted = self.contracts.topics.topic(topic).is_some_and(|spec| {
+            spec.config
+                .get("cleanup.policy")
+                .and_then(|v| v.as_str())
+                .is_some_and(|p| p.contains("compact"))
+        });
+        let key = compacted.then(|| rejection_key(&self.source.key));
+        self.push_keyed(
             topic,
             "command.rejected",
             payload,
             &["subject_id".to_string()],
+            key,
         )
     }
 
@@ -270,6 +281,17 @@ impl<'a> Context<'a> {
         event_type: &str,
         payload: Json,
         key_fields: &[String],
+    ) -> Result<(), ProcessError> {
+        self.push_keyed(topic, event_type, payload, key_fields, None)
+    }
+
+    fn push_keyed(
+        &mut self,
+        topic: &str,
+        event_type: &str,
+        payload: Json,
+        key_fields: &[String],
+        key: Option<String>,
     ) -> Result<(), ProcessError> {
         let bug = |reason: String| ProcessError::Invalid {
             code: ErrorCode::OutputDoesNotFit,
@@ -281,12 +303,14 @@ impl<'a> Context<'a> {
             .map_err(|e| bug(e.to_string()))?;
         let converted = envelope::payload_of(schema, event_type, &payload)
             .map_err(|e| bug(format!("{} emitted a record that {e}", self.producer)))?;
-        let key = envelope::key_of(&payload, key_fields).ok_or_else(|| {
-            bug(format!(
-                "{} emitted a {event_type} without any of {key_fields:?}",
-                self.producer
-            ))
-        })?;
+        let key = key
+            .or_else(|| envelope::key_of(&payload, key_fields))
+            .ok_or_else(|| {
+                bug(format!(
+                    "{} emitted a {event_type} without any of {key_fields:?}",
+                    self.producer
+                ))
+            })?;
         let envelope = Envelope {
             event_id: derived_event_id(&self.source.envelope.event_id, self.emitted.len()),
             event_type: event_type.to_string(),
@@ -299,6 +323,12 @@ impl<'a> Context<'a> {
         self.emitted.push((topic.to_string(), key, envelope));
         Ok(())
     }
+}
+
+/// The key of rejections about `subject` on a compacted topic, beside the
+/// subject's own key (erasure tombstones both).
+pub fn rejection_key(subject: &str) -> String {
+    format!("{subject}/rejected")
 }
 
 /// The id of the `index`-th record emitted while processing `input`:
