@@ -239,7 +239,7 @@ async fn a_run_killed_midway_resumes_without_duplicates() {
     let bed = TestBed::new().await;
     let log = scratch_dir("scraper-kill").join("scraper.log");
     let mut process_env = bed.env("scraper");
-    process_env.extend(env(&fake, "8"));
+    process_env.extend(env(&fake, "4"));
     process_env.push(("RUST_LOG".into(), "info".into()));
     let binary = env!("CARGO_BIN_EXE_psymatch-scraper");
     let mut scraper = KillOnDrop::spawn(binary, &process_env, &log);
