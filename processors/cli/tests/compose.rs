@@ -10,7 +10,11 @@ fn repo_file(name: &str) -> String {
 }
 
 fn compose() -> Value {
-    serde_yaml_ng::from_str(&repo_file("docker-compose.yml")).expect("docker-compose.yml parses")
+    let mut compose: Value = serde_yaml_ng::from_str(&repo_file("docker-compose.yml"))
+        .expect("docker-compose.yml parses");
+    // `<<: *processor` merge keys, as docker compose reads them.
+    compose.apply_merge().expect("merge keys resolve");
+    compose
 }
 
 /// Every `${NAME...}` the file interpolates.
@@ -37,14 +41,19 @@ fn services_depend_only_on_services_that_exist_and_have_health_checks() {
                     names.contains(target),
                     "{name:?} depends on unknown {target}"
                 );
-                assert_eq!(
-                    condition["condition"], "service_healthy",
-                    "{name:?} -> {target}"
-                );
-                assert!(
-                    !services[target]["healthcheck"].is_null(),
-                    "{target} is waited for but has no health check"
-                );
+                // A service waits for a health check, or for a one-shot
+                // service (restart "no") to finish successfully.
+                match condition["condition"].as_str() {
+                    Some("service_healthy") => assert!(
+                        !services[target]["healthcheck"].is_null(),
+                        "{target} is waited for but has no health check"
+                    ),
+                    Some("service_completed_successfully") => assert_eq!(
+                        services[target]["restart"], "no",
+                        "{name:?} waits for {target} to finish, but it is not a one-shot service"
+                    ),
+                    other => panic!("{name:?} -> {target}: condition {other:?}"),
+                }
             }
         }
     }
@@ -85,6 +94,39 @@ fn the_init_service_sets_exactly_what_the_tool_reads() {
     let dockerfile = repo_file("Dockerfile");
     assert!(dockerfile.contains("COPY topics.yaml /etc/psymatch/topics.yaml"));
     assert!(dockerfile.contains("COPY schemas /etc/psymatch/schemas"));
+}
+
+#[test]
+fn every_processor_runs_from_the_image_with_the_runtime_settings() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().unwrap();
+    let dockerfile = repo_file("Dockerfile");
+    let mut processors = 0;
+    for (name, service) in services {
+        let Some(entrypoint) = service["entrypoint"][0].as_str() else {
+            continue;
+        };
+        processors += 1;
+        // The image holds every psymatch binary under /usr/local/bin.
+        assert!(
+            entrypoint.starts_with("/usr/local/bin/psymatch-"),
+            "{name:?}: {entrypoint}"
+        );
+        assert!(dockerfile.contains("-name 'psymatch*'"));
+        let environment = service["environment"].as_mapping().unwrap();
+        for variable in [
+            "KAFKA_BROKERS",
+            "SCHEMA_REGISTRY_URL",
+            "DATABASE_URL",
+            "HTTP_LISTEN",
+        ] {
+            assert!(
+                environment.contains_key(variable),
+                "{name:?} lacks {variable}"
+            );
+        }
+    }
+    assert!(processors >= 4, "{processors} processor services");
 }
 
 #[test]
