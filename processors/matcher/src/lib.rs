@@ -6,6 +6,7 @@
 //! memory.
 
 pub mod index;
+pub mod inquiries;
 pub mod rules;
 
 pub use rules::{
