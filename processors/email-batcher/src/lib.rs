@@ -117,11 +117,6 @@ impl EmailBatcher {
             metrics: BatcherMetrics::new(),
         })
     }
-
-    /// Its metrics.
-    pub fn metrics(&self) -> &BatcherMetrics {
-        &self.metrics
-    }
 }
 
 /// The batch's address windows, read once per batch.

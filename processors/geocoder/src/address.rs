@@ -1,7 +1,7 @@
 //! Addresses as requested: validation, the text Nominatim is asked, and the
 //! normalised cache key.
 
-use psymatch_runtime::text::fold;
+use psymatch_runtime::text::{fold, valid_postcode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -24,7 +24,7 @@ impl Address {
     /// or city to look for. The message says what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         let postcode = self.postcode.trim();
-        if postcode.len() != 5 || !postcode.bytes().all(|b| b.is_ascii_digit()) {
+        if !valid_postcode(postcode) {
             return Err(format!(
                 "postcode {:?} is not five digits (German postcodes are 01001-99998)",
                 self.postcode

@@ -223,11 +223,6 @@ impl Geocoder {
         &self.nominatim
     }
 
-    /// The OSRM client.
-    pub fn osrm(&self) -> &Upstream {
-        &self.osrm
-    }
-
     fn lookup(&self, cache: &str, hit: bool) {
         let outcome = if hit { "hit" } else { "miss" };
         self.metrics

@@ -103,11 +103,6 @@ impl Upstream {
         }
     }
 
-    /// The base URL requests are made against.
-    pub fn base_url(&self) -> &str {
-        &self.config.base_url
-    }
-
     /// The breaker's state now.
     pub fn breaker_state(&self) -> State {
         self.breaker.lock().expect("breaker lock").state()

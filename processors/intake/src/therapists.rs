@@ -5,6 +5,7 @@
 
 use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::processor::{Context, Incoming, ProcessError};
+use psymatch_runtime::text::{valid_email, valid_postcode};
 use serde_json::{Value, json};
 
 const EVENTS: &str = "therapist-events";
@@ -21,15 +22,13 @@ pub fn problems(details: &Value) -> Vec<String> {
         problems.push("details.last_name is empty".to_string());
     }
     let postcode = details["address"]["postcode"].as_str().unwrap_or("").trim();
-    if postcode.len() != 5 || !postcode.bytes().all(|b| b.is_ascii_digit()) {
+    if !valid_postcode(postcode) {
         problems.push(format!(
             "details.address.postcode {postcode:?} is not five digits"
         ));
     }
     if let Some(email) = details["email"].as_str()
-        && !email
-            .split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !email.contains(' '))
+        && !valid_email(email)
     {
         problems.push(format!("details.email {email:?} is not an email address"));
     }

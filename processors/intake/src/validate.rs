@@ -2,6 +2,7 @@
 //! with the field it is in.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use psymatch_runtime::text::{valid_email, valid_postcode};
 use serde_json::Value;
 
 /// Checks a patient id: present, short, no spaces.
@@ -52,7 +53,7 @@ pub fn details(details: &Value, now: DateTime<Utc>) -> Vec<String> {
     }
     let address = &details["address"];
     let postcode = address["postcode"].as_str().unwrap_or("").trim();
-    if postcode.len() != 5 || !postcode.bytes().all(|b| b.is_ascii_digit()) {
+    if !valid_postcode(postcode) {
         problems.push(format!(
             "details.address.postcode {postcode:?} is not five digits"
         ));
@@ -63,10 +64,8 @@ pub fn details(details: &Value, now: DateTime<Utc>) -> Vec<String> {
         }
     }
     let email = text(details, "email");
-    match email.split_once('@') {
-        Some((local, domain))
-            if !local.is_empty() && domain.contains('.') && !email.contains(' ') => {}
-        _ => problems.push(format!("details.email {email:?} is not an email address")),
+    if !valid_email(email) {
+        problems.push(format!("details.email {email:?} is not an email address"));
     }
     let today = now.date_naive();
     match birth_date(details) {

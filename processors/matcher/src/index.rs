@@ -50,11 +50,6 @@ impl Index {
         Index { therapists, cells }
     }
 
-    /// The therapist at `i`.
-    pub fn therapist(&self, i: usize) -> &Therapist {
-        &self.therapists[i]
-    }
-
     /// Every therapist within `km` of `position` by their squares (a
     /// superset; the rules check the distance).
     fn near(&self, position: (f64, f64), km: f64) -> impl Iterator<Item = usize> + '_ {

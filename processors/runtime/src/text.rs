@@ -30,6 +30,25 @@ pub fn squash(text: &str) -> String {
     out
 }
 
+/// An email address as people write one: a local part, one @, a domain
+/// with a dot, no spaces. (Sending checks it fully.)
+pub fn valid_email(value: &str) -> bool {
+    let Some((local, domain)) = value.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !value.chars().any(char::is_whitespace)
+}
+
+/// A German postcode (Postleitzahl): five digits.
+pub fn valid_postcode(value: &str) -> bool {
+    value.len() == 5 && value.bytes().all(|b| b.is_ascii_digit())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +57,10 @@ mod tests {
     fn folding_and_squashing() {
         assert_eq!(fold("Müller-Straße 3"), "muellerstrasse3");
         assert_eq!(squash("  Dr.\tphil.\n Erika "), "Dr. phil. Erika");
+        assert!(valid_email("a.b@praxis-x.de"));
+        for bad in ["a@b", "a b@c.de", "a@b@c.de", "@c.de", "a@.de"] {
+            assert!(!valid_email(bad), "{bad}");
+        }
+        assert!(valid_postcode("01067") && !valid_postcode("1011") && !valid_postcode("1011A"));
     }
 }

@@ -130,12 +130,6 @@ impl FakeKbv {
         self.state.failures.store(n, Ordering::SeqCst);
     }
 
-    /// Forgets every session: the next search without a new start page
-    /// is refused.
-    pub fn expire_sessions(&self) {
-        self.state.sessions.lock().expect("fake lock").clear();
-    }
-
     /// Requests so far: (when, path, accepted).
     pub fn arrivals(&self) -> Vec<(Instant, String, bool)> {
         self.state.arrivals.lock().expect("fake lock").clone()

@@ -5,6 +5,7 @@
 
 use crate::therapist::{Raw, squash};
 use ego_tree::NodeId;
+use psymatch_runtime::text::valid_postcode;
 use scraper::{ElementRef, Html, Node};
 use std::collections::HashSet;
 
@@ -75,18 +76,6 @@ fn lines_of(element: ElementRef, out: &mut Vec<Line>) {
 struct Line {
     text: String,
     links: Vec<String>,
-}
-
-/// The words of `parts`, joined by single spaces.
-fn squash_all<'a>(parts: impl Iterator<Item = &'a str>) -> String {
-    let mut out = String::new();
-    for word in parts.flat_map(str::split_whitespace) {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(word);
-    }
-    out
 }
 
 /// Whether `text` starts with `prefix`, ignoring ASCII case.
@@ -249,8 +238,7 @@ fn record(table: ElementRef, marks: &Marks) -> Raw {
 fn postcode_line(text: &str) -> Option<(String, String)> {
     let text = text.trim().trim_start_matches("D-");
     let (postcode, city) = text.split_once(' ')?;
-    (postcode.len() == 5 && postcode.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| (postcode.to_string(), city.trim().to_string()))
+    valid_postcode(postcode).then(|| (postcode.to_string(), city.trim().to_string()))
 }
 
 /// "Teststraße 12a" into street and house number.
@@ -302,7 +290,9 @@ fn hours(table: ElementRef) -> Vec<(String, String, String)> {
                 .filter_map(ElementRef::wrap)
                 .filter(|c| matches!(c.value().name(), "td" | "th"))
         };
-        let texts: Vec<String> = cells().map(|c| squash_all(c.text())).collect();
+        let texts: Vec<String> = cells()
+            .map(|c| squash(&c.text().collect::<Vec<_>>().join(" ")))
+            .collect();
         let is_header = cells().all(|c| c.value().name() == "th");
         if is_header {
             if texts.iter().any(|t| MARKERS.iter().any(|m| t.contains(m))) {

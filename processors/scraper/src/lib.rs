@@ -50,11 +50,6 @@ impl Scraper {
             metrics,
         }
     }
-
-    /// Its metrics.
-    pub fn metrics(&self) -> &ScraperMetrics {
-        &self.metrics
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
@@ -282,16 +277,6 @@ impl Scraper {
         {
             return Ok(());
         }
-        tracing::info!(run_id, areas = areas.len(), "scrape run started");
-        let counts = Counts {
-            areas_total: areas.len() as i32,
-            ..Counts::default()
-        };
-        ctx.emit(
-            EVENTS,
-            "scraping.run_started",
-            json!({"run_id": run_id, "counts": counts.json()}),
-        )?;
         for (index, area) in areas.into_iter().enumerate() {
             ctx.emit(
                 COMMANDS,
@@ -302,7 +287,8 @@ impl Scraper {
         Ok(())
     }
 
-    /// Records a new run; a run id used before is rejected (false).
+    /// Records a new run and announces it (`scraping.run_started`); a run
+    /// id used before is rejected (false).
     async fn register_run(
         &self,
         ctx: &mut Context<'_>,
@@ -331,6 +317,16 @@ impl Scraper {
             return Ok(false);
         }
         self.metrics.runs.with_label_values(&["started"]).inc();
+        tracing::info!(run_id, areas, "scrape run started");
+        let counts = Counts {
+            areas_total: areas as i32,
+            ..Counts::default()
+        };
+        ctx.emit(
+            EVENTS,
+            "scraping.run_started",
+            json!({"run_id": run_id, "counts": counts.json()}),
+        )?;
         Ok(true)
     }
 
@@ -657,11 +653,6 @@ impl Scraper {
             areas_total: files.len() as i32,
             ..Counts::default()
         };
-        ctx.emit(
-            EVENTS,
-            "scraping.run_started",
-            json!({"run_id": run_id, "counts": counts.json()}),
-        )?;
         let mut problems = Vec::new();
         for file in &files {
             let name = file

@@ -2,7 +2,8 @@
 //! published: validated, with data-quality flags instead of silently
 //! dropped values.
 
-pub use psymatch_runtime::text::{fold, squash};
+use psymatch_runtime::text::valid_postcode;
+pub use psymatch_runtime::text::{fold, squash, valid_email};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -205,7 +206,7 @@ pub fn normalise(raw: &Raw, implied: &Implied) -> Result<Therapist, String> {
     let last_name = clean(&raw.last_name).ok_or("no last name")?;
     let first_name = clean(&raw.first_name).unwrap_or_default();
     let postcode = clean(&raw.postcode).ok_or("no postcode")?;
-    if postcode.len() != 5 || !postcode.bytes().all(|b| b.is_ascii_digit()) {
+    if !valid_postcode(&postcode) {
         return Err(format!("postcode {postcode:?} is not five digits"));
     }
     let street = clean(&raw.street).unwrap_or_default();
@@ -366,19 +367,6 @@ pub fn valid_phone(value: &str) -> bool {
         && value
             .chars()
             .all(|c| c.is_ascii_digit() || " /-()+.".contains(c))
-}
-
-/// One @, a local part, a domain with a dot, no spaces.
-pub fn valid_email(value: &str) -> bool {
-    let Some((local, domain)) = value.split_once('@') else {
-        return false;
-    };
-    !local.is_empty()
-        && !domain.contains('@')
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !value.chars().any(char::is_whitespace)
 }
 
 /// A host with a dot, optionally with a scheme and a path, no spaces.
