@@ -26,6 +26,8 @@ fn cell(position: (f64, f64)) -> (i64, i64) {
 pub struct Index {
     therapists: Vec<Therapist>,
     cells: HashMap<(i64, i64), Vec<usize>>,
+    /// Therapist id -> position in `therapists`.
+    slots: HashMap<String, usize>,
 }
 
 /// A therapist a search found, with what the verdict said.
@@ -33,6 +35,8 @@ pub struct Index {
 pub struct Found {
     /// Position in the index.
     pub therapist: usize,
+    /// Distance in km (the index's flat measure, for ordering).
+    pub km: f64,
     /// The verdict.
     pub verdict: Verdict,
 }
@@ -41,13 +45,59 @@ impl Index {
     /// Builds the index (therapists without a position are kept but never
     /// found: rule 1 needs a position).
     pub fn new(therapists: Vec<Therapist>) -> Index {
-        let mut cells: HashMap<(i64, i64), Vec<usize>> = HashMap::new();
-        for (i, therapist) in therapists.iter().enumerate() {
-            if let Some(position) = therapist.position {
-                cells.entry(cell(position)).or_default().push(i);
-            }
+        let mut index = Index::default();
+        for therapist in therapists {
+            index.upsert(therapist);
         }
-        Index { therapists, cells }
+        index
+    }
+
+    /// Adds a therapist or replaces the one with the same id (moving it to
+    /// its new square).
+    pub fn upsert(&mut self, therapist: Therapist) {
+        let slot = match self.slots.get(&therapist.id) {
+            Some(&slot) => {
+                self.unplace(slot);
+                self.therapists[slot] = therapist;
+                slot
+            }
+            None => {
+                let slot = self.therapists.len();
+                self.slots.insert(therapist.id.clone(), slot);
+                self.therapists.push(therapist);
+                slot
+            }
+        };
+        if let Some(position) = self.therapists[slot].position {
+            self.cells.entry(cell(position)).or_default().push(slot);
+        }
+    }
+
+    /// Takes a therapist out of every search (closed practice). Its slot
+    /// stays, without a position.
+    pub fn remove(&mut self, id: &str) {
+        if let Some(&slot) = self.slots.get(id) {
+            self.unplace(slot);
+            self.therapists[slot].position = None;
+        }
+    }
+
+    /// The therapist with this id.
+    pub fn get(&self, id: &str) -> Option<&Therapist> {
+        self.slots.get(id).map(|&slot| &self.therapists[slot])
+    }
+
+    /// The therapist found at `slot` by [`Index::search`].
+    pub fn at(&self, slot: usize) -> &Therapist {
+        &self.therapists[slot]
+    }
+
+    fn unplace(&mut self, slot: usize) {
+        if let Some(position) = self.therapists[slot].position
+            && let Some(square) = self.cells.get_mut(&cell(position))
+        {
+            square.retain(|&s| s != slot);
+        }
     }
 
     /// Every therapist within `km` of `position` by their squares (a
@@ -73,8 +123,25 @@ impl Index {
         now: DateTime<Utc>,
         travel: &HashMap<String, f64>,
     ) -> Vec<Found> {
+        let mut found = Vec::new();
+        self.search_into(patient, history, now, travel, &mut found);
+        found
+    }
+
+    /// [`Index::search`] into a buffer the caller reuses: a city's search
+    /// finds thousands, and allocating that afresh for every patient costs
+    /// more than the rules.
+    pub fn search_into(
+        &self,
+        patient: &Patient,
+        history: &History,
+        now: DateTime<Utc>,
+        travel: &HashMap<String, f64>,
+        found: &mut Vec<Found>,
+    ) {
+        found.clear();
         let Some(home) = patient.position else {
-            return Vec::new();
+            return;
         };
         let reach = patient
             .max_distance_km
@@ -89,22 +156,28 @@ impl Index {
         // only therapists inside the circle get the full check.
         let km_per_lon = 111.2 * home.0.to_radians().cos();
         let reach_squared = (reach * 1.01).powi(2);
-        self.near(home, reach)
-            .filter(|i| {
-                self.therapists[*i].position.is_some_and(|p| {
-                    let (dy, dx) = ((p.0 - home.0) * 111.2, (p.1 - home.1) * km_per_lon);
-                    dy * dy + dx * dx <= reach_squared
-                })
+        let hits = self
+            .near(home, reach)
+            .filter_map(|i| {
+                let p = self.therapists[i].position?;
+                let (dy, dx) = ((p.0 - home.0) * 111.2, (p.1 - home.1) * km_per_lon);
+                let squared = dy * dy + dx * dx;
+                (squared <= reach_squared).then(|| (i, squared.sqrt()))
             })
-            .map(|i| {
+            .map(|(i, km)| {
                 let therapist = &self.therapists[i];
-                let minutes = travel.get(&therapist.id).copied();
+                let minutes = if travel.is_empty() {
+                    None
+                } else {
+                    travel.get(&therapist.id).copied()
+                };
                 Found {
                     therapist: i,
+                    km,
                     verdict: rules::check(patient, therapist, history, now, minutes),
                 }
-            })
-            .collect()
+            });
+        found.extend(hits);
     }
 
     /// The ranked candidates of one patient.
@@ -132,6 +205,10 @@ impl Index {
             let therapist = &self.therapists[i];
             Found {
                 therapist: i,
+                km: match (patient.position, therapist.position) {
+                    (Some(a), Some(b)) => rules::distance_km(a, b),
+                    _ => f64::MAX,
+                },
                 verdict: rules::check(
                     patient,
                     therapist,
@@ -179,7 +256,7 @@ pub mod synthetic {
     }
 
     /// A position in Germany's bounding box, denser around a few cities.
-    fn position(n: u64, salt: u64) -> (f64, f64) {
+    pub fn position(n: u64, salt: u64) -> (f64, f64) {
         const CITIES: [(f64, f64); 6] = [
             (52.52, 13.40),
             (53.55, 9.99),
@@ -257,6 +334,41 @@ pub mod synthetic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moved_and_removed_therapists_are_found_where_they_are() {
+        let berlin = (52.52, 13.40);
+        let mut index = Index::new(vec![Therapist {
+            id: "t-1".into(),
+            position: Some(berlin),
+            ..synthetic::therapist(1)
+        }]);
+        let mut patient = synthetic::patient(1);
+        patient.position = Some(berlin);
+        patient.max_distance_km = Some(10.0);
+        let now: DateTime<Utc> = "2026-11-26T10:00:00Z".parse().unwrap();
+        let found = |index: &Index| {
+            index
+                .search(&patient, &History::default(), now, &HashMap::new())
+                .len()
+        };
+        assert_eq!(found(&index), 1);
+        index.upsert(Therapist {
+            id: "t-1".into(),
+            position: Some((48.14, 11.58)),
+            ..synthetic::therapist(1)
+        });
+        assert_eq!(found(&index), 0, "moved to Munich");
+        index.upsert(Therapist {
+            id: "t-1".into(),
+            position: Some(berlin),
+            ..synthetic::therapist(1)
+        });
+        assert_eq!(found(&index), 1, "back, once");
+        index.remove("t-1");
+        assert_eq!(found(&index), 0);
+        assert!(index.get("t-1").is_some_and(|t| t.position.is_none()));
+    }
 
     #[test]
     fn the_index_finds_exactly_what_a_full_scan_finds() {

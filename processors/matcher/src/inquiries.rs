@@ -67,58 +67,93 @@ pub fn owner<'a>(email: &str, members: &[(&'a str, &Contact)]) -> &'a str {
         .expect("a practice has members")
 }
 
+/// What composing needs to know about practices: contacts by therapist,
+/// the therapists sharing an address, and how many more patients a
+/// practice can be asked about now.
+pub trait Practices {
+    /// The contact of a therapist.
+    fn contact(&self, therapist: &str) -> Option<&Contact>;
+    /// Every therapist writing from `email`, for choosing the owner.
+    fn members(&self, email: &str) -> Vec<(&str, &Contact)>;
+    /// How many patients the practice at `email` can still be asked about
+    /// (six, less those its unanswered inquiries hold).
+    fn room(&self, email: &str) -> usize;
+}
+
+/// Contacts by therapist id, every practice with room for six (tests).
+impl Practices for HashMap<String, Contact> {
+    fn contact(&self, therapist: &str) -> Option<&Contact> {
+        self.get(therapist)
+    }
+
+    fn members(&self, email: &str) -> Vec<(&str, &Contact)> {
+        self.iter()
+            .filter(|(_, c)| c.email.as_deref() == Some(email))
+            .map(|(id, c)| (id.as_str(), c))
+            .collect()
+    }
+
+    fn room(&self, _email: &str) -> usize {
+        MAX_PATIENTS
+    }
+}
+
+/// One patient to place in inquiries: up to `quota` more practices, from
+/// its ranked candidates.
+#[derive(Debug, Clone)]
+pub struct Search<'a> {
+    /// Pseudonymous patient id.
+    pub patient: String,
+    /// How many more practices to ask.
+    pub quota: usize,
+    /// Ranked candidates, best first.
+    pub candidates: Vec<&'a Therapist>,
+}
+
 /// Composes inquiries. `searches` are the patients in the order they are
-/// served (longest waiting first), each with its ranked candidate
-/// therapists; every patient goes to up to `per_patient` practices, skipping
-/// practices already full or already holding the patient, and therapists
-/// without an email address (returned separately for a phone call).
+/// served (longest waiting first); each goes to up to its quota of
+/// practices, best candidates first, skipping practices that are full or
+/// already hold the patient, and therapists without an email address
+/// (returned separately as (therapist, patient) for a phone call).
 pub fn compose(
-    searches: &[(String, Vec<&Therapist>)],
-    contacts: &HashMap<String, Contact>,
-    per_patient: usize,
+    searches: &[Search<'_>],
+    practices: &impl Practices,
 ) -> (Vec<Inquiry>, Vec<(String, String)>) {
     let mut by_email: HashMap<String, Vec<String>> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
     let mut by_phone = Vec::new();
-    for (patient, candidates) in searches {
+    for search in searches {
         let mut placed = 0;
-        for therapist in candidates {
-            if placed == per_patient {
+        for therapist in &search.candidates {
+            if placed == search.quota {
                 break;
             }
-            let Some(contact) = contacts.get(&therapist.id) else {
+            let Some(contact) = practices.contact(&therapist.id) else {
                 continue;
             };
             let Some(email) = &contact.email else {
-                by_phone.push((therapist.id.clone(), patient.clone()));
+                by_phone.push((therapist.id.clone(), search.patient.clone()));
                 continue;
             };
             let patients = by_email.entry(email.clone()).or_insert_with(|| {
                 order.push(email.clone());
                 Vec::new()
             });
-            if patients.len() >= MAX_PATIENTS || patients.contains(patient) {
+            if patients.len() >= practices.room(email) || patients.contains(&search.patient) {
                 continue;
             }
-            patients.push(patient.clone());
+            patients.push(search.patient.clone());
             placed += 1;
-        }
-    }
-    // Every therapist at an address, for choosing the owner.
-    let mut members: HashMap<&str, Vec<(&str, &Contact)>> = HashMap::new();
-    for (id, contact) in contacts {
-        if let Some(email) = &contact.email {
-            members
-                .entry(email.as_str())
-                .or_default()
-                .push((id.as_str(), contact));
         }
     }
     let inquiries = order
         .into_iter()
         .filter_map(|email| {
             let patients = by_email.remove(&email)?;
-            let therapist_id = owner(&email, &members[email.as_str()]).to_string();
+            if patients.is_empty() {
+                return None;
+            }
+            let therapist_id = owner(&email, &practices.members(&email)).to_string();
             Some(Inquiry {
                 email,
                 therapist_id,
@@ -178,11 +213,13 @@ mod tests {
             ),
         ]);
         let (a, b, c) = (therapist("t-a"), therapist("t-b"), therapist("t-c"));
-        let searches = vec![
-            ("p-1".to_string(), vec![&a, &b, &c]),
-            ("p-2".to_string(), vec![&b, &c]),
-        ];
-        let (inquiries, phone) = compose(&searches, &contacts, 2);
+        let search = |patient: &str, candidates| Search {
+            patient: patient.to_string(),
+            quota: 2,
+            candidates,
+        };
+        let searches = vec![search("p-1", vec![&a, &b, &c]), search("p-2", vec![&b, &c])];
+        let (inquiries, phone) = compose(&searches, &contacts);
         assert!(phone.is_empty());
         assert_eq!(inquiries.len(), 2);
         // The last name in the address beats the professor.
@@ -230,10 +267,14 @@ mod tests {
             therapist("t-next"),
             therapist("t-phone"),
         );
-        let searches: Vec<(String, Vec<&Therapist>)> = (0..8)
-            .map(|i| (format!("p-{i}"), vec![&phone, &full, &next]))
+        let searches: Vec<Search<'_>> = (0..8)
+            .map(|i| Search {
+                patient: format!("p-{i}"),
+                quota: 1,
+                candidates: vec![&phone, &full, &next],
+            })
             .collect();
-        let (inquiries, by_phone) = compose(&searches, &contacts, 1);
+        let (inquiries, by_phone) = compose(&searches, &contacts);
         assert_eq!(inquiries[0].email, "full@example.org");
         assert_eq!(inquiries[0].patients.len(), MAX_PATIENTS);
         assert_eq!(

@@ -1,14 +1,18 @@
-//! The matching rules of DOMAIN.md as pure functions: whether a therapist
-//! is a candidate for a patient (hard constraints 1-9, each rejection
-//! naming its rule, so a person can read why a therapist was not
-//! contacted), and the baseline ranking of candidates, replaceable as one
-//! function. [`index`] finds the therapists near a patient on a grid in
-//! memory.
+//! The matcher: the matching rules of DOMAIN.md as pure functions
+//! ([`rules`]: whether a therapist is a candidate for a patient, hard
+//! constraints 1-9, each rejection naming its rule; the baseline ranking,
+//! replaceable as one function), the candidate search on a grid in memory
+//! ([`index`]), inquiries composed per practice ([`inquiries`]), and the
+//! processor that runs them on the stream ([`processor`], state in
+//! [`state`]).
 
 pub mod index;
 pub mod inquiries;
+pub mod processor;
 pub mod rules;
+pub mod state;
 
+pub use processor::{Matcher, MatcherConfig};
 pub use rules::{
     Gender, GenderPreference, History, Patient, Procedure, Rule, Therapist, Verdict, check, rank,
 };

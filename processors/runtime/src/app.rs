@@ -39,7 +39,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
 use serde_json::{Value as Json, json};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,12 +114,7 @@ pub async fn run_with<P: Processor>(
         .topics
         .topics
         .iter()
-        .filter(|t| {
-            t.config
-                .get("cleanup.policy")
-                .and_then(|v| v.as_str())
-                .is_some_and(|p| p.contains("compact"))
-        })
+        .filter(|t| t.compacted())
         .map(|t| t.name.clone())
         .collect();
     let shared = Arc::new(Shared {
@@ -982,6 +977,8 @@ impl From<sqlx::Error> for BatchError {
 enum Decoded {
     Good(Box<Incoming>),
     Bad(ErrorCode, String),
+    /// A key without a value on a compacted topic: erasure, nothing to do.
+    Tombstone,
 }
 
 fn decode_error(error: codec::ReadError) -> Result<(ErrorCode, String), BatchError> {
@@ -1006,6 +1003,9 @@ async fn decode<P: Processor>(
         ));
     };
     let Some(bytes) = message.payload() else {
+        if shared.compacted.contains(&logical) && message.key().is_some() {
+            return Ok(Decoded::Tombstone);
+        }
         return Ok(Decoded::Bad(
             ErrorCode::NotWireFormat,
             "the record has no value".into(),
@@ -1136,7 +1136,7 @@ async fn process_batch<P: Processor>(
         .iter()
         .filter_map(|d| match d {
             Decoded::Good(record) => Some(record.envelope.event_id),
-            Decoded::Bad(..) => None,
+            Decoded::Bad(..) | Decoded::Tombstone => None,
         })
         .collect();
     let exactly = shared.config.guarantee == Guarantee::EffectivelyOnce;
@@ -1172,6 +1172,7 @@ async fn process_batch<P: Processor>(
                 outgoing.push(dead_letter(shared, message, code, &reason));
                 continue;
             }
+            Decoded::Tombstone => continue,
             Decoded::Good(record) => record,
         };
         let id = record.envelope.event_id;
@@ -1188,16 +1189,15 @@ async fn process_batch<P: Processor>(
     let mut scratch = Scratch::default();
     if !work.is_empty() {
         let records: Vec<&Incoming> = work.iter().map(|(_, r)| r).collect();
-        let mut batch_ctx = BatchContext {
-            db: &mut tx,
-            pool: &shared.pool,
-            scratch: &mut scratch,
-        };
+        let mut batch_ctx = batch_context(shared, &mut tx, &mut scratch, &work, now, "begin");
         shared
             .processor
             .begin_batch(&mut batch_ctx, &records)
             .await
             .map_err(batch_error)?;
+        for (topic, key, envelope) in std::mem::take(&mut batch_ctx.emitted) {
+            outgoing.push(encode(shared, &topic, key, &envelope).await?);
+        }
     }
     for (message, record) in &work {
         let id = record.envelope.event_id;
@@ -1267,16 +1267,15 @@ async fn process_batch<P: Processor>(
         }
     }
     if !work.is_empty() {
-        let mut batch_ctx = BatchContext {
-            db: &mut tx,
-            pool: &shared.pool,
-            scratch: &mut scratch,
-        };
+        let mut batch_ctx = batch_context(shared, &mut tx, &mut scratch, &work, now, "finish");
         shared
             .processor
             .finish_batch(&mut batch_ctx)
             .await
             .map_err(batch_error)?;
+        for (topic, key, envelope) in std::mem::take(&mut batch_ctx.emitted) {
+            outgoing.push(encode(shared, &topic, key, &envelope).await?);
+        }
     }
     if exactly {
         insert_outbox(shared, &mut tx, &outgoing).await?;
@@ -1445,6 +1444,31 @@ fn dead_letter<P: Processor>(
             .map(|k| String::from_utf8_lossy(k).into_owned()),
         value: message.payload().map(<[u8]>::to_vec),
         headers,
+    }
+}
+
+/// The context of a batch hook; `work` is not empty.
+fn batch_context<'a, P: Processor>(
+    shared: &'a Shared<P>,
+    tx: &'a mut PgConnection,
+    scratch: &'a mut Scratch,
+    work: &[(&OwnedMessage, Incoming)],
+    now: chrono::DateTime<chrono::Utc>,
+    phase: &'static str,
+) -> BatchContext<'a> {
+    BatchContext {
+        db: tx,
+        pool: &shared.pool,
+        scratch,
+        contracts: shared.contracts,
+        producer: shared.processor.name(),
+        now,
+        batch_id: work
+            .last()
+            .map(|(_, r)| r.envelope.event_id)
+            .unwrap_or_default(),
+        phase,
+        emitted: Vec::new(),
     }
 }
 

@@ -149,6 +149,17 @@ pub struct BatchContext<'a> {
     pub(crate) db: &'a mut PgConnection,
     pub(crate) pool: &'a PgPool,
     pub(crate) scratch: &'a mut Scratch,
+    pub(crate) contracts: &'static Contracts,
+    pub(crate) producer: &'static str,
+    pub(crate) now: DateTime<Utc>,
+    /// The event id of the batch's last record: what the ids of records
+    /// emitted for the whole batch derive from.
+    pub(crate) batch_id: Uuid,
+    /// `begin` or `finish`: records emitted at the start and at the end of
+    /// the same batch get different ids.
+    pub(crate) phase: &'static str,
+    /// Records emitted so far, encoded by the runtime after the hook.
+    pub(crate) emitted: Vec<(String, String, Envelope)>,
 }
 
 impl BatchContext<'_> {
@@ -166,6 +177,100 @@ impl BatchContext<'_> {
     pub fn scratch<T: Default + Send + 'static>(&mut self) -> &mut T {
         self.scratch.get()
     }
+
+    /// Processing time (the batch's start), as [`Context::now`].
+    pub fn now(&self) -> DateTime<Utc> {
+        self.now
+    }
+
+    /// Emits a record for the batch as a whole (decisions that weigh all
+    /// its records together), keyed like [`Context::emit`]. Its event id
+    /// derives from the batch's last record: the records land in the outbox
+    /// with the batch's offsets, so a batch that committed is never
+    /// processed again and one that did not emitted nothing.
+    pub fn emit(
+        &mut self,
+        topic: &str,
+        event_type: &str,
+        payload: Json,
+    ) -> Result<(), ProcessError> {
+        let index = self.emitted.len();
+        let event_id = Uuid::new_v5(
+            &self.batch_id,
+            format!("batch/{}/{index}", self.phase).as_bytes(),
+        );
+        let record = envelope_for(
+            self.contracts,
+            self.producer,
+            self.now,
+            Outline {
+                topic,
+                event_type,
+                key: None,
+                key_fields: None,
+                event_id,
+                correlation_id: None,
+            },
+            payload,
+        )?;
+        self.emitted.push(record);
+        Ok(())
+    }
+}
+
+/// Where an emitted record goes and what identifies it.
+struct Outline<'a> {
+    topic: &'a str,
+    event_type: &'a str,
+    /// The key, when not taken from the payload's key fields.
+    key: Option<String>,
+    /// The payload fields the key comes from; the topic's by default.
+    key_fields: Option<&'a [String]>,
+    event_id: Uuid,
+    correlation_id: Option<String>,
+}
+
+/// The envelope of an emitted record, checked against its topic's schema.
+fn envelope_for(
+    contracts: &'static Contracts,
+    producer: &str,
+    now: DateTime<Utc>,
+    outline: Outline<'_>,
+    payload: Json,
+) -> Result<(String, String, Envelope), ProcessError> {
+    let Outline {
+        topic,
+        event_type,
+        key,
+        key_fields,
+        event_id,
+        correlation_id,
+    } = outline;
+    let bug = |reason: String| ProcessError::Invalid {
+        code: ErrorCode::OutputDoesNotFit,
+        reason,
+    };
+    let (spec, schema) = contracts.topic(topic).map_err(|e| bug(e.to_string()))?;
+    let key_fields = key_fields.unwrap_or(&spec.key_fields);
+    let converted = envelope::payload_of(schema, event_type, &payload)
+        .map_err(|e| bug(format!("{producer} emitted a record that {e}")))?;
+    let key = key
+        .or_else(|| envelope::key_of(&payload, key_fields))
+        .ok_or_else(|| {
+            bug(format!(
+                "{producer} emitted a {event_type} without any of {key_fields:?}"
+            ))
+        })?;
+    let envelope = Envelope {
+        event_id,
+        event_type: event_type.to_string(),
+        version: 1,
+        timestamp_millis: now.timestamp_millis(),
+        producer: producer.to_string(),
+        correlation_id,
+        payload: converted,
+    };
+    Ok((topic.to_string(), key, envelope))
 }
 
 /// What a processor can do while handling a record.
@@ -221,11 +326,7 @@ impl<'a> Context<'a> {
         event_type: &str,
         payload: Json,
     ) -> Result<(), ProcessError> {
-        let key_fields = match self.contracts.topics.topic(topic) {
-            Some(spec) => spec.key_fields.clone(),
-            None => Vec::new(),
-        };
-        self.push(topic, event_type, payload, &key_fields)
+        self.push(topic, event_type, payload, None, None)
     }
 
     /// Writes a tombstone for `key` on a compacted `topic`: once the topic
@@ -259,18 +360,17 @@ impl<'a> Context<'a> {
         // On a compacted topic the subject's own key holds its latest state
         // (a patient's profile): a rejection under that key would replace
         // it when the topic is compacted. It goes under `<subject>/rejected`.
-        let compacted = self.contracts.topics.topic(topic).is_some_and(|spec| {
-            spec.config
-                .get("cleanup.policy")
-                .and_then(|v| v.as_str())
-                .is_some_and(|p| p.contains("compact"))
-        });
+        let compacted = self
+            .contracts
+            .topics
+            .topic(topic)
+            .is_some_and(|spec| spec.compacted());
         let key = compacted.then(|| rejection_key(&self.source.key));
-        self.push_keyed(
+        self.push(
             topic,
             "command.rejected",
             payload,
-            &["subject_id".to_string()],
+            Some(&["subject_id".to_string()]),
             key,
         )
     }
@@ -280,47 +380,25 @@ impl<'a> Context<'a> {
         topic: &str,
         event_type: &str,
         payload: Json,
-        key_fields: &[String],
-    ) -> Result<(), ProcessError> {
-        self.push_keyed(topic, event_type, payload, key_fields, None)
-    }
-
-    fn push_keyed(
-        &mut self,
-        topic: &str,
-        event_type: &str,
-        payload: Json,
-        key_fields: &[String],
+        key_fields: Option<&[String]>,
         key: Option<String>,
     ) -> Result<(), ProcessError> {
-        let bug = |reason: String| ProcessError::Invalid {
-            code: ErrorCode::OutputDoesNotFit,
-            reason,
-        };
-        let (_, schema) = self
-            .contracts
-            .topic(topic)
-            .map_err(|e| bug(e.to_string()))?;
-        let converted = envelope::payload_of(schema, event_type, &payload)
-            .map_err(|e| bug(format!("{} emitted a record that {e}", self.producer)))?;
-        let key = key
-            .or_else(|| envelope::key_of(&payload, key_fields))
-            .ok_or_else(|| {
-                bug(format!(
-                    "{} emitted a {event_type} without any of {key_fields:?}",
-                    self.producer
-                ))
-            })?;
-        let envelope = Envelope {
-            event_id: derived_event_id(&self.source.envelope.event_id, self.emitted.len()),
-            event_type: event_type.to_string(),
-            version: 1,
-            timestamp_millis: self.now.timestamp_millis(),
-            producer: self.producer.to_string(),
-            correlation_id: self.source.envelope.correlation_id.clone(),
-            payload: converted,
-        };
-        self.emitted.push((topic.to_string(), key, envelope));
+        let event_id = derived_event_id(&self.source.envelope.event_id, self.emitted.len());
+        let record = envelope_for(
+            self.contracts,
+            self.producer,
+            self.now,
+            Outline {
+                topic,
+                event_type,
+                key,
+                key_fields,
+                event_id,
+                correlation_id: self.source.envelope.correlation_id.clone(),
+            },
+            payload,
+        )?;
+        self.emitted.push(record);
         Ok(())
     }
 }

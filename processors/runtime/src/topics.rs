@@ -69,6 +69,17 @@ pub struct TopicSpec {
     pub config: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
+impl TopicSpec {
+    /// Whether the topic is compacted (the latest record per key is kept;
+    /// a key without a value is a tombstone).
+    pub fn compacted(&self) -> bool {
+        self.config
+            .get("cleanup.policy")
+            .and_then(|v| v.as_str())
+            .is_some_and(|p| p.contains("compact"))
+    }
+}
+
 /// A topic with defaults applied and configs as strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredTopic {

@@ -1,0 +1,1078 @@
+//! The matcher processor: folds patient, therapist, geocoding and email
+//! events into its [`World`], and at the end of every batch runs the
+//! searches the batch touched: candidates by the rules, ranking, inquiries
+//! composed per practice, email commands, and the explanation of each
+//! decision. Answers recorded by people place patients, start cooling
+//! periods and decline politely when a patient is placed already.
+//!
+//! Batches take turns on one row lock (`matcher.world`): matching weighs
+//! every search against every practice, so replicas of the matcher share
+//! the load by turns and stay consistent; a replica whose memory is behind
+//! the committed version reloads it.
+
+use crate::index::Found;
+use crate::inquiries::{self, Search};
+use crate::rules::{self, Rule, Verdict};
+use crate::state::{InquiryRecord, SearchRecord, TherapistRecord, World, coordinates};
+use chrono::{DateTime, Duration, Utc};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts};
+use psymatch_runtime::config::Vars;
+use psymatch_runtime::errors::ErrorCode;
+use psymatch_runtime::processor::{BatchContext, Context, Incoming, ProcessError, Processor};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use tokio::sync::Mutex;
+
+const EVENTS: &str = "matching-events";
+/// More therapists changed in one batch than this: every active search runs
+/// instead of looking for the searches near each.
+const MANY_CHANGES: usize = 200;
+/// An explanation published on its own lists at most this many therapists
+/// (chosen and candidates first, then the nearest rejected): every search
+/// publishes one, and a city's search considers a thousand practices.
+pub const BRIEF_DECISIONS: usize = 25;
+/// An explanation a person asked for (`matching.run` for one patient)
+/// lists up to this many.
+pub const FULL_DECISIONS: usize = 5_000;
+/// Candidates of a search handed to composing, best first: its quota of
+/// practices, with room to skip full practices and colleagues.
+const COMPOSE_DEPTH: usize = 50;
+
+/// The matcher's settings.
+#[derive(Debug, Clone)]
+pub struct MatcherConfig {
+    /// Practices each search is offered to at once (`INQUIRIES_PER_PATIENT`).
+    pub per_patient: usize,
+    /// Cooling period after any answer (`COOLING_DAYS`).
+    pub cooling: Duration,
+    /// No answer this long after the email: phone (`FOLLOW_UP_DAYS`).
+    pub follow_up: Duration,
+}
+
+impl MatcherConfig {
+    /// Reads the settings (defaults: 3 practices, 28 days, 7 days).
+    pub fn from_vars(vars: Vars<'_>) -> anyhow::Result<MatcherConfig> {
+        let per_patient = vars.number("INQUIRIES_PER_PATIENT", 3usize)?;
+        anyhow::ensure!(
+            (1..=50).contains(&per_patient),
+            "INQUIRIES_PER_PATIENT must be 1 to 50"
+        );
+        Ok(MatcherConfig {
+            per_patient,
+            cooling: Duration::days(vars.number("COOLING_DAYS", 28i64)?),
+            follow_up: Duration::days(vars.number("FOLLOW_UP_DAYS", 7i64)?),
+        })
+    }
+
+    /// The settings from the process environment.
+    pub fn from_env() -> anyhow::Result<MatcherConfig> {
+        let vars: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+        MatcherConfig::from_vars(Vars(&vars))
+    }
+}
+
+impl Default for MatcherConfig {
+    fn default() -> Self {
+        MatcherConfig::from_vars(Vars(&BTreeMap::new())).expect("defaults are valid")
+    }
+}
+
+struct Metrics {
+    decisions: IntCounterVec,
+    search_seconds: Histogram,
+}
+
+/// The matcher processor.
+pub struct Matcher {
+    config: MatcherConfig,
+    world: Mutex<World>,
+    metrics: Metrics,
+}
+
+impl Matcher {
+    /// A matcher with these settings; its state loads with the first batch.
+    pub fn new(config: MatcherConfig) -> Matcher {
+        Matcher {
+            config,
+            world: Mutex::new(World::default()),
+            metrics: Metrics {
+                decisions: IntCounterVec::new(
+                    Opts::new(
+                        "matcher_decisions_total",
+                        "Matcher decisions: inquiries, placements, declines, follow-ups, exhausted searches.",
+                    ),
+                    &["decision"],
+                )
+                .expect("valid metric"),
+                search_seconds: Histogram::with_opts(
+                    HistogramOpts::new(
+                        "matcher_search_seconds",
+                        "Candidate search and ranking for one patient.",
+                    )
+                    .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]),
+                )
+                .expect("valid metric"),
+            },
+        }
+    }
+
+    fn count(&self, decision: &str, n: usize) {
+        self.metrics
+            .decisions
+            .with_label_values(&[decision])
+            .inc_by(n as u64);
+    }
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_string()
+}
+
+fn time(value: &Value) -> Option<DateTime<Utc>> {
+    value.as_str()?.parse().ok()
+}
+
+impl Matcher {
+    fn patient_event(&self, world: &mut World, record: &Incoming, now: DateTime<Utc>) {
+        let p = &record.payload;
+        let id = text(&p["patient_id"]);
+        match record.event_type() {
+            "patient.erased" => {
+                let keep_log = p["keep_contact_log"].as_bool().unwrap_or(false);
+                erase(world, &id, keep_log);
+            }
+            "patient.registered" | "patient.updated" | "patient.search_status_changed" => {
+                let profile = p["profile"].clone();
+                let requested = text(&profile["status"]);
+                let old = world.searches.get(&id).cloned();
+                let mut search = old.clone().unwrap_or(SearchRecord {
+                    profile: Value::Null,
+                    status: "ACTIVE".into(),
+                    placed: None,
+                    excluded: Default::default(),
+                    travel: BTreeMap::new(),
+                    travel_request: None,
+                    exhausted: false,
+                    since: now,
+                });
+                // Travel times hold for one home and one mode of transport.
+                let moved = search.profile["coordinates"] != profile["coordinates"]
+                    || search.profile["transport"] != profile["transport"];
+                if moved {
+                    search.travel.clear();
+                    search.travel_request = None;
+                }
+                search.profile = profile;
+                // A placement stands until the search is cancelled.
+                if search.status != "PLACED" || requested == "CANCELLED" {
+                    search.status = requested.clone();
+                }
+                search.exhausted = false;
+                let paused =
+                    search.status == "PAUSED" && old.as_ref().is_none_or(|o| o.status != "PAUSED");
+                let active = search.status == "ACTIVE";
+                world.put_search(&id, search);
+                if paused {
+                    world.pending_pause.push((id.clone(), p["reason"].clone()));
+                }
+                if active {
+                    world.to_match.insert(id.clone());
+                    world.to_explain.insert(id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn therapist_event(&self, world: &mut World, record: &Incoming, now: DateTime<Utc>) {
+        let p = &record.payload;
+        let id = text(&p["therapist_id"]);
+        if id.is_empty() || record.event_type() == "command.rejected" {
+            return;
+        }
+        let mut therapist = world
+            .therapists
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| TherapistRecord::new(now));
+        let mut opened = false;
+        match record.event_type() {
+            "therapist.discovered" | "therapist.updated" => {
+                therapist.details = Some(p["details"].clone());
+                therapist.source = p["source"].as_str().map(str::to_string);
+                therapist.removed = false;
+                opened = true;
+            }
+            "therapist.removed" => therapist.removed = true,
+            "therapist.blocked" => therapist.blocked = Some(text(&p["reason"])),
+            "therapist.unblocked" => {
+                therapist.blocked = None;
+                opened = true;
+            }
+            "therapist.free_places_changed" => {
+                therapist.individual_from =
+                    p["individual_from"].as_str().and_then(|d| d.parse().ok());
+                therapist.group_from = p["group_from"].as_str().and_then(|d| d.parse().ok());
+                opened = true;
+            }
+            "therapist.preferences_changed" => {
+                therapist.min_age = p["min_age"].as_i64().map(|a| a as i32);
+                therapist.max_age = p["max_age"].as_i64().map(|a| a as i32);
+                therapist.genders = p["genders"]
+                    .as_array()
+                    .map(|g| {
+                        g.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                therapist.prefers_group = p["prefers_group"].as_bool().unwrap_or(false);
+                opened = true;
+            }
+            _ => return,
+        }
+        world.put_therapist(&id, therapist);
+        if opened {
+            world.changed_therapists.insert(id);
+        }
+    }
+
+    fn geocoded(&self, world: &mut World, record: &Incoming) {
+        let p = &record.payload;
+        let request = text(&p["request_id"]);
+        if let Some(therapist) = request.strip_prefix("therapist-") {
+            if let (Some(position), Some(mut t)) = (
+                coordinates(&p["position"]),
+                world.therapists.get(therapist).cloned(),
+            ) {
+                t.geocoded = Some(position);
+                world.put_therapist(therapist, t);
+                world.changed_therapists.insert(therapist.to_string());
+            }
+            return;
+        }
+        let Some(patient) = request
+            .strip_prefix("travel-")
+            .and_then(|rest| rest.rsplit_once('-'))
+            .map(|(patient, _)| patient.to_string())
+        else {
+            return;
+        };
+        let Some(mut search) = world.searches.get(&patient).cloned() else {
+            return;
+        };
+        let Some((awaited, asked)) = search.travel_request.clone() else {
+            return;
+        };
+        if awaited != request {
+            return; // an answer for an earlier home or mode
+        }
+        let mut answered = std::collections::HashSet::new();
+        for result in p["results"].as_array().into_iter().flatten() {
+            if let Some(seconds) = result["duration_seconds"].as_f64() {
+                let therapist = text(&result["destination_id"]);
+                search.travel.insert(therapist.clone(), seconds / 60.0);
+                answered.insert(therapist);
+            }
+        }
+        // No time from the geocoder (failure, no route): the straight line
+        // at 30 km/h, the ranking's own stand-in, decides.
+        let home = world.patients.get(&patient).and_then(|p| p.position);
+        for therapist in asked.iter().filter(|t| !answered.contains(*t)) {
+            let practice = world.index.get(therapist).and_then(|t| t.position);
+            if let (Some(home), Some(practice)) = (home, practice) {
+                search
+                    .travel
+                    .insert(therapist.clone(), rules::distance_km(home, practice) * 2.0);
+            }
+        }
+        search.travel_request = None;
+        world.put_search(&patient, search);
+        world.to_match.insert(patient.clone());
+        world.to_explain.insert(patient);
+    }
+
+    fn communication(&self, world: &mut World, record: &Incoming) {
+        let p = &record.payload;
+        let inquiries: Vec<String> = p["inquiry_ids"]
+            .as_array()
+            .map(|ids| ids.iter().map(text).collect())
+            .unwrap_or_else(|| vec![text(&p["inquiry_id"])]);
+        match record.event_type() {
+            "email.sent" => {
+                let at = time(&p["sent_at"]);
+                let mut practices = Vec::new();
+                for id in &inquiries {
+                    if let Some(mut inquiry) = world.inquiries.get(id).cloned() {
+                        inquiry.sent_at = inquiry.sent_at.or(at);
+                        practices.push(inquiry.email.clone());
+                        world.put_inquiry(id, inquiry);
+                    }
+                }
+                practices.dedup();
+                for email in practices {
+                    let members: Vec<String> = world
+                        .members
+                        .get(&email)
+                        .map(|m| m.iter().cloned().collect())
+                        .unwrap_or_default();
+                    for member in members {
+                        if let Some(mut t) = world.therapists.get(&member).cloned() {
+                            t.last_contact = t.last_contact.max(at);
+                            world.put_therapist(&member, t);
+                        }
+                    }
+                }
+            }
+            "email.failed" if p["permanent"].as_bool() == Some(true) => {
+                for id in &inquiries {
+                    if let Some(mut inquiry) = world.inquiries.get(id).cloned()
+                        && inquiry.open()
+                    {
+                        inquiry.failed = true;
+                        for patient in &inquiry.patients {
+                            world.to_match.insert(patient.clone());
+                        }
+                        world.put_inquiry(id, inquiry);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn answer(
+        &self,
+        world: &mut World,
+        ctx: &mut Context<'_>,
+        record: &Incoming,
+    ) -> Result<(), ProcessError> {
+        let p = &record.payload;
+        let id = text(&p["inquiry_id"]);
+        let Some(mut inquiry) = world.inquiries.get(&id).cloned() else {
+            let reason = format!("inquiry {id} is not known");
+            return ctx.reject(EVENTS, ErrorCode::UnknownSubject, &reason);
+        };
+        let therapist = text(&p["therapist_id"]);
+        let of_practice = therapist == inquiry.therapist_id
+            || world
+                .members
+                .get(&inquiry.email)
+                .is_some_and(|m| m.contains(&therapist));
+        if !of_practice {
+            let reason = format!(
+                "inquiry {id} went to therapist {}, not to {therapist}",
+                inquiry.therapist_id
+            );
+            return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &reason);
+        }
+        if let Some(at) = inquiry.answered_at {
+            let reason = format!(
+                "inquiry {id} was answered already on {}",
+                at.format("%Y-%m-%d")
+            );
+            return ctx.reject(EVENTS, ErrorCode::InvalidState, &reason);
+        }
+        let mut answers: Vec<(String, String)> = Vec::new();
+        for answer in p["answers"].as_array().into_iter().flatten() {
+            let patient = text(&answer["patient_id"]);
+            if !inquiry.patients.contains(&patient) {
+                let reason = format!("patient {patient} is not in inquiry {id}");
+                return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &reason);
+            }
+            if answers.iter().any(|(p, _)| *p == patient) {
+                let reason = format!("patient {patient} is answered twice");
+                return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &reason);
+            }
+            answers.push((patient, text(&answer["outcome"])));
+        }
+        if answers.is_empty() {
+            return ctx.reject(
+                EVENTS,
+                ErrorCode::InvalidCommand,
+                "an answer names at least one patient",
+            );
+        }
+        let answered_at = time(&p["answered_at"]).unwrap_or(ctx.now());
+        if answered_at > ctx.now() + Duration::hours(1) {
+            let reason = format!("answered_at {answered_at} is in the future");
+            return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &reason);
+        }
+        let accepted = answers.iter().filter(|(_, o)| o == "ACCEPTED").count();
+        let outcome = if accepted == inquiry.patients.len() {
+            "FULLY_ACCEPTED"
+        } else if accepted > 0 {
+            "PARTLY_ACCEPTED"
+        } else {
+            "FULLY_REJECTED"
+        };
+        let cooling_until = answered_at + self.config.cooling;
+        inquiry.answered_at = Some(answered_at);
+        inquiry.answers = answers.iter().cloned().collect();
+        let practice = inquiry.email.clone();
+        let recipient_id = inquiry.therapist_id.clone();
+        let patients = inquiry.patients.clone();
+        world.put_inquiry(&id, inquiry);
+        ctx.emit(
+            EVENTS,
+            "matching.inquiry_answered",
+            json!({"inquiry_id": id, "therapist_id": recipient_id, "outcome": outcome,
+                   "answers": answers.iter().map(|(p, o)| json!({"patient_id": p, "outcome": o})).collect::<Vec<_>>(),
+                   "cooling_until": cooling_until.to_rfc3339()}),
+        )?;
+        // The practice as a whole cools down: it was written to as one.
+        let mut members: Vec<String> = world
+            .members
+            .get(&practice)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default();
+        members.push(recipient_id.clone());
+        for member in &members {
+            if let Some(mut t) = world.therapists.get(member).cloned() {
+                t.cooling_until = t.cooling_until.max(Some(cooling_until));
+                world.put_therapist(member, t);
+            }
+        }
+        for (patient, outcome) in &answers {
+            if outcome == "REJECTED_NOT_SUITABLE"
+                && let Some(mut search) = world.searches.get(patient).cloned()
+            {
+                // Not suitable is not a matter of time: never this practice again.
+                search.excluded.extend(members.iter().cloned());
+                world.put_search(patient, search);
+            }
+            if outcome != "ACCEPTED" {
+                continue;
+            }
+            let placeable = world
+                .searches
+                .get(patient)
+                .is_some_and(|s| s.status == "ACTIVE" || s.status == "PAUSED");
+            if placeable {
+                let mut search = world.searches[patient].clone();
+                search.status = "PLACED".into();
+                search.placed = Some((recipient_id.clone(), id.clone()));
+                world.put_search(patient, search);
+                ctx.emit(
+                    EVENTS,
+                    "matching.patient_placed",
+                    json!({"patient_id": patient, "therapist_id": recipient_id, "inquiry_id": id}),
+                )?;
+                self.count("placed", 1);
+            } else {
+                // First acceptance wins; the others are thanked.
+                let recipient = world
+                    .therapists
+                    .get(&recipient_id)
+                    .map(TherapistRecord::recipient)
+                    .unwrap_or(Value::Null);
+                ctx.emit(
+                    "email-commands",
+                    "email.send_templated",
+                    json!({"message_id": format!("decline-{id}-{patient}"), "therapist_id": recipient_id,
+                           "template": "decline", "recipient": recipient,
+                           "variables": {"inquiry_id": id, "patient_id": patient,
+                                         "date": answered_at.format("%Y-%m-%d").to_string()}}),
+                )?;
+                self.count("declined", 1);
+            }
+        }
+        // The others of the inquiry look further.
+        for patient in patients {
+            if world
+                .searches
+                .get(&patient)
+                .is_some_and(|s| s.status == "ACTIVE")
+            {
+                world.to_match.insert(patient);
+            }
+        }
+        Ok(())
+    }
+
+    fn exclude(
+        &self,
+        world: &mut World,
+        ctx: &mut Context<'_>,
+        record: &Incoming,
+    ) -> Result<(), ProcessError> {
+        let p = &record.payload;
+        let patient = text(&p["patient_id"]);
+        let therapist = text(&p["therapist_id"]);
+        let Some(mut search) = world.searches.get(&patient).cloned() else {
+            let reason = format!("patient {patient} has no search");
+            return ctx.reject(EVENTS, ErrorCode::UnknownSubject, &reason);
+        };
+        if !world.therapists.contains_key(&therapist) {
+            let reason = format!("therapist {therapist} is not known");
+            return ctx.reject(EVENTS, ErrorCode::UnknownSubject, &reason);
+        }
+        search.excluded.insert(therapist);
+        world.put_search(&patient, search);
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        world: &mut World,
+        ctx: &mut Context<'_>,
+        record: &Incoming,
+    ) -> Result<(), ProcessError> {
+        let p = &record.payload;
+        match p["patient_id"].as_str() {
+            Some(patient) => {
+                let Some(search) = world.searches.get(patient) else {
+                    let reason = format!("patient {patient} has no search");
+                    return ctx.reject(EVENTS, ErrorCode::UnknownSubject, &reason);
+                };
+                if search.status != "ACTIVE" {
+                    let reason = format!(
+                        "the search of patient {patient} is {}, not active",
+                        search.status.to_lowercase()
+                    );
+                    return ctx.reject(EVENTS, ErrorCode::InvalidState, &reason);
+                }
+                world.to_match.insert(patient.to_string());
+                world.to_explain.insert(patient.to_string());
+                world.explain_fully.insert(patient.to_string());
+            }
+            None => {
+                let active: Vec<String> = world
+                    .searches
+                    .iter()
+                    .filter(|(_, s)| s.status == "ACTIVE")
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                world.to_match.extend(active);
+            }
+        }
+        world.run_id = Some(text(&p["run_id"]));
+        Ok(())
+    }
+
+    /// Follow-ups for inquiries without an answer, and a run of the active
+    /// searches no inquiry holds (the stale ones).
+    fn sweep(&self, world: &mut World, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let now = ctx.now();
+        let mut due: Vec<(String, InquiryRecord)> = world
+            .inquiries
+            .iter()
+            .filter(|(_, i)| {
+                i.open()
+                    && !i.follow_up_due
+                    && i.sent_at
+                        .is_some_and(|at| at + self.config.follow_up <= now)
+            })
+            .map(|(id, i)| (id.clone(), i.clone()))
+            .collect();
+        due.sort_by(|a, b| a.0.cmp(&b.0));
+        for (id, mut inquiry) in due {
+            ctx.emit(
+                EVENTS,
+                "matching.follow_up_due",
+                json!({"inquiry_id": id, "therapist_id": inquiry.therapist_id}),
+            )?;
+            inquiry.follow_up_due = true;
+            world.put_inquiry(&id, inquiry);
+            self.count("follow_up_due", 1);
+        }
+        let stale: Vec<String> = world
+            .searches
+            .iter()
+            .filter(|(id, s)| {
+                s.status == "ACTIVE" && world.open_by_patient.get(*id).is_none_or(|o| o.is_empty())
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        world.to_match.extend(stale);
+        Ok(())
+    }
+
+    /// The searches near the therapists that changed in this batch.
+    fn near_changes(&self, world: &mut World) {
+        let changed = std::mem::take(&mut world.changed_therapists);
+        if changed.is_empty() {
+            return;
+        }
+        let active = world
+            .searches
+            .iter()
+            .filter(|(_, s)| s.status == "ACTIVE")
+            .map(|(id, _)| id.clone());
+        if changed.len() > MANY_CHANGES {
+            let all: Vec<String> = active.collect();
+            world.to_match.extend(all);
+            return;
+        }
+        let positions: Vec<(f64, f64)> = changed
+            .iter()
+            .filter_map(|id| world.index.get(id).and_then(|t| t.position))
+            .collect();
+        let near: Vec<String> = active
+            .filter(|id| {
+                world.patients.get(id).is_some_and(|p| {
+                    p.position.is_some_and(|home| {
+                        let reach = p.max_distance_km.unwrap_or(
+                            p.max_travel_minutes
+                                .map_or(rules::DEFAULT_LIMIT_KM, |m| m * 100.0 / 60.0),
+                        );
+                        positions
+                            .iter()
+                            .any(|t| rules::distance_km(home, *t) <= reach)
+                    })
+                })
+            })
+            .collect();
+        world.to_match.extend(near);
+    }
+
+    /// Runs the searches of the batch: one pass of the rules per search,
+    /// then inquiries composed over all of them together.
+    fn match_searches(
+        &self,
+        world: &mut World,
+        batch: &mut BatchContext<'_>,
+    ) -> Result<(), ProcessError> {
+        self.near_changes(world);
+        let now = batch.now();
+        let mut order: Vec<(DateTime<Utc>, String)> = std::mem::take(&mut world.to_match)
+            .into_iter()
+            .filter_map(|id| {
+                let s = world.searches.get(&id)?;
+                (s.status == "ACTIVE").then_some((s.since, id))
+            })
+            .collect();
+        order.sort();
+        let explain = std::mem::take(&mut world.to_explain);
+        let fully = std::mem::take(&mut world.explain_fully);
+        let run_id = world
+            .run_id
+            .take()
+            .unwrap_or_else(|| format!("batch-{}", world.base + 1));
+        let empty = HashMap::new();
+        let mut evaluated: Vec<(String, Vec<String>, Vec<Others>)> = Vec::new();
+        let mut travel_requests = Vec::new();
+        let mut exhausted = Vec::new();
+        let mut searches: Vec<Search<'_>> = Vec::new();
+        let mut found = Vec::new();
+        for (_, id) in &order {
+            let (Some(patient), Some(search)) = (world.patients.get(id), world.searches.get(id))
+            else {
+                continue;
+            };
+            if patient.position.is_none() {
+                continue; // waits for the geocoder
+            }
+            let started = std::time::Instant::now();
+            let travel: HashMap<String, f64> = if search.travel.is_empty() {
+                empty.clone()
+            } else {
+                search.travel.iter().map(|(k, v)| (k.clone(), *v)).collect()
+            };
+            world
+                .index
+                .search_into(patient, &world.history, now, &travel, &mut found);
+            let mut candidates: Vec<rules::Ranked<'_>> = Vec::new();
+            let mut needs_time = Vec::new();
+            let mut waiting = false;
+            for f in &found {
+                match &f.verdict {
+                    Verdict::Candidate { km, minutes } => {
+                        candidates.push((world.index.at(f.therapist), *km, *minutes))
+                    }
+                    Verdict::NeedsTravelTime { .. } => needs_time.push(f.therapist),
+                    Verdict::Rejected(Rule::Pending | Rule::Cooling(_)) => waiting = true,
+                    Verdict::Rejected(_) => {}
+                }
+            }
+            let shown = if fully.contains(id) {
+                FULL_DECISIONS
+            } else {
+                BRIEF_DECISIONS
+            };
+            rules::rank_best(&mut candidates, now.date_naive(), shown.max(COMPOSE_DEPTH));
+            self.metrics
+                .search_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if !needs_time.is_empty() {
+                // Ask the geocoder once; the answer runs the search again.
+                if search.travel_request.is_none() {
+                    travel_requests.push((id.clone(), needs_time));
+                }
+                continue;
+            }
+            let open = world.open_by_patient.get(id).map_or(0, |o| o.len());
+            if candidates.is_empty() && open == 0 && !waiting {
+                if !search.exhausted {
+                    exhausted.push((id.clone(), found.len()));
+                }
+                continue;
+            }
+            // Only as many as an explanation can show.
+            let ranked: Vec<String> = candidates
+                .iter()
+                .take(shown)
+                .map(|(t, _, _)| t.id.clone())
+                .collect();
+            let others = nearest_others(&found, shown);
+            searches.push(Search {
+                patient: id.clone(),
+                quota: self.config.per_patient.saturating_sub(open),
+                // Enough to skip full and shared practices.
+                candidates: candidates
+                    .iter()
+                    .take(COMPOSE_DEPTH)
+                    .map(|(t, _, _)| *t)
+                    .collect(),
+            });
+            evaluated.push((id.clone(), ranked, others));
+        }
+        let (composed, by_phone) = inquiries::compose(&searches, &*world);
+        drop(searches);
+        if !by_phone.is_empty() {
+            tracing::debug!(count = by_phone.len(), "candidates reachable by phone only");
+        }
+
+        // Inquiries and their emails.
+        let mut chosen: HashMap<String, Vec<String>> = HashMap::new();
+        for (n, inquiry) in composed.into_iter().enumerate() {
+            let id = format!("i-{}-{}", world.base + 1, n + 1);
+            let summaries: Vec<Value> = inquiry
+                .patients
+                .iter()
+                .filter_map(|p| world.searches.get(p).map(|s| s.profile["summary"].clone()))
+                .collect();
+            let recipient = world
+                .therapists
+                .get(&inquiry.therapist_id)
+                .map(TherapistRecord::recipient)
+                .unwrap_or(Value::Null);
+            batch.emit(
+                EVENTS,
+                "matching.inquiry_created",
+                json!({"inquiry_id": id, "therapist_id": inquiry.therapist_id, "patients": summaries}),
+            )?;
+            batch.emit(
+                "email-commands",
+                "email.send_inquiry",
+                json!({"inquiry_id": id, "therapist_id": inquiry.therapist_id, "recipient": recipient,
+                       "patients": summaries}),
+            )?;
+            for patient in &inquiry.patients {
+                chosen
+                    .entry(patient.clone())
+                    .or_default()
+                    .push(inquiry.therapist_id.clone());
+                if let Some(mut search) = world.searches.get(patient).cloned()
+                    && search.exhausted
+                {
+                    search.exhausted = false;
+                    world.put_search(patient, search);
+                }
+            }
+            let members: Vec<String> = world
+                .members
+                .get(&inquiry.email)
+                .map(|m| m.iter().cloned().collect())
+                .unwrap_or_default();
+            for patient in &inquiry.patients {
+                chosen
+                    .entry(patient.clone())
+                    .or_default()
+                    .extend(members.iter().cloned());
+            }
+            world.put_inquiry(
+                &id,
+                InquiryRecord {
+                    therapist_id: inquiry.therapist_id,
+                    email: inquiry.email,
+                    patients: inquiry.patients,
+                    answers: BTreeMap::new(),
+                    created_at: now,
+                    sent_at: None,
+                    answered_at: None,
+                    failed: false,
+                    follow_up_due: false,
+                },
+            );
+            self.count("inquiry_created", 1);
+        }
+
+        // Explanations: for the searches that got inquiries or asked for one.
+        for (patient, ranked, others) in evaluated {
+            let picked = chosen.get(&patient);
+            if picked.is_none() && !explain.contains(&patient) {
+                continue;
+            }
+            let limit = if fully.contains(&patient) {
+                FULL_DECISIONS
+            } else {
+                BRIEF_DECISIONS
+            };
+            let decisions = explanation(
+                world,
+                &ranked,
+                &others,
+                picked.map(Vec::as_slice).unwrap_or(&[]),
+                limit,
+            );
+            batch.emit(
+                EVENTS,
+                "matching.candidates_evaluated",
+                json!({"patient_id": patient, "run_id": run_id, "decisions": decisions}),
+            )?;
+        }
+
+        for (patient, therapists) in travel_requests {
+            let Some(mut search) = world.searches.get(&patient).cloned() else {
+                continue;
+            };
+            let Some(home) = world.patients.get(&patient).and_then(|p| p.position) else {
+                continue;
+            };
+            let request_id = format!("travel-{patient}-{}", world.base + 1);
+            let destinations: Vec<Value> = therapists
+                .iter()
+                .filter_map(|slot| {
+                    let t = world.index.at(*slot);
+                    let (lat, lon) = t.position?;
+                    Some(json!({"id": t.id, "position": {"latitude": lat, "longitude": lon}}))
+                })
+                .collect();
+            let asked: Vec<String> = therapists
+                .iter()
+                .map(|slot| world.index.at(*slot).id.clone())
+                .collect();
+            batch.emit(
+                "geocoding-requests",
+                "geocoding.compute_travel_times",
+                json!({"request_id": request_id, "mode": search.profile["transport"],
+                       "origin": {"latitude": home.0, "longitude": home.1}, "destinations": destinations}),
+            )?;
+            search.travel_request = Some((request_id, asked));
+            world.put_search(&patient, search);
+        }
+
+        for (patient, considered) in exhausted {
+            if let Some(mut search) = world.searches.get(&patient).cloned() {
+                search.exhausted = true;
+                world.put_search(&patient, search);
+            }
+            batch.emit(
+                EVENTS,
+                "matching.search_exhausted",
+                json!({"patient_id": patient, "candidates_considered": considered}),
+            )?;
+            self.count("search_exhausted", 1);
+        }
+        for (patient, reason) in std::mem::take(&mut world.pending_pause) {
+            let open = world.open_by_patient.get(&patient).map_or(0, |o| o.len());
+            batch.emit(
+                EVENTS,
+                "matching.search_paused",
+                json!({"patient_id": patient, "reason": reason, "open_inquiries": open}),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A therapist considered but not a candidate: the order it is shown in
+/// (waiting for a travel time before rejected), its distance, its verdict.
+type Others = (u8, f64, Found);
+
+/// The `limit` nearest therapists of a search that are not candidates
+/// (the rest of a city is not shown; see [`BRIEF_DECISIONS`]).
+fn nearest_others(found: &[Found], limit: usize) -> Vec<Others> {
+    let mut others: Vec<Others> = found
+        .iter()
+        .filter_map(|f| match &f.verdict {
+            Verdict::Candidate { .. } => None,
+            Verdict::NeedsTravelTime { .. } => Some((0, f.km, f.clone())),
+            Verdict::Rejected(_) => Some((1, f.km, f.clone())),
+        })
+        .collect();
+    let by_order = |a: &Others, b: &Others| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1));
+    if others.len() > limit && limit > 0 {
+        others.select_nth_unstable_by(limit - 1, by_order);
+    }
+    others.truncate(limit);
+    others.sort_by(by_order);
+    others
+}
+
+/// The decisions of one search for a person to read: the therapists
+/// chosen, then the other candidates by rank, then those waiting for a
+/// travel time and the rejected by distance, each with its rule.
+fn explanation(
+    world: &World,
+    ranked: &[String],
+    others: &[Others],
+    chosen: &[String],
+    limit: usize,
+) -> Vec<Value> {
+    let row = |id: &str, picked: bool, rule: Value, detail: &str, rank: Option<usize>| {
+        json!({"therapist_id": id, "chosen": picked, "rule": rule, "detail": detail,
+               "rank": rank.map(|r| r as i64 + 1)})
+    };
+    let mut rows: Vec<Value> = Vec::new();
+    for (rank, id) in ranked.iter().enumerate() {
+        if chosen.contains(id) {
+            rows.push(row(id, true, Value::Null, "chosen", Some(rank)));
+        }
+    }
+    for (rank, id) in ranked.iter().enumerate() {
+        if !chosen.contains(id) {
+            rows.push(row(
+                id,
+                false,
+                Value::Null,
+                "a candidate; the search's inquiries went to better-ranked practices or the practice is full",
+                Some(rank),
+            ));
+        }
+    }
+    for (_, _, f) in others {
+        if rows.len() >= limit {
+            break;
+        }
+        let id = &world.index.at(f.therapist).id;
+        match &f.verdict {
+            Verdict::Rejected(rule) => {
+                let sentence = rule.explain();
+                let number = sentence.split(':').next().unwrap_or("").to_string();
+                rows.push(row(id, false, json!(number), &sentence, None));
+            }
+            _ => rows.push(row(
+                id,
+                false,
+                Value::Null,
+                "waiting for the travel time",
+                None,
+            )),
+        }
+    }
+    rows.truncate(limit);
+    rows
+}
+
+/// Erasure: the search goes; unless the patient keeps the contact log, so
+/// does every trace of the id in inquiries (an inquiry left empty goes).
+fn erase(world: &mut World, patient: &str, keep_log: bool) {
+    world.drop_search(patient);
+    let held: Vec<String> = world
+        .inquiries
+        .iter()
+        .filter(|(_, i)| i.patients.iter().any(|p| p == patient))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in held {
+        let mut inquiry = world.inquiries[&id].clone();
+        if keep_log && !inquiry.open() {
+            continue;
+        }
+        inquiry.patients.retain(|p| p != patient);
+        inquiry.answers.remove(patient);
+        if inquiry.patients.is_empty() {
+            world.drop_inquiry(&id);
+        } else {
+            world.put_inquiry(&id, inquiry);
+        }
+    }
+}
+
+impl Processor for Matcher {
+    fn name(&self) -> &'static str {
+        "matcher"
+    }
+
+    fn inputs(&self) -> Vec<&'static str> {
+        vec![
+            "patient-events",
+            "therapist-events",
+            "geocoding-results",
+            "communication-events",
+            "matching-commands",
+        ]
+    }
+
+    async fn begin_batch(
+        &self,
+        batch: &mut BatchContext<'_>,
+        _records: &[&Incoming],
+    ) -> Result<(), ProcessError> {
+        // Batches take turns: the lock is held until this batch commits.
+        let version: i64 = sqlx::query_scalar("SELECT version FROM matcher.world FOR UPDATE")
+            .fetch_one(batch.db())
+            .await?;
+        let mut world = self.world.lock().await;
+        if world.version != Some(version) {
+            let started = std::time::Instant::now();
+            *world = World::load(batch.db(), version).await?;
+            tracing::info!(
+                version,
+                therapists = world.therapists.len(),
+                searches = world.searches.len(),
+                inquiries = world.inquiries.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "matcher state loaded"
+            );
+        }
+        // Until this batch finishes, the memory is ahead of the database.
+        world.version = None;
+        world.base = version;
+        Ok(())
+    }
+
+    async fn process(&self, ctx: &mut Context<'_>, record: &Incoming) -> Result<(), ProcessError> {
+        let mut world = self.world.lock().await;
+        let now = ctx.now();
+        match record.topic.as_str() {
+            "patient-events" => self.patient_event(&mut world, record, now),
+            "therapist-events" => self.therapist_event(&mut world, record, now),
+            "geocoding-results" => self.geocoded(&mut world, record),
+            "communication-events" => self.communication(&mut world, record),
+            _ => match record.event_type() {
+                "matching.record_answer" => return self.answer(&mut world, ctx, record),
+                "matching.exclude_therapist" => return self.exclude(&mut world, ctx, record),
+                "matching.run" => return self.run(&mut world, ctx, record),
+                "matching.sweep" => return self.sweep(&mut world, ctx),
+                other => {
+                    let reason = format!("the matcher does not handle {other}");
+                    return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &reason);
+                }
+            },
+        }
+        Ok(())
+    }
+
+    async fn finish_batch(&self, batch: &mut BatchContext<'_>) -> Result<(), ProcessError> {
+        let mut world = self.world.lock().await;
+        let started = std::time::Instant::now();
+        let searches = world.to_match.len();
+        self.match_searches(&mut world, batch)?;
+        let matched = started.elapsed();
+        world.flush(batch.db()).await?;
+        tracing::debug!(
+            searches,
+            match_seconds = matched.as_secs_f64(),
+            seconds = started.elapsed().as_secs_f64(),
+            "batch matched and written"
+        );
+        let next = world.base + 1;
+        sqlx::query("UPDATE matcher.world SET version = $1")
+            .bind(next)
+            .execute(batch.db())
+            .await?;
+        world.version = Some(next);
+        Ok(())
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.metrics.decisions.clone()),
+            Box::new(self.metrics.search_seconds.clone()),
+        ]
+    }
+}

@@ -1,0 +1,627 @@
+//! The matcher's state: what it knows of therapists, searches and
+//! inquiries, kept in memory for the candidate search and written to
+//! PostgreSQL (`matcher.*`) at the end of every batch, record by record as
+//! jsonb. The records here are what is stored; the rules' views
+//! ([`Patient`], [`Therapist`]) and the index are derived from them.
+
+use crate::index::Index;
+use crate::inquiries::{Contact, MAX_PATIENTS, Practices};
+use crate::rules::{Gender, GenderPreference, History, Patient, Procedure, Therapist};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgConnection;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// A therapist as the matcher stores it: the directory's facts and the
+/// decisions of people, kept apart so a scrape never undoes a decision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TherapistRecord {
+    /// The latest `TherapistDetails` (scraper or a person); `None` while
+    /// only decisions about the therapist are known.
+    pub details: Option<Value>,
+    /// Who published the details (`116117`, `manual`, ...).
+    pub source: Option<String>,
+    /// Position from the geocoder, for details without coordinates.
+    pub geocoded: Option<(f64, f64)>,
+    /// Closed practice (the scraper no longer finds it).
+    pub removed: bool,
+    /// Blocked, with the reason.
+    pub blocked: Option<String>,
+    /// Earliest free place for individual therapy.
+    pub individual_from: Option<NaiveDate>,
+    /// Earliest free place for group therapy.
+    pub group_from: Option<NaiveDate>,
+    /// The therapist's own youngest patient age.
+    pub min_age: Option<i32>,
+    /// The therapist's own oldest patient age.
+    pub max_age: Option<i32>,
+    /// The therapist's own patient genders (empty: any).
+    pub genders: Vec<String>,
+    /// Prefers group therapy.
+    pub prefers_group: bool,
+    /// When the matcher first heard of the therapist.
+    pub first_seen: DateTime<Utc>,
+    /// Last email sent to the practice.
+    pub last_contact: Option<DateTime<Utc>>,
+    /// Not contacted again before this (4 weeks after an answer).
+    pub cooling_until: Option<DateTime<Utc>>,
+}
+
+impl TherapistRecord {
+    /// A therapist first heard of now.
+    pub fn new(now: DateTime<Utc>) -> TherapistRecord {
+        TherapistRecord {
+            details: None,
+            source: None,
+            geocoded: None,
+            removed: false,
+            blocked: None,
+            individual_from: None,
+            group_from: None,
+            min_age: None,
+            max_age: None,
+            genders: Vec::new(),
+            prefers_group: false,
+            first_seen: now,
+            last_contact: None,
+            cooling_until: None,
+        }
+    }
+
+    /// The practice's position: the directory's, else the geocoder's.
+    pub fn position(&self) -> Option<(f64, f64)> {
+        let details = self.details.as_ref()?;
+        coordinates(&details["coordinates"]).or(self.geocoded)
+    }
+
+    /// The practice's email address, lower case.
+    pub fn email(&self) -> Option<String> {
+        let email = self.details.as_ref()?["email"].as_str()?.trim();
+        (!email.is_empty()).then(|| email.to_lowercase())
+    }
+
+    /// The rules' view; `None` until the directory knows the therapist.
+    pub fn view(&self, id: &str) -> Option<Therapist> {
+        let details = self.details.as_ref()?;
+        let strings = |field: &str| -> Vec<&str> {
+            details[field]
+                .as_array()
+                .map(|items| items.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default()
+        };
+        let age_groups = strings("age_groups");
+        Some(Therapist {
+            id: id.to_string(),
+            gender: gender(details["gender"].as_str().unwrap_or("")).unwrap_or(Gender::Diverse),
+            position: if self.removed { None } else { self.position() },
+            procedures: strings("procedures")
+                .into_iter()
+                .filter_map(procedure)
+                .collect(),
+            // Without a stated age group the directory lists adults.
+            treats_adults: age_groups.is_empty() || age_groups.contains(&"ADULTS"),
+            treats_children: age_groups.contains(&"CHILDREN_AND_ADOLESCENTS"),
+            blocked: self.blocked.is_some(),
+            min_age: self.min_age,
+            max_age: self.max_age,
+            genders: self.genders.iter().filter_map(|g| gender(g)).collect(),
+            prefers_group: self.prefers_group,
+            free_from: match (self.individual_from, self.group_from) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            has_email: self.email().is_some(),
+            last_contact: self.last_contact,
+        })
+    }
+
+    /// What composing needs.
+    pub fn contact(&self) -> Option<Contact> {
+        let details = self.details.as_ref()?;
+        Some(Contact {
+            email: self.email(),
+            last_name: details["last_name"].as_str().unwrap_or("").to_string(),
+            title: details["title"].as_str().map(str::to_string),
+            first_seen: self.first_seen,
+        })
+    }
+
+    /// The `Recipient` of an email to this therapist.
+    pub fn recipient(&self) -> Value {
+        let details = self.details.clone().unwrap_or(Value::Null);
+        serde_json::json!({
+            "email": self.email().unwrap_or_default(),
+            "salutation": details["salutation"].as_str().unwrap_or("NONE"),
+            "title": details["title"],
+            "last_name": details["last_name"].as_str().unwrap_or(""),
+        })
+    }
+}
+
+/// A search as the matcher stores it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchRecord {
+    /// The latest `SearchProfile` from intake (pseudonymous).
+    pub profile: Value,
+    /// ACTIVE, PAUSED, PLACED or CANCELLED.
+    pub status: String,
+    /// The placement, once a therapist accepted: (therapist, inquiry).
+    pub placed: Option<(String, String)>,
+    /// Therapists excluded for this search by a person.
+    pub excluded: BTreeSet<String>,
+    /// Travel minutes by the patient's mode, by therapist.
+    pub travel: BTreeMap<String, f64>,
+    /// The travel-time request awaited, with the therapists it asked for.
+    pub travel_request: Option<(String, Vec<String>)>,
+    /// A search-exhausted event was published and nothing changed since.
+    pub exhausted: bool,
+    /// When the search began (longest waiting is served first).
+    pub since: DateTime<Utc>,
+}
+
+/// An inquiry as the matcher stores it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InquiryRecord {
+    /// The practice owner written to.
+    pub therapist_id: String,
+    /// The practice's address.
+    pub email: String,
+    /// Pseudonymous patient ids.
+    pub patients: Vec<String>,
+    /// Answers by patient.
+    pub answers: BTreeMap<String, String>,
+    /// When composed.
+    pub created_at: DateTime<Utc>,
+    /// When the email went out.
+    pub sent_at: Option<DateTime<Utc>>,
+    /// When the therapist answered.
+    pub answered_at: Option<DateTime<Utc>>,
+    /// The email failed for good: the patients are free again.
+    pub failed: bool,
+    /// A follow-up call was asked for.
+    pub follow_up_due: bool,
+}
+
+impl InquiryRecord {
+    /// Neither answered nor failed: its patients are pending there.
+    pub fn open(&self) -> bool {
+        self.answered_at.is_none() && !self.failed
+    }
+}
+
+/// Parses a gender symbol.
+pub fn gender(symbol: &str) -> Option<Gender> {
+    match symbol {
+        "FEMALE" => Some(Gender::Female),
+        "MALE" => Some(Gender::Male),
+        "DIVERSE" => Some(Gender::Diverse),
+        _ => None,
+    }
+}
+
+fn procedure(symbol: &str) -> Option<Procedure> {
+    match symbol {
+        "BEHAVIOURAL" => Some(Procedure::Behavioural),
+        "PSYCHODYNAMIC" => Some(Procedure::Psychodynamic),
+        "ANALYTIC" => Some(Procedure::Analytic),
+        "SYSTEMIC" => Some(Procedure::Systemic),
+        _ => None,
+    }
+}
+
+/// `{"latitude": .., "longitude": ..}` as a position.
+pub fn coordinates(value: &Value) -> Option<(f64, f64)> {
+    Some((value["latitude"].as_f64()?, value["longitude"].as_f64()?))
+}
+
+/// The rules' view of a search.
+pub fn patient_view(id: &str, search: &SearchRecord) -> Patient {
+    let p = &search.profile;
+    let strings = |field: &str| -> Vec<String> {
+        p[field]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut excluded: HashSet<String> = strings("excluded_therapists").into_iter().collect();
+    excluded.extend(search.excluded.iter().cloned());
+    Patient {
+        id: id.to_string(),
+        age: p["age"].as_i64().unwrap_or(0) as i32,
+        gender: gender(p["gender"].as_str().unwrap_or("")).unwrap_or(Gender::Diverse),
+        position: coordinates(&p["coordinates"]),
+        max_distance_km: p["max_distance_km"].as_f64(),
+        max_travel_minutes: p["max_travel_minutes"].as_f64(),
+        preferred_gender: match p["preferred_therapist_gender"].as_str() {
+            Some("FEMALE") => GenderPreference::Female,
+            Some("MALE") => GenderPreference::Male,
+            _ => GenderPreference::Any,
+        },
+        preferred_procedures: strings("preferred_procedures")
+            .iter()
+            .filter_map(|s| procedure(s))
+            .collect(),
+        excluded,
+        open_to_group: p["summary"]["open_to_group"].as_bool().unwrap_or(false),
+    }
+}
+
+/// Keys written or deleted since the last flush.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    /// Therapists changed.
+    pub therapists: BTreeSet<String>,
+    /// Searches changed or (when gone from memory) deleted.
+    pub searches: BTreeSet<String>,
+    /// Inquiries changed or deleted.
+    pub inquiries: BTreeSet<String>,
+}
+
+/// Everything the matcher knows, in memory.
+#[derive(Debug, Default)]
+pub struct World {
+    /// The committed version the memory reflects; `None` while a batch is
+    /// open (a batch that never finishes leaves the memory suspect).
+    pub version: Option<i64>,
+    /// The version the open batch started from.
+    pub base: i64,
+    /// Therapists by id.
+    pub therapists: HashMap<String, TherapistRecord>,
+    /// The rules' views of therapists with details, on the grid.
+    pub index: Index,
+    /// Contacts of therapists with details.
+    pub contacts: HashMap<String, Contact>,
+    /// Therapists by practice address.
+    pub members: HashMap<String, BTreeSet<String>>,
+    /// Searches by patient.
+    pub searches: HashMap<String, SearchRecord>,
+    /// The rules' views of searches.
+    pub patients: HashMap<String, Patient>,
+    /// Inquiries by id.
+    pub inquiries: HashMap<String, InquiryRecord>,
+    /// Open inquiries by practice address.
+    pub open_by_email: HashMap<String, BTreeSet<String>>,
+    /// Open inquiries by patient.
+    pub open_by_patient: HashMap<String, BTreeSet<String>>,
+    /// Pending patients and cooling periods, for rule 9.
+    pub history: History,
+    /// What the open batch changed.
+    pub dirty: Dirty,
+    /// Searches to run at the end of the batch.
+    pub to_match: BTreeSet<String>,
+    /// Of those, the ones whose explanation is published even without a
+    /// new inquiry (a person or a change asked for it).
+    pub to_explain: BTreeSet<String>,
+    /// Of those, the ones a person asked about: every therapist considered.
+    pub explain_fully: BTreeSet<String>,
+    /// Therapists that became available or moved in the open batch.
+    pub changed_therapists: BTreeSet<String>,
+    /// Searches paused in the open batch, with the reason given.
+    pub pending_pause: Vec<(String, Value)>,
+    /// The run id of a `matching.run` in the open batch.
+    pub run_id: Option<String>,
+}
+
+impl World {
+    /// Loads the state committed at `version`.
+    pub async fn load(db: &mut PgConnection, version: i64) -> Result<World, sqlx::Error> {
+        let mut world = World {
+            version: Some(version),
+            base: version,
+            ..World::default()
+        };
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT therapist_id, state::text FROM matcher.therapists")
+                .fetch_all(&mut *db)
+                .await?;
+        for (id, state) in rows {
+            match serde_json::from_str::<TherapistRecord>(&state) {
+                Ok(record) => world.put_therapist(&id, record),
+                Err(error) => {
+                    tracing::error!(therapist_id = id, %error, "unreadable therapist row skipped")
+                }
+            }
+        }
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT patient_id, state::text FROM matcher.searches")
+                .fetch_all(&mut *db)
+                .await?;
+        for (id, state) in rows {
+            match serde_json::from_str::<SearchRecord>(&state) {
+                Ok(record) => world.put_search(&id, record),
+                Err(error) => {
+                    tracing::error!(patient_id = id, %error, "unreadable search row skipped")
+                }
+            }
+        }
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT inquiry_id, state::text FROM matcher.inquiries")
+                .fetch_all(&mut *db)
+                .await?;
+        for (id, state) in rows {
+            match serde_json::from_str::<InquiryRecord>(&state) {
+                Ok(record) => world.put_inquiry(&id, record),
+                Err(error) => {
+                    tracing::error!(inquiry_id = id, %error, "unreadable inquiry row skipped")
+                }
+            }
+        }
+        world.dirty = Dirty::default();
+        Ok(world)
+    }
+
+    /// Stores a therapist and refreshes its views.
+    pub fn put_therapist(&mut self, id: &str, record: TherapistRecord) {
+        if let Some(old) = self.contacts.get(id).and_then(|c| c.email.clone())
+            && let Some(members) = self.members.get_mut(&old)
+        {
+            members.remove(id);
+        }
+        match record.view(id) {
+            Some(view) => self.index.upsert(view),
+            None => self.index.remove(id),
+        }
+        match record.contact() {
+            Some(contact) => {
+                if let Some(email) = &contact.email {
+                    self.members
+                        .entry(email.clone())
+                        .or_default()
+                        .insert(id.to_string());
+                }
+                self.contacts.insert(id.to_string(), contact);
+            }
+            None => {
+                self.contacts.remove(id);
+            }
+        }
+        match record.cooling_until {
+            Some(until) => {
+                self.history.cooling_until.insert(id.to_string(), until);
+            }
+            None => {
+                self.history.cooling_until.remove(id);
+            }
+        }
+        self.therapists.insert(id.to_string(), record);
+        self.dirty.therapists.insert(id.to_string());
+    }
+
+    /// Stores a search and refreshes its view.
+    pub fn put_search(&mut self, id: &str, record: SearchRecord) {
+        self.patients
+            .insert(id.to_string(), patient_view(id, &record));
+        self.searches.insert(id.to_string(), record);
+        self.dirty.searches.insert(id.to_string());
+    }
+
+    /// Forgets a search (erasure).
+    pub fn drop_search(&mut self, id: &str) {
+        self.patients.remove(id);
+        self.searches.remove(id);
+        self.to_match.remove(id);
+        self.to_explain.remove(id);
+        self.explain_fully.remove(id);
+        self.dirty.searches.insert(id.to_string());
+    }
+
+    /// Stores an inquiry and refreshes what is pending where.
+    pub fn put_inquiry(&mut self, id: &str, record: InquiryRecord) {
+        let old = self.inquiries.remove(id);
+        let email = record.email.clone();
+        for patient in old.iter().flat_map(|o| o.patients.iter()) {
+            if let Some(open) = self.open_by_patient.get_mut(patient) {
+                open.remove(id);
+            }
+        }
+        if let Some(open) = self.open_by_email.get_mut(&email) {
+            open.remove(id);
+        }
+        if record.open() {
+            for patient in &record.patients {
+                self.open_by_patient
+                    .entry(patient.clone())
+                    .or_default()
+                    .insert(id.to_string());
+            }
+            self.open_by_email
+                .entry(email.clone())
+                .or_default()
+                .insert(id.to_string());
+        }
+        self.inquiries.insert(id.to_string(), record);
+        self.refresh_pending(&email);
+        self.dirty.inquiries.insert(id.to_string());
+    }
+
+    /// Deletes an inquiry (erasure of its last patient).
+    pub fn drop_inquiry(&mut self, id: &str) {
+        if let Some(record) = self.inquiries.remove(id) {
+            for patient in &record.patients {
+                if let Some(open) = self.open_by_patient.get_mut(patient) {
+                    open.remove(id);
+                }
+            }
+            if let Some(open) = self.open_by_email.get_mut(&record.email) {
+                open.remove(id);
+            }
+            self.refresh_pending(&record.email);
+        }
+        self.dirty.inquiries.insert(id.to_string());
+    }
+
+    /// Rule 9 for every therapist of a practice: the patients its open
+    /// inquiries hold are pending with each of them (one practice, one
+    /// inquiry per patient).
+    fn refresh_pending(&mut self, email: &str) {
+        let held: HashSet<String> = self
+            .open_by_email
+            .get(email)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.inquiries.get(id))
+            .flat_map(|i| i.patients.iter().cloned())
+            .collect();
+        let mut members: Vec<String> = self
+            .members
+            .get(email)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default();
+        for inquiry in self.open_by_email.get(email).into_iter().flatten() {
+            if let Some(i) = self.inquiries.get(inquiry) {
+                members.push(i.therapist_id.clone());
+            }
+        }
+        for member in members {
+            if held.is_empty() {
+                self.history.pending.remove(&member);
+            } else {
+                self.history.pending.insert(member, held.clone());
+            }
+        }
+    }
+
+    /// Patients the practice at `email` still waits to answer about.
+    pub fn pending_at(&self, email: &str) -> usize {
+        self.open_by_email
+            .get(email)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.inquiries.get(id))
+            .map(|i| i.patients.len())
+            .sum()
+    }
+
+    /// Writes what the batch changed: whole records, one statement per
+    /// table and kind.
+    pub async fn flush(&mut self, db: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let dirty = std::mem::take(&mut self.dirty);
+        upsert(
+            db,
+            "therapists",
+            "therapist_id",
+            dirty
+                .therapists
+                .iter()
+                .map(|id| (id, self.therapists.get(id).map(json))),
+        )
+        .await?;
+        upsert(
+            db,
+            "searches",
+            "patient_id",
+            dirty
+                .searches
+                .iter()
+                .map(|id| (id, self.searches.get(id).map(json))),
+        )
+        .await?;
+        let (mut ids, mut states, mut patients, mut therapists, mut gone) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for id in &dirty.inquiries {
+            match self.inquiries.get(id) {
+                Some(record) => {
+                    ids.push(id.clone());
+                    states.push(json(record));
+                    // Postgres arrays of arrays must be rectangular: the ids
+                    // travel as one text each, split in SQL.
+                    patients.push(record.patients.join("\u{1f}"));
+                    therapists.push(record.therapist_id.clone());
+                }
+                None => gone.push(id.clone()),
+            }
+        }
+        if !ids.is_empty() {
+            sqlx::query(
+                "INSERT INTO matcher.inquiries (inquiry_id, therapist_id, patient_ids, state)
+                 SELECT i, t, string_to_array(p, E'\\x1f'), s::jsonb
+                   FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(i, t, p, s)
+                 ON CONFLICT (inquiry_id) DO UPDATE
+                    SET patient_ids = EXCLUDED.patient_ids, state = EXCLUDED.state, updated_at = now()",
+            )
+            .bind(&ids)
+            .bind(&therapists)
+            .bind(&patients)
+            .bind(&states)
+            .execute(&mut *db)
+            .await?;
+        }
+        if !gone.is_empty() {
+            sqlx::query("DELETE FROM matcher.inquiries WHERE inquiry_id = ANY($1)")
+                .bind(&gone)
+                .execute(&mut *db)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn json<T: Serialize>(record: &T) -> String {
+    serde_json::to_string(record).expect("records serialize")
+}
+
+/// Upserts the present records and deletes the absent ones of a table
+/// keyed by `key` with a `state` column.
+async fn upsert<'a>(
+    db: &mut PgConnection,
+    table: &str,
+    key: &str,
+    rows: impl Iterator<Item = (&'a String, Option<String>)>,
+) -> Result<(), sqlx::Error> {
+    let (mut ids, mut states, mut gone) = (vec![], vec![], vec![]);
+    for (id, state) in rows {
+        match state {
+            Some(state) => {
+                ids.push(id.clone());
+                states.push(state);
+            }
+            None => gone.push(id.clone()),
+        }
+    }
+    if !ids.is_empty() {
+        sqlx::query(&format!(
+            "INSERT INTO matcher.{table} ({key}, state)
+             SELECT k, s::jsonb FROM UNNEST($1::text[], $2::text[]) AS u(k, s)
+             ON CONFLICT ({key}) DO UPDATE SET state = EXCLUDED.state, updated_at = now()"
+        ))
+        .bind(&ids)
+        .bind(&states)
+        .execute(&mut *db)
+        .await?;
+    }
+    if !gone.is_empty() {
+        sqlx::query(&format!(
+            "DELETE FROM matcher.{table} WHERE {key} = ANY($1)"
+        ))
+        .bind(&gone)
+        .execute(&mut *db)
+        .await?;
+    }
+    Ok(())
+}
+
+impl Practices for World {
+    fn contact(&self, therapist: &str) -> Option<&Contact> {
+        self.contacts.get(therapist)
+    }
+
+    fn members(&self, email: &str) -> Vec<(&str, &Contact)> {
+        self.members
+            .get(email)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.contacts.get(id).map(|c| (id.as_str(), c)))
+            .collect()
+    }
+
+    fn room(&self, email: &str) -> usize {
+        MAX_PATIENTS.saturating_sub(self.pending_at(email))
+    }
+}
