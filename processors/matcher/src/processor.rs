@@ -15,7 +15,7 @@ use crate::inquiries::{self, Search};
 use crate::rules::{self, Rule, Verdict};
 use crate::state::{InquiryRecord, SearchRecord, TherapistRecord, World, coordinates};
 use chrono::{DateTime, Duration, Utc};
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts};
 use psymatch_runtime::config::Vars;
 use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::processor::{BatchContext, Context, Incoming, ProcessError, Processor};
@@ -80,6 +80,7 @@ impl Default for MatcherConfig {
 struct Metrics {
     decisions: IntCounterVec,
     search_seconds: Histogram,
+    searches: IntGaugeVec,
 }
 
 /// The matcher processor.
@@ -110,6 +111,11 @@ impl Matcher {
                         "Candidate search and ranking for one patient.",
                     )
                     .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]),
+                )
+                .expect("valid metric"),
+                searches: IntGaugeVec::new(
+                    Opts::new("matcher_searches", "Searches by status."),
+                    &["status"],
                 )
                 .expect("valid metric"),
             },
@@ -1066,6 +1072,18 @@ impl Processor for Matcher {
             .execute(batch.db())
             .await?;
         world.version = Some(next);
+        let mut by_status: BTreeMap<&str, i64> = ["ACTIVE", "PAUSED", "PLACED", "CANCELLED"]
+            .into_iter()
+            .map(|status| (status, 0))
+            .collect();
+        for search in world.searches.values() {
+            if let Some(n) = by_status.get_mut(search.status.as_str()) {
+                *n += 1;
+            }
+        }
+        for (status, n) in by_status {
+            self.metrics.searches.with_label_values(&[status]).set(n);
+        }
         Ok(())
     }
 
@@ -1073,6 +1091,7 @@ impl Processor for Matcher {
         vec![
             Box::new(self.metrics.decisions.clone()),
             Box::new(self.metrics.search_seconds.clone()),
+            Box::new(self.metrics.searches.clone()),
         ]
     }
 }

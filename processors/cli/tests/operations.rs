@@ -1,0 +1,123 @@
+//! The operating surface agrees with itself: Prometheus scrapes every
+//! processor service of docker-compose.yml on the port its HTTP_LISTEN
+//! gives, `promtool` accepts the configuration and passes the alert rules'
+//! unit tests, and every psymatch metric the alerts and the Grafana
+//! dashboard use is one a processor defines.
+
+use serde_yaml_ng::Value;
+use std::collections::BTreeSet;
+use std::process::Command;
+
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).to_path_buf()
+}
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(repo().join(name)).unwrap()
+}
+
+fn promtool(args: &[&str]) -> String {
+    let output = Command::new("promtool")
+        .args(args)
+        .current_dir(repo().join("ops/prometheus"))
+        .output()
+        .expect("promtool is installed (scripts/install-tools)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "promtool {args:?}: {text}");
+    text
+}
+
+#[test]
+fn promtool_accepts_the_configuration_and_the_alert_tests_pass() {
+    let config = promtool(&["check", "config", "prometheus.yml"]);
+    assert!(config.contains("6 rules found"), "{config}");
+    promtool(&["test", "rules", "alerts_test.yml"]);
+}
+
+#[test]
+fn prometheus_scrapes_every_processor_service() {
+    let mut compose: Value = serde_yaml_ng::from_str(&read("docker-compose.yml")).unwrap();
+    compose.apply_merge().unwrap();
+    let mut processors = BTreeSet::new();
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        if service["entrypoint"][0]
+            .as_str()
+            .is_some_and(|e| e.starts_with("/usr/local/bin/psymatch-"))
+        {
+            let listen = service["environment"]["HTTP_LISTEN"].as_str().unwrap();
+            let port = listen.rsplit(':').next().unwrap();
+            processors.insert(format!("{}:{port}", name.as_str().unwrap()));
+        }
+    }
+    let prometheus: Value =
+        serde_yaml_ng::from_str(&read("ops/prometheus/prometheus.yml")).unwrap();
+    let targets: BTreeSet<String> = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(targets, processors);
+}
+
+/// Every `psymatch_<name>` in `text`, without histogram suffixes.
+fn metrics_in(text: &str) -> BTreeSet<String> {
+    text.split("psymatch_")
+        .skip(1)
+        .map(|rest| {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            name.trim_end_matches("_bucket").to_string()
+        })
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+#[test]
+fn alerts_and_the_dashboard_use_metrics_the_processors_define() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("ops/grafana/dashboards/psymatch.json")).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    let mut used = metrics_in(&read("ops/prometheus/alerts.yml"));
+    for panel in panels {
+        let expr = panel["targets"][0]["expr"].as_str().unwrap();
+        used.extend(metrics_in(expr));
+    }
+    let mut sources = String::new();
+    for entry in std::fs::read_dir(repo().join("processors")).unwrap() {
+        let src = entry.unwrap().path().join("src");
+        for file in walk(&src) {
+            sources.push_str(&std::fs::read_to_string(file).unwrap());
+        }
+    }
+    // The scheduler's metric is its contract: it comes with the scheduler.
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|name| *name != "scheduler_job_failures_total")
+        .filter(|name| !sources.contains(&format!("\"{name}\"")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not defined by any processor: {missing:?}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
