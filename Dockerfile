@@ -13,6 +13,7 @@ COPY --from=build /out/ /usr/local/bin/
 COPY topics.yaml /etc/psymatch/topics.yaml
 COPY schemas /etc/psymatch/schemas
 COPY processors/email-batcher/templates /etc/psymatch/templates
+COPY processors/scheduler/schedule.yaml /etc/psymatch/schedule.yaml
 ENV TEMPLATES_DIR=/etc/psymatch/templates
 USER psymatch
 ENTRYPOINT ["/usr/local/bin/psymatch"]
