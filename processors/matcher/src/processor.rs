@@ -318,11 +318,7 @@ impl Matcher {
                 }
                 practices.dedup();
                 for email in practices {
-                    let members: Vec<String> = world
-                        .members
-                        .get(&email)
-                        .map(|m| m.iter().cloned().collect())
-                        .unwrap_or_default();
+                    let members: Vec<String> = world.members_of(&email);
                     for member in members {
                         if let Some(mut t) = world.therapists.get(&member).cloned() {
                             t.last_contact = t.last_contact.max(at);
@@ -428,11 +424,7 @@ impl Matcher {
                    "cooling_until": cooling_until.to_rfc3339()}),
         )?;
         // The practice as a whole cools down: it was written to as one.
-        let mut members: Vec<String> = world
-            .members
-            .get(&practice)
-            .map(|m| m.iter().cloned().collect())
-            .unwrap_or_default();
+        let mut members: Vec<String> = world.members_of(&practice);
         members.push(recipient_id.clone());
         for member in &members {
             if let Some(mut t) = world.therapists.get(member).cloned() {
@@ -777,11 +769,7 @@ impl Matcher {
                     world.put_search(patient, search);
                 }
             }
-            let members: Vec<String> = world
-                .members
-                .get(&inquiry.email)
-                .map(|m| m.iter().cloned().collect())
-                .unwrap_or_default();
+            let members: Vec<String> = world.members_of(&inquiry.email);
             for patient in &inquiry.patients {
                 chosen
                     .entry(patient.clone())

@@ -469,11 +469,7 @@ impl World {
             .filter_map(|id| self.inquiries.get(id))
             .flat_map(|i| i.patients.iter().cloned())
             .collect();
-        let mut members: Vec<String> = self
-            .members
-            .get(email)
-            .map(|m| m.iter().cloned().collect())
-            .unwrap_or_default();
+        let mut members = self.members_of(email);
         for inquiry in self.open_by_email.get(email).into_iter().flatten() {
             if let Some(i) = self.inquiries.get(inquiry) {
                 members.push(i.therapist_id.clone());
@@ -486,6 +482,14 @@ impl World {
                 self.history.pending.insert(member, held.clone());
             }
         }
+    }
+
+    /// The therapists writing from `email` (one practice).
+    pub fn members_of(&self, email: &str) -> Vec<String> {
+        self.members
+            .get(email)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Patients the practice at `email` still waits to answer about.
