@@ -33,6 +33,14 @@ pub struct UpstreamConfig {
     pub breaker_open_for: Duration,
 }
 
+impl UpstreamConfig {
+    /// `offline` (or empty) as the URL: the service is not used; the
+    /// offline fallbacks answer (postcode centres, straight lines).
+    pub fn offline(&self) -> bool {
+        self.base_url.is_empty() || self.base_url == "offline"
+    }
+}
+
 /// Everything the geocoder reads from its environment.
 #[derive(Debug, Clone)]
 pub struct GeocoderConfig {

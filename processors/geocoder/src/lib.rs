@@ -275,6 +275,9 @@ impl Geocoder {
                 return Ok((found, None));
             }
             Some(None) => "Nominatim knows no such address (cached answer)".to_string(),
+            None if self.config.nominatim.offline() => {
+                "no Nominatim configured (NOMINATIM_URL=offline)".to_string()
+            }
             None => {
                 let path = nominatim::search_path(&address.query());
                 match self
@@ -369,7 +372,8 @@ impl Geocoder {
                 missing.push((key.clone(), destination.position));
             }
         }
-        let mut routing_failed = false;
+        // Without an OSRM every time is estimated.
+        let mut routing_failed = self.config.osrm.offline();
         for chunk in missing.chunks(self.config.table_max) {
             if routing_failed {
                 break;

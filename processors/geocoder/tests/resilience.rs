@@ -428,3 +428,38 @@ async fn travel_times_are_routed_cached_and_estimated_when_routing_fails() {
             .unwrap();
     assert_eq!(cached, 0, "estimates are not cached");
 }
+
+#[tokio::test]
+async fn offline_the_postcode_centres_and_straight_lines_answer_without_upstreams() {
+    let fake = FakeUpstreams::start().await;
+    let (geocoder, pool) = geocoder(
+        &fake,
+        &[("NOMINATIM_URL", "offline"), ("OSRM_URL", "offline")],
+    )
+    .await;
+    let centre = psymatch_geocoder::fallback::postcodes()["10115"];
+    let answer = geocoder
+        .geocode(&pool, &address("Offlineweg", "1"))
+        .await
+        .unwrap();
+    let (position, precision, source, note) = found(&answer);
+    assert_eq!(
+        (position, precision, source),
+        (centre, Precision::Postcode, Source::OfflinePostcode)
+    );
+    assert!(note.unwrap().contains("NOMINATIM_URL=offline"), "{note:?}");
+    let destinations = [Destination {
+        id: "t-1".into(),
+        position: Position {
+            latitude: 52.55,
+            longitude: 13.40,
+        },
+    }];
+    let travel = geocoder
+        .travel_times(&pool, Mode::Car, centre, &destinations)
+        .await
+        .unwrap();
+    assert_eq!(travel[0].method, Method::StraightLine);
+    assert!(travel[0].duration.unwrap() > 0.0);
+    assert_eq!(fake.count("/"), 0, "no upstream was asked");
+}
