@@ -1,0 +1,145 @@
+//! Two matcher replicas on the same stream, sharing its partitions as the
+//! lease assigns them: with fewer places than patients want, every
+//! practice is filled to six and not beyond, and no patient is offered to
+//! more practices than allowed or to one practice twice. (Which replica
+//! gets which partition is the lease's choice: this does not force both
+//! to match patients in turns; the reload after another replica's commit
+//! is exercised when they do.)
+
+use psymatch_matcher::{Matcher, MatcherConfig};
+use psymatch_runtime::testing::{Running, TestBed, of_type};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Fewer places than patients want: 10 practices x 6 < 40 patients x 2, so
+/// replicas that did not see each other's inquiries would overfill them.
+const PRACTICES: usize = 10;
+const PATIENTS: usize = 40;
+const PER_PATIENT: usize = 2;
+
+fn discovered(n: usize) -> Value {
+    json!({"event_type": "therapist.discovered", "payload": {
+    "therapist_id": format!("t-{n}"), "source": "test", "source_id": null, "flags": [],
+    "details": {
+        "salutation": "FRAU", "title": null, "first_name": "Test", "last_name": format!("Praxis{n}"),
+        "gender": "FEMALE",
+        "address": {"street": "Teststraße", "house_number": "1", "postcode": "10115", "city": "Berlin"},
+        "coordinates": {"latitude": 52.50 + n as f64 * 0.002, "longitude": 13.40},
+        "email": format!("praxis-{n}@example.org"), "statutory_licence": true,
+        "procedures": ["BEHAVIOURAL"], "age_groups": ["ADULTS"], "settings": ["INDIVIDUAL"],
+    }}})
+}
+
+fn registered(n: usize) -> Value {
+    let id = format!("p-{n}");
+    json!({"event_type": "patient.registered", "payload": {"patient_id": id, "profile": {
+        "patient_id": id, "age": 30 + (n % 40) as i64, "gender": "MALE", "postcode": "10115",
+        "coordinates": {"latitude": 52.52, "longitude": 13.40 + n as f64 * 0.001},
+        "transport": "CAR", "max_distance_km": 20, "max_travel_minutes": null,
+        "preferred_therapist_gender": "ANY", "preferred_procedures": [], "languages": [],
+        "excluded_therapists": [],
+        "summary": {"patient_id": id, "age": 30, "gender": "MALE", "symptoms": [], "insurer": "Beispielkasse",
+                    "therapy_experience": false, "open_to_group": false, "availability": []},
+        "status": "ACTIVE"}}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_keep_the_limits() {
+    let bed = TestBed::new().await;
+    let config = || MatcherConfig {
+        per_patient: PER_PATIENT,
+        ..MatcherConfig::default()
+    };
+    let one = Running::start(Matcher::new(config()), bed.config("matcher"));
+    let two = Running::start(Matcher::new(config()), bed.config("matcher"));
+    let practices: Vec<Value> = (0..PRACTICES).map(discovered).collect();
+    bed.publish("therapist-events", &practices).await;
+    bed.wait_for(
+        "both replicas' therapists stored",
+        Duration::from_secs(60),
+        || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM matcher.therapists")
+                .fetch_one(&bed.pool)
+                .await
+                .unwrap();
+            n == PRACTICES as i64
+        },
+    )
+    .await;
+    // In three waves, so both replicas run searches against state the
+    // other one wrote.
+    for wave in 0..3 {
+        let patients: Vec<Value> = (0..PATIENTS)
+            .filter(|n| n % 3 == wave)
+            .map(registered)
+            .collect();
+        bed.publish("patient-events", &patients).await;
+    }
+    bed.wait_for(
+        "every search run and published",
+        Duration::from_secs(90),
+        || async {
+            let (consumed, pending): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT coalesce(sum(next_offset), 0)::bigint FROM matcher.consumer_offsets
+                      WHERE topic LIKE '%patient-events'),
+                    (SELECT count(*) FROM matcher.outbox)",
+            )
+            .fetch_one(&bed.pool)
+            .await
+            .unwrap();
+            consumed == PATIENTS as i64 && pending == 0
+        },
+    )
+    .await;
+    one.stop().await;
+    two.stop().await;
+    let records = bed
+        .read_until("email-commands", Duration::from_secs(60), |r| {
+            of_type(r, "email.send_inquiry")
+                .iter()
+                .map(|i| i.payload()["patients"].as_array().unwrap().len())
+                .sum::<usize>()
+                >= PRACTICES * 6
+        })
+        .await;
+
+    let mut by_patient: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut by_practice: BTreeMap<String, usize> = BTreeMap::new();
+    for inquiry in of_type(&records, "email.send_inquiry") {
+        let inquiry = inquiry.payload();
+        let practice = inquiry["therapist_id"].as_str().unwrap().to_string();
+        for patient in inquiry["patients"].as_array().unwrap() {
+            by_patient
+                .entry(patient["patient_id"].as_str().unwrap().to_string())
+                .or_default()
+                .push(practice.clone());
+            *by_practice.entry(practice.clone()).or_default() += 1;
+        }
+    }
+    for (patient, practices) in &by_patient {
+        let distinct: BTreeSet<&String> = practices.iter().collect();
+        assert!(
+            practices.len() <= PER_PATIENT,
+            "{patient} offered to {practices:?}"
+        );
+        assert_eq!(
+            distinct.len(),
+            practices.len(),
+            "{patient}: a practice twice"
+        );
+    }
+    assert_eq!(by_practice.len(), PRACTICES);
+    assert!(
+        by_practice.values().all(|n| *n == 6),
+        "every practice filled to six, none beyond: {by_practice:?}"
+    );
+    // What the replicas stored agrees: six per practice in their tables.
+    let stored: Vec<i64> = sqlx::query_scalar(
+        "SELECT sum(cardinality(patient_ids))::bigint FROM matcher.inquiries GROUP BY therapist_id",
+    )
+    .fetch_all(&bed.pool)
+    .await
+    .unwrap();
+    assert!(stored.iter().all(|n| *n == 6), "{stored:?}");
+}
