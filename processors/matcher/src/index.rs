@@ -87,6 +87,11 @@ impl Index {
         self.slots.get(id).map(|&slot| &self.therapists[slot])
     }
 
+    /// The slot of a therapist (what [`Found::therapist`] holds).
+    pub fn slot(&self, id: &str) -> Option<usize> {
+        self.slots.get(id).copied()
+    }
+
     /// The therapist found at `slot` by [`Index::search`].
     pub fn at(&self, slot: usize) -> &Therapist {
         &self.therapists[slot]
@@ -152,17 +157,13 @@ impl Index {
             } else {
                 rules::DEFAULT_LIMIT_KM
             });
-        // A cheap flat-earth distance first (exact enough within 100 km):
-        // only therapists inside the circle get the full check.
-        let km_per_lon = 111.2 * home.0.to_radians().cos();
-        let reach_squared = (reach * 1.01).powi(2);
+        // The distance once: it decides who is within reach, and the
+        // rules take it as measured.
         let hits = self
             .near(home, reach)
             .filter_map(|i| {
-                let p = self.therapists[i].position?;
-                let (dy, dx) = ((p.0 - home.0) * 111.2, (p.1 - home.1) * km_per_lon);
-                let squared = dy * dy + dx * dx;
-                (squared <= reach_squared).then(|| (i, squared.sqrt()))
+                let km = rules::distance_km(home, self.therapists[i].position?);
+                (km <= reach * 1.01).then_some((i, km))
             })
             .map(|(i, km)| {
                 let therapist = &self.therapists[i];
@@ -174,7 +175,7 @@ impl Index {
                 Found {
                     therapist: i,
                     km,
-                    verdict: rules::check(patient, therapist, history, now, minutes),
+                    verdict: rules::check_at(patient, therapist, history, now, minutes, km),
                 }
             });
         found.extend(hits);

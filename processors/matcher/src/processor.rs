@@ -648,83 +648,71 @@ impl Matcher {
             .run_id
             .take()
             .unwrap_or_else(|| format!("batch-{}", world.base + 1));
-        let empty = HashMap::new();
         let mut evaluated: Vec<(String, Vec<String>, Vec<Others>)> = Vec::new();
         let mut travel_requests = Vec::new();
         let mut exhausted = Vec::new();
         let mut searches: Vec<Search<'_>> = Vec::new();
-        let mut found = Vec::new();
-        for (_, id) in &order {
-            let (Some(patient), Some(search)) = (world.patients.get(id), world.searches.get(id))
-            else {
-                continue;
-            };
-            if patient.position.is_none() {
-                continue; // waits for the geocoder
-            }
-            let started = std::time::Instant::now();
-            let travel: HashMap<String, f64> = if search.travel.is_empty() {
-                empty.clone()
-            } else {
-                search.travel.iter().map(|(k, v)| (k.clone(), *v)).collect()
-            };
-            world
-                .index
-                .search_into(patient, &world.history, now, &travel, &mut found);
-            let mut candidates: Vec<rules::Ranked<'_>> = Vec::new();
-            let mut needs_time = Vec::new();
-            let mut waiting = false;
-            for f in &found {
-                match &f.verdict {
-                    Verdict::Candidate { km, minutes } => {
-                        candidates.push((world.index.at(f.therapist), *km, *minutes))
-                    }
-                    Verdict::NeedsTravelTime { .. } => needs_time.push(f.therapist),
-                    Verdict::Rejected(Rule::Pending | Rule::Cooling(_)) => waiting = true,
-                    Verdict::Rejected(_) => {}
-                }
-            }
-            let shown = if fully.contains(id) {
-                FULL_DECISIONS
-            } else {
-                BRIEF_DECISIONS
-            };
-            rules::rank_best(&mut candidates, now.date_naive(), shown.max(COMPOSE_DEPTH));
-            self.metrics
-                .search_seconds
-                .observe(started.elapsed().as_secs_f64());
-            if !needs_time.is_empty() {
+        // The searches only read the state: two threads share them (the
+        // rest of a batch is sequential).
+        let ids: Vec<&String> = order.iter().map(|(_, id)| id).collect();
+        let run_chunk = |chunk: &[&String]| -> Vec<Evaluation> {
+            let mut found = Vec::new();
+            chunk
+                .iter()
+                .filter_map(|id| {
+                    let shown = if fully.contains(*id) {
+                        FULL_DECISIONS
+                    } else {
+                        BRIEF_DECISIONS
+                    };
+                    evaluate(
+                        world,
+                        id,
+                        now,
+                        shown,
+                        &mut found,
+                        &self.metrics.search_seconds,
+                    )
+                })
+                .collect()
+        };
+        let evaluations: Vec<Evaluation> = if ids.len() < 64 {
+            run_chunk(&ids)
+        } else {
+            let (left, right) = ids.split_at(ids.len() / 2);
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| run_chunk(right));
+                let mut all = run_chunk(left);
+                all.extend(other.join().expect("a search thread does not panic"));
+                all
+            })
+        };
+        for e in evaluations {
+            let search = &world.searches[&e.id];
+            if !e.needs_time.is_empty() {
                 // Ask the geocoder once; the answer runs the search again.
                 if search.travel_request.is_none() {
-                    travel_requests.push((id.clone(), needs_time));
+                    travel_requests.push((e.id, e.needs_time));
                 }
                 continue;
             }
-            let open = world.open_by_patient.get(id).map_or(0, |o| o.len());
-            if candidates.is_empty() && open == 0 && !waiting {
+            let open = world.open_by_patient.get(&e.id).map_or(0, |o| o.len());
+            if e.candidates.is_empty() && open == 0 && !e.waiting {
                 if !search.exhausted {
-                    exhausted.push((id.clone(), found.len()));
+                    exhausted.push((e.id, e.considered));
                 }
                 continue;
             }
-            // Only as many as an explanation can show.
-            let ranked: Vec<String> = candidates
-                .iter()
-                .take(shown)
-                .map(|(t, _, _)| t.id.clone())
-                .collect();
-            let others = nearest_others(&found, shown);
             searches.push(Search {
-                patient: id.clone(),
+                patient: e.id.clone(),
                 quota: self.config.per_patient.saturating_sub(open),
-                // Enough to skip full and shared practices.
-                candidates: candidates
+                candidates: e
+                    .candidates
                     .iter()
-                    .take(COMPOSE_DEPTH)
-                    .map(|(t, _, _)| *t)
+                    .map(|slot| world.index.at(*slot))
                     .collect(),
             });
-            evaluated.push((id.clone(), ranked, others));
+            evaluated.push((e.id, e.ranked, e.others));
         }
         let (composed, by_phone) = inquiries::compose(&searches, &*world);
         drop(searches);
@@ -870,6 +858,77 @@ impl Matcher {
         }
         Ok(())
     }
+}
+
+/// What one search found, for composing and explaining.
+struct Evaluation {
+    id: String,
+    /// Best candidates (index slots), ranked, enough for composing.
+    candidates: Vec<usize>,
+    /// Ids of the ranked candidates an explanation shows.
+    ranked: Vec<String>,
+    /// The nearest others an explanation shows.
+    others: Vec<Others>,
+    /// Therapists whose travel time decides (slots).
+    needs_time: Vec<usize>,
+    /// Some therapist is only pending or cooling (the search is not exhausted).
+    waiting: bool,
+    /// Therapists considered.
+    considered: usize,
+}
+
+/// Runs one search against the state: the rules on every therapist within
+/// reach, ranking, and what an explanation of `shown` entries needs.
+fn evaluate(
+    world: &World,
+    id: &str,
+    now: DateTime<Utc>,
+    shown: usize,
+    found: &mut Vec<Found>,
+    timer: &Histogram,
+) -> Option<Evaluation> {
+    let (patient, search) = (world.patients.get(id)?, world.searches.get(id)?);
+    // Without a position it waits for the geocoder.
+    patient.position?;
+    let started = std::time::Instant::now();
+    let travel: HashMap<String, f64> = search.travel.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    world
+        .index
+        .search_into(patient, &world.history, now, &travel, found);
+    let mut candidates: Vec<rules::Ranked<'_>> = Vec::new();
+    let mut needs_time = Vec::new();
+    let mut waiting = false;
+    for f in found.iter() {
+        match &f.verdict {
+            Verdict::Candidate { km, minutes } => {
+                candidates.push((world.index.at(f.therapist), *km, *minutes))
+            }
+            Verdict::NeedsTravelTime { .. } => needs_time.push(f.therapist),
+            Verdict::Rejected(Rule::Pending | Rule::Cooling(_)) => waiting = true,
+            Verdict::Rejected(_) => {}
+        }
+    }
+    rules::rank_best(&mut candidates, now.date_naive(), shown.max(COMPOSE_DEPTH));
+    timer.observe(started.elapsed().as_secs_f64());
+    let ranked = candidates
+        .iter()
+        .take(shown)
+        .map(|(t, _, _)| t.id.clone())
+        .collect();
+    let slots = candidates
+        .iter()
+        .take(COMPOSE_DEPTH)
+        .filter_map(|(t, _, _)| world.index.slot(&t.id))
+        .collect();
+    Some(Evaluation {
+        id: id.to_string(),
+        candidates: slots,
+        ranked,
+        others: nearest_others(found, shown),
+        needs_time,
+        waiting,
+        considered: found.len(),
+    })
 }
 
 /// A therapist considered but not a candidate: the order it is shown in

@@ -96,17 +96,24 @@ pub struct Therapist {
     pub last_contact: Option<DateTime<Utc>>,
 }
 
+/// A map hashed with FxHash: the search looks up thousands of therapist
+/// ids per patient, and SipHash's protection against crafted keys buys
+/// nothing for ids the system itself assigns.
+pub type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+/// A set hashed like [`FastMap`].
+pub type FastSet<T> = HashSet<T, rustc_hash::FxBuildHasher>;
+
 /// What matching remembers between patients and therapists, by therapist
 /// (looked up without building keys: the search checks thousands).
 #[derive(Debug, Clone, Default)]
 pub struct History {
     /// Therapist -> patients held by its unanswered inquiries.
-    pub pending: HashMap<String, HashSet<String>>,
+    pub pending: FastMap<String, FastSet<String>>,
     /// Therapist -> end of its cooling period: any answer from a therapist
     /// keeps it from being contacted again, for every patient, for 4 weeks.
-    pub cooling_until: HashMap<String, DateTime<Utc>>,
+    pub cooling_until: FastMap<String, DateTime<Utc>>,
     /// Therapists excluded for this search (not by the patient).
-    pub search_excluded: HashSet<String>,
+    pub search_excluded: FastSet<String>,
 }
 
 /// The hard constraint that rejected a therapist (DOMAIN.md numbering).
@@ -215,11 +222,31 @@ pub fn check(
     now: DateTime<Utc>,
     minutes: Option<f64>,
 ) -> Verdict {
-    let reject = Verdict::Rejected;
     let (Some(home), Some(practice)) = (patient.position, therapist.position) else {
-        return reject(Rule::NoPosition);
+        return Verdict::Rejected(Rule::NoPosition);
     };
-    let km = distance_km(home, practice);
+    check_at(
+        patient,
+        therapist,
+        history,
+        now,
+        minutes,
+        distance_km(home, practice),
+    )
+}
+
+/// [`check`] with the distance already measured (`km`, by
+/// [`distance_km`]): the index measures it to find the therapists within
+/// reach and hands it on.
+pub fn check_at(
+    patient: &Patient,
+    therapist: &Therapist,
+    history: &History,
+    now: DateTime<Utc>,
+    minutes: Option<f64>,
+    km: f64,
+) -> Verdict {
+    let reject = Verdict::Rejected;
     let limit_km = patient
         .max_distance_km
         .unwrap_or(if patient.max_travel_minutes.is_some() {
@@ -432,7 +459,7 @@ mod tests {
         p.excluded.insert("t-1".into());
         assert_eq!(rule(&p, &therapist()), Some(Rule::Excluded));
         let history = History {
-            search_excluded: HashSet::from(["t-1".to_string()]),
+            search_excluded: ["t-1".to_string()].into_iter().collect(),
             ..History::default()
         };
         assert_eq!(
@@ -497,9 +524,9 @@ mod tests {
 
     #[test]
     fn rule_9_pending_inquiries_and_cooling() {
-        let patients = |p: &str| HashSet::from([p.to_string()]);
+        let patients = |p: &str| -> FastSet<String> { [p.to_string()].into_iter().collect() };
         let pending = History {
-            pending: HashMap::from([("t-1".to_string(), patients("p-1"))]),
+            pending: [("t-1".to_string(), patients("p-1"))].into_iter().collect(),
             ..History::default()
         };
         assert_eq!(
@@ -507,7 +534,9 @@ mod tests {
             Verdict::Rejected(Rule::Pending)
         );
         let until = now() + chrono::Duration::days(10);
-        let cooling_for = |at| HashMap::from([("t-1".to_string(), at)]);
+        let cooling_for = |at| -> FastMap<String, DateTime<Utc>> {
+            [("t-1".to_string(), at)].into_iter().collect()
+        };
         let cooling = History {
             cooling_until: cooling_for(until),
             ..History::default()
@@ -521,7 +550,7 @@ mod tests {
             ..History::default()
         };
         let other_patient = History {
-            pending: HashMap::from([("t-1".to_string(), patients("p-2"))]),
+            pending: [("t-1".to_string(), patients("p-2"))].into_iter().collect(),
             ..History::default()
         };
         assert!(matches!(

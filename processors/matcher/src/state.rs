@@ -461,7 +461,7 @@ impl World {
     /// inquiries hold are pending with each of them (one practice, one
     /// inquiry per patient).
     fn refresh_pending(&mut self, email: &str) {
-        let held: HashSet<String> = self
+        let held: crate::rules::FastSet<String> = self
             .open_by_email
             .get(email)
             .into_iter()

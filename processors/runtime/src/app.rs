@@ -1196,7 +1196,7 @@ async fn process_batch<P: Processor>(
             .await
             .map_err(batch_error)?;
         for (topic, key, envelope) in std::mem::take(&mut batch_ctx.emitted) {
-            outgoing.push(encode(shared, &topic, key, &envelope).await?);
+            outgoing.push(encode(shared, &topic, key, envelope).await?);
         }
     }
     for (message, record) in &work {
@@ -1238,7 +1238,7 @@ async fn process_batch<P: Processor>(
                         .await?;
                 }
                 for (topic, key, envelope) in emitted {
-                    outgoing.push(encode(shared, &topic, key, &envelope).await?);
+                    outgoing.push(encode(shared, &topic, key, envelope).await?);
                 }
                 for (topic, key, event_id) in tombstones {
                     outgoing.push(Outgoing {
@@ -1274,7 +1274,7 @@ async fn process_batch<P: Processor>(
             .await
             .map_err(batch_error)?;
         for (topic, key, envelope) in std::mem::take(&mut batch_ctx.emitted) {
-            outgoing.push(encode(shared, &topic, key, &envelope).await?);
+            outgoing.push(encode(shared, &topic, key, envelope).await?);
         }
     }
     if exactly {
@@ -1322,14 +1322,21 @@ async fn encode<P: Processor>(
     shared: &Shared<P>,
     topic: &str,
     key: String,
-    envelope: &Envelope,
+    envelope: Envelope,
 ) -> Result<Outgoing, BatchError> {
     let (_, schema) = shared
         .contracts
         .topic(topic)
         .map_err(|e| BatchError::Transient(e.to_string()))?;
+    let event_id = envelope.event_id;
+    let headers = envelope
+        .headers()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Some(v)))
+        .collect();
+    // Moved, not cloned: a payload can be large (an inquiry's patients).
     let value = envelope
-        .to_avro(schema)
+        .into_avro(schema)
         .map_err(|e| BatchError::Transient(e.to_string()))?;
     let physical = shared.config.physical(topic);
     let bytes = shared
@@ -1345,15 +1352,11 @@ async fn encode<P: Processor>(
             BatchError::Transient(e.to_string())
         })?;
     Ok(Outgoing {
-        event_id: envelope.event_id,
+        event_id,
         topic: physical,
         key: Some(key),
         value: Some(bytes),
-        headers: envelope
-            .headers()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), Some(v)))
-            .collect(),
+        headers,
     })
 }
 

@@ -84,28 +84,33 @@ pub struct Envelope {
 impl Envelope {
     /// The Avro value of the whole envelope for `schema`.
     pub fn to_avro(&self, schema: &TopicSchema) -> Result<Avro, EnvelopeError> {
+        self.clone().into_avro(schema)
+    }
+
+    /// [`Envelope::to_avro`], consuming the envelope (no copy of the payload).
+    pub fn into_avro(self, schema: &TopicSchema) -> Result<Avro, EnvelopeError> {
         let branch = schema
             .branch_for(&self.event_type)
             .ok_or_else(|| unknown_event_type(schema, &self.event_type))?;
         Ok(Avro::Record(vec![
             ("event_id".into(), Avro::Uuid(self.event_id)),
-            ("event_type".into(), Avro::String(self.event_type.clone())),
+            ("event_type".into(), Avro::String(self.event_type)),
             ("version".into(), Avro::Int(self.version)),
             (
                 "timestamp".into(),
                 Avro::TimestampMillis(self.timestamp_millis),
             ),
-            ("producer".into(), Avro::String(self.producer.clone())),
+            ("producer".into(), Avro::String(self.producer)),
             (
                 "correlation_id".into(),
-                match &self.correlation_id {
-                    Some(id) => Avro::Union(1, Box::new(Avro::String(id.clone()))),
+                match self.correlation_id {
+                    Some(id) => Avro::Union(1, Box::new(Avro::String(id))),
                     None => Avro::Union(0, Box::new(Avro::Null)),
                 },
             ),
             (
                 "payload".into(),
-                Avro::Union(branch.index, Box::new(self.payload.clone())),
+                Avro::Union(branch.index, Box::new(self.payload)),
             ),
         ]))
     }
