@@ -58,6 +58,16 @@ fn found(answer: &Geocoded) -> (Position, Precision, Source, Option<&str>) {
     }
 }
 
+/// The answer is `centre` from the offline dataset, with a note saying why.
+fn assert_postcode_centre(answer: &Geocoded, centre: Position, why: &str) {
+    let (position, precision, source, note) = found(answer);
+    assert_eq!(
+        (position, precision, source),
+        (centre, Precision::Postcode, Source::OfflinePostcode)
+    );
+    assert!(note.unwrap().contains(why), "{note:?}");
+}
+
 fn requests(geocoder: &Geocoder, upstream: &str, outcome: &str) -> u64 {
     geocoder
         .metrics()
@@ -225,12 +235,7 @@ async fn malformed_answers_and_unknown_addresses_fall_back_to_the_postcode_centr
         .geocode(&pool, &address("Kaputtweg", "4"))
         .await
         .unwrap();
-    let (position, precision, source, note) = found(&answer);
-    assert_eq!(
-        (position, precision, source),
-        (centre, Precision::Postcode, Source::OfflinePostcode)
-    );
-    assert!(note.unwrap().contains("unusable answer"), "{note:?}");
+    assert_postcode_centre(&answer, centre, "unusable answer");
     assert_eq!(
         fake.count("/search"),
         1,
@@ -442,12 +447,7 @@ async fn offline_the_postcode_centres_and_straight_lines_answer_without_upstream
         .geocode(&pool, &address("Offlineweg", "1"))
         .await
         .unwrap();
-    let (position, precision, source, note) = found(&answer);
-    assert_eq!(
-        (position, precision, source),
-        (centre, Precision::Postcode, Source::OfflinePostcode)
-    );
-    assert!(note.unwrap().contains("NOMINATIM_URL=offline"), "{note:?}");
+    assert_postcode_centre(&answer, centre, "NOMINATIM_URL=offline");
     let destinations = [Destination {
         id: "t-1".into(),
         position: Position {
