@@ -1,13 +1,13 @@
-//! Two matcher replicas on the same stream, sharing its partitions as the
-//! lease assigns them: with fewer places than patients want, every
-//! practice is filled to six and not beyond, and no patient is offered to
-//! more practices than allowed or to one practice twice. (Which replica
-//! gets which partition is the lease's choice: this does not force both
-//! to match patients in turns; the reload after another replica's commit
-//! is exercised when they do.)
+//! Matcher replicas share the state: with fewer places than patients want
+//! (10 practices x 6 < 40 patients x 2), every practice is filled to six
+//! and not beyond, and no patient goes to more practices than allowed or to
+//! one practice twice. One test runs two replicas on the real stream (the
+//! lease decides which partitions each takes); the other hands batches to
+//! two replicas in turns (`run_batch`), so one must reload what the other
+//! committed (disabling the reload makes it fail).
 
 use psymatch_matcher::{Matcher, MatcherConfig};
-use psymatch_runtime::testing::{Running, TestBed, of_type};
+use psymatch_runtime::testing::{Running, TestBed, fresh_database, of_type, run_batch};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -142,4 +142,47 @@ async fn two_replicas_keep_the_limits() {
     .await
     .unwrap();
     assert!(stored.iter().all(|n| *n == 6), "{stored:?}");
+}
+
+/// Places at each practice, from what the matcher stored.
+async fn stored_per_practice(pool: &sqlx::PgPool) -> Vec<i64> {
+    sqlx::query_scalar(
+        "SELECT sum(cardinality(patient_ids))::bigint FROM matcher.inquiries GROUP BY therapist_id ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_reloads_what_the_other_committed() {
+    let (pool, _) = fresh_database().await;
+    let config = || MatcherConfig {
+        per_patient: PER_PATIENT,
+        ..MatcherConfig::default()
+    };
+    let (a, b) = (Matcher::new(config()), Matcher::new(config()));
+    let practices: Vec<Value> = (0..PRACTICES).map(discovered).collect();
+    run_batch(&a, &pool, "therapist-events", &practices).await;
+    // B offers the first half of the patients: 20 x 2 of the 60 places.
+    let first: Vec<Value> = (0..PATIENTS / 2).map(registered).collect();
+    let offered_by_b = run_batch(&b, &pool, "patient-events", &first).await;
+    let places = |emitted: &[(String, String, Value)]| -> usize {
+        emitted
+            .iter()
+            .filter(|(_, t, _)| t == "email.send_inquiry")
+            .map(|(_, _, p)| p["patients"].as_array().unwrap().len())
+            .sum()
+    };
+    assert_eq!(places(&offered_by_b), PATIENTS / 2 * PER_PATIENT);
+    // A's memory still has none of them: it must reload before matching
+    // the second half, which then gets only the 20 places left.
+    let second: Vec<Value> = (PATIENTS / 2..PATIENTS).map(registered).collect();
+    let offered_by_a = run_batch(&a, &pool, "patient-events", &second).await;
+    assert_eq!(
+        places(&offered_by_a),
+        PRACTICES * 6 - PATIENTS / 2 * PER_PATIENT
+    );
+    let stored = stored_per_practice(&pool).await;
+    assert_eq!(stored, vec![6; PRACTICES], "six per practice, none beyond");
 }

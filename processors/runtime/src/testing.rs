@@ -440,3 +440,101 @@ impl TestBed {
         }
     }
 }
+
+/// Runs `records` (written as people write them, for `topic`) through
+/// `processor` as one batch, in one transaction on `pool`, the way the
+/// runtime does: `begin_batch`, `process` for each, `finish_batch`, commit.
+/// Returns what the batch emitted as (topic, event type, payload). No
+/// broker: tests that must decide which instance handles which batch.
+pub async fn run_batch<P: crate::processor::Processor>(
+    processor: &P,
+    pool: &PgPool,
+    topic: &str,
+    records: &[serde_json::Value],
+) -> Vec<(String, String, serde_json::Value)> {
+    use crate::processor::{BatchContext, Context, Incoming, Scratch};
+    let contracts = crate::contracts::Contracts::embedded();
+    let (spec, schema) = contracts.topic(topic).expect("a topic with a schema");
+    let now = chrono::Utc::now();
+    let incoming: Vec<Incoming> = records
+        .iter()
+        .enumerate()
+        .map(|(offset, record)| {
+            let (key, envelope) =
+                crate::envelope::from_json(record, schema, &spec.key_fields, "test", now)
+                    .expect("the test record fits");
+            let payload = crate::avro_json::to_json(&envelope.payload);
+            Incoming {
+                topic: topic.to_string(),
+                partition: 0,
+                offset: offset as i64,
+                key,
+                envelope,
+                payload,
+            }
+        })
+        .collect();
+    let mut tx = pool.begin().await.expect("a transaction");
+    let mut scratch = Scratch::default();
+    let mut emitted = Vec::new();
+    let batch_id = incoming
+        .last()
+        .map(|r| r.envelope.event_id)
+        .unwrap_or_default();
+    let refs: Vec<&Incoming> = incoming.iter().collect();
+    let mut batch = BatchContext {
+        db: &mut tx,
+        pool,
+        scratch: &mut scratch,
+        contracts,
+        producer: processor.name(),
+        now,
+        batch_id,
+        phase: "begin",
+        emitted: Vec::new(),
+    };
+    processor
+        .begin_batch(&mut batch, &refs)
+        .await
+        .expect("begin_batch");
+    emitted.append(&mut batch.emitted);
+    for record in &incoming {
+        let mut ctx = Context {
+            db: &mut tx,
+            pool,
+            scratch: &mut scratch,
+            contracts,
+            producer: processor.name(),
+            source: record,
+            now,
+            emitted: Vec::new(),
+            tombstones: Vec::new(),
+        };
+        processor.process(&mut ctx, record).await.expect("process");
+        emitted.append(&mut ctx.emitted);
+    }
+    let mut batch = BatchContext {
+        db: &mut tx,
+        pool,
+        scratch: &mut scratch,
+        contracts,
+        producer: processor.name(),
+        now,
+        batch_id,
+        phase: "finish",
+        emitted: Vec::new(),
+    };
+    processor
+        .finish_batch(&mut batch)
+        .await
+        .expect("finish_batch");
+    emitted.append(&mut batch.emitted);
+    tx.commit().await.expect("commit");
+    emitted
+        .into_iter()
+        .map(|(topic, _, envelope)| {
+            let payload = crate::avro_json::to_json(&envelope.payload);
+            (topic, envelope.event_type, payload)
+        })
+        .collect()
+}
