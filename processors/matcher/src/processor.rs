@@ -150,8 +150,11 @@ impl Matcher {
             "patient.registered" | "patient.updated" | "patient.search_status_changed" => {
                 let profile = p["profile"].clone();
                 let requested = text(&profile["status"]);
-                let old = world.searches.get(&id).cloned();
-                let mut search = old.clone().unwrap_or(SearchRecord {
+                let was_paused = world
+                    .searches
+                    .get(&id)
+                    .is_some_and(|s| s.status == "PAUSED");
+                let mut search = world.searches.get(&id).cloned().unwrap_or(SearchRecord {
                     profile: Value::Null,
                     status: "ACTIVE".into(),
                     placed: None,
@@ -174,8 +177,7 @@ impl Matcher {
                     search.status = requested.clone();
                 }
                 search.exhausted = false;
-                let paused =
-                    search.status == "PAUSED" && old.as_ref().is_none_or(|o| o.status != "PAUSED");
+                let paused = search.status == "PAUSED" && !was_paused;
                 let active = search.status == "ACTIVE";
                 world.put_search(&id, search);
                 if paused {
@@ -320,10 +322,8 @@ impl Matcher {
                 for email in practices {
                     let members: Vec<String> = world.members_of(&email);
                     for member in members {
-                        if let Some(mut t) = world.therapists.get(&member).cloned() {
-                            t.last_contact = t.last_contact.max(at);
-                            world.put_therapist(&member, t);
-                        }
+                        world
+                            .update_therapist(&member, |t| t.last_contact = t.last_contact.max(at));
                     }
                 }
             }
@@ -427,18 +427,14 @@ impl Matcher {
         let mut members: Vec<String> = world.members_of(&practice);
         members.push(recipient_id.clone());
         for member in &members {
-            if let Some(mut t) = world.therapists.get(member).cloned() {
-                t.cooling_until = t.cooling_until.max(Some(cooling_until));
-                world.put_therapist(member, t);
-            }
+            world.update_therapist(member, |t| {
+                t.cooling_until = t.cooling_until.max(Some(cooling_until))
+            });
         }
         for (patient, outcome) in &answers {
-            if outcome == "REJECTED_NOT_SUITABLE"
-                && let Some(mut search) = world.searches.get(patient).cloned()
-            {
+            if outcome == "REJECTED_NOT_SUITABLE" {
                 // Not suitable is not a matter of time: never this practice again.
-                search.excluded.extend(members.iter().cloned());
-                world.put_search(patient, search);
+                world.update_search(patient, |s| s.excluded.extend(members.iter().cloned()));
             }
             if outcome != "ACCEPTED" {
                 continue;
@@ -448,10 +444,10 @@ impl Matcher {
                 .get(patient)
                 .is_some_and(|s| s.status == "ACTIVE" || s.status == "PAUSED");
             if placeable {
-                let mut search = world.searches[patient].clone();
-                search.status = "PLACED".into();
-                search.placed = Some((recipient_id.clone(), id.clone()));
-                world.put_search(patient, search);
+                world.update_search(patient, |s| {
+                    s.status = "PLACED".into();
+                    s.placed = Some((recipient_id.clone(), id.clone()));
+                });
                 ctx.emit(
                     EVENTS,
                     "matching.patient_placed",
@@ -660,16 +656,11 @@ impl Matcher {
             chunk
                 .iter()
                 .filter_map(|id| {
-                    let shown = if fully.contains(*id) {
-                        FULL_DECISIONS
-                    } else {
-                        BRIEF_DECISIONS
-                    };
                     evaluate(
                         world,
                         id,
                         now,
-                        shown,
+                        shown(&fully, id),
                         &mut found,
                         &self.metrics.search_seconds,
                     )
@@ -745,24 +736,15 @@ impl Matcher {
                 json!({"inquiry_id": id, "therapist_id": inquiry.therapist_id, "recipient": recipient,
                        "patients": summaries}),
             )?;
-            for patient in &inquiry.patients {
-                chosen
-                    .entry(patient.clone())
-                    .or_default()
-                    .push(inquiry.therapist_id.clone());
-                if let Some(mut search) = world.searches.get(patient).cloned()
-                    && search.exhausted
-                {
-                    search.exhausted = false;
-                    world.put_search(patient, search);
-                }
-            }
+            // The explanation marks the practice (all its members) chosen.
             let members: Vec<String> = world.members_of(&inquiry.email);
             for patient in &inquiry.patients {
-                chosen
-                    .entry(patient.clone())
-                    .or_default()
-                    .extend(members.iter().cloned());
+                let picked = chosen.entry(patient.clone()).or_default();
+                picked.push(inquiry.therapist_id.clone());
+                picked.extend(members.iter().cloned());
+                if world.searches.get(patient).is_some_and(|s| s.exhausted) {
+                    world.update_search(patient, |s| s.exhausted = false);
+                }
             }
             world.put_inquiry(
                 &id,
@@ -787,11 +769,7 @@ impl Matcher {
             if picked.is_none() && !explain.contains(&patient) {
                 continue;
             }
-            let limit = if fully.contains(&patient) {
-                FULL_DECISIONS
-            } else {
-                BRIEF_DECISIONS
-            };
+            let limit = shown(&fully, &patient);
             let decisions = explanation(
                 world,
                 &ranked,
@@ -837,10 +815,7 @@ impl Matcher {
         }
 
         for (patient, considered) in exhausted {
-            if let Some(mut search) = world.searches.get(&patient).cloned() {
-                search.exhausted = true;
-                world.put_search(&patient, search);
-            }
+            world.update_search(&patient, |s| s.exhausted = true);
             batch.emit(
                 EVENTS,
                 "matching.search_exhausted",
@@ -857,6 +832,16 @@ impl Matcher {
             )?;
         }
         Ok(())
+    }
+}
+
+/// How many entries the explanation of a search lists: every one when a
+/// person asked about that patient.
+fn shown(fully: &std::collections::BTreeSet<String>, patient: &str) -> usize {
+    if fully.contains(patient) {
+        FULL_DECISIONS
+    } else {
+        BRIEF_DECISIONS
     }
 }
 

@@ -402,6 +402,25 @@ impl World {
         self.dirty.searches.insert(id.to_string());
     }
 
+    /// Changes a stored search (its view and the dirty mark follow);
+    /// false when there is none.
+    pub fn update_search(&mut self, id: &str, change: impl FnOnce(&mut SearchRecord)) -> bool {
+        let Some(mut search) = self.searches.get(id).cloned() else {
+            return false;
+        };
+        change(&mut search);
+        self.put_search(id, search);
+        true
+    }
+
+    /// Changes a stored therapist like [`World::update_search`].
+    pub fn update_therapist(&mut self, id: &str, change: impl FnOnce(&mut TherapistRecord)) {
+        if let Some(mut therapist) = self.therapists.get(id).cloned() {
+            change(&mut therapist);
+            self.put_therapist(id, therapist);
+        }
+    }
+
     /// Forgets a search (erasure).
     pub fn drop_search(&mut self, id: &str) {
         self.patients.remove(id);

@@ -452,7 +452,7 @@ pub async fn run_batch<P: crate::processor::Processor>(
     topic: &str,
     records: &[serde_json::Value],
 ) -> Vec<(String, String, serde_json::Value)> {
-    use crate::processor::{BatchContext, Context, Incoming, Scratch};
+    use crate::processor::{Context, Incoming, Scratch};
     let contracts = crate::contracts::Contracts::embedded();
     let (spec, schema) = contracts.topic(topic).expect("a topic with a schema");
     let now = chrono::Utc::now();
@@ -482,17 +482,8 @@ pub async fn run_batch<P: crate::processor::Processor>(
         .map(|r| r.envelope.event_id)
         .unwrap_or_default();
     let refs: Vec<&Incoming> = incoming.iter().collect();
-    let mut batch = BatchContext {
-        db: &mut tx,
-        pool,
-        scratch: &mut scratch,
-        contracts,
-        producer: processor.name(),
-        now,
-        batch_id,
-        phase: "begin",
-        emitted: Vec::new(),
-    };
+    let name = processor.name();
+    let mut batch = hook(&mut tx, pool, &mut scratch, name, now, batch_id, "begin");
     processor
         .begin_batch(&mut batch, &refs)
         .await
@@ -513,17 +504,7 @@ pub async fn run_batch<P: crate::processor::Processor>(
         processor.process(&mut ctx, record).await.expect("process");
         emitted.append(&mut ctx.emitted);
     }
-    let mut batch = BatchContext {
-        db: &mut tx,
-        pool,
-        scratch: &mut scratch,
-        contracts,
-        producer: processor.name(),
-        now,
-        batch_id,
-        phase: "finish",
-        emitted: Vec::new(),
-    };
+    let mut batch = hook(&mut tx, pool, &mut scratch, name, now, batch_id, "finish");
     processor
         .finish_batch(&mut batch)
         .await
@@ -537,4 +518,55 @@ pub async fn run_batch<P: crate::processor::Processor>(
             (topic, envelope.event_type, payload)
         })
         .collect()
+}
+
+/// The context of a batch hook, as the runtime builds it ([`run_batch`]).
+fn hook<'a>(
+    db: &'a mut sqlx::PgConnection,
+    pool: &'a PgPool,
+    scratch: &'a mut crate::processor::Scratch,
+    producer: &'static str,
+    now: chrono::DateTime<chrono::Utc>,
+    batch_id: uuid::Uuid,
+    phase: &'static str,
+) -> crate::processor::BatchContext<'a> {
+    crate::processor::BatchContext {
+        db,
+        pool,
+        scratch,
+        contracts: crate::contracts::Contracts::embedded(),
+        producer,
+        now,
+        batch_id,
+        phase,
+        emitted: Vec::new(),
+    }
+}
+
+/// A processor that consumes one topic and does nothing: the runtime's own
+/// cost, the baseline benchmarks measure a processor against. It runs
+/// under the name (and PostgreSQL schema) of the processor it stands for.
+pub struct Noop {
+    /// The processor it stands for.
+    pub name: &'static str,
+    /// The topic it consumes.
+    pub input: &'static str,
+}
+
+impl crate::processor::Processor for Noop {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn inputs(&self) -> Vec<&'static str> {
+        vec![self.input]
+    }
+
+    async fn process(
+        &self,
+        _ctx: &mut crate::processor::Context<'_>,
+        _record: &crate::processor::Incoming,
+    ) -> Result<(), crate::processor::ProcessError> {
+        Ok(())
+    }
 }

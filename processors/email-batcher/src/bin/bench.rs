@@ -9,8 +9,8 @@
 
 use psymatch_email_batcher::EmailBatcher;
 use psymatch_email_batcher::config::BatcherConfig;
-use psymatch_runtime::processor::{Context, Incoming, ProcessError, Processor};
-use psymatch_runtime::testing::{Running, TestBed, scratch_dir, throughput};
+use psymatch_runtime::processor::Processor;
+use psymatch_runtime::testing::{Noop, Running, TestBed, scratch_dir, throughput};
 use serde_json::json;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
@@ -18,27 +18,6 @@ use std::time::{Duration, Instant};
 
 #[global_allocator]
 static ALLOCATOR: psymatch_runtime::Allocator = psymatch_runtime::Allocator;
-
-/// Consumes the same commands and decides nothing: the runtime's own cost.
-struct Noop;
-
-impl Processor for Noop {
-    fn name(&self) -> &'static str {
-        "email_batcher"
-    }
-
-    fn inputs(&self) -> Vec<&'static str> {
-        vec!["email-commands"]
-    }
-
-    async fn process(
-        &self,
-        _ctx: &mut Context<'_>,
-        _record: &Incoming,
-    ) -> Result<(), ProcessError> {
-        Ok(())
-    }
-}
 
 /// The batcher's throughput over everything published, from no stored inquiries.
 async fn through<P: Processor>(
@@ -87,7 +66,17 @@ async fn main() -> anyhow::Result<()> {
     .into_iter()
     .collect();
     eprintln!("runtime only ...");
-    let (base_s, base_n) = through(&bed, &pool, Noop, "noop", commands as i64).await?;
+    let (base_s, base_n) = through(
+        &bed,
+        &pool,
+        Noop {
+            name: "email_batcher",
+            input: "email-commands",
+        },
+        "noop",
+        commands as i64,
+    )
+    .await?;
     eprintln!("batching decisions ...");
     let batcher = EmailBatcher::new(BatcherConfig::from_vars(&vars)?)?;
     let (dec_s, dec_n) = through(&bed, &pool, batcher, "batcher", commands as i64).await?;

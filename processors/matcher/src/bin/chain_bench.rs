@@ -13,29 +13,12 @@ use psymatch_intake::Intake;
 use psymatch_matcher::index::synthetic;
 use psymatch_matcher::{Gender, Matcher, MatcherConfig, Procedure};
 use psymatch_runtime::processor::{Context, Incoming, ProcessError, Processor};
-use psymatch_runtime::testing::{Running, TestBed, throughput};
+use psymatch_runtime::testing::{Noop, Running, TestBed, throughput};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 #[global_allocator]
 static ALLOCATOR: psymatch_runtime::Allocator = psymatch_runtime::Allocator;
-
-/// Consumes the registrations and does nothing: the runtime's own cost.
-struct Noop;
-
-impl Processor for Noop {
-    fn name(&self) -> &'static str {
-        "intake"
-    }
-
-    fn inputs(&self) -> Vec<&'static str> {
-        vec!["patient-commands"]
-    }
-
-    async fn process(&self, _: &mut Context<'_>, _: &Incoming) -> Result<(), ProcessError> {
-        Ok(())
-    }
-}
 
 /// Answers geocoding requests at once with a synthetic position (the
 /// patient's number decides where): the chain without an upstream.
@@ -163,7 +146,17 @@ async fn main() -> anyhow::Result<()> {
         published.elapsed().as_secs_f64()
     );
 
-    let (seconds, covered) = throughput(&bed, &pool, Noop, "noop", registrations as i64).await?;
+    let (seconds, covered) = throughput(
+        &bed,
+        &pool,
+        Noop {
+            name: "intake",
+            input: "patient-commands",
+        },
+        "noop",
+        registrations as i64,
+    )
+    .await?;
     let baseline = covered as f64 / seconds;
     // The no-op ran as intake: its record of processed ids would make the
     // real intake skip every command as a duplicate.
