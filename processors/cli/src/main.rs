@@ -81,7 +81,8 @@ enum Command {
         #[command(subcommand)]
         command: SchemasCommand,
     },
-    /// Apply the database migrations (DATABASE_URL).
+    /// Apply the database migrations (DATABASE_URL, the owner's role); with
+    /// PROCESSOR_DB_PASSWORD set, also give the processors' roles that password.
     Migrate,
 }
 
@@ -195,6 +196,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = db::connect(&url).await?;
             db::migrate(&pool).await?;
             println!("database migrated ({})", db::redact(&url));
+            // Servers that ask for passwords (compose): the processors' roles
+            // get the one the processors are configured with.
+            if let Ok(password) = std::env::var("PROCESSOR_DB_PASSWORD") {
+                db::set_role_passwords(&pool, &password).await?;
+                println!("passwords set for the processors' roles");
+            }
             Ok(())
         }
     }

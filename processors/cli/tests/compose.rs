@@ -74,6 +74,7 @@ fn the_init_service_sets_exactly_what_the_tool_reads() {
         "SCHEMA_REGISTRY_URL",
         "DATABASE_URL",
         "PSYMATCH_CONTRACTS",
+        "PROCESSOR_DB_PASSWORD",
     ]
     .into_iter()
     .map(String::from)
@@ -84,7 +85,12 @@ fn the_init_service_sets_exactly_what_the_tool_reads() {
         .output()
         .unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
-    for variable in ["KAFKA_BROKERS", "SCHEMA_REGISTRY_URL", "PSYMATCH_CONTRACTS"] {
+    for variable in [
+        "KAFKA_BROKERS",
+        "SCHEMA_REGISTRY_URL",
+        "PSYMATCH_CONTRACTS",
+        "PROCESSOR_DB_PASSWORD",
+    ] {
         assert!(
             help.contains(variable),
             "psymatch --help does not mention {variable}"
@@ -125,6 +131,17 @@ fn every_processor_runs_from_the_image_with_the_runtime_settings() {
                 "{name:?} lacks {variable}"
             );
         }
+        // Least privilege: each processor connects as its own role.
+        let schema = entrypoint
+            .trim_start_matches("/usr/local/bin/psymatch-")
+            .replace('-', "_");
+        let url = environment[&serde_yaml_ng::Value::from("DATABASE_URL")]
+            .as_str()
+            .unwrap();
+        assert!(
+            url.starts_with(&format!("postgres://psymatch_{schema}:")),
+            "{name:?} connects as {url}"
+        );
     }
     assert!(processors >= 4, "{processors} processor services");
 }

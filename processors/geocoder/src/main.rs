@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Cleanup => {
             telemetry::init("geocoder");
             let pool = db::connect(&db::database_url()).await?;
-            db::migrate(&pool).await?;
+            db::ensure_migrated(&pool).await?;
             let mut connection = pool.acquire().await?;
             let (geocodes, travel) = cache::cleanup(&mut connection).await?;
             println!("removed {geocodes} expired geocodes and {travel} expired travel times");

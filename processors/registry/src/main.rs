@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init("registry");
     let listen = std::env::var("REGISTRY_LISTEN").unwrap_or_else(|_| "127.0.0.1:8081".into());
     let pool = db::connect(&db::database_url()).await?;
-    db::migrate(&pool).await?;
+    db::ensure_migrated(&pool).await?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

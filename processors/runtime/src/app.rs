@@ -95,7 +95,7 @@ pub async fn run_with<P: Processor>(
         contracts.topic(topic)?;
     }
     let pool = db::connect_sized(&config.database_url, config.db_pool_size).await?;
-    db::migrate(&pool).await?;
+    db::ensure_migrated(&pool).await?;
     let metrics = Arc::new(Metrics::new(name));
     for collector in processor.collectors() {
         metrics.register(collector)?;
@@ -1028,33 +1028,6 @@ async fn decode<P: Processor>(
             return Ok(Decoded::Bad(code, reason));
         }
     };
-    let branch = crate::envelope::payload_branch(&value);
-    let envelope = match Envelope::from_avro(value) {
-        Ok(envelope) => envelope,
-        Err(error) => return Ok(Decoded::Bad(ErrorCode::NotAnEnvelope, error.to_string())),
-    };
-    match schema.branch_for(&envelope.event_type) {
-        None => {
-            return Ok(Decoded::Bad(
-                ErrorCode::NotAnEnvelope,
-                format!(
-                    "event_type {} is not carried by {logical}",
-                    envelope.event_type
-                ),
-            ));
-        }
-        Some(expected) if Some(expected.index) != branch => {
-            return Ok(Decoded::Bad(
-                ErrorCode::NotAnEnvelope,
-                format!(
-                    "event_type {} announces {}, but the payload is another record",
-                    envelope.event_type, expected.record
-                ),
-            ));
-        }
-        Some(_) => {}
-    }
-    let payload = crate::avro_json::to_json(&envelope.payload);
     let key = message
         .key()
         .map(|k| String::from_utf8_lossy(k).into_owned())
@@ -1064,15 +1037,10 @@ async fn decode<P: Processor>(
         .topics
         .topic(&logical)
         .expect("topics with schemas are declared");
-    match crate::envelope::key_of(&payload, &spec.key_fields) {
-        Some(expected) if expected != key => {
-            return Ok(Decoded::Bad(
-                ErrorCode::KeyMismatch,
-                format!("key '{key}' disagrees with the payload's key '{expected}'"),
-            ));
-        }
-        _ => {}
-    }
+    let (envelope, payload) = match crate::envelope::check(schema, &spec.key_fields, &key, value) {
+        Ok(checked) => checked,
+        Err((code, reason)) => return Ok(Decoded::Bad(code, reason)),
+    };
     Ok(Decoded::Good(Box::new(Incoming {
         topic: logical,
         partition: message.partition(),

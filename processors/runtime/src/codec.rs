@@ -406,6 +406,23 @@ impl Codec {
     }
 }
 
+/// Reads an Avro body written with `schema` itself (no registry: the
+/// fuzz targets and tools that know the writer). The whole body must be
+/// one value.
+pub fn read_body(schema: &apache_avro::Schema, mut body: &[u8]) -> Result<Avro, String> {
+    let reader = GenericDatumReader::builder(schema)
+        .build()
+        .map_err(|error| error.to_string())?;
+    let value = reader
+        .read_value(&mut body)
+        .map_err(|error| error.to_string())?;
+    if body.is_empty() {
+        Ok(value)
+    } else {
+        Err(format!("{} bytes left after the value", body.len()))
+    }
+}
+
 /// One subject's registration outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registered {

@@ -42,6 +42,81 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .context("applying database migrations")
 }
 
+/// Makes sure the database holds every migration: checks first (a
+/// processor's own role may read which migrations ran but not create
+/// tables), and migrates only when something is missing, which needs the
+/// owner's role (`psymatch migrate` in production; the superuser of a local
+/// stack or a test may do it at start).
+pub async fn ensure_migrated(pool: &PgPool) -> anyhow::Result<()> {
+    let expected: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    let applied: Result<i64, sqlx::Error> = sqlx::query_scalar(
+        "SELECT count(*) FROM public._sqlx_migrations WHERE success AND version = ANY($1)",
+    )
+    .bind(&expected)
+    .fetch_one(pool)
+    .await;
+    if matches!(applied, Ok(n) if n == expected.len() as i64) {
+        return Ok(());
+    }
+    migrate(pool).await.with_context(|| {
+        format!(
+            "the database lacks migrations (this build expects {} up to version {}) and \
+             this role cannot apply them: run `psymatch migrate` with the owner's DATABASE_URL",
+            expected.len(),
+            expected.last().copied().unwrap_or_default()
+        )
+    })
+}
+
+/// The schemas with a role of their own (migration 0011).
+pub const PROCESSOR_SCHEMAS: [&str; 8] = [
+    "intake",
+    "scraper",
+    "geocoder",
+    "matcher",
+    "email_batcher",
+    "scheduler",
+    "registry",
+    "example",
+];
+
+/// The processor's own database role (migration 0011): `psymatch_<schema>`.
+pub fn role_of(schema: &str) -> String {
+    format!("psymatch_{schema}")
+}
+
+/// Gives every processor's role `password` (servers that ask for one).
+pub async fn set_role_passwords(pool: &PgPool, password: &str) -> anyhow::Result<()> {
+    for schema in PROCESSOR_SCHEMAS {
+        // ALTER ROLE takes no bind parameters: the server quotes the literal.
+        let literal: String = sqlx::query_scalar("SELECT quote_literal($1)")
+            .bind(password)
+            .fetch_one(pool)
+            .await?;
+        sqlx::query(&format!(
+            "ALTER ROLE {} PASSWORD {literal}",
+            role_of(schema)
+        ))
+        .execute(pool)
+        .await
+        .with_context(|| format!("setting the password of {}", role_of(schema)))?;
+    }
+    Ok(())
+}
+
+/// `url` with another user and without a password (local servers that
+/// trust loopback, tests).
+pub fn with_user(url: &str, user: &str) -> String {
+    match url.find("://") {
+        Some(scheme) => {
+            let rest = &url[scheme + 3..];
+            let host = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+            format!("{}{user}@{host}", &url[..scheme + 3])
+        }
+        None => url.to_string(),
+    }
+}
+
 /// The URL without its password, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -68,5 +143,17 @@ mod tests {
         );
         assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
         assert_eq!(redact("postgres:///x"), "postgres:///x");
+    }
+
+    #[test]
+    fn with_user_replaces_user_and_drops_the_password() {
+        assert_eq!(
+            super::with_user("postgres://app:secret@db:5432/x", "psymatch_intake"),
+            "postgres://psymatch_intake@db:5432/x"
+        );
+        assert_eq!(
+            super::with_user("postgres://127.0.0.1/x", "r"),
+            "postgres://r@127.0.0.1/x"
+        );
     }
 }

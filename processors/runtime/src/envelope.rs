@@ -14,6 +14,7 @@
 //! given, so a record's key and content can never disagree.
 
 use crate::avro_json::{self, FitError};
+use crate::errors::ErrorCode;
 use crate::schemas::TopicSchema;
 use apache_avro::types::Value as Avro;
 use chrono::{DateTime, Utc};
@@ -207,6 +208,51 @@ pub fn key_of(payload: &Json, key_fields: &[String]) -> Option<String> {
             .filter(|key| !key.is_empty())
             .map(str::to_string)
     })
+}
+
+/// Checks a decoded value against what its topic carries: an envelope whose
+/// `event_type` the topic knows, whose payload is that event's record, and
+/// whose payload's key is the record's `key`. Returns the envelope and its
+/// payload as JSON, or the error code and reason a dead letter carries.
+pub fn check(
+    schema: &TopicSchema,
+    key_fields: &[String],
+    key: &str,
+    value: Avro,
+) -> Result<(Envelope, Json), (ErrorCode, String)> {
+    let logical = &schema.topic;
+    let branch = payload_branch(&value);
+    let envelope = Envelope::from_avro(value)
+        .map_err(|error| (ErrorCode::NotAnEnvelope, error.to_string()))?;
+    match schema.branch_for(&envelope.event_type) {
+        None => {
+            return Err((
+                ErrorCode::NotAnEnvelope,
+                format!(
+                    "event_type {} is not carried by {logical}",
+                    envelope.event_type
+                ),
+            ));
+        }
+        Some(expected) if Some(expected.index) != branch => {
+            return Err((
+                ErrorCode::NotAnEnvelope,
+                format!(
+                    "event_type {} announces {}, but the payload is another record",
+                    envelope.event_type, expected.record
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    let payload = avro_json::to_json(&envelope.payload);
+    match key_of(&payload, key_fields) {
+        Some(expected) if expected != key => Err((
+            ErrorCode::KeyMismatch,
+            format!("key '{key}' disagrees with the payload's key '{expected}'"),
+        )),
+        _ => Ok((envelope, payload)),
+    }
 }
 
 /// The payload record `event_type` travels in, converted from JSON.

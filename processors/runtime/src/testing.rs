@@ -268,11 +268,16 @@ impl TestBed {
     }
 
     /// The environment variables that configure a processor process here.
+    /// The processor connects with its own least-privilege role, as in
+    /// production: every test that runs a processor shows it needs no more.
     pub fn env(&self, processor: &str) -> Vec<(String, String)> {
         vec![
             ("KAFKA_BROKERS".into(), self.brokers.clone()),
             ("SCHEMA_REGISTRY_URL".into(), self.registry_url.clone()),
-            ("DATABASE_URL".into(), self.database_url.clone()),
+            (
+                "DATABASE_URL".into(),
+                crate::db::with_user(&self.database_url, &crate::db::role_of(processor)),
+            ),
             ("TOPIC_PREFIX".into(), self.prefix.clone()),
             (
                 "CONSUMER_GROUP".into(),
@@ -315,6 +320,19 @@ impl TestBed {
         let sends = sends
             .iter()
             .map(|(key, bytes, headers)| self.publish_raw(topic, Some(key), Some(bytes), headers));
+        futures::future::join_all(sends).await;
+    }
+
+    /// Publishes records for several topics at once, each topic's in order.
+    pub async fn publish_all(&self, records: &[(&str, serde_json::Value)]) {
+        let mut by_topic: std::collections::BTreeMap<&str, Vec<serde_json::Value>> =
+            std::collections::BTreeMap::new();
+        for (topic, record) in records {
+            by_topic.entry(topic).or_default().push(record.clone());
+        }
+        let sends = by_topic
+            .iter()
+            .map(|(topic, records)| self.publish(topic, records));
         futures::future::join_all(sends).await;
     }
 
