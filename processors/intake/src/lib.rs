@@ -14,7 +14,9 @@ pub mod validate;
 
 use chrono::{DateTime, Utc};
 use psymatch_runtime::errors::ErrorCode;
-use psymatch_runtime::processor::{Context, Incoming, ProcessError, Processor};
+use psymatch_runtime::processor::{
+    Context, Incoming, ProcessError, Processor, invalid_event, position_of,
+};
 use serde_json::{Value, json};
 
 const EVENTS: &str = "patient-events";
@@ -307,6 +309,16 @@ impl Intake {
 
     async fn geocoded(&self, ctx: &mut Context<'_>, record: &Incoming) -> Result<(), ProcessError> {
         let request_id = record.payload["request_id"].as_str().unwrap_or_default();
+        // A geocoder's bug is refused before it can become a patient's position.
+        if request_id.is_empty() {
+            return Err(invalid_event("a geocoding result without a request id"));
+        }
+        let position = position_of(&record.payload["position"]).map_err(invalid_event)?;
+        if record.event_type() == "geocoding.address_geocoded" && position.is_none() {
+            return Err(invalid_event(
+                "an address_geocoded result without a position",
+            ));
+        }
         if !request_id.starts_with("patient-") {
             return Ok(());
         }
@@ -324,11 +336,7 @@ impl Intake {
             tracing::warn!(patient_id, reason = %record.payload["reason"], "no position for a patient's address");
             return Ok(());
         }
-        let position = &record.payload["position"];
-        let (Some(lat), Some(lon)) = (
-            position["latitude"].as_f64(),
-            position["longitude"].as_f64(),
-        ) else {
+        let Some((lat, lon)) = position else {
             return Ok(());
         };
         let (lat, lon) = (rounded(lat), rounded(lon));

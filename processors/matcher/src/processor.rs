@@ -18,7 +18,9 @@ use chrono::{DateTime, Duration, Utc};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts};
 use psymatch_runtime::config::Vars;
 use psymatch_runtime::errors::ErrorCode;
-use psymatch_runtime::processor::{BatchContext, Context, Incoming, ProcessError, Processor};
+use psymatch_runtime::processor::{
+    BatchContext, Context, Incoming, ProcessError, Processor, invalid_event, position_of,
+};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use tokio::sync::Mutex;
@@ -835,6 +837,58 @@ impl Matcher {
     }
 }
 
+/// The values the matcher folds into its state from other processors'
+/// events, checked: ids present, positions on the globe, travel times
+/// that are times. Commands are checked where they are handled.
+fn check_event(record: &Incoming) -> Result<(), String> {
+    let p = &record.payload;
+    let id = |field: &str| -> Result<(), String> {
+        match p[field].as_str() {
+            Some(value) if !value.is_empty() => Ok(()),
+            _ => Err(format!("{} without {field}", record.event_type())),
+        }
+    };
+    if record.event_type() == "command.rejected" {
+        return Ok(());
+    }
+    match record.topic.as_str() {
+        "patient-events" => {
+            id("patient_id")?;
+            position_of(&p["profile"]["coordinates"])?;
+        }
+        "therapist-events" => {
+            id("therapist_id")?;
+            position_of(&p["details"]["coordinates"])?;
+        }
+        "geocoding-results" => {
+            id("request_id")?;
+            position_of(&p["position"])?;
+            for result in p["results"].as_array().into_iter().flatten() {
+                if result["duration_seconds"]
+                    .as_f64()
+                    .is_some_and(|s| !s.is_finite() || s < 0.0)
+                {
+                    return Err(format!("a travel time of {} s", result["duration_seconds"]));
+                }
+            }
+        }
+        "communication-events" => {
+            let ids = p["inquiry_ids"].as_array().into_iter().flatten();
+            if ids
+                .chain(std::iter::once(&p["inquiry_id"]))
+                .any(|i| i.as_str() == Some(""))
+            {
+                return Err(format!("{} names an empty inquiry id", record.event_type()));
+            }
+            if p.get("email_id").is_some() {
+                id("email_id")?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// How many entries the explanation of a search lists: every one when a
 /// person asked about that patient.
 fn shown(fully: &std::collections::BTreeSet<String>, patient: &str) -> usize {
@@ -1064,6 +1118,8 @@ impl Processor for Matcher {
     }
 
     async fn process(&self, ctx: &mut Context<'_>, record: &Incoming) -> Result<(), ProcessError> {
+        // Before anything changes: a refused record leaves the state as it was.
+        check_event(record).map_err(invalid_event)?;
         let mut world = self.world.lock().await;
         let now = ctx.now();
         match record.topic.as_str() {

@@ -28,6 +28,10 @@ pub enum ErrorCode {
     /// No position can be found for an address (the upstream knows none and
     /// its postcode is not in the offline dataset).
     AddressNotFound,
+    /// An event from another processor with values outside their domain
+    /// (coordinates off the globe, an empty id): the producer's bug,
+    /// dead-lettered instead of folded into state.
+    InvalidEvent,
     /// A processor emitted a record that does not fit its topic's schema (a bug).
     OutputDoesNotFit,
     /// The database failed (retried).
@@ -42,7 +46,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::NotWireFormat,
         ErrorCode::UnknownSchema,
         ErrorCode::UndecodableBody,
@@ -53,6 +57,7 @@ impl ErrorCode {
         ErrorCode::UnknownSubject,
         ErrorCode::InvalidState,
         ErrorCode::AddressNotFound,
+        ErrorCode::InvalidEvent,
         ErrorCode::OutputDoesNotFit,
         ErrorCode::Database,
         ErrorCode::Broker,
@@ -73,6 +78,7 @@ impl ErrorCode {
             ErrorCode::UnknownSubject => "PSY-V-002",
             ErrorCode::InvalidState => "PSY-V-003",
             ErrorCode::AddressNotFound => "PSY-V-004",
+            ErrorCode::InvalidEvent => "PSY-V-005",
             ErrorCode::OutputDoesNotFit => "PSY-B-001",
             ErrorCode::Database => "PSY-T-001",
             ErrorCode::Broker => "PSY-T-002",

@@ -1,0 +1,823 @@
+//! The poison run: bad records of seven kinds on every topic a processor
+//! consumes, interleaved with good ones, while every processor runs as a
+//! process. It holds when every bad record reached the dead-letter topic
+//! of its topic (once per processor that consumes it) or a rejection with
+//! its reason, every good record was processed by every consumer, and no
+//! process exited or panicked.
+
+use crate::processes::{self, Process};
+use anyhow::{Context, bail};
+use chrono::Utc;
+use futures::StreamExt;
+use psymatch_runtime::codec::Codec;
+use psymatch_runtime::contracts::Contracts;
+use psymatch_runtime::envelope::{self, Envelope};
+use psymatch_runtime::testing::{TestBed, free_port, scratch_dir};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Every topic a processor consumes, with its consumers (their schemas),
+/// as the processors' `inputs()` declare them.
+const CONSUMED: [(&str, &[&str]); 10] = [
+    ("patient-commands", &["intake"]),
+    ("therapist-commands", &["intake"]),
+    ("geocoding-results", &["intake", "matcher"]),
+    ("geocoding-requests", &["geocoder"]),
+    ("scraping-commands", &["scraper"]),
+    ("patient-events", &["matcher"]),
+    ("therapist-events", &["matcher"]),
+    ("communication-events", &["matcher"]),
+    ("matching-commands", &["matcher"]),
+    ("email-commands", &["email_batcher"]),
+];
+
+/// The header that names a bad record (`<topic>/<kind>/<n>`); dead letters
+/// keep the original headers.
+const PROBE: &str = "psymatch.proof.probe";
+
+/// Largest value the processors accept in this run (oversize records are
+/// a little larger).
+const MAX_RECORD_BYTES: usize = 20_000;
+
+/// A process's settings beyond the test bed's.
+type Settings = Vec<(&'static str, String)>;
+
+/// The kinds of bad record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Kind {
+    Garbage,
+    WrongMagic,
+    UnknownSchema,
+    WrongType,
+    InvalidValues,
+    Oversize,
+    KeyMismatch,
+}
+
+impl Kind {
+    const ALL: [Kind; 7] = [
+        Kind::Garbage,
+        Kind::WrongMagic,
+        Kind::UnknownSchema,
+        Kind::WrongType,
+        Kind::InvalidValues,
+        Kind::Oversize,
+        Kind::KeyMismatch,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Garbage => "garbage bytes",
+            Kind::WrongMagic => "wrong magic byte",
+            Kind::UnknownSchema => "unknown schema id",
+            Kind::WrongType => "valid record of another topic's type",
+            Kind::InvalidValues => "valid record, invalid domain values",
+            Kind::Oversize => "oversize value",
+            Kind::KeyMismatch => "key disagrees with the payload",
+        }
+    }
+
+    /// Whether an outcome (an error code, or `rejected`) is the right one.
+    fn accepts(self, outcome: &str) -> bool {
+        match self {
+            Kind::Garbage | Kind::WrongMagic => outcome == "PSY-D-001",
+            Kind::UnknownSchema => outcome == "PSY-D-002",
+            Kind::WrongType => outcome == "PSY-D-003" || outcome == "PSY-D-004",
+            Kind::InvalidValues => outcome.starts_with("PSY-V-") || outcome == "rejected",
+            Kind::Oversize => outcome == "PSY-D-006",
+            Kind::KeyMismatch => outcome == "PSY-D-005",
+        }
+    }
+}
+
+/// A bad record as published.
+struct Bad {
+    topic: &'static str,
+    kind: Kind,
+    /// Its envelope's id, when it has one (rejections refer to it).
+    event_id: Option<Uuid>,
+    /// Its request id, for geocoding requests (failures refer to it).
+    request: Option<String>,
+}
+
+/// What the collector has read so far.
+#[derive(Default)]
+struct Seen {
+    /// (probe, processor) -> (error code, reason), from dead-letter topics.
+    dead: HashMap<(String, String), (String, String)>,
+    /// Command event id -> (rejecting processor, reason).
+    rejected: HashMap<Uuid, (String, String)>,
+    /// Request ids the geocoder answered with `geocoding.failed` -> reason.
+    failed: HashMap<String, String>,
+    /// Good records per consumed topic: event ids (partition, offset order).
+    good: BTreeMap<String, Vec<Uuid>>,
+    /// The first good record per consumed topic and event type, as JSON.
+    samples: HashMap<(String, String), Value>,
+    /// Next offset to read per (topic, partition).
+    positions: HashMap<(String, i32), i64>,
+}
+
+/// Runs the poison run; prints its tables; returns whether it held.
+pub async fn run(per_kind: usize, logs: &Path) -> anyhow::Result<bool> {
+    std::fs::create_dir_all(logs)?;
+    let bed = TestBed::new().await;
+    let contracts = Contracts::embedded();
+    let codec = Codec::new(&bed.registry_url);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let collector = tokio::spawn(collect(
+        bed.brokers.clone(),
+        bed.registry_url.clone(),
+        bed.prefix.clone(),
+        seen.clone(),
+    ));
+
+    let kbv_port = free_port();
+    let _kbv = processes::helper(
+        "psymatch-scraper",
+        &[
+            "fake",
+            "--listen",
+            &format!("127.0.0.1:{kbv_port}"),
+            "--credential",
+            "ZGVtbzpkZW1v",
+        ],
+        logs,
+    )?;
+    let mail = scratch_dir("psymatch-poison-mail");
+    let settings: [(&str, &str, Settings); 5] = [
+        ("intake", "psymatch-intake", vec![]),
+        (
+            "geocoder",
+            "psymatch-geocoder",
+            vec![
+                ("NOMINATIM_URL", "offline".into()),
+                ("OSRM_URL", "offline".into()),
+                ("GEOCODER_CONTACT", "proof@example.invalid".into()),
+            ],
+        ),
+        (
+            "scraper",
+            "psymatch-scraper",
+            vec![
+                ("KBV_URL", format!("http://127.0.0.1:{kbv_port}")),
+                ("KBV_BASIC_AUTH", "ZGVtbzpkZW1v".into()),
+                ("KBV_RATE_PER_SECOND", "50".into()),
+                ("SCRAPE_MIN_RADIUS_KM", "1".into()),
+                ("SCRAPER_CONTACT", "proof@example.invalid".into()),
+            ],
+        ),
+        ("matcher", "psymatch-matcher", vec![]),
+        (
+            "email_batcher",
+            "psymatch-email-batcher",
+            vec![
+                ("EMAIL_TRANSPORT", "file".into()),
+                ("EMAIL_FILE_DIR", mail.to_string_lossy().into_owned()),
+            ],
+        ),
+    ];
+    let mut running: Vec<Process> = Vec::new();
+    for (name, binary, mut extra) in settings {
+        extra.push(("MAX_RECORD_BYTES", MAX_RECORD_BYTES.to_string()));
+        running.push(processes::start(&bed, name, binary, &extra, logs).await?);
+    }
+    eprintln!(
+        "poison: {} processors running; logs in {}",
+        running.len(),
+        logs.display()
+    );
+
+    // Round 0 of good records gives every event topic a real record to
+    // build the bad ones of that topic from.
+    bed.publish_all(&good_records(0)).await;
+    let templates = templates(&seen).await?;
+
+    let started = Instant::now();
+    let mut bad: HashMap<String, Bad> = HashMap::new();
+    for round in 0..per_kind {
+        let mut sends = Vec::new();
+        for (topic, _) in CONSUMED {
+            for kind in Kind::ALL {
+                let probe = format!("{topic}/{kind:?}/{round}");
+                let (key, value, event_id) =
+                    bad_record(&bed, &codec, contracts, topic, kind, &templates, round).await?;
+                let request = (topic == "geocoding-requests" && kind == Kind::InvalidValues)
+                    .then(|| bad_request_id(round));
+                bad.insert(
+                    probe.clone(),
+                    Bad {
+                        topic,
+                        kind,
+                        event_id,
+                        request,
+                    },
+                );
+                sends.push((topic, key, value, probe));
+            }
+        }
+        let headers: Vec<[(String, String); 1]> = sends
+            .iter()
+            .map(|(_, _, _, probe)| [(PROBE.to_string(), probe.clone())])
+            .collect();
+        let publishes = sends
+            .iter()
+            .zip(&headers)
+            .map(|((topic, key, value, _), headers)| {
+                bed.publish_raw(topic, key.as_deref(), Some(value), headers)
+            });
+        futures::future::join_all(publishes).await;
+        bed.publish_all(&good_records(round + 1)).await;
+    }
+    eprintln!(
+        "poison: {} bad records published between {} rounds of good ones in {:.1} s",
+        bad.len(),
+        per_kind + 1,
+        started.elapsed().as_secs_f64()
+    );
+
+    // Settled: every consumer read everything, published everything, and
+    // the collector read what they published. Then every outcome there
+    // will be is in; a missing one is a broken invariant, not a wait.
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while let Some(behind) = unsettled(&bed, &seen).await? {
+        if Instant::now() > deadline || running.iter_mut().any(|p| p.exited().is_some()) {
+            eprintln!("poison: stopped waiting: {behind}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    collector.abort();
+
+    let held = report(&bed, &bad, &seen, &mut running).await?;
+    println!(
+        "\n{} bad records ({per_kind} of each kind per topic), {:.0} s in all",
+        bad.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(held)
+}
+
+/// The consumers of `topic`.
+fn consumers(topic: &str) -> &'static [&'static str] {
+    CONSUMED
+        .iter()
+        .find(|(t, _)| *t == topic)
+        .map_or(&[], |(_, c)| *c)
+}
+
+/// The good records of one round: commands on every command topic a
+/// person or the scheduler writes to (the processors write the events).
+fn good_records(round: usize) -> Vec<(&'static str, Value)> {
+    let patient = format!("proof-p-{round}");
+    let therapist = format!("proof-t-{round}");
+    let mut records = vec![
+        (
+            "patient-commands",
+            json!({"event_type": "patient.register", "payload": {"patient_id": patient, "details": {
+                "salutation": "NONE", "first_name": "Synthetisch", "last_name": format!("Probe{round}"),
+                "address": {"street": "Probeweg", "house_number": "1", "postcode": "10115", "city": "Berlin"},
+                "email": format!("probe{round}@example.org"), "phone": null, "date_of_birth": "1990-06-01",
+                "gender": "FEMALE", "insurer": "Beispielkasse", "diagnosis_icd10": "F32.1",
+                "consultation_hour_attended": true, "symptoms": ["Antriebslosigkeit"],
+                "therapy_experience": false, "last_therapy_session": null, "open_to_group": true,
+                "availability": [], "max_distance_km": 20, "max_travel_minutes": null, "transport": "CAR",
+                "preferred_therapist_gender": "ANY", "preferred_procedures": [], "languages": [],
+                "excluded_therapists": [], "consent_given_at": "2026-11-01T09:30:00Z"}}}),
+        ),
+        (
+            "therapist-commands",
+            json!({"event_type": "therapist.upsert", "payload": {"therapist_id": therapist, "details": {
+                "salutation": "FRAU", "title": null, "first_name": "Test", "last_name": format!("Praxis{round}"),
+                "gender": "FEMALE",
+                "address": {"street": "Teststraße", "house_number": "2", "postcode": "10117", "city": "Berlin"},
+                "email": format!("praxis{round}@example.org"), "procedures": ["BEHAVIOURAL"],
+                "age_groups": ["ADULTS"], "settings": ["INDIVIDUAL"], "phone_hours": []}}}),
+        ),
+        (
+            "matching-commands",
+            json!({"event_type": "matching.run", "payload": {"run_id": format!("proof-run-{round}"), "patient_id": null}}),
+        ),
+        (
+            "geocoding-requests",
+            json!({"event_type": "geocoding.geocode_address", "payload": {"request_id": format!("proof-geocode-{round}"),
+                "address": {"street": "Beispielstraße", "house_number": "1", "postcode": "10115", "city": "Berlin"}}}),
+        ),
+        (
+            "email-commands",
+            json!({"event_type": "email.send_inquiry", "payload": {"inquiry_id": format!("proof-i-{round}"),
+                "therapist_id": format!("proof-mail-{round}"),
+                "recipient": {"email": format!("praxis-mail-{round}@example.org"), "salutation": "FRAU",
+                              "title": null, "last_name": "Beispiel"},
+                "patients": [{"patient_id": patient, "age": 35, "gender": "FEMALE", "symptoms": ["Antriebslosigkeit"],
+                              "insurer": "Beispielkasse", "therapy_experience": false, "open_to_group": true,
+                              "availability": []}]}}),
+        ),
+        (
+            "email-commands",
+            json!({"event_type": "email.flush_batches", "payload": {"run_id": format!("proof-flush-{round}")}}),
+        ),
+    ];
+    // Scrapes ask the stand-in search and take time: a few.
+    if round.is_multiple_of(25) {
+        records.push((
+            "scraping-commands",
+            json!({"event_type": "scraping.scrape_area", "payload": {"run_id": format!("proof-scrape-{round}"),
+                "area": {"postcode": "10115", "radius_km": 3},
+                "filters": {"procedures": [], "age_groups": ["ADULTS"], "settings": []}}}),
+        ));
+    }
+    records
+}
+
+/// The event type each topic's bad records are built from.
+fn template_type(topic: &str) -> &'static str {
+    match topic {
+        "patient-commands" => "patient.register",
+        "therapist-commands" => "therapist.upsert",
+        "geocoding-results" => "geocoding.address_geocoded",
+        "geocoding-requests" => "geocoding.geocode_address",
+        "scraping-commands" => "scraping.scrape_area",
+        "patient-events" => "patient.registered",
+        "therapist-events" => "therapist.discovered",
+        "communication-events" => "email.sent",
+        "matching-commands" => "matching.run",
+        _ => "email.send_inquiry",
+    }
+}
+
+/// Waits for a real record of every consumed topic's template type.
+async fn templates(seen: &Mutex<Seen>) -> anyhow::Result<HashMap<&'static str, Value>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let found: HashMap<&'static str, Value> = {
+            let seen = seen.lock().expect("collector state");
+            CONSUMED
+                .iter()
+                .filter_map(|(topic, _)| {
+                    let key = (topic.to_string(), template_type(topic).to_string());
+                    seen.samples.get(&key).map(|v| (*topic, v.clone()))
+                })
+                .collect()
+        };
+        if found.len() == CONSUMED.len() {
+            return Ok(found);
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<&str> = CONSUMED
+                .iter()
+                .map(|(t, _)| *t)
+                .filter(|t| !found.contains_key(t))
+                .collect();
+            bail!("no good record to build bad ones from on {missing:?} within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The domain values of a good record made invalid (the record still
+/// fits its schema).
+fn invalidate(topic: &str, record: &mut Value, round: usize) {
+    let payload = &mut record["payload"];
+    match topic {
+        "patient-commands" | "therapist-commands" => {
+            payload["details"]["address"]["postcode"] = json!("1X")
+        }
+        "geocoding-requests" => {
+            payload["request_id"] = json!(bad_request_id(round));
+            payload["address"]["postcode"] = json!("ABCDE");
+        }
+        "geocoding-results" => payload["position"] = json!({"latitude": 123.0, "longitude": 13.4}),
+        "scraping-commands" => payload["area"]["radius_km"] = json!(-5),
+        "patient-events" => {
+            payload["profile"]["coordinates"] = json!({"latitude": 123.0, "longitude": 13.4})
+        }
+        "therapist-events" => {
+            payload["therapist_id"] = json!("");
+            // The payload names no key now: the record carries one of its own.
+            record["key"] = json!(format!("proof-no-id-{round}"));
+        }
+        "communication-events" => {
+            payload["email_id"] = json!("");
+            payload["inquiry_ids"] = json!([""]);
+        }
+        "matching-commands" => payload["patient_id"] = json!(format!("proof-unknown-{round}")),
+        _ => payload["recipient"]["email"] = json!("not-an-address"),
+    }
+}
+
+/// The request id of the `round`-th invalid geocoding request.
+fn bad_request_id(round: usize) -> String {
+    format!("proof-invalid-{round}")
+}
+
+/// One bad record for `topic`: (key, value, envelope id).
+async fn bad_record(
+    bed: &TestBed,
+    codec: &Codec,
+    contracts: &Contracts,
+    topic: &'static str,
+    kind: Kind,
+    templates: &HashMap<&'static str, Value>,
+    round: usize,
+) -> anyhow::Result<(Option<String>, Vec<u8>, Option<Uuid>)> {
+    let template = &templates[topic];
+    let encode = |schema_topic: &'static str, record: Value| async move {
+        let (spec, schema) = contracts.topic(schema_topic)?;
+        let (key, envelope) =
+            envelope::from_json(&record, schema, &spec.key_fields, "proof", Utc::now())
+                .with_context(|| format!("a {schema_topic} record: {record}"))?;
+        let id = envelope.event_id;
+        let value = envelope.to_avro(schema)?;
+        let bytes = codec
+            .encode_with(&format!("{}{schema_topic}", bed.prefix), schema, value)
+            .await?;
+        anyhow::Ok((key, bytes, id))
+    };
+    let noise = |n: usize| -> Vec<u8> {
+        // Deterministic bytes that never start with the magic byte 0.
+        (0..n)
+            .map(|i| ((i * 31 + round * 7) % 251 + 1) as u8)
+            .collect()
+    };
+    Ok(match kind {
+        Kind::Garbage => (
+            Some(format!("garbage-{round}")),
+            noise(1 + round % 200),
+            None,
+        ),
+        Kind::WrongMagic => {
+            let (key, mut bytes, _) = encode(topic, template.clone()).await?;
+            bytes[0] = 1;
+            (Some(key), bytes, None)
+        }
+        Kind::UnknownSchema => {
+            let (key, mut bytes, _) = encode(topic, template.clone()).await?;
+            bytes[1..5].copy_from_slice(&0x7fff_fff0u32.to_be_bytes());
+            (Some(key), bytes, None)
+        }
+        Kind::WrongType => {
+            // Another consumed topic's record, under its own (valid) schema id.
+            let other = CONSUMED
+                .iter()
+                .map(|(t, _)| *t)
+                .find(|t| *t != topic && template_type(t) != template_type(topic))
+                .expect("more than one topic");
+            let (key, bytes, id) = encode(other, templates[other].clone()).await?;
+            (Some(key), bytes, Some(id))
+        }
+        Kind::InvalidValues => {
+            let mut record = template.clone();
+            invalidate(topic, &mut record, round);
+            let (key, bytes, id) = encode(topic, record).await?;
+            (Some(key), bytes, Some(id))
+        }
+        Kind::Oversize => {
+            // A valid record, but larger than the processors accept.
+            let mut record = template.clone();
+            record["correlation_id"] = json!("x".repeat(MAX_RECORD_BYTES + 100));
+            let (key, bytes, id) = encode(topic, record).await?;
+            (Some(key), bytes, Some(id))
+        }
+        Kind::KeyMismatch => {
+            let (_, bytes, id) = encode(topic, template.clone()).await?;
+            (Some(format!("not-the-key-{round}")), bytes, Some(id))
+        }
+    })
+}
+
+/// Reads every topic of the run from the beginning into `seen`.
+async fn collect(
+    brokers: String,
+    registry: String,
+    prefix: String,
+    seen: Arc<Mutex<Seen>>,
+) -> anyhow::Result<()> {
+    let contracts = Contracts::embedded();
+    let codec = Codec::new(&registry);
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("proof-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let topics: Vec<String> = contracts
+        .topics
+        .topics
+        .iter()
+        .map(|t| format!("{prefix}{}", t.name))
+        .collect();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names)?;
+    let mut stream = consumer.stream();
+    while let Some(message) = stream.next().await {
+        let message = message?;
+        let logical = message.topic().trim_start_matches(&prefix).to_string();
+        read(&codec, contracts, &seen, &logical, &message).await;
+        // Counted as read only once what it tells is recorded.
+        seen.lock()
+            .expect("collector state")
+            .positions
+            .insert((logical, message.partition()), message.offset() + 1);
+    }
+    Ok(())
+}
+
+/// Records what one message tells: a dead letter, a rejection, a
+/// geocoding failure, or a good record of a consumed topic.
+async fn read(
+    codec: &Codec,
+    contracts: &Contracts,
+    seen: &Mutex<Seen>,
+    logical: &str,
+    message: &rdkafka::message::BorrowedMessage<'_>,
+) {
+    let headers: HashMap<String, String> = message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                    (h.key.to_string(), value.unwrap_or_default())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if logical.ends_with(".dlq") {
+        if let (Some(probe), Some(processor)) =
+            (headers.get(PROBE), headers.get("psymatch.processor"))
+        {
+            let code = headers
+                .get("psymatch.error.code")
+                .cloned()
+                .unwrap_or_default();
+            let reason = headers
+                .get("psymatch.error.message")
+                .cloned()
+                .unwrap_or_default();
+            seen.lock()
+                .expect("collector state")
+                .dead
+                .insert((probe.clone(), processor.clone()), (code, reason));
+        }
+        return;
+    }
+    let Some(schema) = contracts.schemas.get(logical) else {
+        return;
+    };
+    let Some(bytes) = message.payload() else {
+        return;
+    };
+    let Ok(value) = codec.decode_as(bytes, &schema.schema).await else {
+        return;
+    };
+    let Ok(envelope) = Envelope::from_avro(value) else {
+        return;
+    };
+    let payload = psymatch_runtime::avro_json::to_json(&envelope.payload);
+    let mut seen = seen.lock().expect("collector state");
+    if envelope.event_type == "command.rejected"
+        && let Some(id) = payload["command_event_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+    {
+        let reason = format!(
+            "{}: {}",
+            text(&payload["error_code"]),
+            text(&payload["reason"])
+        );
+        seen.rejected
+            .insert(id, (envelope.producer.clone(), reason));
+    }
+    if envelope.event_type == "geocoding.failed" {
+        let reason = format!(
+            "{}: {}",
+            text(&payload["error_code"]),
+            text(&payload["reason"])
+        );
+        seen.failed.insert(text(&payload["request_id"]), reason);
+    }
+    if headers.contains_key(PROBE) || !CONSUMED.iter().any(|(t, _)| *t == logical) {
+        return;
+    }
+    seen.good
+        .entry(logical.to_string())
+        .or_default()
+        .push(envelope.event_id);
+    seen.samples
+        .entry((logical.to_string(), envelope.event_type.clone()))
+        .or_insert_with(|| json!({"event_type": envelope.event_type, "payload": payload}));
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_string()
+}
+
+/// The outcome of each (bad record, consumer) seen so far: an error code
+/// from a dead letter, or `rejected`.
+fn outcomes(bad: &HashMap<String, Bad>, seen: &Mutex<Seen>) -> HashMap<(String, String), String> {
+    let seen = seen.lock().expect("collector state");
+    let mut found = HashMap::new();
+    for (probe, record) in bad {
+        for consumer in consumers(record.topic) {
+            let key = (probe.clone(), consumer.to_string());
+            if let Some((code, _)) = seen.dead.get(&key) {
+                found.insert(key, code.clone());
+            } else if record
+                .event_id
+                .and_then(|id| seen.rejected.get(&id))
+                .is_some_and(|(producer, _)| producer == consumer)
+                || record
+                    .request
+                    .as_ref()
+                    .is_some_and(|r| seen.failed.contains_key(r))
+            {
+                found.insert(key, "rejected".to_string());
+            }
+        }
+    }
+    found
+}
+
+/// What has not settled yet, if anything: a consumer behind the end of
+/// a partition it consumes, records waiting in a processor's outbox, or
+/// the collector behind the end of a topic.
+async fn unsettled(bed: &TestBed, seen: &Mutex<Seen>) -> anyhow::Result<Option<String>> {
+    let contracts = Contracts::embedded();
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bed.brokers)
+        .set("group.id", format!("proof-watermarks-{}", Uuid::new_v4()))
+        .create()?;
+    let mut schemas: Vec<&str> = CONSUMED
+        .iter()
+        .flat_map(|(_, r)| r.iter().copied())
+        .collect();
+    schemas.dedup();
+    for schema in schemas {
+        let waiting: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.outbox"))
+            .fetch_one(&bed.pool)
+            .await?;
+        if waiting > 0 {
+            return Ok(Some(format!("{waiting} records in the outbox of {schema}")));
+        }
+    }
+    for spec in &contracts.topics.topics {
+        let topic = spec.name.as_str();
+        let physical = format!("{}{topic}", bed.prefix);
+        let metadata = consumer.fetch_metadata(Some(&physical), Duration::from_secs(10))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len()) as i32;
+        for partition in 0..partitions {
+            let (_, high) =
+                consumer.fetch_watermarks(&physical, partition, Duration::from_secs(10))?;
+            let read = seen
+                .lock()
+                .expect("collector state")
+                .positions
+                .get(&(topic.to_string(), partition))
+                .copied()
+                .unwrap_or(0);
+            if read < high {
+                return Ok(Some(format!(
+                    "the collector at {read} of {high} on {topic}/{partition}"
+                )));
+            }
+            for reader in consumers(topic) {
+                let next: Option<i64> = sqlx::query_scalar(&format!(
+                    "SELECT max(next_offset) FROM {reader}.consumer_offsets WHERE topic = $1 AND partition = $2"
+                ))
+                .bind(&physical)
+                .bind(partition)
+                .fetch_one(&bed.pool)
+                .await?;
+                if next.unwrap_or(0) < high {
+                    return Ok(Some(format!("{reader} behind on {topic}/{partition}")));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Prints the tables and returns whether every invariant held.
+async fn report(
+    bed: &TestBed,
+    bad: &HashMap<String, Bad>,
+    seen: &Mutex<Seen>,
+    running: &mut [Process],
+) -> anyhow::Result<bool> {
+    let found = outcomes(bad, seen);
+    let mut held = true;
+    let mut processed: HashMap<&str, HashSet<Uuid>> = HashMap::new();
+    for (_, readers) in CONSUMED {
+        for reader in readers {
+            if !processed.contains_key(reader) {
+                let ids: Vec<Uuid> =
+                    sqlx::query_scalar(&format!("SELECT event_id FROM {reader}.processed_events"))
+                        .fetch_all(&bed.pool)
+                        .await?;
+                processed.insert(reader, ids.into_iter().collect());
+            }
+        }
+    }
+
+    println!(
+        "\n| topic | consumers | bad records | dead-lettered | rejected | wrong or missing | good records | good processed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut wrong: Vec<String> = Vec::new();
+    for (topic, readers) in CONSUMED {
+        let mut count = 0;
+        let (mut dead, mut rejected, mut missing) = (0, 0, 0);
+        for (probe, record) in bad.iter().filter(|(_, b)| b.topic == topic) {
+            count += 1;
+            for reader in readers {
+                match found.get(&(probe.clone(), reader.to_string())) {
+                    Some(outcome) if record.kind.accepts(outcome) => {
+                        if outcome == "rejected" {
+                            rejected += 1;
+                        } else {
+                            dead += 1;
+                        }
+                    }
+                    other => {
+                        missing += 1;
+                        if wrong.len() < 20 {
+                            wrong.push(format!("{probe} at {reader}: {other:?}"));
+                        }
+                    }
+                }
+            }
+        }
+        let seen = seen.lock().expect("collector state");
+        let good = seen.good.get(topic).map_or(&[][..], Vec::as_slice);
+        let distinct: HashSet<&Uuid> = good.iter().collect();
+        let done = distinct
+            .iter()
+            .filter(|id| readers.iter().all(|r| processed[r].contains(id)))
+            .count();
+        held &= missing == 0 && done == distinct.len() && !distinct.is_empty();
+        println!(
+            "| {topic} | {} | {count} | {dead} | {rejected} | {missing} | {} | {done} |",
+            readers.join(", "),
+            distinct.len()
+        );
+    }
+
+    println!("\n| kind | bad records | outcomes (per consumer) |");
+    println!("|---|---|---|");
+    for kind in Kind::ALL {
+        let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut count = 0;
+        for (probe, record) in bad.iter().filter(|(_, b)| b.kind == kind) {
+            count += 1;
+            for reader in consumers(record.topic) {
+                let outcome = found
+                    .get(&(probe.clone(), reader.to_string()))
+                    .map_or("none", String::as_str);
+                *tally.entry(outcome).or_default() += 1;
+            }
+        }
+        let tally: Vec<String> = tally.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("| {} | {count} | {} |", kind.name(), tally.join(", "));
+    }
+
+    println!("\n| processor | running at the end | panics in its log |");
+    println!("|---|---|---|");
+    for process in running.iter_mut() {
+        let exited = process.exited();
+        let panics = process.panics();
+        held &= exited.is_none() && panics == 0;
+        let state = exited.map_or("yes".to_string(), |status| format!("no ({status})"));
+        println!("| {} | {state} | {panics} |", process.name);
+    }
+    {
+        let seen = seen.lock().expect("collector state");
+        let reasons: Vec<String> = seen
+            .dead
+            .values()
+            .filter(|(code, _)| code.starts_with("PSY-V"))
+            .map(|(code, reason)| format!("{code} {reason}"))
+            .take(3)
+            .collect();
+        if !reasons.is_empty() {
+            println!("\nreasons, e.g.: {}", reasons.join(" | "));
+        }
+    }
+    if !wrong.is_empty() {
+        println!("\nwrong or missing outcomes (first {}):", wrong.len());
+        for line in wrong {
+            println!("  {line}");
+        }
+    }
+    println!("\npoison run {}", if held { "HELD" } else { "FAILED" });
+    Ok(held)
+}

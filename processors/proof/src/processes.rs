@@ -1,0 +1,112 @@
+//! The processors as real processes, started from the binaries beside this
+//! one, each with its own role, health port and log file.
+
+use anyhow::{Context, bail};
+use psymatch_runtime::testing::{KillOnDrop, TestBed, free_port};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A running processor process.
+pub struct Process {
+    /// Its schema name (`email_batcher`).
+    pub name: String,
+    /// Its log file.
+    pub log: PathBuf,
+    child: KillOnDrop,
+}
+
+/// The directory of the workspace's binaries (this one's).
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("locating this binary")?;
+    Ok(me
+        .parent()
+        .context("this binary has a directory")?
+        .to_path_buf())
+}
+
+/// Starts `binary` as processor `name` (its schema) in `bed`, with `extra`
+/// settings, and waits until its health endpoint answers.
+pub async fn start(
+    bed: &TestBed,
+    name: &str,
+    binary: &str,
+    extra: &[(&str, String)],
+    logs: &Path,
+) -> anyhow::Result<Process> {
+    let port = free_port();
+    let mut env = bed.env(name);
+    env.push(("HTTP_LISTEN".into(), format!("127.0.0.1:{port}")));
+    env.push(("RUST_LOG".into(), "warn".into()));
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let log = logs.join(format!("{name}.log"));
+    let path = bin_dir()?.join(binary);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build the workspace first (cargo build --workspace)",
+            path.display()
+        );
+    }
+    let child = KillOnDrop::spawn(&path.to_string_lossy(), &env, &log);
+    let mut process = Process {
+        name: name.to_string(),
+        log,
+        child,
+    };
+    let url = format!("http://127.0.0.1:{port}/health/liveness");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(process);
+        }
+        if let Some(status) = process.exited() {
+            bail!(
+                "{name} exited at start ({status}); see {}",
+                process.log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{name} did not answer on {url}; see {}",
+                process.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts a helper binary that is not a processor (a stand-in server).
+pub fn helper(binary: &str, args: &[&str], logs: &Path) -> anyhow::Result<KillOnDrop> {
+    let path = bin_dir()?.join(binary);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{binary}-helper.log")))?;
+    let child = std::process::Command::new(&path)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", path.display()))?;
+    Ok(KillOnDrop(child))
+}
+
+impl Process {
+    /// How it ended, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.0.try_wait().ok().flatten()
+    }
+
+    /// Log lines that tell of a panic.
+    pub fn panics(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .map(|text| text.lines().filter(|l| l.contains("panicked")).count())
+            .unwrap_or(0)
+    }
+}
