@@ -248,14 +248,18 @@ impl Matcher {
         }
     }
 
-    fn geocoded(&self, world: &mut World, record: &Incoming) {
+    fn geocoded(&self, world: &mut World, record: &Incoming, now: DateTime<Utc>) {
         let p = &record.payload;
         let request = text(&p["request_id"]);
         if let Some(therapist) = request.strip_prefix("therapist-") {
-            if let (Some(position), Some(mut t)) = (
-                coordinates(&p["position"]),
-                world.therapists.get(therapist).cloned(),
-            ) {
+            if let Some(position) = coordinates(&p["position"]) {
+                // The position may overtake the therapist's own event (other
+                // topics, other partitions): it waits in a record of its own.
+                let mut t = world
+                    .therapists
+                    .get(therapist)
+                    .cloned()
+                    .unwrap_or_else(|| TherapistRecord::new(now));
                 t.geocoded = Some(position);
                 world.put_therapist(therapist, t);
                 world.changed_therapists.insert(therapist.to_string());
@@ -1125,7 +1129,7 @@ impl Processor for Matcher {
         match record.topic.as_str() {
             "patient-events" => self.patient_event(&mut world, record, now),
             "therapist-events" => self.therapist_event(&mut world, record, now),
-            "geocoding-results" => self.geocoded(&mut world, record),
+            "geocoding-results" => self.geocoded(&mut world, record, now),
             "communication-events" => self.communication(&mut world, record),
             _ => match record.event_type() {
                 "matching.record_answer" => return self.answer(&mut world, ctx, record),

@@ -7,9 +7,6 @@
 //! - `psymatch-proof poison [--per-kind N]`: bad records of seven kinds on
 //!   every consumed topic, interleaved with good ones (README, "Proofs").
 
-mod poison;
-mod processes;
-
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -40,7 +37,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let held = match cli.command {
-        Command::Poison { per_kind, logs } => poison::run(per_kind, &logs).await?,
+        Command::Poison { per_kind, logs } => psymatch_proof::poison::run(per_kind, &logs).await?,
     };
     if !held {
         std::process::exit(1);

@@ -15,13 +15,16 @@ pub struct Process {
     child: KillOnDrop,
 }
 
-/// The directory of the workspace's binaries (this one's).
+/// The directory of the workspace's binaries: this one's, or for a test
+/// (in `deps/`) the one above.
 fn bin_dir() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe().context("locating this binary")?;
-    Ok(me
-        .parent()
-        .context("this binary has a directory")?
-        .to_path_buf())
+    let dir = me.parent().context("this binary has a directory")?;
+    Ok(if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    })
 }
 
 /// Starts `binary` as processor `name` (its schema) in `bed`, with `extra`
@@ -37,6 +40,7 @@ pub async fn start(
     let mut env = bed.env(name);
     env.push(("HTTP_LISTEN".into(), format!("127.0.0.1:{port}")));
     env.push(("RUST_LOG".into(), "warn".into()));
+    // Later settings win (RUST_LOG=debug for the log scan).
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let log = logs.join(format!("{name}.log"));
     let path = bin_dir()?.join(binary);

@@ -1,0 +1,164 @@
+//! No personal data in logs: recognisable names, emails, phone numbers and
+//! addresses planted in a patient and a therapist travel the whole chain
+//! (registration, geocoding, matching, the inquiry email, a refused
+//! command that repeats a bad email address) with every processor at
+//! debug level, and no log line holds any of them.
+//!
+//! Needs the local stack and the workspace's binaries
+//! (`cargo build --workspace --bins`).
+
+use psymatch_proof::processes::{self, Process};
+use psymatch_runtime::testing::{TestBed, of_type, scratch_dir};
+use serde_json::json;
+use std::time::Duration;
+
+/// Strings no log line may contain (compared without case).
+const PLANTED: [&str; 12] = [
+    "Quappenhuber",
+    "Zwirbelinde",
+    "planted.patient@example.org",
+    "+49 30 98765432",
+    "Kroetenpfad",
+    "Ulmenrieder",
+    "Haselwurm",
+    "planted.praxis@example.org",
+    "+49 40 11223344",
+    "Molchgasse",
+    "refused.planted(at)example.org",
+    "F41.9",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_personal_data_reaches_any_log_line() {
+    let bed = TestBed::new().await;
+    let logs = scratch_dir("psymatch-log-scan");
+    let mail = scratch_dir("psymatch-log-scan-mail");
+    let debug = ("RUST_LOG", "debug".to_string());
+    let mut running: Vec<Process> = Vec::new();
+    for (name, binary, mut extra) in [
+        ("intake", "psymatch-intake", vec![]),
+        (
+            "geocoder",
+            "psymatch-geocoder",
+            vec![
+                ("NOMINATIM_URL", "offline".to_string()),
+                ("OSRM_URL", "offline".to_string()),
+                ("GEOCODER_CONTACT", "proof@example.invalid".to_string()),
+            ],
+        ),
+        ("matcher", "psymatch-matcher", vec![]),
+        (
+            "email_batcher",
+            "psymatch-email-batcher",
+            vec![
+                ("EMAIL_TRANSPORT", "file".to_string()),
+                ("EMAIL_FILE_DIR", mail.to_string_lossy().into_owned()),
+            ],
+        ),
+    ] {
+        extra.push(debug.clone());
+        running.push(
+            processes::start(&bed, name, binary, &extra, &logs)
+                .await
+                .expect("the processor starts"),
+        );
+    }
+
+    bed.publish(
+        "therapist-commands",
+        &[json!({"event_type": "therapist.upsert", "payload": {"therapist_id": "t-planted", "details": {
+            "salutation": "FRAU", "title": "Dr.", "first_name": "Haselwurm", "last_name": "Ulmenrieder",
+            "gender": "FEMALE",
+            "address": {"street": "Molchgasse", "house_number": "3", "postcode": "10117", "city": "Berlin"},
+            "email": "planted.praxis@example.org", "phone": "+49 40 11223344",
+            "procedures": ["BEHAVIOURAL"], "age_groups": ["ADULTS"], "settings": ["INDIVIDUAL"],
+            "phone_hours": []}}})],
+    )
+    .await;
+    let patient = |id: &str, email: &str| {
+        json!({"event_type": "patient.register", "payload": {"patient_id": id, "details": {
+            "salutation": "FRAU", "first_name": "Zwirbelinde", "last_name": "Quappenhuber",
+            "address": {"street": "Kroetenpfad", "house_number": "12", "postcode": "10115", "city": "Berlin"},
+            "email": email, "phone": "+49 30 98765432", "date_of_birth": "1988-03-04",
+            "gender": "FEMALE", "insurer": "Beispielkasse", "diagnosis_icd10": "F41.9",
+            "consultation_hour_attended": true, "symptoms": ["Antriebslosigkeit"],
+            "therapy_experience": false, "last_therapy_session": null, "open_to_group": false,
+            "availability": [], "max_distance_km": 20, "max_travel_minutes": null, "transport": "CAR",
+            "preferred_therapist_gender": "ANY", "preferred_procedures": [], "languages": [],
+            "excluded_therapists": [], "consent_given_at": "2026-11-01T09:30:00Z"}}})
+    };
+    // The practice placed first: the patient's search then finds it.
+    bed.read_until("geocoding-results", Duration::from_secs(60), |r| {
+        r.iter()
+            .any(|r| r.payload()["request_id"] == "therapist-t-planted")
+    })
+    .await;
+    bed.publish(
+        "patient-commands",
+        &[
+            patient("p-planted", "planted.patient@example.org"),
+            patient("p-refused", "refused.planted(at)example.org"),
+        ],
+    )
+    .await;
+    let events = bed
+        .read_until("patient-events", Duration::from_secs(60), |r| {
+            !of_type(r, "command.rejected").is_empty()
+        })
+        .await;
+    let rejection = of_type(&events, "command.rejected")[0].payload();
+    assert!(
+        rejection["reason"]
+            .as_str()
+            .unwrap()
+            .contains("details.email"),
+        "{rejection}"
+    );
+    // The batcher holds the inquiry before the flush asks it to send (the
+    // flush travels on another partition and could overtake it).
+    bed.wait_for(
+        "the inquiry waits in the batcher",
+        Duration::from_secs(60),
+        || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM email_batcher.inquiries")
+                .fetch_one(&bed.pool)
+                .await
+                .unwrap()
+                > 0
+        },
+    )
+    .await;
+    bed.publish(
+        "email-commands",
+        &[json!({"event_type": "email.flush_batches", "payload": {"run_id": "log-scan"}})],
+    )
+    .await;
+    bed.read_until("communication-events", Duration::from_secs(60), |r| {
+        !of_type(r, "email.sent").is_empty()
+    })
+    .await;
+
+    let mut lines = 0;
+    let mut hits = Vec::new();
+    for process in running.iter_mut() {
+        assert!(process.exited().is_none(), "{} exited", process.name);
+        let text = std::fs::read_to_string(&process.log).unwrap();
+        for line in text.lines() {
+            lines += 1;
+            let lower = line.to_lowercase();
+            for planted in PLANTED {
+                if lower.contains(&planted.to_lowercase()) {
+                    hits.push(format!("{}: {planted}: {line}", process.name));
+                }
+            }
+        }
+    }
+    // Debug logging was on: the scan read what the processors said.
+    assert!(lines > 100, "only {lines} log lines");
+    assert!(
+        hits.is_empty(),
+        "{} log lines hold personal data:\n{}",
+        hits.len(),
+        hits.join("\n")
+    );
+}
