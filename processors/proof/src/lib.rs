@@ -1,6 +1,8 @@
 //! Proofs of the whole system that anyone can rerun: the poison run
-//! (`psymatch-proof poison`) and the processes it starts, which the
-//! data-protection tests start too.
+//! (`psymatch-proof poison`), the erasure scanner
+//! (`psymatch-proof erasure-scan`), and the processes they and the
+//! data-protection tests start.
 
 pub mod poison;
 pub mod processes;
+pub mod scan;

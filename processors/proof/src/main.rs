@@ -6,6 +6,8 @@
 //!
 //! - `psymatch-proof poison [--per-kind N]`: bad records of seven kinds on
 //!   every consumed topic, interleaved with good ones (README, "Proofs").
+//! - `psymatch-proof erasure-scan --values-file FILE`: where values of a
+//!   person (one per line) remain: tables, topics, mail capture, files.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -31,6 +33,24 @@ enum Command {
         #[arg(long, default_value = ".stack/proof")]
         logs: PathBuf,
     },
+    /// Looks for a person's values (name, email address, phone number,
+    /// street; one per line of the file, `-` for standard input, so that
+    /// they appear in no command line) in every table of the database
+    /// (DATABASE_URL, a role that reads every schema), every record of
+    /// every topic (KAFKA_BROKERS), the mail capture (MAILDEV_URL, if set)
+    /// and the given directories of log or mail files. Prints the places
+    /// that hold one (never the values) and exits 1 if there is any.
+    ErasureScan {
+        /// File with the values, one per line.
+        #[arg(long)]
+        values_file: PathBuf,
+        /// A directory of log or mail files to search too (repeatable).
+        #[arg(long = "files")]
+        files: Vec<PathBuf>,
+        /// Physical topic prefix (isolated environments).
+        #[arg(long, default_value = "", env = "TOPIC_PREFIX")]
+        prefix: String,
+    },
 }
 
 #[tokio::main]
@@ -38,6 +58,34 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let held = match cli.command {
         Command::Poison { per_kind, logs } => psymatch_proof::poison::run(per_kind, &logs).await?,
+        Command::ErasureScan {
+            values_file,
+            files,
+            prefix,
+        } => {
+            let text = if values_file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&values_file)?
+            };
+            let values: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .collect();
+            anyhow::ensure!(!values.is_empty(), "no values to look for");
+            let scope = psymatch_proof::scan::Scope {
+                brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
+                prefix,
+                pool: psymatch_runtime::db::connect(&psymatch_runtime::db::database_url()).await?,
+                maildev_url: std::env::var("MAILDEV_URL").ok(),
+                files,
+            };
+            let (findings, scanned) = psymatch_proof::scan::scan(&scope, &values).await?;
+            psymatch_proof::scan::print(&findings, &scanned);
+            findings.is_empty()
+        }
     };
     if !held {
         std::process::exit(1);

@@ -1,0 +1,179 @@
+//! The erasure scanner: where do traces of a person's data remain? It
+//! looks for given values (a name, an email address, a street, ...) in
+//! every table of every psymatch schema, in every record of every topic
+//! (keys, headers and values, read from the beginning, dead-letter topics
+//! included), in the mail capture and in log files, and reports the places
+//! that hold one. It never prints the values, only which one matched.
+
+use anyhow::Context;
+use psymatch_runtime::contracts::Contracts;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where to look.
+pub struct Scope {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Physical topic prefix (empty in production).
+    pub prefix: String,
+    /// The database (any role that may read every psymatch schema).
+    pub pool: PgPool,
+    /// maildev's HTTP API, if a mail capture is to be searched.
+    pub maildev_url: Option<String>,
+    /// Directories of log files (and of mail files, for a file transport).
+    pub files: Vec<PathBuf>,
+}
+
+/// One place that holds a value: (kind, place) -> numbers of the values
+/// (1-based, in the order given) and how many items matched.
+pub type Findings = BTreeMap<(String, String), (Vec<usize>, usize)>;
+
+/// Scans everything in `scope` for `values` (compared without case).
+pub async fn scan(scope: &Scope, values: &[String]) -> anyhow::Result<(Findings, Vec<String>)> {
+    let values: Vec<String> = values.iter().map(|v| v.to_lowercase()).collect();
+    let mut findings = Findings::new();
+    let mut scanned = Vec::new();
+    let note = |findings: &mut Findings, kind: &str, place: &str, text: &str| {
+        let hit: Vec<usize> = values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| text.contains(v.as_str()))
+            .map(|(i, _)| i + 1)
+            .collect();
+        if !hit.is_empty() {
+            let entry = findings
+                .entry((kind.to_string(), place.to_string()))
+                .or_default();
+            for i in hit {
+                if !entry.0.contains(&i) {
+                    entry.0.push(i);
+                }
+            }
+            entry.1 += 1;
+        }
+    };
+
+    // PostgreSQL: each row as text.
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_schema::text, table_name::text FROM information_schema.tables
+          WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_type = 'BASE TABLE'
+          ORDER BY 1, 2",
+    )
+    .fetch_all(&scope.pool)
+    .await?;
+    for (schema, table) in &tables {
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT lower(t::text) FROM {schema}.{table} t"))
+                .fetch_all(&scope.pool)
+                .await
+                .with_context(|| format!("reading {schema}.{table}"))?;
+        for row in rows {
+            note(&mut findings, "table", &format!("{schema}.{table}"), &row);
+        }
+    }
+    scanned.push(format!("{} tables", tables.len()));
+
+    // Topics: every record up to the end as the scan starts.
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &scope.brokers)
+        .set("group.id", format!("erasure-scan-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut records = 0usize;
+    let topics = &Contracts::embedded().topics.topics;
+    // Every partition that holds records, read at once up to its end.
+    let mut assignment = TopicPartitionList::new();
+    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for spec in topics {
+        let physical = format!("{}{}", scope.prefix, spec.name);
+        let metadata = consumer.fetch_metadata(Some(&physical), Duration::from_secs(10))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len()) as i32;
+        for partition in 0..partitions {
+            let (low, high) =
+                consumer.fetch_watermarks(&physical, partition, Duration::from_secs(10))?;
+            if high > low {
+                assignment.add_partition_offset(&physical, partition, Offset::Offset(low))?;
+                ends.insert((physical.clone(), partition), high);
+            }
+        }
+    }
+    consumer.assign(&assignment)?;
+    while !ends.is_empty() {
+        let Some(message) = consumer.poll(Duration::from_secs(10)) else {
+            anyhow::bail!("no record within 10 s; still to read: {ends:?}");
+        };
+        let message = message?;
+        let at = (message.topic().to_string(), message.partition());
+        if ends
+            .get(&at)
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            ends.remove(&at);
+        }
+        records += 1;
+        let mut text = String::new();
+        for part in [message.key(), message.payload()].into_iter().flatten() {
+            text.push_str(&String::from_utf8_lossy(part));
+            text.push('\n');
+        }
+        if let Some(headers) = message.headers() {
+            for header in headers.iter() {
+                text.push_str(&String::from_utf8_lossy(header.value.unwrap_or_default()));
+                text.push('\n');
+            }
+        }
+        let logical = message.topic().trim_start_matches(&scope.prefix);
+        note(&mut findings, "topic", logical, &text.to_lowercase());
+    }
+    scanned.push(format!("{} topics ({records} records)", topics.len()));
+
+    // The mail capture.
+    if let Some(url) = &scope.maildev_url {
+        let body = reqwest::get(format!("{url}/email"))
+            .await
+            .context("asking maildev for its messages")?
+            .text()
+            .await?;
+        note(&mut findings, "mail", url, &body.to_lowercase());
+        scanned.push("the mail capture".to_string());
+    }
+
+    // Log and mail files.
+    let mut files = 0;
+    for dir in &scope.files {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_file() {
+                let text = String::from_utf8_lossy(&std::fs::read(&path)?).to_lowercase();
+                note(&mut findings, "file", &path.display().to_string(), &text);
+                files += 1;
+            }
+        }
+    }
+    scanned.push(format!("{files} files"));
+    Ok((findings, scanned))
+}
+
+/// Prints the findings as a table.
+pub fn print(findings: &Findings, scanned: &[String]) {
+    println!("scanned: {}", scanned.join(", "));
+    if findings.is_empty() {
+        println!("no trace of any value");
+        return;
+    }
+    println!("\n| kind | place | values found (numbers) | items |");
+    println!("|---|---|---|---|");
+    for ((kind, place), (values, items)) in findings {
+        let numbers: Vec<String> = values.iter().map(usize::to_string).collect();
+        println!("| {kind} | {place} | {} | {items} |", numbers.join(", "));
+    }
+}
