@@ -50,7 +50,9 @@ enum Command {
     ///
     /// Each record: {"event_type": "...", "payload": {...}} plus optional
     /// key, correlation_id, event_id, timestamp. Nothing is published unless
-    /// every record fits the topic's schema.
+    /// every record fits the topic's schema. On patient-commands the details
+    /// of a registration or update are sealed with the patient's key
+    /// (crypto-shredding; needs DATABASE_URL with the owner's role).
     Publish {
         /// Topic to publish to.
         topic: String,
@@ -235,9 +237,27 @@ fn parse_records(text: &str) -> anyhow::Result<Vec<Value>> {
 async fn publish(cli: &Cli, topic: &str, file: &str) -> anyhow::Result<()> {
     let contracts = contracts(cli)?;
     let (spec, schema) = contracts.topic(topic)?;
-    let records = parse_records(&read_input(file)?)?;
+    let mut records = parse_records(&read_input(file)?)?;
     if records.is_empty() {
         bail!("no records in {file}");
+    }
+    if topic == "patient-commands" {
+        // Crypto-shredding: a patient's details travel sealed with the
+        // patient's key (DATABASE_URL, the owner's role), which erasure
+        // destroys.
+        let url = db::database_url();
+        let pool = db::connect(&url).await?;
+        let mut connection = pool.acquire().await?;
+        for record in &mut records {
+            psymatch_runtime::sealed::seal_command(&mut connection, record)
+                .await
+                .with_context(|| {
+                    format!(
+                        "sealing a patient's details (database {})",
+                        db::redact(&url)
+                    )
+                })?;
+        }
     }
     let codec = Codec::new(&cli.registry);
     let now = chrono::Utc::now();

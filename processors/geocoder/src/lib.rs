@@ -463,7 +463,46 @@ impl Geocoder {
 #[derive(Deserialize)]
 struct GeocodeRequest {
     request_id: String,
-    address: Address,
+}
+
+/// The patient a request id `patient-<patient id>-<n>` is about.
+fn patient_of(request_id: &str) -> Option<&str> {
+    request_id
+        .strip_prefix("patient-")
+        .and_then(|rest| rest.rsplit_once('-'))
+        .map(|(patient, _)| patient)
+}
+
+/// The address of a geocoding request: in clear (a practice's), or sealed
+/// with the patient's key (`None` once the patient is erased: the key is
+/// gone and there is nothing left to geocode).
+async fn request_address(
+    db: &mut sqlx::PgConnection,
+    payload: &serde_json::Value,
+) -> Result<Option<Address>, ProcessError> {
+    let invalid = |reason: String| ProcessError::Invalid {
+        code: ErrorCode::InvalidCommand,
+        reason,
+    };
+    let value = match payload["sealed_address"].as_str() {
+        None => payload["address"].clone(),
+        Some(sealed) => {
+            let request = payload["request_id"].as_str().unwrap_or_default();
+            let patient = patient_of(request).ok_or_else(|| {
+                invalid(format!(
+                    "a sealed address needs a request id patient-<id>-<n>, not {request}"
+                ))
+            })?;
+            match psymatch_runtime::sealed::open_stored(db, patient, sealed).await? {
+                Ok(value) => value,
+                Err(psymatch_runtime::sealed::SealError::NoKey(_)) => return Ok(None),
+                Err(error) => return Err(invalid(error.to_string())),
+            }
+        }
+    };
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|error| invalid(format!("the address: {error}")))
 }
 
 #[derive(Deserialize)]
@@ -529,12 +568,16 @@ impl Processor for Geocoder {
         batch: &mut BatchContext<'_>,
         records: &[&Incoming],
     ) -> Result<(), ProcessError> {
-        let keys: Vec<[u8; 32]> = records
+        let mut keys: Vec<[u8; 32]> = Vec::new();
+        for record in records
             .iter()
             .filter(|r| r.event_type() == "geocoding.geocode_address")
-            .filter_map(|r| serde_json::from_value::<Address>(r.payload["address"].clone()).ok())
-            .map(|address| address.key())
-            .collect();
+        {
+            // A request that cannot be read fails again, with its reason, in `process`.
+            if let Ok(Some(address)) = request_address(batch.db(), &record.payload).await {
+                keys.push(address.key());
+            }
+        }
         if keys.is_empty() {
             return Ok(());
         }
@@ -550,14 +593,29 @@ impl Processor for Geocoder {
         match record.event_type() {
             "geocoding.geocode_address" => {
                 let request: GeocodeRequest = parse(record)?;
-                let key = request.address.key();
+                let Some(address) = request_address(ctx.db(), &record.payload).await? else {
+                    tracing::info!("a geocoding request of an erased patient; nothing to do");
+                    return Ok(());
+                };
+                let key = address.key();
+                if let Some(patient) = patient_of(&request.request_id) {
+                    // Erasure removes what was cached for the patient.
+                    sqlx::query(
+                        "INSERT INTO geocoder.patient_addresses (patient_id, address_key) VALUES ($1, $2)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(patient)
+                    .bind(&key[..])
+                    .execute(ctx.db())
+                    .await?;
+                }
                 let known = ctx.scratch::<Known>();
                 let cached = if known.loaded {
                     known.entries.get(&key).copied()
                 } else {
                     cache::geocode(&pool, &key).await?
                 };
-                let (answer, stored) = self.geocode_with(&pool, &request.address, cached).await?;
+                let (answer, stored) = self.geocode_with(&pool, &address, cached).await?;
                 if let Some(stored) = stored {
                     // A later request of the batch for the same address hits.
                     ctx.scratch::<Known>().entries.insert(key, stored);
@@ -651,10 +709,33 @@ impl Processor for Geocoder {
             "geocoding.forget_address" => {
                 #[derive(Deserialize)]
                 struct Forget {
-                    address: Address,
+                    request_id: String,
+                    address: Option<Address>,
                 }
                 let request: Forget = parse(record)?;
-                let (geocodes, travel) = cache::forget(ctx.db(), &request.address.key()).await?;
+                // An erased patient's addresses: the ones geocoded for them.
+                let keys: Vec<Vec<u8>> = match (&request.address, request.request_id.strip_prefix("erase-")) {
+                    (Some(address), _) => vec![address.key().to_vec()],
+                    (None, Some(patient)) => sqlx::query_scalar(
+                        "DELETE FROM geocoder.patient_addresses WHERE patient_id = $1 RETURNING address_key",
+                    )
+                    .bind(patient)
+                    .fetch_all(ctx.db())
+                    .await?,
+                    (None, None) => {
+                        return Err(ProcessError::Invalid {
+                            code: ErrorCode::InvalidCommand,
+                            reason: "forget_address needs an address or a request id erase-<patient id>".into(),
+                        });
+                    }
+                };
+                let (mut geocodes, mut travel) = (0, 0);
+                for key in keys {
+                    let key: [u8; 32] = key.try_into().unwrap_or([0; 32]);
+                    let (g, t) = cache::forget(ctx.db(), &key).await?;
+                    geocodes += g;
+                    travel += t;
+                }
                 tracing::info!(
                     geocodes,
                     travel_times = travel,

@@ -17,6 +17,7 @@ use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::processor::{
     Context, Incoming, ProcessError, Processor, invalid_event, position_of,
 };
+use psymatch_runtime::sealed;
 use serde_json::{Value, json};
 
 const EVENTS: &str = "patient-events";
@@ -99,17 +100,23 @@ pub fn profile(
     })
 }
 
-fn geocode(
+/// Asks the geocoder for the patient's position; the address travels
+/// sealed with the patient's key (the topic is not compacted).
+async fn geocode(
     ctx: &mut Context<'_>,
     patient_id: &str,
     sequence: i32,
     details: &Value,
 ) -> Result<String, ProcessError> {
     let request_id = format!("patient-{patient_id}-{sequence}");
+    let key = sealed::key_of(ctx.db(), patient_id, true)
+        .await?
+        .expect("a key was just made");
+    let address = sealed::seal(&key, patient_id, &details["address"]);
     ctx.emit(
         "geocoding-requests",
         "geocoding.geocode_address",
-        json!({"request_id": request_id, "address": details["address"]}),
+        json!({"request_id": request_id, "address": null, "sealed_address": address}),
     )?;
     Ok(request_id)
 }
@@ -138,7 +145,19 @@ impl Intake {
                 format!("patient {patient_id} was erased; a new registration needs a new id");
             return ctx.reject(EVENTS, ErrorCode::InvalidState, &reason);
         }
-        let details = record.payload["details"].clone();
+        // Sealed by the publisher (psymatch publish) with the patient's
+        // key, or in clear; the key exists from here on either way: the
+        // address to geocode travels sealed with it.
+        let details = match record.payload["sealed_details"].as_str() {
+            Some(sealed) => match sealed::open_stored(ctx.db(), &patient_id, sealed).await? {
+                Ok(details) => details,
+                Err(error) => {
+                    return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &error.to_string());
+                }
+            },
+            None => record.payload["details"].clone(),
+        };
+        sealed::key_of(ctx.db(), &patient_id, true).await?;
         let now = ctx.now();
         let problems = validate::details(&details, now);
         if !problems.is_empty() {
@@ -162,7 +181,7 @@ impl Intake {
                 ctx.reject(EVENTS, ErrorCode::InvalidState, &reason)
             }
             (false, None) => {
-                let request = geocode(ctx, &patient_id, 1, &details)?;
+                let request = geocode(ctx, &patient_id, 1, &details).await?;
                 sqlx::query(
                     "INSERT INTO intake.patients (patient_id, details, status, geocode_request, geocode_sequence)
                      VALUES ($1, $2, 'ACTIVE', $3, 1)",
@@ -195,7 +214,7 @@ impl Intake {
                     (old.position, old.sequence)
                 };
                 if moved {
-                    geocode(ctx, &patient_id, sequence, &details)?;
+                    geocode(ctx, &patient_id, sequence, &details).await?;
                 }
                 sqlx::query(
                     "UPDATE intake.patients
@@ -274,16 +293,19 @@ impl Intake {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let Some(stored) = load(ctx, &patient_id).await? else {
+        if load(ctx, &patient_id).await?.is_none() {
             let reason = format!("patient {patient_id} is not registered (or was erased already)");
             return ctx.reject(EVENTS, ErrorCode::UnknownSubject, &reason);
-        };
-        // The geocoder forgets the address and the travel times from it.
+        }
+        // The geocoder forgets what it geocoded for the patient (it knows
+        // which addresses; the request names none), and the key goes:
+        // sealed copies of the patient's data in topics become unreadable.
         ctx.emit(
             "geocoding-requests",
             "geocoding.forget_address",
-            json!({"request_id": format!("erase-{patient_id}"), "address": stored.details["address"]}),
+            json!({"request_id": format!("erase-{patient_id}"), "address": null}),
         )?;
+        sealed::destroy(ctx.db(), &patient_id).await?;
         sqlx::query("DELETE FROM intake.patients WHERE patient_id = $1")
             .bind(&patient_id)
             .execute(ctx.db())

@@ -105,6 +105,19 @@ async fn a_patient_from_registration_to_erasure() {
         .read_until("geocoding-requests", DEADLINE, |r| !r.is_empty())
         .await;
     assert_eq!(requests[0].payload()["request_id"], "patient-p-1-1");
+    // The address travels sealed with the patient's key (the topic keeps
+    // what it is given for a week).
+    let request = requests[0].payload();
+    assert_eq!(request["address"], Value::Null);
+    assert!(!request.to_string().contains(STREET), "{request}");
+    let key: Vec<u8> =
+        sqlx::query_scalar("SELECT key FROM keystore.patient_keys WHERE patient_id = 'p-1'")
+            .fetch_one(&bed.pool)
+            .await
+            .unwrap();
+    let sealed = request["sealed_address"].as_str().unwrap();
+    let address = psymatch_runtime::sealed::open(&key, "p-1", sealed).unwrap();
+    assert_eq!(address["street"], STREET);
 
     // The geocoder's answer is folded in, rounded to about 100 m.
     bed.publish(
@@ -221,10 +234,18 @@ async fn a_patient_from_registration_to_erasure() {
             x.envelope
                 .as_ref()
                 .is_some_and(|e| e.event_type == "geocoding.forget_address")
-                && x.payload()["address"]["postcode"] == "10117"
+                && x.payload()["request_id"] == "erase-p-1"
+                && x.payload()["address"].is_null()
         })
     })
     .await;
+    // The key is gone: the sealed address on geocoding-requests is unreadable.
+    let keys: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM keystore.patient_keys WHERE patient_id = 'p-1'")
+            .fetch_one(&bed.pool)
+            .await
+            .unwrap();
+    assert_eq!(keys, 0);
     // An erased patient cannot be registered again under the same id.
     bed.publish(
         "patient-commands",

@@ -23,6 +23,7 @@ pub mod errors;
 pub mod example;
 pub mod processor;
 pub mod schemas;
+pub mod sealed;
 pub mod surface;
 pub mod telemetry;
 pub mod testing;

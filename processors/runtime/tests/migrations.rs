@@ -84,6 +84,16 @@ async fn each_processor_role_can_use_only_its_own_schema() {
             }
             checked += 1;
         }
+        // The key store (crypto-shredding): intake keeps the keys, the
+        // geocoder reads them, nobody else sees them.
+        let keys = sqlx::query("SELECT * FROM keystore.patient_keys LIMIT 1")
+            .fetch_all(&own)
+            .await;
+        assert_eq!(
+            keys.is_ok(),
+            schema == "intake" || schema == "geocoder",
+            "{schema} on keystore.patient_keys: {keys:?}"
+        );
         for target in [schema, "public"] {
             let created = sqlx::query(&format!("CREATE TABLE {target}.intruder (x int)"))
                 .execute(&own)
