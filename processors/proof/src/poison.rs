@@ -46,9 +46,6 @@ const PROBE: &str = "psymatch.proof.probe";
 /// a little larger).
 const MAX_RECORD_BYTES: usize = 20_000;
 
-/// A process's settings beyond the test bed's.
-type Settings = Vec<(&'static str, String)>;
-
 /// The kinds of bad record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Kind {
@@ -151,17 +148,9 @@ pub async fn run(per_kind: usize, logs: &Path) -> anyhow::Result<bool> {
         logs,
     )?;
     let mail = scratch_dir("psymatch-poison-mail");
-    let settings: [(&str, &str, Settings); 5] = [
-        ("intake", "psymatch-intake", vec![]),
-        (
-            "geocoder",
-            "psymatch-geocoder",
-            vec![
-                ("NOMINATIM_URL", "offline".into()),
-                ("OSRM_URL", "offline".into()),
-                ("GEOCODER_CONTACT", "proof@example.invalid".into()),
-            ],
-        ),
+    let mut settings = processes::chain(&mail);
+    settings.insert(
+        2,
         (
             "scraper",
             "psymatch-scraper",
@@ -173,21 +162,9 @@ pub async fn run(per_kind: usize, logs: &Path) -> anyhow::Result<bool> {
                 ("SCRAPER_CONTACT", "proof@example.invalid".into()),
             ],
         ),
-        ("matcher", "psymatch-matcher", vec![]),
-        (
-            "email_batcher",
-            "psymatch-email-batcher",
-            vec![
-                ("EMAIL_TRANSPORT", "file".into()),
-                ("EMAIL_FILE_DIR", mail.to_string_lossy().into_owned()),
-            ],
-        ),
-    ];
-    let mut running: Vec<Process> = Vec::new();
-    for (name, binary, mut extra) in settings {
-        extra.push(("MAX_RECORD_BYTES", MAX_RECORD_BYTES.to_string()));
-        running.push(processes::start(&bed, name, binary, &extra, logs).await?);
-    }
+    );
+    let limit = [("MAX_RECORD_BYTES", MAX_RECORD_BYTES.to_string())];
+    let mut running = processes::start_all(&bed, settings, &limit, logs).await?;
     eprintln!(
         "poison: {} processors running; logs in {}",
         running.len(),
@@ -670,12 +647,7 @@ async fn unsettled(bed: &TestBed, seen: &Mutex<Seen>) -> anyhow::Result<Option<S
     for spec in &contracts.topics.topics {
         let topic = spec.name.as_str();
         let physical = format!("{}{topic}", bed.prefix);
-        let metadata = consumer.fetch_metadata(Some(&physical), Duration::from_secs(10))?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len()) as i32;
-        for partition in 0..partitions {
+        for partition in 0..processes::partitions(&consumer, &physical)? {
             let (_, high) =
                 consumer.fetch_watermarks(&physical, partition, Duration::from_secs(10))?;
             let read = seen

@@ -114,3 +114,87 @@ impl Process {
             .unwrap_or(0)
     }
 }
+
+/// A process's settings beyond the test bed's.
+pub type Settings = Vec<(&'static str, String)>;
+
+/// The chain of the data-protection proofs: intake, the geocoder offline,
+/// the matcher, and the email batcher writing its mails as files into
+/// `mail`.
+pub fn chain(mail: &Path) -> Vec<(&'static str, &'static str, Settings)> {
+    vec![
+        ("intake", "psymatch-intake", vec![]),
+        (
+            "geocoder",
+            "psymatch-geocoder",
+            vec![
+                ("NOMINATIM_URL", "offline".into()),
+                ("OSRM_URL", "offline".into()),
+                ("GEOCODER_CONTACT", "proof@example.invalid".into()),
+            ],
+        ),
+        ("matcher", "psymatch-matcher", vec![]),
+        (
+            "email_batcher",
+            "psymatch-email-batcher",
+            vec![
+                ("EMAIL_TRANSPORT", "file".into()),
+                ("EMAIL_FILE_DIR", mail.to_string_lossy().into_owned()),
+            ],
+        ),
+    ]
+}
+
+/// Starts every process of `settings`, each with `common` settings too.
+pub async fn start_all(
+    bed: &TestBed,
+    settings: Vec<(&'static str, &'static str, Settings)>,
+    common: &[(&'static str, String)],
+    logs: &Path,
+) -> anyhow::Result<Vec<Process>> {
+    let mut running = Vec::new();
+    for (name, binary, mut extra) in settings {
+        extra.extend(common.iter().cloned());
+        running.push(start(bed, name, binary, &extra, logs).await?);
+    }
+    Ok(running)
+}
+
+/// Sends the inquiries the matcher wrote: waits until the email batcher
+/// holds one (a flush on another partition could overtake it), asks for a
+/// flush, and waits until an email was sent.
+pub async fn email_inquiries(bed: &TestBed, run_id: &str) {
+    bed.wait_for(
+        "an inquiry waits in the batcher",
+        Duration::from_secs(60),
+        || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM email_batcher.inquiries")
+                .fetch_one(&bed.pool)
+                .await
+                .is_ok_and(|n| n > 0)
+        },
+    )
+    .await;
+    bed.publish(
+        "email-commands",
+        &[serde_json::json!({"event_type": "email.flush_batches", "payload": {"run_id": run_id}})],
+    )
+    .await;
+    bed.read_until("communication-events", Duration::from_secs(60), |r| {
+        !psymatch_runtime::testing::of_type(r, "email.sent").is_empty()
+    })
+    .await;
+}
+
+/// How many partitions `topic` has.
+pub fn partitions<C, T>(consumer: &T, topic: &str) -> anyhow::Result<i32>
+where
+    C: rdkafka::consumer::ConsumerContext,
+    T: rdkafka::consumer::Consumer<C>,
+{
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len()) as i32)
+}

@@ -92,12 +92,7 @@ pub async fn scan(scope: &Scope, values: &[String]) -> anyhow::Result<(Findings,
     let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for spec in topics {
         let physical = format!("{}{}", scope.prefix, spec.name);
-        let metadata = consumer.fetch_metadata(Some(&physical), Duration::from_secs(10))?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len()) as i32;
-        for partition in 0..partitions {
+        for partition in 0..crate::processes::partitions(&consumer, &physical)? {
             let (low, high) =
                 consumer.fetch_watermarks(&physical, partition, Duration::from_secs(10))?;
             if high > low {

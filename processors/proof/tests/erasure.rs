@@ -8,9 +8,9 @@
 //!
 //! Needs the local stack and the workspace's binaries.
 
-use psymatch_proof::processes::{self, Process};
+use psymatch_proof::processes;
 use psymatch_proof::scan::{Scope, scan};
-use psymatch_runtime::testing::{TestBed, of_type, scratch_dir};
+use psymatch_runtime::testing::{TestBed, scratch_dir};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -29,34 +29,9 @@ async fn after_erasure_nothing_holds_the_patient() {
     let bed = TestBed::new().await;
     let logs = scratch_dir("psymatch-erasure-logs");
     let mail = scratch_dir("psymatch-erasure-mail");
-    let mut running: Vec<Process> = Vec::new();
-    for (name, binary, extra) in [
-        ("intake", "psymatch-intake", vec![]),
-        (
-            "geocoder",
-            "psymatch-geocoder",
-            vec![
-                ("NOMINATIM_URL", "offline".to_string()),
-                ("OSRM_URL", "offline".to_string()),
-                ("GEOCODER_CONTACT", "proof@example.invalid".to_string()),
-            ],
-        ),
-        ("matcher", "psymatch-matcher", vec![]),
-        (
-            "email_batcher",
-            "psymatch-email-batcher",
-            vec![
-                ("EMAIL_TRANSPORT", "file".to_string()),
-                ("EMAIL_FILE_DIR", mail.to_string_lossy().into_owned()),
-            ],
-        ),
-    ] {
-        running.push(
-            processes::start(&bed, name, binary, &extra, &logs)
-                .await
-                .expect("the processor starts"),
-        );
-    }
+    let mut running = processes::start_all(&bed, processes::chain(&mail), &[], &logs)
+        .await
+        .expect("the processors start");
     bed.publish(
         "therapist-commands",
         &[json!({"event_type": "therapist.upsert", "payload": {"therapist_id": "t-1", "details": {
@@ -86,27 +61,7 @@ async fn after_erasure_nothing_holds_the_patient() {
     assert!(registration["payload"]["details"].is_null());
     bed.publish("patient-commands", &[registration]).await;
     // Through the chain: the inquiry is emailed to the practice.
-    bed.wait_for(
-        "the inquiry waits in the batcher",
-        Duration::from_secs(60),
-        || async {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM email_batcher.inquiries")
-                .fetch_one(&bed.pool)
-                .await
-                .unwrap()
-                > 0
-        },
-    )
-    .await;
-    bed.publish(
-        "email-commands",
-        &[json!({"event_type": "email.flush_batches", "payload": {"run_id": "erasure"}})],
-    )
-    .await;
-    bed.read_until("communication-events", Duration::from_secs(60), |r| {
-        !of_type(r, "email.sent").is_empty()
-    })
-    .await;
+    processes::email_inquiries(&bed, "erasure").await;
 
     let scope = Scope {
         brokers: bed.brokers.clone(),

@@ -7,7 +7,7 @@
 //! Needs the local stack and the workspace's binaries
 //! (`cargo build --workspace --bins`).
 
-use psymatch_proof::processes::{self, Process};
+use psymatch_proof::processes;
 use psymatch_runtime::testing::{TestBed, of_type, scratch_dir};
 use serde_json::json;
 use std::time::Duration;
@@ -33,37 +33,11 @@ async fn no_personal_data_reaches_any_log_line() {
     let bed = TestBed::new().await;
     let logs = scratch_dir("psymatch-log-scan");
     let mail = scratch_dir("psymatch-log-scan-mail");
-    let debug = ("RUST_LOG", "debug".to_string());
-    let mut running: Vec<Process> = Vec::new();
-    for (name, binary, mut extra) in [
-        ("intake", "psymatch-intake", vec![]),
-        (
-            "geocoder",
-            "psymatch-geocoder",
-            vec![
-                ("NOMINATIM_URL", "offline".to_string()),
-                ("OSRM_URL", "offline".to_string()),
-                ("GEOCODER_CONTACT", "proof@example.invalid".to_string()),
-            ],
-        ),
-        ("matcher", "psymatch-matcher", vec![]),
-        (
-            "email_batcher",
-            "psymatch-email-batcher",
-            vec![
-                ("EMAIL_TRANSPORT", "file".to_string()),
-                ("EMAIL_FILE_DIR", mail.to_string_lossy().into_owned()),
-            ],
-        ),
-    ] {
-        extra.push(debug.clone());
-        running.push(
-            processes::start(&bed, name, binary, &extra, &logs)
-                .await
-                .expect("the processor starts"),
-        );
-    }
-
+    // Debug level: everything a processor would ever say.
+    let debug = [("RUST_LOG", "debug".to_string())];
+    let mut running = processes::start_all(&bed, processes::chain(&mail), &debug, &logs)
+        .await
+        .expect("the processors start");
     bed.publish(
         "therapist-commands",
         &[json!({"event_type": "therapist.upsert", "payload": {"therapist_id": "t-planted", "details": {
@@ -114,29 +88,7 @@ async fn no_personal_data_reaches_any_log_line() {
             .contains("details.email"),
         "{rejection}"
     );
-    // The batcher holds the inquiry before the flush asks it to send (the
-    // flush travels on another partition and could overtake it).
-    bed.wait_for(
-        "the inquiry waits in the batcher",
-        Duration::from_secs(60),
-        || async {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM email_batcher.inquiries")
-                .fetch_one(&bed.pool)
-                .await
-                .unwrap()
-                > 0
-        },
-    )
-    .await;
-    bed.publish(
-        "email-commands",
-        &[json!({"event_type": "email.flush_batches", "payload": {"run_id": "log-scan"}})],
-    )
-    .await;
-    bed.read_until("communication-events", Duration::from_secs(60), |r| {
-        !of_type(r, "email.sent").is_empty()
-    })
-    .await;
+    processes::email_inquiries(&bed, "log-scan").await;
 
     let mut lines = 0;
     let mut hits = Vec::new();
