@@ -2,7 +2,7 @@
 //! so a search looks only at the squares within the patient's limit
 //! instead of every therapist in Germany.
 
-use crate::rules::{self, History, Patient, Ranked, Therapist, Verdict};
+use crate::rules::{self, FastMap, History, Patient, Ranked, Standing, Therapist, Verdict};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
@@ -25,9 +25,9 @@ fn cell(position: (f64, f64)) -> (i64, i64) {
 #[derive(Debug, Default)]
 pub struct Index {
     therapists: Vec<Therapist>,
-    cells: HashMap<(i64, i64), Vec<usize>>,
+    cells: FastMap<(i64, i64), Vec<usize>>,
     /// Therapist id -> position in `therapists`.
-    slots: HashMap<String, usize>,
+    slots: FastMap<String, usize>,
 }
 
 /// A therapist a search found, with what the verdict said.
@@ -97,6 +97,24 @@ impl Index {
         &self.therapists[slot]
     }
 
+    /// Every therapist's standing in `history`, by slot: one lookup per
+    /// therapist for a whole batch of searches instead of one per
+    /// therapist and search.
+    pub fn standings<'h>(&self, history: &'h History) -> Vec<Standing<'h>> {
+        let mut standings = vec![Standing::default(); self.therapists.len()];
+        for (id, pending) in &history.pending {
+            if let Some(&slot) = self.slots.get(id) {
+                standings[slot].pending = Some(pending);
+            }
+        }
+        for (id, until) in &history.cooling_until {
+            if let Some(&slot) = self.slots.get(id) {
+                standings[slot].cooling_until = Some(*until);
+            }
+        }
+        standings
+    }
+
     fn unplace(&mut self, slot: usize) {
         if let Some(position) = self.therapists[slot].position
             && let Some(square) = self.cells.get_mut(&cell(position))
@@ -144,6 +162,20 @@ impl Index {
         travel: &HashMap<String, f64>,
         found: &mut Vec<Found>,
     ) {
+        self.search_with(patient, history, None, now, travel, found);
+    }
+
+    /// [`Index::search_into`] with the therapists' standings of
+    /// [`Index::standings`] (a batch of searches).
+    pub fn search_with(
+        &self,
+        patient: &Patient,
+        history: &History,
+        standings: Option<&[Standing<'_>]>,
+        now: DateTime<Utc>,
+        travel: &HashMap<String, f64>,
+        found: &mut Vec<Found>,
+    ) {
         found.clear();
         let Some(home) = patient.position else {
             return;
@@ -172,10 +204,16 @@ impl Index {
                 } else {
                     travel.get(&therapist.id).copied()
                 };
+                let standing = match standings {
+                    Some(standings) => standings[i],
+                    None => history.standing(&therapist.id),
+                };
                 Found {
                     therapist: i,
                     km,
-                    verdict: rules::check_at(patient, therapist, history, now, minutes, km),
+                    verdict: rules::check_standing(
+                        patient, therapist, history, standing, now, minutes, km,
+                    ),
                 }
             });
         found.extend(hits);

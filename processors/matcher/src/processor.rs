@@ -657,6 +657,11 @@ impl Matcher {
         // The searches only read the state: two threads share them (the
         // rest of a batch is sequential).
         let ids: Vec<&String> = order.iter().map(|(_, id)| id).collect();
+        let standings = if ids.is_empty() {
+            Vec::new()
+        } else {
+            world.index.standings(&world.history)
+        };
         let run_chunk = |chunk: &[&String]| -> Vec<Evaluation> {
             let mut found = Vec::new();
             chunk
@@ -664,6 +669,7 @@ impl Matcher {
                 .filter_map(|id| {
                     evaluate(
                         world,
+                        &standings,
                         id,
                         now,
                         shown(&fully, id),
@@ -924,6 +930,7 @@ struct Evaluation {
 /// reach, ranking, and what an explanation of `shown` entries needs.
 fn evaluate(
     world: &World,
+    standings: &[rules::Standing<'_>],
     id: &str,
     now: DateTime<Utc>,
     shown: usize,
@@ -935,9 +942,14 @@ fn evaluate(
     patient.position?;
     let started = std::time::Instant::now();
     let travel: HashMap<String, f64> = search.travel.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    world
-        .index
-        .search_into(patient, &world.history, now, &travel, found);
+    world.index.search_with(
+        patient,
+        &world.history,
+        Some(standings),
+        now,
+        &travel,
+        found,
+    );
     let mut candidates: Vec<rules::Ranked<'_>> = Vec::new();
     let mut needs_time = Vec::new();
     let mut waiting = false;

@@ -116,6 +116,28 @@ pub struct History {
     pub search_excluded: FastSet<String>,
 }
 
+/// What the history says about one therapist: the patients its open
+/// inquiries hold and the end of its cooling period. Looked up once per
+/// batch for every therapist ([`crate::index::Index::standings`]) rather
+/// than by id in every search.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Standing<'a> {
+    /// Patients pending with the therapist (rule 9).
+    pub pending: Option<&'a FastSet<String>>,
+    /// End of its cooling period (rule 9).
+    pub cooling_until: Option<DateTime<Utc>>,
+}
+
+impl History {
+    /// The standing of therapist `id`.
+    pub fn standing(&self, id: &str) -> Standing<'_> {
+        Standing {
+            pending: self.pending.get(id),
+            cooling_until: self.cooling_until.get(id).copied(),
+        }
+    }
+}
+
 /// The hard constraint that rejected a therapist (DOMAIN.md numbering).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rule {
@@ -246,6 +268,20 @@ pub fn check_at(
     minutes: Option<f64>,
     km: f64,
 ) -> Verdict {
+    let standing = history.standing(&therapist.id);
+    check_standing(patient, therapist, history, standing, now, minutes, km)
+}
+
+/// [`check_at`] with the therapist's standing looked up already.
+pub fn check_standing(
+    patient: &Patient,
+    therapist: &Therapist,
+    history: &History,
+    standing: Standing<'_>,
+    now: DateTime<Utc>,
+    minutes: Option<f64>,
+    km: f64,
+) -> Verdict {
     let reject = Verdict::Rejected;
     let limit_km = patient
         .max_distance_km
@@ -303,17 +339,16 @@ pub fn check_at(
     if !age_group_ok {
         return reject(Rule::AgeGroup);
     }
-    if history
+    if standing
         .pending
-        .get(therapist.id.as_str())
         .is_some_and(|patients| patients.contains(patient.id.as_str()))
     {
         return reject(Rule::Pending);
     }
-    if let Some(until) = history.cooling_until.get(therapist.id.as_str())
-        && *until > now
+    if let Some(until) = standing.cooling_until
+        && until > now
     {
-        return reject(Rule::Cooling(*until));
+        return reject(Rule::Cooling(until));
     }
     match (patient.max_travel_minutes, minutes) {
         (Some(_), None) => Verdict::NeedsTravelTime { km },
