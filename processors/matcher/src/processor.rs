@@ -993,21 +993,28 @@ type Others = (u8, f64, Found);
 /// The `limit` nearest therapists of a search that are not candidates
 /// (the rest of a city is not shown; see [`BRIEF_DECISIONS`]).
 fn nearest_others(found: &[Found], limit: usize) -> Vec<Others> {
-    let mut others: Vec<Others> = found
+    // Order, distance and position first: a city's search finds thousands,
+    // and only `limit` of them are copied whole.
+    let mut others: Vec<(u8, f64, usize)> = found
         .iter()
-        .filter_map(|f| match &f.verdict {
+        .enumerate()
+        .filter_map(|(i, f)| match &f.verdict {
             Verdict::Candidate { .. } => None,
-            Verdict::NeedsTravelTime { .. } => Some((0, f.km, f.clone())),
-            Verdict::Rejected(_) => Some((1, f.km, f.clone())),
+            Verdict::NeedsTravelTime { .. } => Some((0, f.km, i)),
+            Verdict::Rejected(_) => Some((1, f.km, i)),
         })
         .collect();
-    let by_order = |a: &Others, b: &Others| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1));
+    let by_order =
+        |a: &(u8, f64, usize), b: &(u8, f64, usize)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1));
     if others.len() > limit && limit > 0 {
         others.select_nth_unstable_by(limit - 1, by_order);
     }
     others.truncate(limit);
     others.sort_by(by_order);
     others
+        .into_iter()
+        .map(|(order, km, i)| (order, km, found[i].clone()))
+        .collect()
 }
 
 /// The decisions of one search for a person to read: the therapists
