@@ -146,8 +146,8 @@ impl Intake {
             return ctx.reject(EVENTS, ErrorCode::InvalidState, &reason);
         }
         // Sealed by the publisher (psymatch publish) with the patient's
-        // key, or in clear; the key exists from here on either way: the
-        // address to geocode travels sealed with it.
+        // key, or in clear (the address to geocode is sealed either way,
+        // with a key made then if there is none).
         let details = match record.payload["sealed_details"].as_str() {
             Some(sealed) => match sealed::open_stored(ctx.db(), &patient_id, sealed).await? {
                 Ok(details) => details,
@@ -157,7 +157,6 @@ impl Intake {
             },
             None => record.payload["details"].clone(),
         };
-        sealed::key_of(ctx.db(), &patient_id, true).await?;
         let now = ctx.now();
         let problems = validate::details(&details, now);
         if !problems.is_empty() {
