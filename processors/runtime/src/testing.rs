@@ -588,3 +588,173 @@ impl crate::processor::Processor for Noop {
         Ok(())
     }
 }
+
+/// A Tansu broker of the test's own, with SQLite storage so that its data
+/// survives a restart.
+pub struct OwnBroker {
+    process: Option<std::process::Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl OwnBroker {
+    /// Starts it on a free port.
+    pub fn start() -> OwnBroker {
+        let port = free_port();
+        let dir = scratch_dir("tansu");
+        let mut broker = OwnBroker {
+            process: None,
+            port,
+            dir,
+        };
+        broker.launch();
+        broker
+    }
+
+    fn launch(&mut self) {
+        let tools =
+            std::env::var("PSYMATCH_TOOLS").unwrap_or_else(|_| "/var/tmp/psymatch-tools".into());
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = std::process::Command::new(format!("{tools}/bin/tansu"))
+            // Tansu resolves the SQLite path against its working directory.
+            .current_dir(&self.dir)
+            .args(["broker", "--storage-engine", "sqlite://tansu.db"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu (scripts/install-tools)");
+        self.process = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Kills it (SIGKILL) and starts it again on the same data.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        self.launch();
+    }
+
+    /// Its bootstrap address.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A PostgreSQL cluster of the test's own (initdb as the postgres user).
+pub struct OwnPostgres {
+    bin: String,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnPostgres {
+    /// Creates and starts it on a free port.
+    pub fn start() -> OwnPostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .max()
+            .unwrap()
+            .display()
+            .to_string();
+        let port = free_port();
+        let dir = scratch_dir("pg");
+        std::process::Command::new("chown")
+            .args(["postgres", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        let initdb = std::process::Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{bin}/initdb"),
+                "-D",
+                dir.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(initdb.success());
+        let cluster = OwnPostgres { bin, dir, port };
+        cluster.pg_ctl("start");
+        cluster
+    }
+
+    /// Runs `pg_ctl <action>` on it (`restart`, `stop`, `start`).
+    pub fn pg_ctl(&self, action: &str) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let status = self
+            .pg_ctl_command()
+            .args([
+                "-l",
+                &format!("{}/log", self.dir.display()),
+                "-w",
+                "-m",
+                "fast",
+                "-o",
+                &options,
+                action,
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl {action}");
+    }
+
+    /// `pg_ctl -D <dir>` run as the postgres user (it refuses root).
+    fn pg_ctl_command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new("runuser");
+        command.args([
+            "-u",
+            "postgres",
+            "--",
+            &format!("{}/pg_ctl", self.bin),
+            "-D",
+            self.dir.to_str().unwrap(),
+        ]);
+        command
+    }
+
+    /// URL of its `postgres` database (superuser, trust).
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .pg_ctl_command()
+            .args(["-m", "immediate", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

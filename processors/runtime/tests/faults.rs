@@ -2,11 +2,11 @@
 //! joining and leaving, broker and PostgreSQL restarts. Each ends with every
 //! input applied exactly once and every output present.
 
-use psymatch_runtime::testing::{KillOnDrop, Received, TestBed, free_port, scratch_dir};
+use psymatch_runtime::testing::{KillOnDrop, OwnBroker, OwnPostgres, Received, TestBed};
 use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const KEYS: usize = 100;
@@ -132,170 +132,6 @@ async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
         outputs.len() - inputs
     );
     drop(child);
-}
-
-/// A Tansu broker of the test's own, with SQLite storage so that its data
-/// survives a restart.
-struct OwnBroker {
-    process: Option<Child>,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl OwnBroker {
-    fn start() -> OwnBroker {
-        let port = free_port();
-        let dir = scratch_dir("tansu");
-        let mut broker = OwnBroker {
-            process: None,
-            port,
-            dir,
-        };
-        broker.launch();
-        broker
-    }
-
-    fn launch(&mut self) {
-        let tools =
-            std::env::var("PSYMATCH_TOOLS").unwrap_or_else(|_| "/var/tmp/psymatch-tools".into());
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(format!("{tools}/bin/tansu"))
-            // Tansu resolves the SQLite path against its working directory.
-            .current_dir(&self.dir)
-            .args(["broker", "--storage-engine", "sqlite://tansu.db"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu (scripts/install-tools)");
-        self.process = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "tansu did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn restart(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-        self.launch();
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A PostgreSQL cluster of the test's own (initdb as the postgres user).
-struct OwnPostgres {
-    bin: String,
-    dir: std::path::PathBuf,
-    port: u16,
-}
-
-impl OwnPostgres {
-    fn start() -> OwnPostgres {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL server binaries")
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("bin"))
-            .max()
-            .unwrap()
-            .display()
-            .to_string();
-        let port = free_port();
-        let dir = scratch_dir("pg");
-        Command::new("chown")
-            .args(["postgres", dir.to_str().unwrap()])
-            .status()
-            .unwrap();
-        let initdb = Command::new("runuser")
-            .args([
-                "-u",
-                "postgres",
-                "--",
-                &format!("{bin}/initdb"),
-                "-D",
-                dir.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "--auth=trust",
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(initdb.success());
-        let cluster = OwnPostgres { bin, dir, port };
-        cluster.pg_ctl("start");
-        cluster
-    }
-
-    fn pg_ctl(&self, action: &str) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
-            self.port,
-            self.dir.display()
-        );
-        let status = self
-            .pg_ctl_command()
-            .args([
-                "-l",
-                &format!("{}/log", self.dir.display()),
-                "-w",
-                "-m",
-                "fast",
-                "-o",
-                &options,
-                action,
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "pg_ctl {action}");
-    }
-
-    /// `pg_ctl -D <dir>` run as the postgres user (it refuses root).
-    fn pg_ctl_command(&self) -> Command {
-        let mut command = Command::new("runuser");
-        command.args([
-            "-u",
-            "postgres",
-            "--",
-            &format!("{}/pg_ctl", self.bin),
-            "-D",
-            self.dir.to_str().unwrap(),
-        ]);
-        command
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for OwnPostgres {
-    fn drop(&mut self) {
-        let _ = self
-            .pg_ctl_command()
-            .args(["-m", "immediate", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Runs the example in-process while `fault` strikes mid-stream; 2,000
