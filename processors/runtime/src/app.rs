@@ -66,6 +66,10 @@ struct Shared<P> {
     metrics: Arc<Metrics>,
     status: Arc<Status>,
     relay_wake: Notify,
+    /// Outbox rows one relay pass publishes: smaller after a pass the
+    /// broker could not take in time, so that a slow broker still sees
+    /// progress instead of the same large pass timing out again.
+    relay_limit: std::sync::atomic::AtomicUsize,
     /// The processor's schema name, checked to be a plain identifier.
     schema: String,
     /// Offsets committed to PostgreSQL, waiting to be stored in the consumer
@@ -127,6 +131,7 @@ pub async fn run_with<P: Processor>(
         metrics: metrics.clone(),
         status: status.clone(),
         relay_wake: Notify::new(),
+        relay_limit: std::sync::atomic::AtomicUsize::new(RELAY_PASS_MAX),
         committed: Mutex::new(Vec::new()),
         seeks: Mutex::new(seek_sender),
         compacted,
@@ -1252,7 +1257,7 @@ async fn process_batch<P: Processor>(
         // offsets commit; a crash in between repeats them.
         publish(shared, &shared.producer, &outgoing)
             .await
-            .map_err(BatchError::Transient)?;
+            .map_err(|failed| BatchError::Transient(failed.reason))?;
     }
     sqlx::query(&format!(
         "UPDATE {schema}.consumer_offsets SET next_offset = $4, updated_at = now()
@@ -1474,12 +1479,22 @@ async fn insert_outbox<P: Processor>(
     Ok(())
 }
 
+/// Most outbox rows in one relay pass.
+const RELAY_PASS_MAX: usize = 5_000;
+
+/// Records the broker did not all acknowledge: how many at the start were
+/// (in order), and why the next one failed.
+struct Unpublished {
+    acknowledged: usize,
+    reason: String,
+}
+
 /// Publishes records and waits until the broker acknowledged every one.
 async fn publish<P: Processor>(
     shared: &Shared<P>,
     producer: &FutureProducer,
     records: &[Outgoing],
-) -> Result<(), String> {
+) -> Result<(), Unpublished> {
     let sends = records.iter().map(|record| {
         let mut owned = OwnedHeaders::new();
         for (name, value) in &record.headers {
@@ -1500,14 +1515,19 @@ async fn publish<P: Processor>(
     });
     let results = futures::future::join_all(sends).await;
     let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
-    for (result, record) in results.iter().zip(records) {
+    let mut failed = None;
+    for (n, (result, record)) in results.iter().zip(records).enumerate() {
         if let Err((error, _)) = result {
             shared
                 .metrics
                 .errors
                 .with_label_values(&[ErrorCode::Broker.as_str()])
                 .inc();
-            return Err(format!("publishing to {}: {error}", record.topic));
+            failed = Some(Unpublished {
+                acknowledged: n,
+                reason: format!("publishing to {}: {error}", record.topic),
+            });
+            break;
         }
         *per_topic
             .entry(shared.config.logical(&record.topic))
@@ -1520,7 +1540,7 @@ async fn publish<P: Processor>(
             .with_label_values(&[topic])
             .inc_by(count);
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// Publishes the outbox in order until `drained` is set and the outbox is
@@ -1587,7 +1607,8 @@ async fn forget_processed<P: Processor>(shared: &Shared<P>) -> Result<u64, sqlx:
     Ok(result.rows_affected())
 }
 
-/// One pass: publish up to 5,000 outbox rows and delete the acknowledged ones.
+/// One pass: publish up to [`RELAY_PASS_MAX`] outbox rows (fewer after a
+/// failed pass) and delete the acknowledged ones.
 async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize, String> {
     let failed = |e: sqlx::Error| format!("relay database: {e}");
     let mut tx = shared.pool.begin().await.map_err(failed)?;
@@ -1601,8 +1622,9 @@ async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize, String> {
     }
     type Row = (i64, Uuid, String, Option<String>, Option<Vec<u8>>, String);
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT id, event_id, topic, key, value, headers FROM {}.outbox ORDER BY id LIMIT 5000",
-        shared.schema
+        "SELECT id, event_id, topic, key, value, headers FROM {}.outbox ORDER BY id LIMIT {}",
+        shared.schema,
+        shared.relay_limit.load(Ordering::SeqCst)
     ))
     .fetch_all(&mut *tx)
     .await
@@ -1622,8 +1644,21 @@ async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize, String> {
                 .unwrap_or_default(),
         })
         .collect();
-    publish(shared, &shared.producer, &outgoing).await?;
-    let ids: Vec<i64> = rows.iter().map(|(id, ..)| *id).collect();
+    // The rows the broker acknowledged, in order, go even when a later one
+    // failed: the next pass starts after them (a row acknowledged after the
+    // failure is published again; consumers drop it by its event id).
+    let published = publish(shared, &shared.producer, &outgoing).await;
+    let acknowledged = match &published {
+        Ok(()) => rows.len(),
+        Err(failed) => failed.acknowledged,
+    };
+    let limit = &shared.relay_limit;
+    let next = match &published {
+        Ok(()) => (limit.load(Ordering::SeqCst) * 2).min(RELAY_PASS_MAX),
+        Err(_) => (limit.load(Ordering::SeqCst) / 4).max(50),
+    };
+    limit.store(next, Ordering::SeqCst);
+    let ids: Vec<i64> = rows[..acknowledged].iter().map(|(id, ..)| *id).collect();
     sqlx::query(&format!(
         "DELETE FROM {}.outbox WHERE id = ANY($1)",
         shared.schema
@@ -1633,5 +1668,11 @@ async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize, String> {
     .await
     .map_err(failed)?;
     tx.commit().await.map_err(failed)?;
-    Ok(rows.len())
+    published.map(|()| rows.len()).map_err(|failed| {
+        format!(
+            "{} ({acknowledged} of {} published; next pass at most {next})",
+            failed.reason,
+            rows.len()
+        )
+    })
 }
