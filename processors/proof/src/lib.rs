@@ -3,6 +3,7 @@
 //! (`psymatch-proof erasure-scan`), and the processes they and the
 //! data-protection tests start.
 
+pub mod chaos;
 pub mod poison;
 pub mod processes;
 pub mod scan;

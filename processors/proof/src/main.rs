@@ -33,6 +33,25 @@ enum Command {
         #[arg(long, default_value = ".stack/proof")]
         logs: PathBuf,
     },
+    /// Synthetic therapists and patients through intake, geocoder, matcher
+    /// and email batcher on a broker and a PostgreSQL of the run's own,
+    /// while processes are killed with SIGKILL (every kind in turn), the
+    /// broker and PostgreSQL restart once each, and second replicas run for
+    /// half the run; then the invariants as a table.
+    Chaos {
+        /// Patients registered.
+        #[arg(long, default_value_t = 10_000)]
+        patients: usize,
+        /// Therapists created.
+        #[arg(long, default_value_t = 5_000)]
+        therapists: usize,
+        /// SIGKILLs of single processes (replicas come on top).
+        #[arg(long, default_value_t = 40)]
+        kills: usize,
+        /// Directory for the processors' logs.
+        #[arg(long, default_value = ".stack/chaos")]
+        logs: PathBuf,
+    },
     /// Looks for a person's values (name, email address, phone number,
     /// street; one per line of the file, `-` for standard input, so that
     /// they appear in no command line) in every table of the database
@@ -58,6 +77,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let held = match cli.command {
         Command::Poison { per_kind, logs } => psymatch_proof::poison::run(per_kind, &logs).await?,
+        Command::Chaos {
+            patients,
+            therapists,
+            kills,
+            logs,
+        } => psymatch_proof::chaos::run(patients, therapists, kills, &logs).await?,
         Command::ErasureScan {
             values_file,
             files,

@@ -23,20 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// Every topic a processor consumes, with its consumers (their schemas),
-/// as the processors' `inputs()` declare them.
-const CONSUMED: [(&str, &[&str]); 10] = [
-    ("patient-commands", &["intake"]),
-    ("therapist-commands", &["intake"]),
-    ("geocoding-results", &["intake", "matcher"]),
-    ("geocoding-requests", &["geocoder"]),
-    ("scraping-commands", &["scraper"]),
-    ("patient-events", &["matcher"]),
-    ("therapist-events", &["matcher"]),
-    ("communication-events", &["matcher"]),
-    ("matching-commands", &["matcher"]),
-    ("email-commands", &["email_batcher"]),
-];
+use crate::processes::CONSUMED;
 
 /// The header that names a bad record (`<topic>/<kind>/<n>`); dead letters
 /// keep the original headers.
@@ -626,24 +613,14 @@ fn outcomes(bad: &HashMap<String, Bad>, seen: &Mutex<Seen>) -> HashMap<(String, 
 /// a partition it consumes, records waiting in a processor's outbox, or
 /// the collector behind the end of a topic.
 async fn unsettled(bed: &TestBed, seen: &Mutex<Seen>) -> anyhow::Result<Option<String>> {
+    if let Some(behind) = processes::backlog(bed).await? {
+        return Ok(Some(behind));
+    }
     let contracts = Contracts::embedded();
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &bed.brokers)
         .set("group.id", format!("proof-watermarks-{}", Uuid::new_v4()))
         .create()?;
-    let mut schemas: Vec<&str> = CONSUMED
-        .iter()
-        .flat_map(|(_, r)| r.iter().copied())
-        .collect();
-    schemas.dedup();
-    for schema in schemas {
-        let waiting: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.outbox"))
-            .fetch_one(&bed.pool)
-            .await?;
-        if waiting > 0 {
-            return Ok(Some(format!("{waiting} records in the outbox of {schema}")));
-        }
-    }
     for spec in &contracts.topics.topics {
         let topic = spec.name.as_str();
         let physical = format!("{}{topic}", bed.prefix);
@@ -661,18 +638,6 @@ async fn unsettled(bed: &TestBed, seen: &Mutex<Seen>) -> anyhow::Result<Option<S
                 return Ok(Some(format!(
                     "the collector at {read} of {high} on {topic}/{partition}"
                 )));
-            }
-            for reader in consumers(topic) {
-                let next: Option<i64> = sqlx::query_scalar(&format!(
-                    "SELECT max(next_offset) FROM {reader}.consumer_offsets WHERE topic = $1 AND partition = $2"
-                ))
-                .bind(&physical)
-                .bind(partition)
-                .fetch_one(&bed.pool)
-                .await?;
-                if next.unwrap_or(0) < high {
-                    return Ok(Some(format!("{reader} behind on {topic}/{partition}")));
-                }
             }
         }
     }

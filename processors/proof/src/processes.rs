@@ -6,6 +6,21 @@ use psymatch_runtime::testing::{KillOnDrop, TestBed, free_port};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// Every topic a processor consumes, with its consumers (their schemas),
+/// as the processors' `inputs()` declare them.
+pub const CONSUMED: [(&str, &[&str]); 10] = [
+    ("patient-commands", &["intake"]),
+    ("therapist-commands", &["intake"]),
+    ("geocoding-results", &["intake", "matcher"]),
+    ("geocoding-requests", &["geocoder"]),
+    ("scraping-commands", &["scraper"]),
+    ("patient-events", &["matcher"]),
+    ("therapist-events", &["matcher"]),
+    ("communication-events", &["matcher"]),
+    ("matching-commands", &["matcher"]),
+    ("email-commands", &["email_batcher"]),
+];
+
 /// A running processor process.
 pub struct Process {
     /// Its schema name (`email_batcher`).
@@ -107,6 +122,12 @@ impl Process {
         self.child.0.try_wait().ok().flatten()
     }
 
+    /// Kills it with SIGKILL and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+    }
+
     /// Log lines that tell of a panic.
     pub fn panics(&self) -> usize {
         std::fs::read_to_string(&self.log)
@@ -197,4 +218,51 @@ where
         .topics()
         .first()
         .map_or(0, |t| t.partitions().len()) as i32)
+}
+
+/// What is still to do, if anything: a processor's outbox not yet
+/// published, or a consumer behind the end of a partition it consumes.
+pub async fn backlog(bed: &TestBed) -> anyhow::Result<Option<String>> {
+    let mut schemas: Vec<&str> = CONSUMED
+        .iter()
+        .flat_map(|(_, r)| r.iter().copied())
+        .collect();
+    schemas.sort();
+    schemas.dedup();
+    for schema in schemas {
+        let waiting: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.outbox"))
+            .fetch_one(&bed.pool)
+            .await?;
+        if waiting > 0 {
+            return Ok(Some(format!("{waiting} records in the outbox of {schema}")));
+        }
+    }
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bed.brokers)
+        .set("group.id", format!("backlog-{}", uuid::Uuid::new_v4()))
+        .create()?;
+    for (topic, readers) in CONSUMED {
+        let physical = format!("{}{topic}", bed.prefix);
+        for partition in 0..partitions(&consumer, &physical)? {
+            let (_, high) = rdkafka::consumer::Consumer::fetch_watermarks(
+                &consumer,
+                &physical,
+                partition,
+                Duration::from_secs(10),
+            )?;
+            for reader in readers {
+                let next: Option<i64> = sqlx::query_scalar(&format!(
+                    "SELECT max(next_offset) FROM {reader}.consumer_offsets WHERE topic = $1 AND partition = $2"
+                ))
+                .bind(&physical)
+                .bind(partition)
+                .fetch_one(&bed.pool)
+                .await?;
+                if next.unwrap_or(0) < high {
+                    return Ok(Some(format!("{reader} behind on {topic}/{partition}")));
+                }
+            }
+        }
+    }
+    Ok(None)
 }

@@ -1,0 +1,305 @@
+//! The chaos run: synthetic therapists and patients flow through intake,
+//! geocoder, matcher and email batcher on a broker and a PostgreSQL of the
+//! run's own while a driver kills processor processes with SIGKILL at
+//! random moments (every kind in turn), restarts the broker once and
+//! PostgreSQL once, and runs a second replica of every processor part of
+//! the time. Then it checks the invariants and prints them as a table.
+
+use crate::processes::{self, Process, Settings};
+use psymatch_runtime::testing::{OwnBroker, OwnPostgres, TestBed, scratch_dir};
+use rand::Rng;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Berlin postcodes the synthetic people live and work in (the offline
+/// geocoder places them at their centres).
+const POSTCODES: [&str; 8] = [
+    "10115", "10117", "10119", "10178", "10243", "10435", "10551", "10961",
+];
+
+fn therapist(n: usize) -> Value {
+    json!({"event_type": "therapist.upsert", "payload": {"therapist_id": format!("chaos-t-{n}"), "details": {
+        "salutation": "FRAU", "title": null, "first_name": "Test", "last_name": format!("Praxis{n}"),
+        "gender": "FEMALE",
+        "address": {"street": "Teststraße", "house_number": format!("{}", n % 90 + 1),
+                    "postcode": POSTCODES[n % POSTCODES.len()], "city": "Berlin"},
+        "email": format!("chaos-praxis-{n}@example.org"), "procedures": ["BEHAVIOURAL"],
+        "age_groups": ["ADULTS"], "settings": ["INDIVIDUAL"], "phone_hours": []}}})
+}
+
+fn patient(n: usize) -> Value {
+    json!({"event_type": "patient.register", "payload": {"patient_id": format!("chaos-p-{n}"), "details": {
+        "salutation": "NONE", "first_name": "Synthetisch", "last_name": format!("Chaos{n}"),
+        "address": {"street": "Probeweg", "house_number": "1", "postcode": POSTCODES[n % POSTCODES.len()],
+                    "city": "Berlin"},
+        "email": format!("chaos{n}@example.org"), "phone": null, "date_of_birth": "1990-06-01",
+        "gender": "FEMALE", "insurer": "Beispielkasse", "diagnosis_icd10": "F32.1",
+        "consultation_hour_attended": true, "symptoms": ["Antriebslosigkeit"],
+        "therapy_experience": false, "last_therapy_session": null, "open_to_group": true,
+        "availability": [], "max_distance_km": 30, "max_travel_minutes": null, "transport": "CAR",
+        "preferred_therapist_gender": "ANY", "preferred_procedures": [], "languages": [],
+        "excluded_therapists": [], "consent_given_at": "2026-11-01T09:30:00Z"}}})
+}
+
+/// Publishes the run's therapists and patients.
+async fn publish_inputs(bed: &TestBed, patients: usize, therapists: usize) {
+    let records: Vec<(&str, Value)> = (0..therapists)
+        .map(|n| ("therapist-commands", therapist(n)))
+        .chain((0..patients).map(|n| ("patient-commands", patient(n))))
+        .collect();
+    for chunk in records.chunks(1_000) {
+        bed.publish_all(chunk).await;
+    }
+}
+
+/// Waits until the chain has done everything (10 minutes at most).
+async fn settle(bed: &TestBed) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while let Some(behind) = processes::backlog(bed).await? {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the chain did not settle in 10 minutes: {behind}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+/// The final matching state in figures that do not depend on how the work
+/// was cut into batches: patients, therapists, searches, places asked,
+/// practices asked, inquiry emails sent.
+async fn outcome(bed: &TestBed) -> [i64; 6] {
+    let mut figures = [0; 6];
+    for (i, sql) in [
+        "SELECT count(*) FROM intake.patients",
+        "SELECT count(*) FROM intake.therapists",
+        "SELECT count(*) FROM matcher.searches",
+        "SELECT coalesce(sum(cardinality(patient_ids)), 0)::bigint FROM matcher.inquiries",
+        "SELECT count(DISTINCT therapist_id) FROM matcher.inquiries",
+        "SELECT count(*) FROM email_batcher.emails WHERE kind = 'inquiry' AND status = 'SENT'",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        figures[i] = sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&bed.pool)
+            .await
+            .unwrap_or(-1);
+    }
+    figures
+}
+
+/// Runs the chaos run; prints its table; returns whether it held.
+pub async fn run(
+    patients: usize,
+    therapists: usize,
+    kills: usize,
+    logs: &Path,
+) -> anyhow::Result<bool> {
+    std::fs::create_dir_all(logs)?;
+    let mut broker = OwnBroker::start();
+    let postgres = OwnPostgres::start();
+    let bed = TestBed::with(&broker.address(), &postgres.url()).await;
+    let mail = scratch_dir("psymatch-chaos-mail");
+    let settings: Vec<(&'static str, &'static str, Settings)> = processes::chain(&mail);
+    let mut running: Vec<Process> = processes::start_all(&bed, settings.clone(), &[], logs).await?;
+    let mut replicas: Vec<Process> = Vec::new();
+    let started = Instant::now();
+
+    // Every input at the start, in chunks, so that the faults strike while
+    // the chain works through them.
+    publish_inputs(&bed, patients, therapists).await;
+
+    let mut rng = rand::rng();
+    let (mut broker_restarts, mut postgres_restarts, mut killed) = (0, 0, 0);
+    let mut kinds_hit = std::collections::BTreeSet::new();
+    for k in 0..kills {
+        // A random moment: the faults are the schedule, not a wait for state.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..900))).await;
+        let victim = k % running.len();
+        let (name, binary, extra) = settings[victim].clone();
+        running[victim].kill();
+        killed += 1;
+        kinds_hit.insert(name);
+        running[victim] = processes::start(&bed, name, binary, &extra, logs).await?;
+        if k == kills / 4 {
+            // Second replicas of every processor, for half the run.
+            replicas = processes::start_all(&bed, settings.clone(), &[], logs).await?;
+        }
+        if k == 3 * kills / 4 {
+            for replica in &mut replicas {
+                replica.kill();
+                killed += 1;
+            }
+            replicas.clear();
+        }
+        if k == kills / 3 {
+            broker.restart();
+            broker_restarts += 1;
+        }
+        if k == 2 * kills / 3 {
+            postgres.pg_ctl("restart");
+            postgres_restarts += 1;
+        }
+        if k % 5 == 4 {
+            bed.publish(
+                "email-commands",
+                &[json!({"event_type": "email.flush_batches", "payload": {"run_id": format!("chaos-flush-{k}")}})],
+            )
+            .await;
+        }
+    }
+    bed.publish(
+        "email-commands",
+        &[json!({"event_type": "email.flush_batches", "payload": {"run_id": "chaos-flush-last"}})],
+    )
+    .await;
+    settle(&bed).await?;
+    let faulty = outcome(&bed).await;
+    let chaos_seconds = started.elapsed().as_secs_f64();
+
+    // The same input without faults, in an environment of its own on the
+    // local stack: the final matching state must be the same.
+    let calm = TestBed::new().await;
+    let calm_mail = scratch_dir("psymatch-chaos-calm-mail");
+    let calm_logs = logs.join("fault-free");
+    std::fs::create_dir_all(&calm_logs)?;
+    let calm_running =
+        processes::start_all(&calm, processes::chain(&calm_mail), &[], &calm_logs).await?;
+    publish_inputs(&calm, patients, therapists).await;
+    settle(&calm).await?;
+    calm.publish(
+        "email-commands",
+        &[json!({"event_type": "email.flush_batches", "payload": {"run_id": "calm-flush"}})],
+    )
+    .await;
+    settle(&calm).await?;
+    let fault_free = outcome(&calm).await;
+    drop(calm_running);
+
+    let count = |sql: &'static str| {
+        let pool = bed.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(-1)
+        }
+    };
+    let stored_patients = count("SELECT count(*) FROM intake.patients").await;
+    let stored_therapists = count("SELECT count(*) FROM intake.therapists").await;
+    let searches = count("SELECT count(*) FROM matcher.searches").await;
+    let twice_asked = count(
+        "SELECT count(*) FROM (SELECT therapist_id, p FROM matcher.inquiries, unnest(patient_ids) p
+          GROUP BY 1, 2 HAVING count(*) > 1) x",
+    )
+    .await;
+    let over_quota = count(
+        "SELECT count(*) FROM (SELECT p FROM matcher.inquiries, unnest(patient_ids) p
+          GROUP BY p HAVING count(*) > 3) x",
+    )
+    .await;
+    let over_six = count(
+        "SELECT count(*) FROM (SELECT therapist_id FROM matcher.inquiries, unnest(patient_ids) p
+          GROUP BY 1 HAVING count(*) > 6) x",
+    )
+    .await;
+    let impossible = count(
+        "SELECT count(*) FROM matcher.searches
+          WHERE state->>'status' NOT IN ('ACTIVE', 'PAUSED', 'PLACED', 'CANCELLED')",
+    )
+    .await;
+    let most_emails = count(
+        "SELECT coalesce(max(n), 0) FROM (SELECT recipient, count(*) n FROM email_batcher.emails
+          WHERE kind = 'inquiry' GROUP BY recipient) x",
+    )
+    .await;
+    let inquiries = count("SELECT count(*) FROM matcher.inquiries").await;
+    let emails = count("SELECT count(*) FROM email_batcher.emails WHERE status = 'SENT'").await;
+    let mut exited = 0;
+    for process in &mut running {
+        exited += process.exited().is_some() as usize;
+    }
+
+    let rows: Vec<(&str, String, String, bool)> = vec![
+        (
+            "therapists stored (inputs lost: 0)",
+            stored_therapists.to_string(),
+            therapists.to_string(),
+            stored_therapists == therapists as i64,
+        ),
+        (
+            "patients stored (inputs lost: 0)",
+            stored_patients.to_string(),
+            patients.to_string(),
+            stored_patients == patients as i64,
+        ),
+        (
+            "searches in the matcher",
+            searches.to_string(),
+            patients.to_string(),
+            searches == patients as i64,
+        ),
+        (
+            "a patient twice with one therapist (applied twice)",
+            twice_asked.to_string(),
+            "0".into(),
+            twice_asked == 0,
+        ),
+        (
+            "patients with more than 3 places asked",
+            over_quota.to_string(),
+            "0".into(),
+            over_quota == 0,
+        ),
+        (
+            "therapists with more than 6 patients asked",
+            over_six.to_string(),
+            "0".into(),
+            over_six == 0,
+        ),
+        (
+            "searches in an impossible state",
+            impossible.to_string(),
+            "0".into(),
+            impossible == 0,
+        ),
+        (
+            "most inquiry emails to one practice in the 7-day window",
+            most_emails.to_string(),
+            "<= 1".into(),
+            (0..=1).contains(&most_emails),
+        ),
+        (
+            "final matching state (patients, therapists, searches, places asked, practices asked, emails) as without faults",
+            format!("{faulty:?}"),
+            format!("{fault_free:?}"),
+            faulty == fault_free,
+        ),
+        (
+            "processes running at the end",
+            (running.len() - exited).to_string(),
+            running.len().to_string(),
+            exited == 0,
+        ),
+    ];
+    println!(
+        "{patients} patients, {therapists} therapists; {killed} SIGKILLs ({} kinds), {broker_restarts} broker restart, {postgres_restarts} PostgreSQL restart, second replicas for half the run; {:.0} s",
+        kinds_hit.len(),
+        chaos_seconds
+    );
+    println!("{inquiries} inquiries, {emails} emails sent\n");
+    println!("| invariant | found | expected | holds |");
+    println!("|---|---|---|---|");
+    let mut held = true;
+    for (what, found, expected, holds) in rows {
+        held &= holds;
+        println!(
+            "| {what} | {found} | {expected} | {} |",
+            if holds { "yes" } else { "NO" }
+        );
+    }
+    println!("\nchaos run {}", if held { "HELD" } else { "FAILED" });
+    Ok(held)
+}
