@@ -42,42 +42,78 @@ fn patient(n: usize) -> Value {
         "excluded_therapists": [], "consent_given_at": "2026-11-01T09:30:00Z"}}})
 }
 
-/// Publishes the run's therapists and patients.
-async fn publish_inputs(bed: &TestBed, patients: usize, therapists: usize) {
-    let records: Vec<(&str, Value)> = (0..therapists)
-        .map(|n| ("therapist-commands", therapist(n)))
-        .chain((0..patients).map(|n| ("patient-commands", patient(n))))
-        .collect();
-    for chunk in records.chunks(1_000) {
-        bed.publish_all(chunk).await;
-    }
+/// Publishes the run's therapists and waits until the chain has placed
+/// them, then publishes the patients: every search then sees the same
+/// directory, in the chaos run and in the fault-free one.
+async fn publish_inputs(bed: &TestBed, patients: usize, therapists: usize) -> anyhow::Result<()> {
+    let publish = |records: Vec<(&'static str, Value)>| async move {
+        for chunk in records.chunks(1_000) {
+            bed.publish_all(chunk).await;
+        }
+    };
+    publish(
+        (0..therapists)
+            .map(|n| ("therapist-commands", therapist(n)))
+            .collect(),
+    )
+    .await;
+    settle(bed).await?;
+    publish(
+        (0..patients)
+            .map(|n| ("patient-commands", patient(n)))
+            .collect(),
+    )
+    .await;
+    Ok(())
+}
+
+/// Two places per patient: with at least as many therapists as half the
+/// patients there is room for all (6 per practice), so the places asked do
+/// not depend on the order the searches ran in.
+fn matcher_settings() -> [(&'static str, String); 1] {
+    [("INQUIRIES_PER_PATIENT", "2".to_string())]
+}
+
+/// Asks the email batcher to send and waits until it has.
+async fn flush(bed: &TestBed, run: &str) -> anyhow::Result<()> {
+    bed.publish(
+        "email-commands",
+        &[json!({"event_type": "email.flush_batches", "payload": {"run_id": run}})],
+    )
+    .await;
+    settle(bed).await
 }
 
 /// Waits until the chain has done everything (10 minutes at most).
 async fn settle(bed: &TestBed) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
-    while let Some(behind) = processes::backlog(bed).await? {
+    loop {
+        // A broker or database still recovering is not settled either.
+        let behind = match processes::backlog(bed).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(behind)) => behind,
+            Err(error) => format!("{error:#}"),
+        };
         anyhow::ensure!(
             Instant::now() < deadline,
             "the chain did not settle in 10 minutes: {behind}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Ok(())
 }
 
 /// The final matching state in figures that do not depend on how the work
-/// was cut into batches: patients, therapists, searches, places asked,
-/// practices asked, inquiry emails sent.
-async fn outcome(bed: &TestBed) -> [i64; 6] {
-    let mut figures = [0; 6];
+/// was cut into batches or in which order the searches ran: patients,
+/// therapists, searches, places asked. (Which practices are asked, and so
+/// how many emails go out, depends on that order when patients share a
+/// position.)
+async fn outcome(bed: &TestBed) -> [i64; 4] {
+    let mut figures = [0; 4];
     for (i, sql) in [
         "SELECT count(*) FROM intake.patients",
         "SELECT count(*) FROM intake.therapists",
         "SELECT count(*) FROM matcher.searches",
         "SELECT coalesce(sum(cardinality(patient_ids)), 0)::bigint FROM matcher.inquiries",
-        "SELECT count(DISTINCT therapist_id) FROM matcher.inquiries",
-        "SELECT count(*) FROM email_batcher.emails WHERE kind = 'inquiry' AND status = 'SENT'",
     ]
     .into_iter()
     .enumerate()
@@ -103,13 +139,14 @@ pub async fn run(
     let bed = TestBed::with(&broker.address(), &postgres.url()).await;
     let mail = scratch_dir("psymatch-chaos-mail");
     let settings: Vec<(&'static str, &'static str, Settings)> = processes::chain(&mail);
-    let mut running: Vec<Process> = processes::start_all(&bed, settings.clone(), &[], logs).await?;
+    let mut running: Vec<Process> =
+        processes::start_all(&bed, settings.clone(), &matcher_settings(), logs).await?;
     let mut replicas: Vec<Process> = Vec::new();
     let started = Instant::now();
 
-    // Every input at the start, in chunks, so that the faults strike while
-    // the chain works through them.
-    publish_inputs(&bed, patients, therapists).await;
+    // The therapists, then every patient at once, so that the faults
+    // strike while the chain works through them.
+    publish_inputs(&bed, patients, therapists).await?;
 
     let mut rng = rand::rng();
     let (mut broker_restarts, mut postgres_restarts, mut killed) = (0, 0, 0);
@@ -122,10 +159,13 @@ pub async fn run(
         running[victim].kill();
         killed += 1;
         kinds_hit.insert(name);
+        let mut extra = extra;
+        extra.extend(matcher_settings());
         running[victim] = processes::start(&bed, name, binary, &extra, logs).await?;
         if k == kills / 4 {
             // Second replicas of every processor, for half the run.
-            replicas = processes::start_all(&bed, settings.clone(), &[], logs).await?;
+            replicas =
+                processes::start_all(&bed, settings.clone(), &matcher_settings(), logs).await?;
         }
         if k == 3 * kills / 4 {
             for replica in &mut replicas {
@@ -150,12 +190,8 @@ pub async fn run(
             .await;
         }
     }
-    bed.publish(
-        "email-commands",
-        &[json!({"event_type": "email.flush_batches", "payload": {"run_id": "chaos-flush-last"}})],
-    )
-    .await;
     settle(&bed).await?;
+    flush(&bed, "chaos-flush-last").await?;
     let faulty = outcome(&bed).await;
     let chaos_seconds = started.elapsed().as_secs_f64();
 
@@ -165,16 +201,16 @@ pub async fn run(
     let calm_mail = scratch_dir("psymatch-chaos-calm-mail");
     let calm_logs = logs.join("fault-free");
     std::fs::create_dir_all(&calm_logs)?;
-    let calm_running =
-        processes::start_all(&calm, processes::chain(&calm_mail), &[], &calm_logs).await?;
-    publish_inputs(&calm, patients, therapists).await;
-    settle(&calm).await?;
-    calm.publish(
-        "email-commands",
-        &[json!({"event_type": "email.flush_batches", "payload": {"run_id": "calm-flush"}})],
+    let calm_running = processes::start_all(
+        &calm,
+        processes::chain(&calm_mail),
+        &matcher_settings(),
+        &calm_logs,
     )
-    .await;
+    .await?;
+    publish_inputs(&calm, patients, therapists).await?;
     settle(&calm).await?;
+    flush(&calm, "calm-flush").await?;
     let fault_free = outcome(&calm).await;
     drop(calm_running);
 
@@ -197,7 +233,7 @@ pub async fn run(
     .await;
     let over_quota = count(
         "SELECT count(*) FROM (SELECT p FROM matcher.inquiries, unnest(patient_ids) p
-          GROUP BY p HAVING count(*) > 3) x",
+          GROUP BY p HAVING count(*) > 2) x",
     )
     .await;
     let over_six = count(
@@ -248,7 +284,7 @@ pub async fn run(
             twice_asked == 0,
         ),
         (
-            "patients with more than 3 places asked",
+            "patients with more than 2 places asked (INQUIRIES_PER_PATIENT=2)",
             over_quota.to_string(),
             "0".into(),
             over_quota == 0,
@@ -272,7 +308,7 @@ pub async fn run(
             (0..=1).contains(&most_emails),
         ),
         (
-            "final matching state (patients, therapists, searches, places asked, practices asked, emails) as without faults",
+            "final matching state (patients, therapists, searches, places asked) as without faults",
             format!("{faulty:?}"),
             format!("{fault_free:?}"),
             faulty == fault_free,
