@@ -5,6 +5,7 @@
 //! PostgreSQL once, and runs a second replica of every processor part of
 //! the time. Then it checks the invariants and prints them as a table.
 
+use crate::people;
 use crate::processes::{self, Process, Settings};
 use psymatch_runtime::testing::{OwnBroker, OwnPostgres, TestBed, scratch_dir};
 use rand::Rng;
@@ -19,27 +20,18 @@ const POSTCODES: [&str; 8] = [
 ];
 
 fn therapist(n: usize) -> Value {
-    json!({"event_type": "therapist.upsert", "payload": {"therapist_id": format!("chaos-t-{n}"), "details": {
-        "salutation": "FRAU", "title": null, "first_name": "Test", "last_name": format!("Praxis{n}"),
-        "gender": "FEMALE",
-        "address": {"street": "Teststraße", "house_number": format!("{}", n % 90 + 1),
-                    "postcode": POSTCODES[n % POSTCODES.len()], "city": "Berlin"},
-        "email": format!("chaos-praxis-{n}@example.org"), "procedures": ["BEHAVIOURAL"],
-        "age_groups": ["ADULTS"], "settings": ["INDIVIDUAL"], "phone_hours": []}}})
+    let house = format!("{}", n % 90 + 1);
+    people::practice(
+        &format!("chaos-t-{n}"),
+        &house,
+        POSTCODES[n % POSTCODES.len()],
+    )
 }
 
 fn patient(n: usize) -> Value {
-    json!({"event_type": "patient.register", "payload": {"patient_id": format!("chaos-p-{n}"), "details": {
-        "salutation": "NONE", "first_name": "Synthetisch", "last_name": format!("Chaos{n}"),
-        "address": {"street": "Probeweg", "house_number": "1", "postcode": POSTCODES[n % POSTCODES.len()],
-                    "city": "Berlin"},
-        "email": format!("chaos{n}@example.org"), "phone": null, "date_of_birth": "1990-06-01",
-        "gender": "FEMALE", "insurer": "Beispielkasse", "diagnosis_icd10": "F32.1",
-        "consultation_hour_attended": true, "symptoms": ["Antriebslosigkeit"],
-        "therapy_experience": false, "last_therapy_session": null, "open_to_group": true,
-        "availability": [], "max_distance_km": 30, "max_travel_minutes": null, "transport": "CAR",
-        "preferred_therapist_gender": "ANY", "preferred_procedures": [], "languages": [],
-        "excluded_therapists": [], "consent_given_at": "2026-11-01T09:30:00Z"}}})
+    let id = format!("chaos-p-{n}");
+    let registration = people::registration(&id, POSTCODES[n % POSTCODES.len()]);
+    people::with_details(registration, json!({"max_distance_km": 30}))
 }
 
 /// Publishes the run's therapists and waits until the chain has placed

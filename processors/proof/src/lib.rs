@@ -4,6 +4,7 @@
 //! data-protection tests start.
 
 pub mod chaos;
+pub mod people;
 pub mod poison;
 pub mod processes;
 pub mod scan;

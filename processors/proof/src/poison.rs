@@ -5,6 +5,7 @@
 //! its reason, every good record was processed by every consumer, and no
 //! process exited or panicked.
 
+use crate::people;
 use crate::processes::{self, Process};
 use anyhow::{Context, bail};
 use chrono::Utc;
@@ -242,27 +243,10 @@ fn good_records(round: usize) -> Vec<(&'static str, Value)> {
     let patient = format!("proof-p-{round}");
     let therapist = format!("proof-t-{round}");
     let mut records = vec![
-        (
-            "patient-commands",
-            json!({"event_type": "patient.register", "payload": {"patient_id": patient, "details": {
-                "salutation": "NONE", "first_name": "Synthetisch", "last_name": format!("Probe{round}"),
-                "address": {"street": "Probeweg", "house_number": "1", "postcode": "10115", "city": "Berlin"},
-                "email": format!("probe{round}@example.org"), "phone": null, "date_of_birth": "1990-06-01",
-                "gender": "FEMALE", "insurer": "Beispielkasse", "diagnosis_icd10": "F32.1",
-                "consultation_hour_attended": true, "symptoms": ["Antriebslosigkeit"],
-                "therapy_experience": false, "last_therapy_session": null, "open_to_group": true,
-                "availability": [], "max_distance_km": 20, "max_travel_minutes": null, "transport": "CAR",
-                "preferred_therapist_gender": "ANY", "preferred_procedures": [], "languages": [],
-                "excluded_therapists": [], "consent_given_at": "2026-11-01T09:30:00Z"}}}),
-        ),
+        ("patient-commands", people::registration(&patient, "10115")),
         (
             "therapist-commands",
-            json!({"event_type": "therapist.upsert", "payload": {"therapist_id": therapist, "details": {
-                "salutation": "FRAU", "title": null, "first_name": "Test", "last_name": format!("Praxis{round}"),
-                "gender": "FEMALE",
-                "address": {"street": "Teststraße", "house_number": "2", "postcode": "10117", "city": "Berlin"},
-                "email": format!("praxis{round}@example.org"), "procedures": ["BEHAVIOURAL"],
-                "age_groups": ["ADULTS"], "settings": ["INDIVIDUAL"], "phone_hours": []}}}),
+            people::practice(&therapist, "2", "10117"),
         ),
         (
             "matching-commands",

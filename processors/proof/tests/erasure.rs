@@ -8,8 +8,8 @@
 //!
 //! Needs the local stack and the workspace's binaries.
 
-use psymatch_proof::processes;
 use psymatch_proof::scan::{Scope, scan};
+use psymatch_proof::{people, processes};
 use psymatch_runtime::testing::{TestBed, scratch_dir};
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -34,24 +34,18 @@ async fn after_erasure_nothing_holds_the_patient() {
         .expect("the processors start");
     bed.publish(
         "therapist-commands",
-        &[json!({"event_type": "therapist.upsert", "payload": {"therapist_id": "t-1", "details": {
-            "salutation": "FRAU", "title": null, "first_name": "Test", "last_name": "Praxis",
-            "gender": "FEMALE",
-            "address": {"street": "Teststraße", "house_number": "3", "postcode": "10117", "city": "Berlin"},
-            "email": "praxis-erasure@example.org", "procedures": ["BEHAVIOURAL"],
-            "age_groups": ["ADULTS"], "settings": ["INDIVIDUAL"], "phone_hours": []}}})],
+        &[people::with_details(
+            people::practice("t-1", "3", "10117"),
+            json!({"email": "praxis-erasure@example.org"}),
+        )],
     )
     .await;
-    let mut registration = json!({"event_type": "patient.register", "payload": {"patient_id": "p-erase", "details": {
-            "salutation": "HERR", "first_name": "Amselgrund", "last_name": "Pfefferlinde",
-            "address": {"street": "Unkenstieg", "house_number": "8", "postcode": "10115", "city": "Berlin"},
-            "email": "erase.me@example.org", "phone": "+49 30 55566677", "date_of_birth": "1979-09-09",
-            "gender": "MALE", "insurer": "Beispielkasse", "diagnosis_icd10": "F32.1",
-            "consultation_hour_attended": true, "symptoms": ["Antriebslosigkeit"],
-            "therapy_experience": false, "last_therapy_session": null, "open_to_group": false,
-            "availability": [], "max_distance_km": 20, "max_travel_minutes": null, "transport": "CAR",
-            "preferred_therapist_gender": "ANY", "preferred_procedures": [], "languages": [],
-            "excluded_therapists": [], "consent_given_at": "2026-11-01T09:30:00Z"}}});
+    let mut registration = people::with_details(
+        people::registration("p-erase", "10115"),
+        json!({"salutation": "HERR", "first_name": "Amselgrund", "last_name": "Pfefferlinde",
+               "address": {"street": "Unkenstieg", "house_number": "8", "postcode": "10115", "city": "Berlin"},
+               "email": "erase.me@example.org", "phone": "+49 30 55566677", "gender": "MALE"}),
+    );
     // As psymatch publish sends it: the details sealed with the patient's key.
     let mut connection = bed.pool.acquire().await.unwrap();
     psymatch_runtime::sealed::seal_command(&mut connection, &mut registration)

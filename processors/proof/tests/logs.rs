@@ -7,7 +7,7 @@
 //! Needs the local stack and the workspace's binaries
 //! (`cargo build --workspace --bins`).
 
-use psymatch_proof::processes;
+use psymatch_proof::{people, processes};
 use psymatch_runtime::testing::{TestBed, of_type, scratch_dir};
 use serde_json::json;
 use std::time::Duration;
@@ -40,26 +40,22 @@ async fn no_personal_data_reaches_any_log_line() {
         .expect("the processors start");
     bed.publish(
         "therapist-commands",
-        &[json!({"event_type": "therapist.upsert", "payload": {"therapist_id": "t-planted", "details": {
-            "salutation": "FRAU", "title": "Dr.", "first_name": "Haselwurm", "last_name": "Ulmenrieder",
-            "gender": "FEMALE",
-            "address": {"street": "Molchgasse", "house_number": "3", "postcode": "10117", "city": "Berlin"},
-            "email": "planted.praxis@example.org", "phone": "+49 40 11223344",
-            "procedures": ["BEHAVIOURAL"], "age_groups": ["ADULTS"], "settings": ["INDIVIDUAL"],
-            "phone_hours": []}}})],
+        &[people::with_details(
+            people::practice("t-planted", "3", "10117"),
+            json!({"title": "Dr.", "first_name": "Haselwurm", "last_name": "Ulmenrieder",
+                   "address": {"street": "Molchgasse", "house_number": "3", "postcode": "10117", "city": "Berlin"},
+                   "email": "planted.praxis@example.org", "phone": "+49 40 11223344"}),
+        )],
     )
     .await;
     let patient = |id: &str, email: &str| {
-        json!({"event_type": "patient.register", "payload": {"patient_id": id, "details": {
-            "salutation": "FRAU", "first_name": "Zwirbelinde", "last_name": "Quappenhuber",
-            "address": {"street": "Kroetenpfad", "house_number": "12", "postcode": "10115", "city": "Berlin"},
-            "email": email, "phone": "+49 30 98765432", "date_of_birth": "1988-03-04",
-            "gender": "FEMALE", "insurer": "Beispielkasse", "diagnosis_icd10": "F41.9",
-            "consultation_hour_attended": true, "symptoms": ["Antriebslosigkeit"],
-            "therapy_experience": false, "last_therapy_session": null, "open_to_group": false,
-            "availability": [], "max_distance_km": 20, "max_travel_minutes": null, "transport": "CAR",
-            "preferred_therapist_gender": "ANY", "preferred_procedures": [], "languages": [],
-            "excluded_therapists": [], "consent_given_at": "2026-11-01T09:30:00Z"}}})
+        people::with_details(
+            people::registration(id, "10115"),
+            json!({"salutation": "FRAU", "first_name": "Zwirbelinde", "last_name": "Quappenhuber",
+                   "address": {"street": "Kroetenpfad", "house_number": "12", "postcode": "10115", "city": "Berlin"},
+                   "email": email, "phone": "+49 30 98765432", "date_of_birth": "1988-03-04",
+                   "diagnosis_icd10": "F41.9"}),
+        )
     };
     // The practice placed first: the patient's search then finds it.
     bed.read_until("geocoding-results", Duration::from_secs(60), |r| {
