@@ -13,7 +13,7 @@ use futures::StreamExt;
 use psymatch_runtime::codec::Codec;
 use psymatch_runtime::contracts::Contracts;
 use psymatch_runtime::envelope::{self, Envelope};
-use psymatch_runtime::testing::{TestBed, free_port, scratch_dir};
+use psymatch_runtime::testing::{TestBed, scratch_dir};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
@@ -123,34 +123,10 @@ pub async fn run(per_kind: usize, logs: &Path) -> anyhow::Result<bool> {
         seen.clone(),
     ));
 
-    let kbv_port = free_port();
-    let _kbv = processes::helper(
-        "psymatch-scraper",
-        &[
-            "fake",
-            "--listen",
-            &format!("127.0.0.1:{kbv_port}"),
-            "--credential",
-            "ZGVtbzpkZW1v",
-        ],
-        logs,
-    )?;
+    let (_kbv, scraper) = processes::fake_kbv(logs)?;
     let mail = scratch_dir("psymatch-poison-mail");
     let mut settings = processes::chain(&mail);
-    settings.insert(
-        2,
-        (
-            "scraper",
-            "psymatch-scraper",
-            vec![
-                ("KBV_URL", format!("http://127.0.0.1:{kbv_port}")),
-                ("KBV_BASIC_AUTH", "ZGVtbzpkZW1v".into()),
-                ("KBV_RATE_PER_SECOND", "50".into()),
-                ("SCRAPE_MIN_RADIUS_KM", "1".into()),
-                ("SCRAPER_CONTACT", "proof@example.invalid".into()),
-            ],
-        ),
-    );
+    settings.insert(2, scraper);
     let limit = [("MAX_RECORD_BYTES", MAX_RECORD_BYTES.to_string())];
     let mut running = processes::start_all(&bed, settings, &limit, logs).await?;
     eprintln!(
@@ -162,7 +138,7 @@ pub async fn run(per_kind: usize, logs: &Path) -> anyhow::Result<bool> {
     // Round 0 of good records gives every event topic a real record to
     // build the bad ones of that topic from.
     bed.publish_all(&good_records(0)).await;
-    let templates = templates(&seen).await?;
+    let templates = templates(&bed, &seen).await?;
 
     let started = Instant::now();
     let mut bad: HashMap<String, Bad> = HashMap::new();
@@ -301,8 +277,18 @@ fn template_type(topic: &str) -> &'static str {
 }
 
 /// Waits for a real record of every consumed topic's template type.
-async fn templates(seen: &Mutex<Seen>) -> anyhow::Result<HashMap<&'static str, Value>> {
+///
+/// The inquiry and the flush of round 0 are keyed differently and may sit
+/// on different partitions, so the batcher can take the flush first and
+/// send nothing: while no email has been sent, every second asks for
+/// another flush.
+async fn templates(
+    bed: &TestBed,
+    seen: &Mutex<Seen>,
+) -> anyhow::Result<HashMap<&'static str, Value>> {
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut next_flush = Instant::now() + Duration::from_secs(1);
+    let mut flushes = 0;
     loop {
         let found: HashMap<&'static str, Value> = {
             let seen = seen.lock().expect("collector state");
@@ -324,6 +310,13 @@ async fn templates(seen: &Mutex<Seen>) -> anyhow::Result<HashMap<&'static str, V
                 .filter(|t| !found.contains_key(t))
                 .collect();
             bail!("no good record to build bad ones from on {missing:?} within 120 s");
+        }
+        if !found.contains_key("communication-events") && Instant::now() > next_flush {
+            flushes += 1;
+            let flush = json!({"event_type": "email.flush_batches",
+                "payload": {"run_id": format!("proof-template-flush-{flushes}")}});
+            bed.publish("email-commands", &[flush]).await;
+            next_flush = Instant::now() + Duration::from_secs(1);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
