@@ -1,9 +1,12 @@
 //! The chaos run: synthetic therapists and patients flow through intake,
-//! geocoder, matcher and email batcher on a broker and a PostgreSQL of the
-//! run's own while a driver kills processor processes with SIGKILL at
-//! random moments (every kind in turn), restarts the broker once and
-//! PostgreSQL once, and runs a second replica of every processor part of
-//! the time. Then it checks the invariants and prints them as a table.
+//! geocoder, matcher and email batcher, a scrape of the stand-in doctor
+//! search through the scraper, and the scheduler's flushes and re-matches,
+//! on a broker and a PostgreSQL of the run's own, while a driver kills
+//! processor processes with SIGKILL at random moments (every kind in
+//! turn), restarts the broker once and PostgreSQL once, and runs a second
+//! replica of every processor part of the time. Then it checks the
+//! invariants, on the tables and on every record of every topic, and
+//! prints them as a table.
 
 use crate::people;
 use crate::processes::{self, Process, Settings};
@@ -34,9 +37,53 @@ fn patient(n: usize) -> Value {
     people::with_details(registration, json!({"max_distance_km": 30}))
 }
 
+/// The scheduler's jobs in the run: a flush every 2 seconds (so that
+/// inquiries are sent while the faults strike) and a re-match of every
+/// search every 20 seconds.
+const SCHEDULE: &str = r#"timezone: Europe/Berlin
+jobs:
+  - name: chaos-flush
+    cron: "*/2 * * * * *"
+    topic: email-commands
+    event_type: email.flush_batches
+    payload: {run_id: "{run_id}"}
+    max_attempts: 8
+    missed: run_once
+  - name: chaos-rematch
+    cron: "*/20 * * * * *"
+    topic: matching-commands
+    event_type: matching.run
+    payload: {run_id: "{run_id}", patient_id: null}
+    max_attempts: 8
+    missed: skip
+"#;
+
+/// Every processor of the run: the chain, the scraper (asking the stand-in
+/// doctor search) and the scheduler.
+fn processors(
+    mail: &Path,
+    scraper: &(&'static str, &'static str, Settings),
+    logs: &Path,
+) -> anyhow::Result<Vec<(&'static str, &'static str, Settings)>> {
+    let schedule = logs.join("schedule.yaml");
+    std::fs::write(&schedule, SCHEDULE)?;
+    let mut settings = processes::chain(mail);
+    settings.push(scraper.clone());
+    settings.push(processes::scheduler(&schedule));
+    Ok(settings)
+}
+
+/// The scrape of the run: every practice of the stand-in search.
+fn scrape() -> Value {
+    json!({"event_type": "scraping.scrape_area", "payload": {"run_id": "chaos-scrape",
+        "area": {"postcode": "10115", "radius_km": 5},
+        "filters": {"procedures": [], "age_groups": [], "settings": []}}})
+}
+
 /// Publishes the run's therapists and waits until the chain has placed
-/// them, then publishes the patients: every search then sees the same
-/// directory, in the chaos run and in the fault-free one.
+/// them, then publishes the patients and the scrape: every search then
+/// sees the same directory of practices of its own (the scraped ones come
+/// while the searches run), in the chaos run and in the fault-free one.
 async fn publish_inputs(bed: &TestBed, patients: usize, therapists: usize) -> anyhow::Result<()> {
     let publish = |records: Vec<(&'static str, Value)>| async move {
         for chunk in records.chunks(1_000) {
@@ -50,12 +97,11 @@ async fn publish_inputs(bed: &TestBed, patients: usize, therapists: usize) -> an
     )
     .await;
     settle(bed).await?;
-    publish(
-        (0..patients)
-            .map(|n| ("patient-commands", patient(n)))
-            .collect(),
-    )
-    .await;
+    let mut records: Vec<(&'static str, Value)> = (0..patients)
+        .map(|n| ("patient-commands", patient(n)))
+        .collect();
+    records.insert(records.len() / 2, ("scraping-commands", scrape()));
+    publish(records).await;
     Ok(())
 }
 
@@ -94,18 +140,44 @@ async fn settle(bed: &TestBed) -> anyhow::Result<()> {
     }
 }
 
-/// The final matching state in figures that do not depend on how the work
-/// was cut into batches or in which order the searches ran: patients,
-/// therapists, searches, places asked. (Which practices are asked, and so
-/// how many emails go out, depends on that order when patients share a
-/// position.)
-async fn outcome(bed: &TestBed) -> [i64; 4] {
-    let mut figures = [0; 4];
+/// Waits until no scheduled run from before now is still running (a run
+/// whose scheduler was killed is taken over when its lease ends), at most
+/// two minutes; returns how many of the runs from before now did not
+/// succeed, and how many there were.
+async fn scheduled(bed: &TestBed) -> (i64, i64) {
+    let until = chrono::Utc::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (running, failed, all) = sqlx::query_as::<_, (i64, i64, i64)>(
+            "SELECT count(*) FILTER (WHERE status = 'RUNNING'),
+                    count(*) FILTER (WHERE status <> 'SUCCEEDED'), count(*)
+               FROM scheduler.runs WHERE occurrence < $1",
+        )
+        .bind(until)
+        .fetch_one(&bed.pool)
+        .await
+        .unwrap_or((-1, -1, 0));
+        if running == 0 || Instant::now() > deadline {
+            return (failed, all);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The final state in figures that do not depend on how the work was cut
+/// into batches or in which order the searches ran: patients, therapists,
+/// searches, places asked, practices scraped, therapists the matcher knows.
+/// (Which practices are asked, and so how many emails go out, depends on
+/// that order when patients share a position.)
+async fn outcome(bed: &TestBed) -> [i64; 6] {
+    let mut figures = [0; 6];
     for (i, sql) in [
         "SELECT count(*) FROM intake.patients",
         "SELECT count(*) FROM intake.therapists",
         "SELECT count(*) FROM matcher.searches",
         "SELECT coalesce(sum(cardinality(patient_ids)), 0)::bigint FROM matcher.inquiries",
+        "SELECT count(*) FROM scraper.therapists",
+        "SELECT count(*) FROM matcher.therapists",
     ]
     .into_iter()
     .enumerate()
@@ -130,7 +202,8 @@ pub async fn run(
     let postgres = OwnPostgres::start();
     let bed = TestBed::with(&broker.address(), &postgres.url()).await;
     let mail = scratch_dir("psymatch-chaos-mail");
-    let settings: Vec<(&'static str, &'static str, Settings)> = processes::chain(&mail);
+    let (_kbv, scraper) = processes::fake_kbv(logs)?;
+    let settings = processors(&mail, &scraper, logs)?;
     let mut running: Vec<Process> =
         processes::start_all(&bed, settings.clone(), &matcher_settings(), logs).await?;
     let mut replicas: Vec<Process> = Vec::new();
@@ -174,17 +247,12 @@ pub async fn run(
             postgres.pg_ctl("restart");
             postgres_restarts += 1;
         }
-        if k % 5 == 4 {
-            bed.publish(
-                "email-commands",
-                &[json!({"event_type": "email.flush_batches", "payload": {"run_id": format!("chaos-flush-{k}")}})],
-            )
-            .await;
-        }
     }
     settle(&bed).await?;
     flush(&bed, "chaos-flush-last").await?;
+    let (unfinished_runs, scheduled_runs) = scheduled(&bed).await;
     let faulty = outcome(&bed).await;
+    let repeats = crate::repeats::count(&bed).await?;
     let chaos_seconds = started.elapsed().as_secs_f64();
 
     // The same input without faults, in an environment of its own on the
@@ -195,7 +263,7 @@ pub async fn run(
     std::fs::create_dir_all(&calm_logs)?;
     let calm_running = processes::start_all(
         &calm,
-        processes::chain(&calm_mail),
+        processors(&calm_mail, &scraper, &calm_logs)?,
         &matcher_settings(),
         &calm_logs,
     )
@@ -243,6 +311,8 @@ pub async fn run(
           WHERE kind = 'inquiry' GROUP BY recipient) x",
     )
     .await;
+    let scrapes_unfinished =
+        count("SELECT count(*) FROM scraper.runs WHERE status <> 'COMPLETED'").await;
     let inquiries = count("SELECT count(*) FROM matcher.inquiries").await;
     let emails = count("SELECT count(*) FROM email_batcher.emails WHERE status = 'SENT'").await;
     let mut exited = 0;
@@ -288,6 +358,24 @@ pub async fn run(
             over_six == 0,
         ),
         (
+            "an effect published again under a new event id (applied twice)",
+            repeats.applied_twice().to_string(),
+            "0".into(),
+            repeats.applied_twice() == 0,
+        ),
+        (
+            "scheduled runs not succeeded (scheduler killed while running)",
+            format!("{unfinished_runs} of {scheduled_runs}"),
+            "0".into(),
+            unfinished_runs == 0 && scheduled_runs > 0,
+        ),
+        (
+            "scrape runs not completed (scraper killed midway)",
+            scrapes_unfinished.to_string(),
+            "0".into(),
+            scrapes_unfinished == 0,
+        ),
+        (
             "searches in an impossible state",
             impossible.to_string(),
             "0".into(),
@@ -300,7 +388,7 @@ pub async fn run(
             (0..=1).contains(&most_emails),
         ),
         (
-            "final matching state (patients, therapists, searches, places asked) as without faults",
+            "final state (patients, therapists, searches, places asked, practices scraped, therapists known to the matcher) as without faults",
             format!("{faulty:?}"),
             format!("{fault_free:?}"),
             faulty == fault_free,
@@ -317,7 +405,13 @@ pub async fn run(
         kinds_hit.len(),
         chaos_seconds
     );
-    println!("{inquiries} inquiries, {emails} emails sent\n");
+    println!(
+        "{inquiries} inquiries, {emails} emails sent; {} records on the topics, {} of them published again under their own event id (dropped by consumers)\n",
+        repeats.records, repeats.same_id
+    );
+    for example in &repeats.examples {
+        println!("applied twice: {example}");
+    }
     println!("| invariant | found | expected | holds |");
     println!("|---|---|---|---|");
     let mut held = true;

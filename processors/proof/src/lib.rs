@@ -1,10 +1,11 @@
 //! Proofs of the whole system that anyone can rerun: the poison run
-//! (`psymatch-proof poison`), the erasure scanner
-//! (`psymatch-proof erasure-scan`), and the processes they and the
-//! data-protection tests start.
+//! (`psymatch-proof poison`), the chaos run (`psymatch-proof chaos`), the
+//! erasure scanner (`psymatch-proof erasure-scan`), and the processes they
+//! and the data-protection tests start.
 
 pub mod chaos;
 pub mod people;
 pub mod poison;
 pub mod processes;
+pub mod repeats;
 pub mod scan;

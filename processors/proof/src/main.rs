@@ -34,10 +34,11 @@ enum Command {
         logs: PathBuf,
     },
     /// Synthetic therapists and patients through intake, geocoder, matcher
-    /// and email batcher on a broker and a PostgreSQL of the run's own,
-    /// while processes are killed with SIGKILL (every kind in turn), the
-    /// broker and PostgreSQL restart once each, and second replicas run for
-    /// half the run; then the invariants as a table.
+    /// and email batcher, a scrape through the scraper and the scheduler's
+    /// flushes and re-matches, on a broker and a PostgreSQL of the run's
+    /// own, while processes are killed with SIGKILL (every kind in turn),
+    /// the broker and PostgreSQL restart once each, and second replicas run
+    /// for half the run; then the invariants as a table.
     Chaos {
         /// Patients registered.
         #[arg(long, default_value_t = 10_000)]

@@ -166,6 +166,54 @@ pub fn chain(mail: &Path) -> Vec<(&'static str, &'static str, Settings)> {
     ]
 }
 
+/// Starts the stand-in doctor search (`psymatch-scraper fake`, 120
+/// synthetic practices around Berlin-Mitte) on a free port; returns it
+/// (it stops when dropped) and the scraper's settings for asking it.
+pub fn fake_kbv(
+    logs: &Path,
+) -> anyhow::Result<(KillOnDrop, (&'static str, &'static str, Settings))> {
+    let port = free_port();
+    let credential = "ZGVtbzpkZW1v";
+    let fake = helper(
+        "psymatch-scraper",
+        &[
+            "fake",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--credential",
+            credential,
+        ],
+        logs,
+    )?;
+    let scraper = (
+        "scraper",
+        "psymatch-scraper",
+        vec![
+            ("KBV_URL", format!("http://127.0.0.1:{port}")),
+            ("KBV_BASIC_AUTH", credential.into()),
+            ("KBV_RATE_PER_SECOND", "50".into()),
+            ("SCRAPE_MIN_RADIUS_KM", "1".into()),
+            ("SCRAPER_CONTACT", "proof@example.invalid".into()),
+        ],
+    );
+    Ok((fake, scraper))
+}
+
+/// The scheduler with the schedule `file`, on a short lease and quick
+/// retries so that a killed replica's runs are taken over within seconds.
+pub fn scheduler(file: &Path) -> (&'static str, &'static str, Settings) {
+    (
+        "scheduler",
+        "psymatch-scheduler",
+        vec![
+            ("SCHEDULE_FILE", file.to_string_lossy().into_owned()),
+            ("SCHEDULER_TICK_MS", "250".into()),
+            ("SCHEDULER_LEASE_SECS", "5".into()),
+            ("SCHEDULER_RETRY_BASE_MS", "500".into()),
+        ],
+    )
+}
+
 /// Starts every process of `settings`, each with `common` settings too.
 pub async fn start_all(
     bed: &TestBed,

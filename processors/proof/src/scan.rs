@@ -9,6 +9,7 @@ use anyhow::Context;
 use psymatch_runtime::contracts::Contracts;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::message::Headers;
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
@@ -80,41 +81,8 @@ pub async fn scan(scope: &Scope, values: &[String]) -> anyhow::Result<(Findings,
     scanned.push(format!("{} tables", tables.len()));
 
     // Topics: every record up to the end as the scan starts.
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &scope.brokers)
-        .set("group.id", format!("erasure-scan-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let mut records = 0usize;
-    let topics = &Contracts::embedded().topics.topics;
-    // Every partition that holds records, read at once up to its end.
-    let mut assignment = TopicPartitionList::new();
-    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for spec in topics {
-        let physical = format!("{}{}", scope.prefix, spec.name);
-        for partition in 0..crate::processes::partitions(&consumer, &physical)? {
-            let (low, high) =
-                consumer.fetch_watermarks(&physical, partition, Duration::from_secs(10))?;
-            if high > low {
-                assignment.add_partition_offset(&physical, partition, Offset::Offset(low))?;
-                ends.insert((physical.clone(), partition), high);
-            }
-        }
-    }
-    consumer.assign(&assignment)?;
-    while !ends.is_empty() {
-        let Some(message) = consumer.poll(Duration::from_secs(10)) else {
-            anyhow::bail!("no record within 10 s; still to read: {ends:?}");
-        };
-        let message = message?;
-        let at = (message.topic().to_string(), message.partition());
-        if ends
-            .get(&at)
-            .is_some_and(|end| message.offset() + 1 >= *end)
-        {
-            ends.remove(&at);
-        }
-        records += 1;
+    let topics = Contracts::embedded().topics.topics.len();
+    let records = read_topics(&scope.brokers, &scope.prefix, |logical, message| {
         let mut text = String::new();
         for part in [message.key(), message.payload()].into_iter().flatten() {
             text.push_str(&String::from_utf8_lossy(part));
@@ -126,10 +94,9 @@ pub async fn scan(scope: &Scope, values: &[String]) -> anyhow::Result<(Findings,
                 text.push('\n');
             }
         }
-        let logical = message.topic().trim_start_matches(&scope.prefix);
         note(&mut findings, "topic", logical, &text.to_lowercase());
-    }
-    scanned.push(format!("{} topics ({records} records)", topics.len()));
+    })?;
+    scanned.push(format!("{topics} topics ({records} records)"));
 
     // The mail capture.
     if let Some(url) = &scope.maildev_url {
@@ -156,6 +123,53 @@ pub async fn scan(scope: &Scope, values: &[String]) -> anyhow::Result<(Findings,
     }
     scanned.push(format!("{files} files"));
     Ok((findings, scanned))
+}
+
+/// Reads every record of every topic of the contracts (dead-letter topics
+/// included) from the beginning up to the end as the read starts, every
+/// partition at once, and hands each to `each` with its logical topic
+/// name; returns how many there were.
+pub fn read_topics(
+    brokers: &str,
+    prefix: &str,
+    mut each: impl FnMut(&str, &BorrowedMessage<'_>),
+) -> anyhow::Result<usize> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("topic-read-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for spec in &Contracts::embedded().topics.topics {
+        let physical = format!("{prefix}{}", spec.name);
+        for partition in 0..crate::processes::partitions(&consumer, &physical)? {
+            let (low, high) =
+                consumer.fetch_watermarks(&physical, partition, Duration::from_secs(10))?;
+            if high > low {
+                assignment.add_partition_offset(&physical, partition, Offset::Offset(low))?;
+                ends.insert((physical.clone(), partition), high);
+            }
+        }
+    }
+    consumer.assign(&assignment)?;
+    let mut records = 0usize;
+    while !ends.is_empty() {
+        let Some(message) = consumer.poll(Duration::from_secs(10)) else {
+            anyhow::bail!("no record within 10 s; still to read: {ends:?}");
+        };
+        let message = message?;
+        let at = (message.topic().to_string(), message.partition());
+        if ends
+            .get(&at)
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            ends.remove(&at);
+        }
+        records += 1;
+        each(message.topic().trim_start_matches(prefix), &message);
+    }
+    Ok(records)
 }
 
 /// Prints the findings as a table.
