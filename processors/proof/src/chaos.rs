@@ -80,29 +80,41 @@ fn scrape() -> Value {
         "filters": {"procedures": [], "age_groups": [], "settings": []}}})
 }
 
-/// Publishes the run's therapists and waits until the chain has placed
-/// them, then publishes the patients and the scrape: every search then
-/// sees the same directory of practices of its own (the scraped ones come
-/// while the searches run), in the chaos run and in the fault-free one.
-async fn publish_inputs(bed: &TestBed, patients: usize, therapists: usize) -> anyhow::Result<()> {
-    let publish = |records: Vec<(&'static str, Value)>| async move {
-        for chunk in records.chunks(1_000) {
-            bed.publish_all(chunk).await;
-        }
-    };
-    publish(
-        (0..therapists)
-            .map(|n| ("therapist-commands", therapist(n)))
-            .collect(),
-    )
-    .await;
-    settle(bed).await?;
+/// Records per wave of input. The run's broker (Tansu with SQLite
+/// storage, so that it survives its restart) reads a partition from the
+/// fetch offset to its end for every fetch: with a backlog of thousands of
+/// records per partition every fetch gets slow and the producers time out.
+/// Waves keep the backlog to what arrives in the meantime, as registrations
+/// do in life.
+const WAVE: usize = 500;
+
+/// Publishes `records` in waves, each once the chain has settled the one
+/// before.
+async fn publish_waves(bed: &TestBed, records: Vec<(&'static str, Value)>) -> anyhow::Result<()> {
+    for wave in records.chunks(WAVE) {
+        bed.publish_all(wave).await;
+        settle(bed).await?;
+    }
+    Ok(())
+}
+
+/// The run's therapists: published and placed before any patient comes,
+/// so that every search sees the same directory of practices of its own
+/// (the scraped ones come while the searches run), in the chaos run and in
+/// the fault-free one.
+fn therapist_commands(therapists: usize) -> Vec<(&'static str, Value)> {
+    (0..therapists)
+        .map(|n| ("therapist-commands", therapist(n)))
+        .collect()
+}
+
+/// The run's patients, with the scrape in the middle.
+fn patient_commands(patients: usize) -> Vec<(&'static str, Value)> {
     let mut records: Vec<(&'static str, Value)> = (0..patients)
         .map(|n| ("patient-commands", patient(n)))
         .collect();
     records.insert(records.len() / 2, ("scraping-commands", scrape()));
-    publish(records).await;
-    Ok(())
+    records
 }
 
 /// Two places per patient: with at least as many therapists as half the
@@ -209,45 +221,52 @@ pub async fn run(
     let mut replicas: Vec<Process> = Vec::new();
     let started = Instant::now();
 
-    // The therapists, then every patient at once, so that the faults
-    // strike while the chain works through them.
-    publish_inputs(&bed, patients, therapists).await?;
-
-    let mut rng = rand::rng();
+    // The therapists, then the patients while the faults strike.
+    publish_waves(&bed, therapist_commands(therapists)).await?;
+    let publishing = publish_waves(&bed, patient_commands(patients));
     let (mut broker_restarts, mut postgres_restarts, mut killed) = (0, 0, 0);
     let mut kinds_hit = std::collections::BTreeSet::new();
-    for k in 0..kills {
-        // A random moment: the faults are the schedule, not a wait for state.
-        tokio::time::sleep(Duration::from_millis(rng.random_range(200..900))).await;
-        let victim = k % running.len();
-        let (name, binary, extra) = settings[victim].clone();
-        running[victim].kill();
-        killed += 1;
-        kinds_hit.insert(name);
-        let mut extra = extra;
-        extra.extend(matcher_settings());
-        running[victim] = processes::start(&bed, name, binary, &extra, logs).await?;
-        if k == kills / 4 {
-            // Second replicas of every processor, for half the run.
-            replicas =
-                processes::start_all(&bed, settings.clone(), &matcher_settings(), logs).await?;
-        }
-        if k == 3 * kills / 4 {
-            for replica in &mut replicas {
-                replica.kill();
-                killed += 1;
+    // The faults spread over about as long as the patients take to come.
+    let spacing = (patients / 1_000).max(1) as u64;
+    let faults = async {
+        let mut rng = rand::rng();
+        for k in 0..kills {
+            // A random moment: the faults are the schedule, not a wait for state.
+            tokio::time::sleep(Duration::from_millis(rng.random_range(200..900) * spacing)).await;
+            let victim = k % running.len();
+            let (name, binary, extra) = settings[victim].clone();
+            running[victim].kill();
+            killed += 1;
+            kinds_hit.insert(name);
+            let mut extra = extra;
+            extra.extend(matcher_settings());
+            running[victim] = processes::start(&bed, name, binary, &extra, logs).await?;
+            if k == kills / 4 {
+                // Second replicas of every processor, for half the run.
+                replicas =
+                    processes::start_all(&bed, settings.clone(), &matcher_settings(), logs).await?;
             }
-            replicas.clear();
+            if k == 3 * kills / 4 {
+                for replica in &mut replicas {
+                    replica.kill();
+                    killed += 1;
+                }
+                replicas.clear();
+            }
+            if k == kills / 3 {
+                broker.restart();
+                broker_restarts += 1;
+            }
+            if k == 2 * kills / 3 {
+                postgres.pg_ctl("restart");
+                postgres_restarts += 1;
+            }
         }
-        if k == kills / 3 {
-            broker.restart();
-            broker_restarts += 1;
-        }
-        if k == 2 * kills / 3 {
-            postgres.pg_ctl("restart");
-            postgres_restarts += 1;
-        }
-    }
+        anyhow::Ok(())
+    };
+    let (published, faulted) = tokio::join!(publishing, faults);
+    published?;
+    faulted?;
     settle(&bed).await?;
     flush(&bed, "chaos-flush-last").await?;
     let (unfinished_runs, scheduled_runs) = scheduled(&bed).await;
@@ -268,8 +287,8 @@ pub async fn run(
         &calm_logs,
     )
     .await?;
-    publish_inputs(&calm, patients, therapists).await?;
-    settle(&calm).await?;
+    publish_waves(&calm, therapist_commands(therapists)).await?;
+    publish_waves(&calm, patient_commands(patients)).await?;
     flush(&calm, "calm-flush").await?;
     let fault_free = outcome(&calm).await;
     drop(calm_running);
