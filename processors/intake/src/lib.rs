@@ -343,33 +343,36 @@ impl Intake {
         if !request_id.starts_with("patient-") {
             return Ok(());
         }
-        let row: Option<(String, Value, String)> = sqlx::query_as(
-            "SELECT patient_id, details, status FROM intake.patients WHERE geocode_request = $1 FOR UPDATE",
-        )
-        .bind(request_id)
-        .fetch_optional(ctx.db())
-        .await?;
-        let Some((patient_id, details, status)) = row else {
-            // An answer for an erased patient or a superseded address.
-            return Ok(());
-        };
-        if record.event_type() != "geocoding.address_geocoded" {
-            tracing::warn!(patient_id, reason = %record.payload["reason"], "no position for a patient's address");
-            return Ok(());
-        }
-        let Some((lat, lon)) = position else {
+        let Some((lat, lon)) =
+            position.filter(|_| record.event_type() == "geocoding.address_geocoded")
+        else {
+            let patient: Option<String> = sqlx::query_scalar(
+                "SELECT patient_id FROM intake.patients WHERE geocode_request = $1",
+            )
+            .bind(request_id)
+            .fetch_optional(ctx.db())
+            .await?;
+            if let Some(patient_id) = patient {
+                tracing::warn!(patient_id, reason = %record.payload["reason"], "no position for a patient's address");
+            }
             return Ok(());
         };
         let (lat, lon) = (rounded(lat), rounded(lon));
-        sqlx::query(
+        // Folded in where the request is still the patient's (none for an
+        // erased patient or a superseded address), in one round trip.
+        let row: Option<(String, Value, String)> = sqlx::query_as(
             "UPDATE intake.patients SET latitude = $2, longitude = $3, geocode_request = NULL, updated_at = now()
-              WHERE patient_id = $1",
+              WHERE geocode_request = $1
+              RETURNING patient_id, details, status",
         )
-        .bind(&patient_id)
+        .bind(request_id)
         .bind(lat)
         .bind(lon)
-        .execute(ctx.db())
+        .fetch_optional(ctx.db())
         .await?;
+        let Some((patient_id, details, status)) = row else {
+            return Ok(());
+        };
         let profile = profile(&patient_id, &details, &status, Some((lat, lon)), ctx.now());
         ctx.emit(
             EVENTS,

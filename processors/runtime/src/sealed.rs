@@ -81,14 +81,20 @@ pub async fn key_of(
     create: bool,
 ) -> Result<Option<Vec<u8>>, sqlx::Error> {
     if create {
-        sqlx::query(
-            "INSERT INTO keystore.patient_keys (patient_id, key) VALUES ($1, $2)
-             ON CONFLICT (patient_id) DO NOTHING",
+        // One round trip: the statement's snapshot does not see the row it
+        // inserts, so exactly one branch yields the key.
+        return sqlx::query_scalar(
+            "WITH made AS (
+                 INSERT INTO keystore.patient_keys (patient_id, key) VALUES ($1, $2)
+                 ON CONFLICT (patient_id) DO NOTHING RETURNING key)
+             SELECT key FROM made
+             UNION ALL SELECT key FROM keystore.patient_keys WHERE patient_id = $1
+             LIMIT 1",
         )
         .bind(patient)
         .bind(new_key())
-        .execute(&mut *db)
-        .await?;
+        .fetch_optional(&mut *db)
+        .await;
     }
     sqlx::query_scalar("SELECT key FROM keystore.patient_keys WHERE patient_id = $1")
         .bind(patient)
