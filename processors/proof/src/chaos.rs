@@ -183,23 +183,26 @@ async fn scheduled(bed: &TestBed) -> (i64, i64) {
 /// that order when patients share a position.)
 async fn outcome(bed: &TestBed) -> [i64; 6] {
     let mut figures = [0; 6];
-    for (i, sql) in [
+    for (figure, sql) in figures.iter_mut().zip([
         "SELECT count(*) FROM intake.patients",
         "SELECT count(*) FROM intake.therapists",
         "SELECT count(*) FROM matcher.searches",
         "SELECT coalesce(sum(cardinality(patient_ids)), 0)::bigint FROM matcher.inquiries",
         "SELECT count(*) FROM scraper.therapists",
         "SELECT count(*) FROM matcher.therapists",
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        figures[i] = sqlx::query_scalar::<_, i64>(sql)
-            .fetch_one(&bed.pool)
-            .await
-            .unwrap_or(-1);
+    ]) {
+        *figure = scalar(bed, sql).await;
     }
     figures
+}
+
+/// A figure from the run's database (-1 if it cannot be read, which no
+/// invariant accepts).
+async fn scalar(bed: &TestBed, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(&bed.pool)
+        .await
+        .unwrap_or(-1)
 }
 
 /// Runs the chaos run; prints its table; returns whether it held.
@@ -293,18 +296,8 @@ pub async fn run(
     let fault_free = outcome(&calm).await;
     drop(calm_running);
 
-    let count = |sql: &'static str| {
-        let pool = bed.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(&pool)
-                .await
-                .unwrap_or(-1)
-        }
-    };
-    let stored_patients = count("SELECT count(*) FROM intake.patients").await;
-    let stored_therapists = count("SELECT count(*) FROM intake.therapists").await;
-    let searches = count("SELECT count(*) FROM matcher.searches").await;
+    let count = |sql: &'static str| scalar(&bed, sql);
+    let [stored_patients, stored_therapists, searches, ..] = faulty;
     let twice_asked = count(
         "SELECT count(*) FROM (SELECT therapist_id, p FROM matcher.inquiries, unnest(patient_ids) p
           GROUP BY 1, 2 HAVING count(*) > 1) x",
