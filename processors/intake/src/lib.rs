@@ -15,10 +15,11 @@ pub mod validate;
 use chrono::{DateTime, Utc};
 use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::processor::{
-    Context, Incoming, ProcessError, Processor, invalid_event, position_of,
+    BatchContext, Context, Incoming, ProcessError, Processor, invalid_event, position_of,
 };
 use psymatch_runtime::sealed;
 use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
 
 const EVENTS: &str = "patient-events";
 
@@ -26,6 +27,7 @@ const EVENTS: &str = "patient-events";
 pub struct Intake;
 
 /// A stored patient.
+#[derive(Clone)]
 struct Stored {
     details: Value,
     status: String,
@@ -35,8 +37,13 @@ struct Stored {
 
 /// A patient row: details, status, latitude, longitude, geocode sequence.
 type Row = (Value, String, Option<f64>, Option<f64>, i32);
+/// A patient row with its patient id first.
+type KeyedRow = (String, Value, String, Option<f64>, Option<f64>, i32);
 
 async fn load(ctx: &mut Context<'_>, patient_id: &str) -> Result<Option<Stored>, ProcessError> {
+    if let Some(known) = prefetched(ctx, patient_id) {
+        return Ok(known.stored);
+    }
     let row: Option<Row> = sqlx::query_as(
         "SELECT details, status, latitude, longitude, geocode_sequence
            FROM intake.patients WHERE patient_id = $1 FOR UPDATE",
@@ -44,12 +51,47 @@ async fn load(ctx: &mut Context<'_>, patient_id: &str) -> Result<Option<Stored>,
     .bind(patient_id)
     .fetch_optional(ctx.db())
     .await?;
-    Ok(row.map(|(details, status, lat, lon, sequence)| Stored {
+    Ok(row.map(stored))
+}
+
+fn stored((details, status, lat, lon, sequence): Row) -> Stored {
+    Stored {
         details,
         status,
         position: lat.zip(lon),
         sequence,
-    }))
+    }
+}
+
+/// What a batch of patient commands loaded at its start, and what its
+/// geocoding results folded in: one statement each per batch instead of
+/// several per record.
+#[derive(Default)]
+struct Batch {
+    /// The commands' patients as the batch found them (locked): erased or
+    /// not, and the stored record if any.
+    patients: HashMap<String, Known>,
+    /// Patients a record of the batch has handled: a later record of the
+    /// same patient reads the database, which holds the earlier one's changes.
+    touched: HashSet<String>,
+    /// Geocoding results folded in, by request id: the patient, details
+    /// and status of the record they changed.
+    folded: HashMap<String, (String, Value, String)>,
+}
+
+/// A patient as the batch found it.
+#[derive(Clone)]
+struct Known {
+    erased: bool,
+    stored: Option<Stored>,
+}
+
+/// The patient as the batch found it, unless an earlier record of the
+/// batch handled them; either way the patient counts as handled from now.
+fn prefetched(ctx: &mut Context<'_>, patient_id: &str) -> Option<Known> {
+    let batch = ctx.scratch::<Batch>();
+    let first = batch.touched.insert(patient_id.to_string());
+    first.then(|| batch.patients.remove(patient_id)).flatten()
 }
 
 /// Rounds a position to 3 decimals (about 100 m): enough for matching,
@@ -112,13 +154,24 @@ async fn geocode(
     let key = sealed::key_of(ctx.db(), patient_id, true)
         .await?
         .expect("a key was just made");
-    let address = sealed::seal(&key, patient_id, &details["address"]);
+    request_geocode(ctx, &request_id, &key, patient_id, details)?;
+    Ok(request_id)
+}
+
+/// Emits the geocoding request with the address sealed under `key`.
+fn request_geocode(
+    ctx: &mut Context<'_>,
+    request_id: &str,
+    key: &[u8],
+    patient_id: &str,
+    details: &Value,
+) -> Result<(), ProcessError> {
+    let address = sealed::seal(key, patient_id, &details["address"]);
     ctx.emit(
         "geocoding-requests",
         "geocoding.geocode_address",
         json!({"request_id": request_id, "address": null, "sealed_address": address}),
-    )?;
-    Ok(request_id)
+    )
 }
 
 impl Intake {
@@ -135,12 +188,20 @@ impl Intake {
         if let Err(reason) = validate::patient_id(&patient_id) {
             return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &reason);
         }
-        let erased: Option<String> =
-            sqlx::query_scalar("SELECT patient_id FROM intake.erased WHERE patient_id = $1")
+        let known = match prefetched(ctx, &patient_id) {
+            Some(known) => known,
+            None => Known {
+                erased: sqlx::query_scalar::<_, String>(
+                    "SELECT patient_id FROM intake.erased WHERE patient_id = $1",
+                )
                 .bind(&patient_id)
                 .fetch_optional(ctx.db())
-                .await?;
-        if erased.is_some() {
+                .await?
+                .is_some(),
+                stored: load(ctx, &patient_id).await?,
+            },
+        };
+        if known.erased {
             let reason =
                 format!("patient {patient_id} was erased; a new registration needs a new id");
             return ctx.reject(EVENTS, ErrorCode::InvalidState, &reason);
@@ -162,8 +223,7 @@ impl Intake {
         if !problems.is_empty() {
             return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &problems.join("; "));
         }
-        let stored = load(ctx, &patient_id).await?;
-        match (update, stored) {
+        match (update, known.stored) {
             (false, Some(_)) => {
                 let reason =
                     format!("patient {patient_id} is registered already; send patient.update");
@@ -180,16 +240,27 @@ impl Intake {
                 ctx.reject(EVENTS, ErrorCode::InvalidState, &reason)
             }
             (false, None) => {
-                let request = geocode(ctx, &patient_id, 1, &details).await?;
-                sqlx::query(
-                    "INSERT INTO intake.patients (patient_id, details, status, geocode_request, geocode_sequence)
-                     VALUES ($1, $2, 'ACTIVE', $3, 1)",
+                // The patient's key (made unless the publisher made one)
+                // and the record in one round trip.
+                let request = format!("patient-{patient_id}-1");
+                let key: Vec<u8> = sqlx::query_scalar(
+                    "WITH made AS (
+                         INSERT INTO keystore.patient_keys (patient_id, key) VALUES ($1, $4)
+                         ON CONFLICT (patient_id) DO NOTHING RETURNING key),
+                     patient AS (
+                         INSERT INTO intake.patients (patient_id, details, status, geocode_request, geocode_sequence)
+                         VALUES ($1, $2, 'ACTIVE', $3, 1))
+                     SELECT key FROM made
+                     UNION ALL SELECT key FROM keystore.patient_keys WHERE patient_id = $1
+                     LIMIT 1",
                 )
                 .bind(&patient_id)
                 .bind(&details)
                 .bind(&request)
-                .execute(ctx.db())
+                .bind(sealed::new_key())
+                .fetch_one(ctx.db())
                 .await?;
+                request_geocode(ctx, &request, &key, &patient_id, &details)?;
                 let profile = profile(&patient_id, &details, "ACTIVE", None, now);
                 ctx.emit(
                     EVENTS,
@@ -357,19 +428,11 @@ impl Intake {
             }
             return Ok(());
         };
+        // Folded in at the start of the batch (see `begin_batch`) where
+        // the request was still the patient's: none for an erased patient
+        // or a superseded address.
         let (lat, lon) = (rounded(lat), rounded(lon));
-        // Folded in where the request is still the patient's (none for an
-        // erased patient or a superseded address), in one round trip.
-        let row: Option<(String, Value, String)> = sqlx::query_as(
-            "UPDATE intake.patients SET latitude = $2, longitude = $3, geocode_request = NULL, updated_at = now()
-              WHERE geocode_request = $1
-              RETURNING patient_id, details, status",
-        )
-        .bind(request_id)
-        .bind(lat)
-        .bind(lon)
-        .fetch_optional(ctx.db())
-        .await?;
+        let row = ctx.scratch::<Batch>().folded.remove(request_id);
         let Some((patient_id, details, status)) = row else {
             return Ok(());
         };
@@ -393,6 +456,98 @@ impl Processor for Intake {
             "therapist-commands",
             "geocoding-results",
         ]
+    }
+
+    /// Loads (and locks) the patients of a batch of commands, and folds a
+    /// batch of geocoding results into the patients in one statement.
+    async fn begin_batch(
+        &self,
+        batch: &mut BatchContext<'_>,
+        records: &[&Incoming],
+    ) -> Result<(), ProcessError> {
+        let mut ids: Vec<String> = records
+            .iter()
+            .filter(|r| r.topic == "patient-commands")
+            .filter_map(|r| r.payload["patient_id"].as_str())
+            .filter(|id| !id.is_empty())
+            .map(str::to_string)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        if !ids.is_empty() {
+            // In one order, so that two batches locking patients do not
+            // deadlock each other.
+            let rows: Vec<KeyedRow> = sqlx::query_as(
+                "SELECT patient_id, details, status, latitude, longitude, geocode_sequence
+                   FROM intake.patients WHERE patient_id = ANY($1) ORDER BY patient_id FOR UPDATE",
+            )
+            .bind(&ids)
+            .fetch_all(batch.db())
+            .await?;
+            let erased: HashSet<String> = sqlx::query_scalar(
+                "SELECT patient_id FROM intake.erased WHERE patient_id = ANY($1)",
+            )
+            .bind(&ids)
+            .fetch_all(batch.db())
+            .await?
+            .into_iter()
+            .collect();
+            let mut rows: HashMap<String, Stored> = rows
+                .into_iter()
+                .map(|(id, details, status, lat, lon, sequence)| {
+                    (id, stored((details, status, lat, lon, sequence)))
+                })
+                .collect();
+            let patients = ids
+                .into_iter()
+                .map(|id| {
+                    let known = Known {
+                        erased: erased.contains(&id),
+                        stored: rows.remove(&id),
+                    };
+                    (id, known)
+                })
+                .collect();
+            batch.scratch::<Batch>().patients = patients;
+        }
+
+        // The positions `geocoded` accepts, the first of each request.
+        let mut seen = HashSet::new();
+        let (mut requests, mut lats, mut lons) = (Vec::new(), Vec::new(), Vec::new());
+        for record in records
+            .iter()
+            .filter(|r| r.event_type() == "geocoding.address_geocoded")
+        {
+            let request = record.payload["request_id"].as_str().unwrap_or_default();
+            if let (true, Ok(Some((lat, lon)))) = (
+                request.starts_with("patient-"),
+                position_of(&record.payload["position"]),
+            ) && seen.insert(request)
+            {
+                requests.push(request);
+                lats.push(rounded(lat));
+                lons.push(rounded(lon));
+            }
+        }
+        if !requests.is_empty() {
+            let rows: Vec<(String, String, Value, String)> = sqlx::query_as(
+                "UPDATE intake.patients p
+                    SET latitude = u.lat, longitude = u.lon, geocode_request = NULL, updated_at = now()
+                   FROM unnest($1::text[], $2::float8[], $3::float8[]) AS u(request, lat, lon)
+                  WHERE p.geocode_request = u.request
+                  RETURNING u.request, p.patient_id, p.details, p.status",
+            )
+            .bind(&requests)
+            .bind(&lats)
+            .bind(&lons)
+            .fetch_all(batch.db())
+            .await?;
+            batch.scratch::<Batch>().folded = rows
+                .into_iter()
+                .map(|(request, id, details, status)| (request, (id, details, status)))
+                .collect();
+        }
+        Ok(())
     }
 
     async fn process(&self, ctx: &mut Context<'_>, record: &Incoming) -> Result<(), ProcessError> {
