@@ -1100,6 +1100,13 @@ async fn process_batch<P: Processor>(
         return Err(BatchError::Gap { next });
     }
 
+    // Where a batch's time goes, for the debug log (ms).
+    let mut phases = Phases::default();
+    let mut phase = Instant::now();
+    let mut lap = |into: &mut u64| {
+        *into += phase.elapsed().as_millis() as u64;
+        phase = Instant::now();
+    };
     let mut decoded = Vec::with_capacity(fresh.len());
     for message in &fresh {
         decoded.push(decode(shared, message).await?);
@@ -1127,7 +1134,8 @@ async fn process_batch<P: Processor>(
         ids.iter().copied().collect()
     };
 
-    let mut outgoing: Vec<Outgoing> = Vec::new();
+    lap(&mut phases.decode);
+    let mut outgoing: Vec<Pending> = Vec::new();
     let mut seen = HashSet::new();
     let now = chrono::Utc::now();
     // First the records to process (bad ones dead-lettered, duplicates
@@ -1142,7 +1150,7 @@ async fn process_batch<P: Processor>(
             .inc();
         let record = match item {
             Decoded::Bad(code, reason) => {
-                outgoing.push(dead_letter(shared, message, code, &reason));
+                outgoing.push(Pending::Done(dead_letter(shared, message, code, &reason)));
                 continue;
             }
             Decoded::Tombstone => continue,
@@ -1168,10 +1176,13 @@ async fn process_batch<P: Processor>(
             .begin_batch(&mut batch_ctx, &records)
             .await
             .map_err(batch_error)?;
-        for (topic, key, envelope) in std::mem::take(&mut batch_ctx.emitted) {
-            outgoing.push(encode(shared, &topic, key, envelope).await?);
-        }
+        outgoing.extend(
+            std::mem::take(&mut batch_ctx.emitted)
+                .into_iter()
+                .map(Pending::Batch),
+        );
     }
+    lap(&mut phases.begin);
     for (message, record) in &work {
         let id = record.envelope.event_id;
         tracing::debug!(
@@ -1211,16 +1222,16 @@ async fn process_batch<P: Processor>(
                         .await?;
                 }
                 for (topic, key, envelope) in emitted {
-                    outgoing.push(encode(shared, &topic, key, envelope).await?);
+                    outgoing.push(Pending::Record(topic, key, envelope));
                 }
                 for (topic, key, event_id) in tombstones {
-                    outgoing.push(Outgoing {
+                    outgoing.push(Pending::Done(Outgoing {
                         event_id,
                         topic: shared.config.physical(&topic),
                         key: Some(key),
                         value: None,
                         headers: Vec::new(),
-                    });
+                    }));
                 }
             }
             Err(ProcessError::Transient(reason)) => return Err(BatchError::Transient(reason)),
@@ -1235,10 +1246,11 @@ async fn process_batch<P: Processor>(
                     .execute(&mut *tx)
                     .await?;
                 tracing::warn!(code = %code, offset = message.offset(), event_id = %id, "record refused; dead-lettered");
-                outgoing.push(dead_letter(shared, message, code, &reason));
+                outgoing.push(Pending::Done(dead_letter(shared, message, code, &reason)));
             }
         }
     }
+    lap(&mut phases.process);
     if !work.is_empty() {
         let mut batch_ctx = batch_context(shared, &mut tx, &mut scratch, &work, now, "finish");
         shared
@@ -1246,10 +1258,14 @@ async fn process_batch<P: Processor>(
             .finish_batch(&mut batch_ctx)
             .await
             .map_err(batch_error)?;
-        for (topic, key, envelope) in std::mem::take(&mut batch_ctx.emitted) {
-            outgoing.push(encode(shared, &topic, key, envelope).await?);
-        }
+        outgoing.extend(
+            std::mem::take(&mut batch_ctx.emitted)
+                .into_iter()
+                .map(Pending::Batch),
+        );
     }
+    let outgoing = encode_all(shared, outgoing, now).await?;
+    lap(&mut phases.finish);
     if exactly {
         insert_outbox(shared, &mut tx, &outgoing).await?;
     } else {
@@ -1269,6 +1285,7 @@ async fn process_batch<P: Processor>(
     .bind(last + 1)
     .execute(&mut *tx)
     .await?;
+    lap(&mut phases.write);
     let commit = Instant::now();
     tx.commit().await?;
     shared
@@ -1285,38 +1302,69 @@ async fn process_batch<P: Processor>(
         topic,
         partition,
         records = fresh.len(),
+        outputs = outgoing.len(),
         ms = started.elapsed().as_millis() as u64,
+        decode_ms = phases.decode,
+        begin_ms = phases.begin,
+        process_ms = phases.process,
+        finish_ms = phases.finish,
+        write_ms = phases.write,
+        commit_ms = commit.elapsed().as_millis() as u64,
         "batch committed"
     );
     Ok(())
 }
 
-async fn encode<P: Processor>(
+/// Milliseconds a batch spent in each phase (the debug log's
+/// "batch committed"): decoding and deduplicating its records, the
+/// processor's `begin_batch`, its records, its `finish_batch` (each with
+/// encoding what it emitted), and writing the outbox and offsets.
+#[derive(Default)]
+struct Phases {
+    decode: u64,
+    begin: u64,
+    process: u64,
+    finish: u64,
+    write: u64,
+}
+
+/// An output of a batch on its way to the outbox: final already (a dead
+/// letter, a tombstone), a record to encode, or a batch hook's record
+/// still in JSON.
+enum Pending {
+    Done(Outgoing),
+    Record(String, String, Envelope),
+    Batch(crate::processor::Deferred),
+}
+
+/// Fewer outputs than this are encoded on the batch's own thread: a
+/// second thread pays off only for many.
+const PARALLEL_OUTPUTS: usize = 256;
+
+/// Encodes a batch's outputs in order. Only the schema ids may need the
+/// registry; the conversion and encoding of many outputs (thousands of
+/// decisions at the end of a matcher's batch) run on two threads.
+async fn encode_all<P: Processor>(
     shared: &Shared<P>,
-    topic: &str,
-    key: String,
-    envelope: Envelope,
-) -> Result<Outgoing, BatchError> {
-    let (_, schema) = shared
-        .contracts
-        .topic(topic)
-        .map_err(|e| BatchError::Transient(e.to_string()))?;
-    let event_id = envelope.event_id;
-    let headers = envelope
-        .headers()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), Some(v)))
-        .collect();
-    // Moved, not cloned: a payload can be large (an inquiry's patients).
-    let value = envelope
-        .into_avro(schema)
-        .map_err(|e| BatchError::Transient(e.to_string()))?;
-    let physical = shared.config.physical(topic);
-    let bytes = shared
-        .codec
-        .encode_with(&physical, schema, value)
-        .await
-        .map_err(|e| {
+    pending: Vec<Pending>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Outgoing>, BatchError> {
+    let mut writers: HashMap<String, Writer> = HashMap::new();
+    for item in &pending {
+        let topic = match item {
+            Pending::Done(_) => continue,
+            Pending::Record(topic, ..) => topic.as_str(),
+            Pending::Batch(deferred) => deferred.topic.as_str(),
+        };
+        if writers.contains_key(topic) {
+            continue;
+        }
+        let (_, schema) = shared
+            .contracts
+            .topic(topic)
+            .map_err(|e| BatchError::Transient(e.to_string()))?;
+        let physical = shared.config.physical(topic);
+        let (id, datum) = shared.codec.writer(&physical, schema).await.map_err(|e| {
             shared
                 .metrics
                 .errors
@@ -1324,13 +1372,74 @@ async fn encode<P: Processor>(
                 .inc();
             BatchError::Transient(e.to_string())
         })?;
-    Ok(Outgoing {
-        event_id,
-        topic: physical,
-        key: Some(key),
-        value: Some(bytes),
-        headers,
+        writers.insert(
+            topic.to_string(),
+            Writer {
+                id,
+                datum,
+                schema,
+                physical,
+            },
+        );
+    }
+    let contracts = shared.contracts;
+    let producer = shared.processor.name();
+    let encode = |item: Pending| -> Result<Outgoing, BatchError> {
+        let (topic, key, envelope) = match item {
+            Pending::Done(outgoing) => return Ok(outgoing),
+            Pending::Record(topic, key, envelope) => (topic, key, envelope),
+            Pending::Batch(deferred) => deferred
+                .settle(contracts, producer, now)
+                .map_err(batch_error)?,
+        };
+        let writer = &writers[topic.as_str()];
+        let event_id = envelope.event_id;
+        let headers = envelope
+            .headers()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Some(v)))
+            .collect();
+        // Moved, not cloned: a payload can be large (an inquiry's patients).
+        let value = envelope
+            .into_avro(writer.schema)
+            .map_err(|e| BatchError::Transient(e.to_string()))?;
+        let bytes = crate::codec::write(writer.id, &writer.datum, value)
+            .map_err(|e| BatchError::Transient(e.to_string()))?;
+        Ok(Outgoing {
+            event_id,
+            topic: writer.physical.clone(),
+            key: Some(key),
+            value: Some(bytes),
+            headers,
+        })
+    };
+    let mut pending = pending;
+    if pending.len() < PARALLEL_OUTPUTS {
+        return pending.into_iter().map(encode).collect();
+    }
+    let second = pending.split_off(pending.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| {
+            second
+                .into_iter()
+                .map(encode)
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let mut all = pending
+            .into_iter()
+            .map(encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        all.extend(other.join().expect("an encoding thread does not panic")?);
+        Ok(all)
     })
+}
+
+/// What encoding the records of one topic needs.
+struct Writer {
+    id: u32,
+    datum: std::sync::Arc<apache_avro::writer::datum::GenericDatumWriter<'static>>,
+    schema: &'static crate::schemas::TopicSchema,
+    physical: String,
 }
 
 /// The original record with headers saying why, for `<topic>.dlq`.

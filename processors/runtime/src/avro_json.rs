@@ -33,13 +33,13 @@ pub fn to_avro(json: &Json, schema: &Schema) -> Result<Avro, FitError> {
     Converter {
         names: resolved.get_names(),
     }
-    .convert(json, schema, "")
+    .convert(json, schema, &Path::Root)
 }
 
 /// Like [`to_avro`] for a schema nested in a larger one whose named types
 /// `names` holds.
 pub fn to_avro_within<N: Names>(json: &Json, schema: &Schema, names: &N) -> Result<Avro, FitError> {
-    Converter { names }.convert(json, schema, "")
+    Converter { names }.convert(json, schema, &Path::Root)
 }
 
 /// A table of named types by name.
@@ -64,12 +64,40 @@ struct Converter<'a, N: Names> {
     names: &'a N,
 }
 
-fn fail<T>(path: &str, reason: impl Into<String>) -> Result<T, FitError> {
+/// Where a value sits in the JSON being converted: built as the
+/// conversion descends and written out only for an error (a record's
+/// fields and an array's items would otherwise each allocate their path).
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Field(&'a Path<'a>, &'a str),
+    Item(&'a Path<'a>, usize),
+}
+
+impl Path<'_> {
+    fn render(&self) -> String {
+        match self {
+            Path::Root => String::new(),
+            Path::Field(parent, field) => {
+                let parent = parent.render();
+                if parent.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{parent}.{field}")
+                }
+            }
+            Path::Item(parent, index) => format!("{}[{index}]", parent.render()),
+        }
+    }
+}
+
+fn fail<T>(path: &Path<'_>, reason: impl Into<String>) -> Result<T, FitError> {
+    let path = path.render();
     Err(FitError {
         path: if path.is_empty() {
             "(value)".into()
         } else {
-            path.to_string()
+            path
         },
         reason: reason.into(),
     })
@@ -83,14 +111,6 @@ fn kind(json: &Json) -> &'static str {
         Json::String(_) => "a string",
         Json::Array(_) => "an array",
         Json::Object(_) => "an object",
-    }
-}
-
-fn join(path: &str, field: &str) -> String {
-    if path.is_empty() {
-        field.to_string()
-    } else {
-        format!("{path}.{field}")
     }
 }
 
@@ -108,7 +128,7 @@ fn branch_name(schema: &Schema) -> String {
 }
 
 impl<N: Names> Converter<'_, N> {
-    fn convert(&self, json: &Json, schema: &Schema, path: &str) -> Result<Avro, FitError> {
+    fn convert(&self, json: &Json, schema: &Schema, path: &Path<'_>) -> Result<Avro, FitError> {
         let integer = |json: &Json| json.as_i64();
         match schema {
             Schema::Null => match json {
@@ -172,7 +192,7 @@ impl<N: Names> Converter<'_, N> {
                 Json::Array(items) => items
                     .iter()
                     .enumerate()
-                    .map(|(i, item)| self.convert(item, &a.items, &format!("{path}[{i}]")))
+                    .map(|(i, item)| self.convert(item, &a.items, &Path::Item(path, i)))
                     .collect::<Result<_, _>>()
                     .map(Avro::Array),
                 other => fail(path, format!("expected an array, found {}", kind(other))),
@@ -180,7 +200,9 @@ impl<N: Names> Converter<'_, N> {
             Schema::Map(m) => match json {
                 Json::Object(entries) => entries
                     .iter()
-                    .map(|(k, v)| Ok((k.clone(), self.convert(v, &m.types, &join(path, k))?)))
+                    .map(|(k, v)| {
+                        Ok((k.clone(), self.convert(v, &m.types, &Path::Field(path, k))?))
+                    })
                     .collect::<Result<_, _>>()
                     .map(Avro::Map),
                 other => fail(path, format!("expected an object, found {}", kind(other))),
@@ -199,13 +221,13 @@ impl<N: Names> Converter<'_, N> {
                 if let Some(unknown) = object.keys().find(|k| !r.lookup.contains_key(*k)) {
                     let known: Vec<&str> = r.fields.iter().map(|f| f.name.as_str()).collect();
                     return fail(
-                        &join(path, unknown),
+                        &Path::Field(path, unknown),
                         format!("unknown field; {} has {}", r.name.name(), known.join(", ")),
                     );
                 }
                 let mut fields = Vec::with_capacity(r.fields.len());
                 for field in &r.fields {
-                    let here = join(path, &field.name);
+                    let here = Path::Field(path, &field.name);
                     let value = match (object.get(&field.name), &field.default) {
                         (Some(value), _) => self.convert(value, &field.schema, &here)?,
                         (None, Some(default)) => self.default(default, &field.schema, &here)?,
@@ -231,7 +253,7 @@ impl<N: Names> Converter<'_, N> {
     }
 
     /// A field default is written in the type of the union's first branch.
-    fn default(&self, default: &Json, schema: &Schema, path: &str) -> Result<Avro, FitError> {
+    fn default(&self, default: &Json, schema: &Schema, path: &Path<'_>) -> Result<Avro, FitError> {
         match schema {
             Schema::Union(u) if !u.variants().is_empty() => {
                 let value = self.convert(default, &u.variants()[0], path)?;
@@ -241,7 +263,7 @@ impl<N: Names> Converter<'_, N> {
         }
     }
 
-    fn union(&self, json: &Json, variants: &[Schema], path: &str) -> Result<Avro, FitError> {
+    fn union(&self, json: &Json, variants: &[Schema], path: &Path<'_>) -> Result<Avro, FitError> {
         // Avro's JSON encoding: {"<branch name>": value}.
         if let Json::Object(object) = json
             && object.len() == 1
@@ -255,6 +277,18 @@ impl<N: Names> Converter<'_, N> {
                 let value = self.convert(inner, &variants[index], path)?;
                 return Ok(Avro::Union(index as u32, Box::new(value)));
             }
+        }
+        // Usually one branch has the value's kind (a string or null): it
+        // alone is tried. The search of every branch below tells apart
+        // values that fit none and values that fit several.
+        let mut kinds = variants
+            .iter()
+            .enumerate()
+            .filter(|(_, variant)| self.could_fit(json, variant));
+        if let (Some((index, variant)), None) = (kinds.next(), kinds.next())
+            && let Ok(value) = self.convert(json, variant, path)
+        {
+            return Ok(Avro::Union(index as u32, Box::new(value)));
         }
         let mut fits = Vec::new();
         let mut reasons = Vec::new();
@@ -289,7 +323,26 @@ impl<N: Names> Converter<'_, N> {
         }
     }
 
-    fn date(&self, json: &Json, path: &str) -> Result<Avro, FitError> {
+    /// False when `json` cannot fit `schema` by its kind alone (a string
+    /// is no number, null no record); true when it might.
+    fn could_fit(&self, json: &Json, schema: &Schema) -> bool {
+        match schema {
+            Schema::Null => json.is_null(),
+            Schema::Boolean => json.is_boolean(),
+            Schema::Int | Schema::Long | Schema::Float | Schema::Double => json.is_number(),
+            Schema::String | Schema::Bytes | Schema::Uuid(_) | Schema::Enum(_) => json.is_string(),
+            Schema::Date | Schema::TimestampMillis => json.is_string() || json.is_number(),
+            Schema::Array(_) => json.is_array(),
+            Schema::Map(_) | Schema::Record(_) => json.is_object(),
+            Schema::Ref { name } => self
+                .names
+                .lookup(name)
+                .is_none_or(|target| self.could_fit(json, target)),
+            _ => true,
+        }
+    }
+
+    fn date(&self, json: &Json, path: &Path<'_>) -> Result<Avro, FitError> {
         let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
         match json {
             Json::String(text) => match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
@@ -307,7 +360,7 @@ impl<N: Names> Converter<'_, N> {
         }
     }
 
-    fn timestamp_millis(&self, json: &Json, path: &str) -> Result<Avro, FitError> {
+    fn timestamp_millis(&self, json: &Json, path: &Path<'_>) -> Result<Avro, FitError> {
         match json {
             Json::String(text) => match DateTime::parse_from_rfc3339(text) {
                 Ok(at) => Ok(Avro::TimestampMillis(at.timestamp_millis())),
@@ -444,6 +497,38 @@ mod tests {
                 .unwrap_err()
                 .reason
                 .contains("YYYY-MM-DD")
+        );
+    }
+
+    #[test]
+    fn nested_errors_name_their_path_and_every_branch() {
+        let mut bad = good();
+        bad["tags"] = json!(["a", 3]);
+        let error = to_avro(&bad, &schema()).unwrap_err();
+        assert_eq!(error.path, "tags[1]");
+        assert!(error.reason.contains("expected a string"), "{error}");
+
+        let mut bad = good();
+        bad["choice"] = json!({"B": {"x": "one"}});
+        assert_eq!(to_avro(&bad, &schema()).unwrap_err().path, "choice.x");
+
+        // A value of one branch's kind that still does not fit: the error
+        // says why for every branch.
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"S","fields":[{"name":"n","type":["null","int"]}]}"#,
+        )
+        .unwrap();
+        let error = to_avro(&json!({"n": 3.5}), &schema).unwrap_err();
+        assert_eq!(error.path, "n");
+        assert!(
+            error.reason.contains("fits none")
+                && error.reason.contains("null: expected null")
+                && error.reason.contains("int: expected a 32-bit integer"),
+            "{error}"
+        );
+        assert_eq!(
+            to_avro(&json!({"n": 3}), &schema).unwrap(),
+            Avro::Record(vec![("n".into(), Avro::Union(1, Box::new(Avro::Int(3))))])
         );
     }
 

@@ -44,7 +44,7 @@ pub enum CodecError {
 }
 
 /// A registered schema id with its prepared writer.
-type PreparedWriter = (u32, Arc<GenericDatumWriter<'static>>);
+pub type PreparedWriter = (u32, Arc<GenericDatumWriter<'static>>);
 
 /// A writer schema prepared for reading with this build's schema.
 struct PreparedReader {
@@ -333,6 +333,18 @@ impl Codec {
         schema: &crate::schemas::TopicSchema,
         value: Avro,
     ) -> Result<Vec<u8>, CodecError> {
+        let (id, datum) = self.writer(topic, schema).await?;
+        write(id, &datum, value)
+    }
+
+    /// The schema id and prepared writer of `schema` for `topic` (see
+    /// [`Codec::encode_with`]): what [`write`] needs, so that many values
+    /// can be encoded on several threads without asking again.
+    pub async fn writer(
+        &self,
+        topic: &str,
+        schema: &crate::schemas::TopicSchema,
+    ) -> Result<PreparedWriter, CodecError> {
         let key = (
             topic.to_string(),
             &schema.schema as *const apache_avro::Schema as usize,
@@ -343,34 +355,39 @@ impl Codec {
             .expect("writer cache")
             .get(&key)
             .cloned();
-        let (id, datum) = match cached {
-            Some(entry) => entry,
-            None => {
-                // Register (or find) exactly this schema: the converter's
-                // cache is per subject and would hand out the id of whatever
-                // schema it saw first for the subject.
-                let id = self.register(topic, &schema.json).await?;
-                let leaked: &'static apache_avro::Schema =
-                    Box::leak(Box::new(schema.schema.clone()));
-                let datum = GenericDatumWriter::builder(leaked)
-                    .build()
-                    .map_err(|error| CodecError::Encode(error.to_string()))?;
-                let entry = (id, Arc::new(datum));
-                self.writers
-                    .lock()
-                    .expect("writer cache")
-                    .insert(key, entry.clone());
-                entry
-            }
-        };
-        let mut bytes = Vec::with_capacity(128);
-        bytes.push(0);
-        bytes.extend_from_slice(&id.to_be_bytes());
-        datum
-            .write_value(&mut bytes, value)
+        if let Some(entry) = cached {
+            return Ok(entry);
+        }
+        // Register (or find) exactly this schema: the converter's cache is
+        // per subject and would hand out the id of whatever schema it saw
+        // first for the subject.
+        let id = self.register(topic, &schema.json).await?;
+        let leaked: &'static apache_avro::Schema = Box::leak(Box::new(schema.schema.clone()));
+        let datum = GenericDatumWriter::builder(leaked)
+            .build()
             .map_err(|error| CodecError::Encode(error.to_string()))?;
-        Ok(bytes)
+        let entry = (id, Arc::new(datum));
+        self.writers
+            .lock()
+            .expect("writer cache")
+            .insert(key, entry.clone());
+        Ok(entry)
     }
+}
+
+/// A value in the Confluent wire format: magic byte, schema id, Avro body.
+pub fn write(
+    id: u32,
+    datum: &GenericDatumWriter<'static>,
+    value: Avro,
+) -> Result<Vec<u8>, CodecError> {
+    let mut bytes = Vec::with_capacity(128);
+    bytes.push(0);
+    bytes.extend_from_slice(&id.to_be_bytes());
+    datum
+        .write_value(&mut bytes, value)
+        .map_err(|error| CodecError::Encode(error.to_string()))?;
+    Ok(bytes)
 }
 
 impl Codec {

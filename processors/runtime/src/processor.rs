@@ -158,8 +158,45 @@ pub struct BatchContext<'a> {
     /// `begin` or `finish`: records emitted at the start and at the end of
     /// the same batch get different ids.
     pub(crate) phase: &'static str,
-    /// Records emitted so far, encoded by the runtime after the hook.
-    pub(crate) emitted: Vec<(String, String, Envelope)>,
+    /// Records emitted so far, converted and encoded by the runtime after
+    /// the hook.
+    pub(crate) emitted: Vec<Deferred>,
+}
+
+/// A record a batch hook emitted, still in JSON: a hook may emit thousands
+/// (a matcher's decisions), and the runtime converts them on every core
+/// at once. One that does not fit its schema fails the batch then, as it
+/// would have at `emit`.
+pub(crate) struct Deferred {
+    pub(crate) topic: String,
+    pub(crate) event_type: String,
+    pub(crate) payload: Json,
+    pub(crate) event_id: Uuid,
+}
+
+impl Deferred {
+    /// The record's key and envelope, checked against its topic's schema.
+    pub(crate) fn settle(
+        self,
+        contracts: &'static Contracts,
+        producer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(String, String, Envelope), ProcessError> {
+        envelope_for(
+            contracts,
+            producer,
+            now,
+            Outline {
+                topic: &self.topic,
+                event_type: &self.event_type,
+                key: None,
+                key_fields: None,
+                event_id: self.event_id,
+                correlation_id: None,
+            },
+            self.payload,
+        )
+    }
 }
 
 impl BatchContext<'_> {
@@ -199,21 +236,29 @@ impl BatchContext<'_> {
             &self.batch_id,
             format!("batch/{}/{index}", self.phase).as_bytes(),
         );
-        let record = envelope_for(
-            self.contracts,
-            self.producer,
-            self.now,
-            Outline {
-                topic,
-                event_type,
-                key: None,
-                key_fields: None,
-                event_id,
-                correlation_id: None,
-            },
+        // What is cheap to check is checked now: the topic and event type.
+        let bug = |reason: String| ProcessError::Invalid {
+            code: ErrorCode::OutputDoesNotFit,
+            reason,
+        };
+        let (_, schema) = self.contracts.topic(topic).map_err(|e| {
+            bug(format!(
+                "{} emitted a record for {topic}: {e}",
+                self.producer
+            ))
+        })?;
+        if schema.branch_for(event_type).is_none() {
+            return Err(bug(format!(
+                "{} emitted {event_type}, which {topic} does not carry",
+                self.producer
+            )));
+        }
+        self.emitted.push(Deferred {
+            topic: topic.to_string(),
+            event_type: event_type.to_string(),
             payload,
-        )?;
-        self.emitted.push(record);
+            event_id,
+        });
         Ok(())
     }
 }

@@ -506,7 +506,12 @@ pub async fn run_batch<P: crate::processor::Processor>(
         .begin_batch(&mut batch, &refs)
         .await
         .expect("begin_batch");
-    emitted.append(&mut batch.emitted);
+    let settle = |deferred: crate::processor::Deferred| {
+        deferred
+            .settle(contracts, name, now)
+            .expect("what the batch hook emitted fits")
+    };
+    emitted.extend(batch.emitted.drain(..).map(settle));
     for record in &incoming {
         let mut ctx = Context {
             db: &mut tx,
@@ -527,7 +532,7 @@ pub async fn run_batch<P: crate::processor::Processor>(
         .finish_batch(&mut batch)
         .await
         .expect("finish_batch");
-    emitted.append(&mut batch.emitted);
+    emitted.extend(batch.emitted.drain(..).map(settle));
     tx.commit().await.expect("commit");
     emitted
         .into_iter()
