@@ -10,9 +10,6 @@ use std::collections::HashMap;
 const CELL_KM: f64 = 10.0;
 /// km per degree of longitude at the grid's reference latitude (51° N).
 const KM_PER_DEGREE_LON: f64 = 111.2 * 0.629_320_391;
-/// Longitude degrees shrink further north: the search widens its window by
-/// this factor so Germany's north (55° N) is covered (cos 51° / cos 55°).
-const NORTH_MARGIN: f64 = 1.098;
 
 fn cell(position: (f64, f64)) -> (i64, i64) {
     (
@@ -123,14 +120,22 @@ impl Index {
         }
     }
 
-    /// Every therapist within `km` of `position` by their squares (a
-    /// superset; the rules check the distance).
+    /// Every therapist in the squares that overlap the box around
+    /// `position` reaching `km` each way (a superset; the rules check the
+    /// distance). The box, not the patient's square widened by whole
+    /// squares: a 25 km search then reads about half as many therapists.
     fn near(&self, position: (f64, f64), km: f64) -> impl Iterator<Item = usize> + '_ {
-        let (row, column) = cell(position);
-        let rows = (km / CELL_KM).ceil() as i64 + 1;
-        let columns = (km * NORTH_MARGIN / CELL_KM).ceil() as i64 + 1;
-        (row - rows..=row + rows)
-            .flat_map(move |r| (column - columns..=column + columns).map(move |c| (r, c)))
+        // The caller accepts 1 % beyond the limit; 2 % covers rounding.
+        let km = km * 1.02;
+        let lat_span = km / rules::KM_PER_DEGREE;
+        // A degree of longitude is narrowest furthest from the equator,
+        // and the distance is measured at the pair's mean latitude.
+        let narrowest = (position.0.abs() + lat_span).min(89.0).to_radians().cos();
+        let lon_span = km / (rules::KM_PER_DEGREE * narrowest);
+        let (top, left) = cell((position.0 - lat_span, position.1 - lon_span));
+        let (bottom, right) = cell((position.0 + lat_span, position.1 + lon_span));
+        (top..=bottom)
+            .flat_map(move |r| (left..=right).map(move |c| (r, c)))
             .filter_map(|square| self.cells.get(&square))
             .flatten()
             .copied()
@@ -162,16 +167,20 @@ impl Index {
         travel: &HashMap<String, f64>,
         found: &mut Vec<Found>,
     ) {
-        self.search_with(patient, history, None, now, travel, found);
+        self.search_with(patient, history, None, true, now, travel, found);
     }
 
     /// [`Index::search_into`] with the therapists' standings of
-    /// [`Index::standings`] (a batch of searches).
+    /// [`Index::standings`] (a batch of searches). `held` is false when no
+    /// open inquiry holds the patient: then no therapist's pending patients
+    /// are looked through for them.
+    #[allow(clippy::too_many_arguments)]
     pub fn search_with(
         &self,
         patient: &Patient,
         history: &History,
         standings: Option<&[Standing<'_>]>,
+        held: bool,
         now: DateTime<Utc>,
         travel: &HashMap<String, f64>,
         found: &mut Vec<Found>,
@@ -204,10 +213,13 @@ impl Index {
                 } else {
                     travel.get(&therapist.id).copied()
                 };
-                let standing = match standings {
+                let mut standing = match standings {
                     Some(standings) => standings[i],
                     None => history.standing(&therapist.id),
                 };
+                if !held {
+                    standing.pending = None;
+                }
                 Found {
                     therapist: i,
                     km,

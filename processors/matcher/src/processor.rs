@@ -30,9 +30,14 @@ const EVENTS: &str = "matching-events";
 /// instead of looking for the searches near each.
 const MANY_CHANGES: usize = 200;
 /// An explanation published on its own lists at most this many therapists
-/// (chosen and candidates first, then the nearest rejected): every search
-/// publishes one, and a city's search considers a thousand practices.
-pub const BRIEF_DECISIONS: usize = 25;
+/// (chosen first, then a few other candidates, then the nearest rejected):
+/// every search publishes one, and a city's search considers a thousand
+/// practices.
+pub const BRIEF_DECISIONS: usize = 15;
+/// Of those, at most this many candidates that were not chosen: the rest
+/// of the room goes to the nearest therapists a rule rejected, the ones a
+/// person asks about ("why was Dr. X not asked?").
+const BRIEF_CANDIDATES: usize = 5;
 /// An explanation a person asked for (`matching.run` for one patient)
 /// lists up to this many.
 pub const FULL_DECISIONS: usize = 5_000;
@@ -679,6 +684,7 @@ impl Matcher {
                 })
                 .collect()
         };
+        let searching = std::time::Instant::now();
         let evaluations: Vec<Evaluation> = if ids.len() < 64 {
             run_chunk(&ids)
         } else {
@@ -717,8 +723,11 @@ impl Matcher {
             });
             evaluated.push((e.id, e.ranked, e.others));
         }
+        let searched = searching.elapsed();
+        let composing = std::time::Instant::now();
         let (composed, by_phone) = inquiries::compose(&searches, &*world);
         drop(searches);
+        let composed_in = composing.elapsed();
         if !by_phone.is_empty() {
             tracing::debug!(count = by_phone.len(), "candidates reachable by phone only");
         }
@@ -835,6 +844,12 @@ impl Matcher {
             )?;
             self.count("search_exhausted", 1);
         }
+        tracing::debug!(
+            search_seconds = searched.as_secs_f64(),
+            compose_seconds = composed_in.as_secs_f64(),
+            emit_seconds = composing.elapsed().as_secs_f64(),
+            "batch searched"
+        );
         for (patient, reason) in std::mem::take(&mut world.pending_pause) {
             let open = world.open_by_patient.get(&patient).map_or(0, |o| o.len());
             batch.emit(
@@ -845,6 +860,23 @@ impl Matcher {
         }
         Ok(())
     }
+}
+
+/// What a batch knows of its turn on the state.
+#[derive(Default)]
+struct Turn {
+    /// Every record of the batch is [`inert`]: no lock, no matching.
+    idle: bool,
+}
+
+/// A record that changes nothing the matcher keeps: a geocoding result
+/// for anything but a therapist's practice or a search's travel times
+/// (the homes of patients are intake's).
+fn inert(record: &Incoming) -> bool {
+    let request = record.payload["request_id"].as_str().unwrap_or_default();
+    record.topic == "geocoding-results"
+        && !request.starts_with("therapist-")
+        && !request.starts_with("travel-")
 }
 
 /// The values the matcher folds into its state from other processors'
@@ -942,10 +974,12 @@ fn evaluate(
     patient.position?;
     let started = std::time::Instant::now();
     let travel: HashMap<String, f64> = search.travel.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let held = world.open_by_patient.get(id).is_some_and(|o| !o.is_empty());
     world.index.search_with(
         patient,
         &world.history,
         Some(standings),
+        held,
         now,
         &travel,
         found,
@@ -1037,16 +1071,24 @@ fn explanation(
             rows.push(row(id, true, Value::Null, "chosen", Some(rank)));
         }
     }
-    for (rank, id) in ranked.iter().enumerate() {
-        if !chosen.contains(id) {
-            rows.push(row(
-                id,
-                false,
-                Value::Null,
-                "a candidate; the search's inquiries went to better-ranked practices or the practice is full",
-                Some(rank),
-            ));
-        }
+    let room = if limit < FULL_DECISIONS {
+        BRIEF_CANDIDATES
+    } else {
+        limit
+    };
+    let unchosen = ranked
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| !chosen.contains(id))
+        .take(room);
+    for (rank, id) in unchosen {
+        rows.push(row(
+            id,
+            false,
+            Value::Null,
+            "a candidate; better-ranked practices were asked, or it is full",
+            Some(rank),
+        ));
     }
     for (_, _, f) in others {
         if rows.len() >= limit {
@@ -1115,8 +1157,14 @@ impl Processor for Matcher {
     async fn begin_batch(
         &self,
         batch: &mut BatchContext<'_>,
-        _records: &[&Incoming],
+        records: &[&Incoming],
     ) -> Result<(), ProcessError> {
+        // Positions of patients' homes are intake's: a batch of nothing
+        // else leaves the state alone and need not wait for its turn.
+        if records.iter().all(|r| inert(r)) {
+            batch.scratch::<Turn>().idle = true;
+            return Ok(());
+        }
         // Batches take turns: the lock is held until this batch commits.
         let version: i64 = sqlx::query_scalar("SELECT version FROM matcher.world FOR UPDATE")
             .fetch_one(batch.db())
@@ -1143,6 +1191,9 @@ impl Processor for Matcher {
     async fn process(&self, ctx: &mut Context<'_>, record: &Incoming) -> Result<(), ProcessError> {
         // Before anything changes: a refused record leaves the state as it was.
         check_event(record).map_err(invalid_event)?;
+        if inert(record) {
+            return Ok(());
+        }
         let mut world = self.world.lock().await;
         let now = ctx.now();
         match record.topic.as_str() {
@@ -1165,6 +1216,9 @@ impl Processor for Matcher {
     }
 
     async fn finish_batch(&self, batch: &mut BatchContext<'_>) -> Result<(), ProcessError> {
+        if batch.scratch::<Turn>().idle {
+            return Ok(());
+        }
         let mut world = self.world.lock().await;
         let started = std::time::Instant::now();
         let searches = world.to_match.len();

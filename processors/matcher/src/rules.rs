@@ -231,7 +231,7 @@ pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
 }
 
 /// km per degree of latitude (and of longitude at the equator).
-const KM_PER_DEGREE: f64 = 6371.0088 * std::f64::consts::PI / 180.0;
+pub(crate) const KM_PER_DEGREE: f64 = 6371.0088 * std::f64::consts::PI / 180.0;
 
 /// Checks the hard constraints in DOMAIN.md's order (the cheap ones
 /// first would be faster; this order makes the first broken rule the

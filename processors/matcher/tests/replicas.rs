@@ -210,3 +210,37 @@ async fn a_position_that_arrives_before_its_therapist_is_kept() {
         .collect();
     assert_eq!(asked, vec!["t-0"]);
 }
+
+/// Patients' home positions are intake's: a batch of only those takes no
+/// turn on the state (the version stays), while one that also holds a
+/// practice's position does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_of_nothing_for_the_matcher_takes_no_turn() {
+    let (pool, _) = fresh_database().await;
+    let matcher = Matcher::new(MatcherConfig::default());
+    let position = |request: &str| {
+        json!({"event_type": "geocoding.address_geocoded", "payload": {
+            "request_id": request, "position": {"latitude": 52.52, "longitude": 13.41},
+            "precision": "ADDRESS", "source": "NOMINATIM", "note": null}})
+    };
+    let version = || async {
+        sqlx::query_scalar::<_, i64>("SELECT version FROM matcher.world")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let before = version().await;
+    let homes = [position("patient-p-1-1"), position("patient-p-2-1")];
+    run_batch(&matcher, &pool, "geocoding-results", &homes).await;
+    assert_eq!(version().await, before, "homes alone: no turn");
+
+    let mixed = [position("patient-p-3-1"), position("therapist-t-7")];
+    run_batch(&matcher, &pool, "geocoding-results", &mixed).await;
+    assert_eq!(version().await, before + 1, "a practice's position: a turn");
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM matcher.therapists WHERE therapist_id = 't-7'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 1);
+}
