@@ -1264,14 +1264,24 @@ async fn process_batch<P: Processor>(
                 .map(Pending::Batch),
         );
     }
-    let outgoing = encode_all(shared, outgoing, now).await?;
     lap(&mut phases.finish);
-    if exactly {
-        insert_outbox(shared, &mut tx, &outgoing).await?;
-    } else {
+    let mut outputs = 0;
+    let mut unpublished = Vec::new();
+    let mut chunks = encode_all(shared, outgoing, now).await?;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        outputs += chunk.len();
+        if exactly {
+            // This chunk goes in while the next ones are being encoded.
+            insert_outbox(shared, &mut tx, &chunk).await?;
+        } else {
+            unpublished.extend(chunk);
+        }
+    }
+    if !exactly {
         // At least once: the broker acknowledges the outputs before the
         // offsets commit; a crash in between repeats them.
-        publish(shared, &shared.producer, &outgoing)
+        publish(shared, &shared.producer, &unpublished)
             .await
             .map_err(|failed| BatchError::Transient(failed.reason))?;
     }
@@ -1302,7 +1312,7 @@ async fn process_batch<P: Processor>(
         topic,
         partition,
         records = fresh.len(),
-        outputs = outgoing.len(),
+        outputs,
         ms = started.elapsed().as_millis() as u64,
         decode_ms = phases.decode,
         begin_ms = phases.begin,
@@ -1317,8 +1327,8 @@ async fn process_batch<P: Processor>(
 
 /// Milliseconds a batch spent in each phase (the debug log's
 /// "batch committed"): decoding and deduplicating its records, the
-/// processor's `begin_batch`, its records, its `finish_batch` (each with
-/// encoding what it emitted), and writing the outbox and offsets.
+/// processor's `begin_batch`, its records, its `finish_batch`, and
+/// encoding its outputs into the outbox and writing the offsets.
 #[derive(Default)]
 struct Phases {
     decode: u64,
@@ -1337,18 +1347,66 @@ enum Pending {
     Batch(crate::processor::Deferred),
 }
 
-/// Fewer outputs than this are encoded on the batch's own thread: a
-/// second thread pays off only for many.
+/// Fewer outputs than this are encoded on the batch's own thread: other
+/// threads pay off only for many.
 const PARALLEL_OUTPUTS: usize = 256;
+/// Outputs per chunk when encoding on two threads: the outbox takes each
+/// chunk while the next ones are encoded.
+const CHUNK_OUTPUTS: usize = 500;
 
-/// Encodes a batch's outputs in order. Only the schema ids may need the
-/// registry; the conversion and encoding of many outputs (thousands of
-/// decisions at the end of a matcher's batch) run on two threads.
+/// A chunk of encoded outputs, or why encoding failed.
+type Chunk = Result<Vec<Outgoing>, BatchError>;
+
+/// A batch's outputs, encoded in order, in chunks as they are ready.
+struct Chunks {
+    /// Encoded on the batch's own thread (few outputs).
+    ready: Option<Chunk>,
+    /// Chunks from the encoding threads, by position, as they come.
+    arriving: Option<tokio::sync::mpsc::UnboundedReceiver<(usize, Chunk)>>,
+    /// Chunks that arrived before one ahead of them.
+    early: BTreeMap<usize, Chunk>,
+    next: usize,
+    count: usize,
+}
+
+impl Chunks {
+    /// The next chunk in order; `None` after the last.
+    async fn next(&mut self) -> Option<Chunk> {
+        if let Some(ready) = self.ready.take() {
+            return Some(ready);
+        }
+        let arriving = self.arriving.as_mut()?;
+        while self.next < self.count {
+            if let Some(chunk) = self.early.remove(&self.next) {
+                self.next += 1;
+                return Some(chunk);
+            }
+            match arriving.recv().await {
+                Some((position, chunk)) => {
+                    self.early.insert(position, chunk);
+                }
+                None => {
+                    self.next = self.count;
+                    return Some(Err(BatchError::Transient(
+                        "an encoding thread stopped".into(),
+                    )));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Encodes a batch's outputs, in order. Only the schema ids may need the
+/// registry; many outputs (thousands of decisions at the end of a
+/// matcher's batch) are converted and encoded on two threads, chunk by
+/// chunk, so the outbox can take the first chunks while the rest are
+/// encoded.
 async fn encode_all<P: Processor>(
     shared: &Shared<P>,
     pending: Vec<Pending>,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<Vec<Outgoing>, BatchError> {
+) -> Result<Chunks, BatchError> {
     let mut writers: HashMap<String, Writer> = HashMap::new();
     for item in &pending {
         let topic = match item {
@@ -1382,17 +1440,68 @@ async fn encode_all<P: Processor>(
             },
         );
     }
-    let contracts = shared.contracts;
-    let producer = shared.processor.name();
-    let encode = |item: Pending| -> Result<Outgoing, BatchError> {
+    let encoder = Encoder {
+        writers: std::sync::Arc::new(writers),
+        contracts: shared.contracts,
+        producer: shared.processor.name(),
+        now,
+    };
+    let mut chunks = Chunks {
+        ready: None,
+        arriving: None,
+        early: BTreeMap::new(),
+        next: 0,
+        count: 0,
+    };
+    if pending.len() < PARALLEL_OUTPUTS {
+        chunks.ready = Some(pending.into_iter().map(|p| encoder.encode(p)).collect());
+        return Ok(chunks);
+    }
+    // Two lanes take every other chunk, so the first chunks are ready first.
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let mut lanes: [Vec<(usize, Vec<Pending>)>; 2] = [Vec::new(), Vec::new()];
+    let mut pending = pending.into_iter().peekable();
+    while pending.peek().is_some() {
+        let position = chunks.count;
+        lanes[position % 2].push((position, pending.by_ref().take(CHUNK_OUTPUTS).collect()));
+        chunks.count += 1;
+    }
+    for lane in lanes {
+        let (sender, encoder) = (sender.clone(), encoder.clone());
+        tokio::task::spawn_blocking(move || {
+            for (position, chunk) in lane {
+                let encoded: Chunk = chunk.into_iter().map(|p| encoder.encode(p)).collect();
+                let failed = encoded.is_err();
+                // The batch stops reading at the first failure.
+                if sender.send((position, encoded)).is_err() || failed {
+                    break;
+                }
+            }
+        });
+    }
+    chunks.arriving = Some(receiver);
+    Ok(chunks)
+}
+
+/// What encoding a batch's outputs needs, shared by the encoding threads.
+#[derive(Clone)]
+struct Encoder {
+    writers: std::sync::Arc<HashMap<String, Writer>>,
+    contracts: &'static crate::contracts::Contracts,
+    producer: &'static str,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+impl Encoder {
+    fn encode(&self, item: Pending) -> Result<Outgoing, BatchError> {
         let (topic, key, envelope) = match item {
             Pending::Done(outgoing) => return Ok(outgoing),
             Pending::Record(topic, key, envelope) => (topic, key, envelope),
             Pending::Batch(deferred) => deferred
-                .settle(contracts, producer, now)
+                .settle(self.contracts, self.producer, self.now)
                 .map_err(batch_error)?,
         };
-        let writer = &writers[topic.as_str()];
+        let writer = &self.writers[topic.as_str()];
         let event_id = envelope.event_id;
         let headers = envelope
             .headers()
@@ -1412,26 +1521,7 @@ async fn encode_all<P: Processor>(
             value: Some(bytes),
             headers,
         })
-    };
-    let mut pending = pending;
-    if pending.len() < PARALLEL_OUTPUTS {
-        return pending.into_iter().map(encode).collect();
     }
-    let second = pending.split_off(pending.len() / 2);
-    std::thread::scope(|scope| {
-        let other = scope.spawn(|| {
-            second
-                .into_iter()
-                .map(encode)
-                .collect::<Result<Vec<_>, _>>()
-        });
-        let mut all = pending
-            .into_iter()
-            .map(encode)
-            .collect::<Result<Vec<_>, _>>()?;
-        all.extend(other.join().expect("an encoding thread does not panic")?);
-        Ok(all)
-    })
 }
 
 /// What encoding the records of one topic needs.
