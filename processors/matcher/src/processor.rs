@@ -637,10 +637,10 @@ impl Matcher {
     fn match_searches(
         &self,
         world: &mut World,
-        batch: &mut BatchContext<'_>,
+        now: DateTime<Utc>,
+        batch: &mut Outputs,
     ) -> Result<(), ProcessError> {
         self.near_changes(world);
-        let now = batch.now();
         let mut order: Vec<(DateTime<Utc>, String)> = std::mem::take(&mut world.to_match)
             .into_iter()
             .filter_map(|id| {
@@ -847,7 +847,7 @@ impl Matcher {
         tracing::debug!(
             search_seconds = searched.as_secs_f64(),
             compose_seconds = composed_in.as_secs_f64(),
-            emit_seconds = composing.elapsed().as_secs_f64(),
+            emit_seconds = (composing.elapsed() - composed_in).as_secs_f64(),
             "batch searched"
         );
         for (patient, reason) in std::mem::take(&mut world.pending_pause) {
@@ -858,6 +858,23 @@ impl Matcher {
                 json!({"patient_id": patient, "reason": reason, "open_inquiries": open}),
             )?;
         }
+        Ok(())
+    }
+}
+
+/// What matching emits, kept until the batch's state is written (the
+/// matching runs while the records' changes are written).
+#[derive(Default)]
+struct Outputs(Vec<(&'static str, &'static str, Value)>);
+
+impl Outputs {
+    fn emit(
+        &mut self,
+        topic: &'static str,
+        event_type: &'static str,
+        payload: Value,
+    ) -> Result<(), ProcessError> {
+        self.0.push((topic, event_type, payload));
         Ok(())
     }
 }
@@ -1222,9 +1239,38 @@ impl Processor for Matcher {
         let mut world = self.world.lock().await;
         let started = std::time::Instant::now();
         let searches = world.to_match.len();
-        self.match_searches(&mut world, batch)?;
+        // What the records changed is written while the searches run (on
+        // a thread of its own; a runtime on one thread does one after the
+        // other), then what the matching changed.
+        let early = world.take_rows();
+        let now = batch.now();
+        let mut outputs = Outputs::default();
+        let handle = tokio::runtime::Handle::current();
+        let (matched, written) =
+            if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+                let db = batch.db();
+                let world = &mut *world;
+                tokio::task::block_in_place(|| {
+                    std::thread::scope(|scope| {
+                        let writer = scope.spawn(|| handle.block_on(early.write(db)));
+                        let matched = self.match_searches(world, now, &mut outputs);
+                        (
+                            matched,
+                            writer.join().expect("the writing thread does not panic"),
+                        )
+                    })
+                })
+            } else {
+                let matched = self.match_searches(&mut world, now, &mut outputs);
+                (matched, early.write(batch.db()).await)
+            };
+        matched?;
+        written?;
         let matched = started.elapsed();
         world.flush(batch.db()).await?;
+        for (topic, event_type, payload) in outputs.0 {
+            batch.emit(topic, event_type, payload)?;
+        }
         tracing::debug!(
             searches,
             match_seconds = matched.as_secs_f64(),

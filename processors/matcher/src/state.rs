@@ -525,43 +525,70 @@ impl World {
     /// Writes what the batch changed: whole records, one statement per
     /// table and kind.
     pub async fn flush(&mut self, db: &mut PgConnection) -> Result<(), sqlx::Error> {
+        self.take_rows().write(db).await
+    }
+
+    /// The rows of what changed since the last call, serialized now: they
+    /// can be written ([`Rows::write`]) while the state changes further,
+    /// and what changes again is written by the next call.
+    pub fn take_rows(&mut self) -> Rows {
         let dirty = std::mem::take(&mut self.dirty);
-        upsert(
-            db,
-            "therapists",
-            "therapist_id",
-            dirty
-                .therapists
-                .iter()
-                .map(|id| (id, self.therapists.get(id).map(json))),
-        )
-        .await?;
-        upsert(
-            db,
-            "searches",
-            "patient_id",
-            dirty
-                .searches
-                .iter()
-                .map(|id| (id, self.searches.get(id).map(json))),
-        )
-        .await?;
-        let (mut ids, mut states, mut patients, mut therapists, mut gone) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        for id in &dirty.inquiries {
-            match self.inquiries.get(id) {
-                Some(record) => {
-                    ids.push(id.clone());
-                    states.push(json(record));
-                    // Postgres arrays of arrays must be rectangular: the ids
-                    // travel as one text each, split in SQL.
-                    patients.push(record.patients.join("\u{1f}"));
-                    therapists.push(record.therapist_id.clone());
+        let table = |ids: &BTreeSet<String>, state: &dyn Fn(&String) -> Option<String>| {
+            let mut table = Table::default();
+            for id in ids {
+                match state(id) {
+                    Some(state) => {
+                        table.ids.push(id.clone());
+                        table.states.push(state);
+                    }
+                    None => table.gone.push(id.clone()),
                 }
-                None => gone.push(id.clone()),
             }
+            table
+        };
+        let mut rows = Rows {
+            therapists: table(&dirty.therapists, &|id| self.therapists.get(id).map(json)),
+            searches: table(&dirty.searches, &|id| self.searches.get(id).map(json)),
+            inquiries: table(&dirty.inquiries, &|id| self.inquiries.get(id).map(json)),
+            patients: Vec::new(),
+            therapist_ids: Vec::new(),
+        };
+        for id in &rows.inquiries.ids {
+            let record = &self.inquiries[id];
+            // Postgres arrays of arrays must be rectangular: the ids
+            // travel as one text each, split in SQL.
+            rows.patients.push(record.patients.join("\u{1f}"));
+            rows.therapist_ids.push(record.therapist_id.clone());
         }
-        if !ids.is_empty() {
+        rows
+    }
+}
+
+/// Changed records of one table: ids with their state, and ids deleted.
+#[derive(Default)]
+struct Table {
+    ids: Vec<String>,
+    states: Vec<String>,
+    gone: Vec<String>,
+}
+
+/// Serialized records to write (see [`World::take_rows`]).
+pub struct Rows {
+    therapists: Table,
+    searches: Table,
+    inquiries: Table,
+    /// Per changed inquiry: its patients (joined) and its therapist.
+    patients: Vec<String>,
+    therapist_ids: Vec<String>,
+}
+
+impl Rows {
+    /// Writes the rows: whole records, one statement per table and kind.
+    pub async fn write(self, db: &mut PgConnection) -> Result<(), sqlx::Error> {
+        upsert(db, "therapists", "therapist_id", &self.therapists).await?;
+        upsert(db, "searches", "patient_id", &self.searches).await?;
+        let inquiries = &self.inquiries;
+        if !inquiries.ids.is_empty() {
             sqlx::query(
                 "INSERT INTO matcher.inquiries (inquiry_id, therapist_id, patient_ids, state)
                  SELECT i, t, string_to_array(p, E'\\x1f'), s::jsonb
@@ -569,16 +596,16 @@ impl World {
                  ON CONFLICT (inquiry_id) DO UPDATE
                     SET patient_ids = EXCLUDED.patient_ids, state = EXCLUDED.state, updated_at = now()",
             )
-            .bind(&ids)
-            .bind(&therapists)
-            .bind(&patients)
-            .bind(&states)
+            .bind(&inquiries.ids)
+            .bind(&self.therapist_ids)
+            .bind(&self.patients)
+            .bind(&inquiries.states)
             .execute(&mut *db)
             .await?;
         }
-        if !gone.is_empty() {
+        if !inquiries.gone.is_empty() {
             sqlx::query("DELETE FROM matcher.inquiries WHERE inquiry_id = ANY($1)")
-                .bind(&gone)
+                .bind(&inquiries.gone)
                 .execute(&mut *db)
                 .await?;
         }
@@ -592,38 +619,28 @@ fn json<T: Serialize>(record: &T) -> String {
 
 /// Upserts the present records and deletes the absent ones of a table
 /// keyed by `key` with a `state` column.
-async fn upsert<'a>(
+async fn upsert(
     db: &mut PgConnection,
     table: &str,
     key: &str,
-    rows: impl Iterator<Item = (&'a String, Option<String>)>,
+    rows: &Table,
 ) -> Result<(), sqlx::Error> {
-    let (mut ids, mut states, mut gone) = (vec![], vec![], vec![]);
-    for (id, state) in rows {
-        match state {
-            Some(state) => {
-                ids.push(id.clone());
-                states.push(state);
-            }
-            None => gone.push(id.clone()),
-        }
-    }
-    if !ids.is_empty() {
+    if !rows.ids.is_empty() {
         sqlx::query(&format!(
             "INSERT INTO matcher.{table} ({key}, state)
              SELECT k, s::jsonb FROM UNNEST($1::text[], $2::text[]) AS u(k, s)
              ON CONFLICT ({key}) DO UPDATE SET state = EXCLUDED.state, updated_at = now()"
         ))
-        .bind(&ids)
-        .bind(&states)
+        .bind(&rows.ids)
+        .bind(&rows.states)
         .execute(&mut *db)
         .await?;
     }
-    if !gone.is_empty() {
+    if !rows.gone.is_empty() {
         sqlx::query(&format!(
             "DELETE FROM matcher.{table} WHERE {key} = ANY($1)"
         ))
-        .bind(&gone)
+        .bind(&rows.gone)
         .execute(&mut *db)
         .await?;
     }
