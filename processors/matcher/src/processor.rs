@@ -157,11 +157,10 @@ impl Matcher {
             "patient.registered" | "patient.updated" | "patient.search_status_changed" => {
                 let profile = p["profile"].clone();
                 let requested = text(&profile["status"]);
-                let was_paused = world
-                    .searches
-                    .get(&id)
-                    .is_some_and(|s| s.status == "PAUSED");
-                let mut search = world.searches.get(&id).cloned().unwrap_or(SearchRecord {
+                // Taken out and put back below: no copy of the old profile.
+                let stored = world.searches.remove(&id);
+                let was_paused = stored.as_ref().is_some_and(|s| s.status == "PAUSED");
+                let mut search = stored.unwrap_or(SearchRecord {
                     profile: Value::Null,
                     status: "ACTIVE".into(),
                     placed: None,
