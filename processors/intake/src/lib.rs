@@ -27,7 +27,6 @@ const EVENTS: &str = "patient-events";
 pub struct Intake;
 
 /// A stored patient.
-#[derive(Clone)]
 struct Stored {
     details: Value,
     status: String,
@@ -41,9 +40,14 @@ type Row = (Value, String, Option<f64>, Option<f64>, i32);
 type KeyedRow = (String, Value, String, Option<f64>, Option<f64>, i32);
 
 async fn load(ctx: &mut Context<'_>, patient_id: &str) -> Result<Option<Stored>, ProcessError> {
-    if let Some(known) = prefetched(ctx, patient_id) {
-        return Ok(known.stored);
+    match prefetched(ctx, patient_id) {
+        Some(known) => Ok(known.stored),
+        None => select(ctx, patient_id).await,
     }
+}
+
+/// The stored patient, read (and locked) now.
+async fn select(ctx: &mut Context<'_>, patient_id: &str) -> Result<Option<Stored>, ProcessError> {
     let row: Option<Row> = sqlx::query_as(
         "SELECT details, status, latitude, longitude, geocode_sequence
            FROM intake.patients WHERE patient_id = $1 FOR UPDATE",
@@ -80,7 +84,6 @@ struct Batch {
 }
 
 /// A patient as the batch found it.
-#[derive(Clone)]
 struct Known {
     erased: bool,
     stored: Option<Stored>,
@@ -92,6 +95,18 @@ fn prefetched(ctx: &mut Context<'_>, patient_id: &str) -> Option<Known> {
     let batch = ctx.scratch::<Batch>();
     let first = batch.touched.insert(patient_id.to_string());
     first.then(|| batch.patients.remove(patient_id)).flatten()
+}
+
+/// A patient's home position in a geocoding result: its request and the
+/// position, rounded; `None` for anything else (a failure, travel times, a
+/// practice's position, a position that is none).
+fn home_position(record: &Incoming) -> Option<(&str, (f64, f64))> {
+    let request = record.payload["request_id"].as_str()?;
+    if record.event_type() != "geocoding.address_geocoded" || !request.starts_with("patient-") {
+        return None;
+    }
+    let (lat, lon) = position_of(&record.payload["position"]).ok()??;
+    Some((request, (rounded(lat), rounded(lon))))
 }
 
 /// Rounds a position to 3 decimals (about 100 m): enough for matching,
@@ -198,7 +213,7 @@ impl Intake {
                 .fetch_optional(ctx.db())
                 .await?
                 .is_some(),
-                stored: load(ctx, &patient_id).await?,
+                stored: select(ctx, &patient_id).await?,
             },
         };
         if known.erased {
@@ -243,21 +258,15 @@ impl Intake {
                 // The patient's key (made unless the publisher made one)
                 // and the record in one round trip.
                 let request = format!("patient-{patient_id}-1");
-                let key: Vec<u8> = sqlx::query_scalar(
-                    "WITH made AS (
-                         INSERT INTO keystore.patient_keys (patient_id, key) VALUES ($1, $4)
-                         ON CONFLICT (patient_id) DO NOTHING RETURNING key),
-                     patient AS (
+                let key: Vec<u8> = sqlx::query_scalar(&sealed::key_made_or_found(&[
+                    "patient AS (
                          INSERT INTO intake.patients (patient_id, details, status, geocode_request, geocode_sequence)
-                         VALUES ($1, $2, 'ACTIVE', $3, 1))
-                     SELECT key FROM made
-                     UNION ALL SELECT key FROM keystore.patient_keys WHERE patient_id = $1
-                     LIMIT 1",
-                )
+                         VALUES ($1, $3, 'ACTIVE', $4, 1))",
+                ]))
                 .bind(&patient_id)
+                .bind(sealed::new_key())
                 .bind(&details)
                 .bind(&request)
-                .bind(sealed::new_key())
                 .fetch_one(ctx.db())
                 .await?;
                 request_geocode(ctx, &request, &key, &patient_id, &details)?;
@@ -414,9 +423,7 @@ impl Intake {
         if !request_id.starts_with("patient-") {
             return Ok(());
         }
-        let Some((lat, lon)) =
-            position.filter(|_| record.event_type() == "geocoding.address_geocoded")
-        else {
+        let Some((_, position)) = home_position(record) else {
             let patient: Option<String> = sqlx::query_scalar(
                 "SELECT patient_id FROM intake.patients WHERE geocode_request = $1",
             )
@@ -431,12 +438,11 @@ impl Intake {
         // Folded in at the start of the batch (see `begin_batch`) where
         // the request was still the patient's: none for an erased patient
         // or a superseded address.
-        let (lat, lon) = (rounded(lat), rounded(lon));
         let row = ctx.scratch::<Batch>().folded.remove(request_id);
         let Some((patient_id, details, status)) = row else {
             return Ok(());
         };
-        let profile = profile(&patient_id, &details, &status, Some((lat, lon)), ctx.now());
+        let profile = profile(&patient_id, &details, &status, Some(position), ctx.now());
         ctx.emit(
             EVENTS,
             "patient.updated",
@@ -511,22 +517,14 @@ impl Processor for Intake {
             batch.scratch::<Batch>().patients = patients;
         }
 
-        // The positions `geocoded` accepts, the first of each request.
+        // The first position of each request.
         let mut seen = HashSet::new();
         let (mut requests, mut lats, mut lons) = (Vec::new(), Vec::new(), Vec::new());
-        for record in records
-            .iter()
-            .filter(|r| r.event_type() == "geocoding.address_geocoded")
-        {
-            let request = record.payload["request_id"].as_str().unwrap_or_default();
-            if let (true, Ok(Some((lat, lon)))) = (
-                request.starts_with("patient-"),
-                position_of(&record.payload["position"]),
-            ) && seen.insert(request)
-            {
+        for (request, (lat, lon)) in records.iter().filter_map(|r| home_position(r)) {
+            if seen.insert(request) {
                 requests.push(request);
-                lats.push(rounded(lat));
-                lons.push(rounded(lon));
+                lats.push(lat);
+                lons.push(lon);
             }
         }
         if !requests.is_empty() {

@@ -633,12 +633,7 @@ impl Matcher {
 
     /// Runs the searches of the batch: one pass of the rules per search,
     /// then inquiries composed over all of them together.
-    fn match_searches(
-        &self,
-        world: &mut World,
-        now: DateTime<Utc>,
-        batch: &mut Outputs,
-    ) -> Result<(), ProcessError> {
+    fn match_searches(&self, world: &mut World, now: DateTime<Utc>, outputs: &mut Outputs) {
         self.near_changes(world);
         let mut order: Vec<(DateTime<Utc>, String)> = std::mem::take(&mut world.to_match)
             .into_iter()
@@ -745,17 +740,17 @@ impl Matcher {
                 .get(&inquiry.therapist_id)
                 .map(TherapistRecord::recipient)
                 .unwrap_or(Value::Null);
-            batch.emit(
+            outputs.emit(
                 EVENTS,
                 "matching.inquiry_created",
                 json!({"inquiry_id": id, "therapist_id": inquiry.therapist_id, "patients": summaries}),
-            )?;
-            batch.emit(
+            );
+            outputs.emit(
                 "email-commands",
                 "email.send_inquiry",
                 json!({"inquiry_id": id, "therapist_id": inquiry.therapist_id, "recipient": recipient,
                        "patients": summaries}),
-            )?;
+            );
             // The explanation marks the practice (all its members) chosen.
             let members: Vec<String> = world.members_of(&inquiry.email);
             for patient in &inquiry.patients {
@@ -797,11 +792,11 @@ impl Matcher {
                 picked.map(Vec::as_slice).unwrap_or(&[]),
                 limit,
             );
-            batch.emit(
+            outputs.emit(
                 EVENTS,
                 "matching.candidates_evaluated",
                 json!({"patient_id": patient, "run_id": run_id, "decisions": decisions}),
-            )?;
+            );
         }
 
         for (patient, therapists) in travel_requests {
@@ -824,23 +819,23 @@ impl Matcher {
                 .iter()
                 .map(|slot| world.index.at(*slot).id.clone())
                 .collect();
-            batch.emit(
+            outputs.emit(
                 "geocoding-requests",
                 "geocoding.compute_travel_times",
                 json!({"request_id": request_id, "mode": search.profile["transport"],
                        "origin": {"latitude": home.0, "longitude": home.1}, "destinations": destinations}),
-            )?;
+            );
             search.travel_request = Some((request_id, asked));
             world.put_search(&patient, search);
         }
 
         for (patient, considered) in exhausted {
             world.update_search(&patient, |s| s.exhausted = true);
-            batch.emit(
+            outputs.emit(
                 EVENTS,
                 "matching.search_exhausted",
                 json!({"patient_id": patient, "candidates_considered": considered}),
-            )?;
+            );
             self.count("search_exhausted", 1);
         }
         tracing::debug!(
@@ -851,13 +846,12 @@ impl Matcher {
         );
         for (patient, reason) in std::mem::take(&mut world.pending_pause) {
             let open = world.open_by_patient.get(&patient).map_or(0, |o| o.len());
-            batch.emit(
+            outputs.emit(
                 EVENTS,
                 "matching.search_paused",
                 json!({"patient_id": patient, "reason": reason, "open_inquiries": open}),
-            )?;
+            );
         }
-        Ok(())
     }
 }
 
@@ -867,14 +861,8 @@ impl Matcher {
 struct Outputs(Vec<(&'static str, &'static str, Value)>);
 
 impl Outputs {
-    fn emit(
-        &mut self,
-        topic: &'static str,
-        event_type: &'static str,
-        payload: Value,
-    ) -> Result<(), ProcessError> {
+    fn emit(&mut self, topic: &'static str, event_type: &'static str, payload: Value) {
         self.0.push((topic, event_type, payload));
-        Ok(())
     }
 }
 
@@ -1245,25 +1233,20 @@ impl Processor for Matcher {
         let now = batch.now();
         let mut outputs = Outputs::default();
         let handle = tokio::runtime::Handle::current();
-        let (matched, written) =
-            if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-                let db = batch.db();
-                let world = &mut *world;
-                tokio::task::block_in_place(|| {
-                    std::thread::scope(|scope| {
-                        let writer = scope.spawn(|| handle.block_on(early.write(db)));
-                        let matched = self.match_searches(world, now, &mut outputs);
-                        (
-                            matched,
-                            writer.join().expect("the writing thread does not panic"),
-                        )
-                    })
+        let written = if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            let db = batch.db();
+            let world = &mut *world;
+            tokio::task::block_in_place(|| {
+                std::thread::scope(|scope| {
+                    let writer = scope.spawn(|| handle.block_on(early.write(db)));
+                    self.match_searches(world, now, &mut outputs);
+                    writer.join().expect("the writing thread does not panic")
                 })
-            } else {
-                let matched = self.match_searches(&mut world, now, &mut outputs);
-                (matched, early.write(batch.db()).await)
-            };
-        matched?;
+            })
+        } else {
+            self.match_searches(&mut world, now, &mut outputs);
+            early.write(batch.db()).await
+        };
         written?;
         let matched = started.elapsed();
         world.flush(batch.db()).await?;

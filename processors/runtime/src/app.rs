@@ -1358,42 +1358,25 @@ const CHUNK_OUTPUTS: usize = 500;
 type Chunk = Result<Vec<Outgoing>, BatchError>;
 
 /// A batch's outputs, encoded in order, in chunks as they are ready.
-struct Chunks {
+enum Chunks {
     /// Encoded on the batch's own thread (few outputs).
-    ready: Option<Chunk>,
-    /// Chunks from the encoding threads, by position, as they come.
-    arriving: Option<tokio::sync::mpsc::UnboundedReceiver<(usize, Chunk)>>,
-    /// Chunks that arrived before one ahead of them.
-    early: BTreeMap<usize, Chunk>,
-    next: usize,
-    count: usize,
+    Ready(Option<Chunk>),
+    /// From the encoding threads, one receiver per chunk, in order.
+    Arriving(std::vec::IntoIter<tokio::sync::oneshot::Receiver<Chunk>>),
 }
 
 impl Chunks {
     /// The next chunk in order; `None` after the last.
     async fn next(&mut self) -> Option<Chunk> {
-        if let Some(ready) = self.ready.take() {
-            return Some(ready);
-        }
-        let arriving = self.arriving.as_mut()?;
-        while self.next < self.count {
-            if let Some(chunk) = self.early.remove(&self.next) {
-                self.next += 1;
-                return Some(chunk);
-            }
-            match arriving.recv().await {
-                Some((position, chunk)) => {
-                    self.early.insert(position, chunk);
-                }
-                None => {
-                    self.next = self.count;
-                    return Some(Err(BatchError::Transient(
-                        "an encoding thread stopped".into(),
-                    )));
-                }
+        match self {
+            Chunks::Ready(chunk) => chunk.take(),
+            Chunks::Arriving(receivers) => {
+                let chunk = receivers.next()?.await;
+                Some(chunk.unwrap_or_else(|_| {
+                    Err(BatchError::Transient("an encoding thread stopped".into()))
+                }))
             }
         }
-        None
     }
 }
 
@@ -1446,41 +1429,34 @@ async fn encode_all<P: Processor>(
         producer: shared.processor.name(),
         now,
     };
-    let mut chunks = Chunks {
-        ready: None,
-        arriving: None,
-        early: BTreeMap::new(),
-        next: 0,
-        count: 0,
-    };
     if pending.len() < PARALLEL_OUTPUTS {
-        chunks.ready = Some(pending.into_iter().map(|p| encoder.encode(p)).collect());
-        return Ok(chunks);
+        let chunk = pending.into_iter().map(|p| encoder.encode(p)).collect();
+        return Ok(Chunks::Ready(Some(chunk)));
     }
     // Two lanes take every other chunk, so the first chunks are ready first.
-    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-    let mut lanes: [Vec<(usize, Vec<Pending>)>; 2] = [Vec::new(), Vec::new()];
+    let mut receivers = Vec::new();
+    let mut lanes: [Vec<_>; 2] = [Vec::new(), Vec::new()];
     let mut pending = pending.into_iter().peekable();
     while pending.peek().is_some() {
-        let position = chunks.count;
-        lanes[position % 2].push((position, pending.by_ref().take(CHUNK_OUTPUTS).collect()));
-        chunks.count += 1;
+        let (sender, receiver) = tokio::sync::oneshot::channel::<Chunk>();
+        let chunk: Vec<Pending> = pending.by_ref().take(CHUNK_OUTPUTS).collect();
+        lanes[receivers.len() % 2].push((sender, chunk));
+        receivers.push(receiver);
     }
     for lane in lanes {
-        let (sender, encoder) = (sender.clone(), encoder.clone());
+        let encoder = encoder.clone();
         tokio::task::spawn_blocking(move || {
-            for (position, chunk) in lane {
+            for (sender, chunk) in lane {
                 let encoded: Chunk = chunk.into_iter().map(|p| encoder.encode(p)).collect();
                 let failed = encoded.is_err();
                 // The batch stops reading at the first failure.
-                if sender.send((position, encoded)).is_err() || failed {
+                if sender.send(encoded).is_err() || failed {
                     break;
                 }
             }
         });
     }
-    chunks.arriving = Some(receiver);
-    Ok(chunks)
+    Ok(Chunks::Arriving(receivers.into_iter()))
 }
 
 /// What encoding a batch's outputs needs, shared by the encoding threads.

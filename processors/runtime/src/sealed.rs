@@ -74,6 +74,26 @@ pub fn open(key_bytes: &[u8], patient: &str, sealed: &str) -> Result<Value, Seal
     serde_json::from_slice(plain).map_err(|_| corrupt())
 }
 
+/// The statement that makes patient `$1` the key `$2` unless the patient
+/// has one, and yields the patient's key, in one round trip. `with` are
+/// the caller's own common table expressions (parameters from `$3`), run
+/// in the same statement.
+pub fn key_made_or_found(with: &[&str]) -> String {
+    let mut parts = vec![
+        "made AS (INSERT INTO keystore.patient_keys (patient_id, key) VALUES ($1, $2)
+                  ON CONFLICT (patient_id) DO NOTHING RETURNING key)",
+    ];
+    parts.extend(with);
+    // The statement's snapshot does not see the row it inserts, so exactly
+    // one branch yields the key.
+    format!(
+        "WITH {} SELECT key FROM made
+         UNION ALL SELECT key FROM keystore.patient_keys WHERE patient_id = $1
+         LIMIT 1",
+        parts.join(", ")
+    )
+}
+
 /// The patient's key; with `create`, one is made if there is none.
 pub async fn key_of(
     db: &mut PgConnection,
@@ -81,20 +101,11 @@ pub async fn key_of(
     create: bool,
 ) -> Result<Option<Vec<u8>>, sqlx::Error> {
     if create {
-        // One round trip: the statement's snapshot does not see the row it
-        // inserts, so exactly one branch yields the key.
-        return sqlx::query_scalar(
-            "WITH made AS (
-                 INSERT INTO keystore.patient_keys (patient_id, key) VALUES ($1, $2)
-                 ON CONFLICT (patient_id) DO NOTHING RETURNING key)
-             SELECT key FROM made
-             UNION ALL SELECT key FROM keystore.patient_keys WHERE patient_id = $1
-             LIMIT 1",
-        )
-        .bind(patient)
-        .bind(new_key())
-        .fetch_optional(&mut *db)
-        .await;
+        return sqlx::query_scalar(&key_made_or_found(&[]))
+            .bind(patient)
+            .bind(new_key())
+            .fetch_optional(&mut *db)
+            .await;
     }
     sqlx::query_scalar("SELECT key FROM keystore.patient_keys WHERE patient_id = $1")
         .bind(patient)
