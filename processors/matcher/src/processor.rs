@@ -8,22 +8,28 @@
 //! Batches take turns on one row lock (`matcher.world`): matching weighs
 //! every search against every practice, so replicas of the matcher share
 //! the load by turns and stay consistent; a replica whose memory is behind
-//! the committed version reloads it.
+//! the committed version reloads it. Within a process, a batch may start
+//! from the memory while the batch before it is still encoding and
+//! committing its outputs: it takes the row lock only to write, and runs
+//! again from the stored state if that batch did not commit.
 
 use crate::index::Found;
 use crate::inquiries::{self, Search};
 use crate::rules::{self, Rule, Verdict};
-use crate::state::{InquiryRecord, SearchRecord, TherapistRecord, World, coordinates};
+use crate::state::{
+    InquiryRecord, Outcome, SearchRecord, TherapistRecord, Version, World, coordinates,
+};
 use chrono::{DateTime, Duration, Utc};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts};
 use psymatch_runtime::config::Vars;
 use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::processor::{
-    BatchContext, Context, Incoming, ProcessError, Processor, invalid_event, position_of,
+    BatchContext, Context, Incoming, ProcessError, Processor, Scratch, invalid_event, position_of,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use tokio::sync::Mutex;
+use std::sync::Arc;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 const EVENTS: &str = "matching-events";
 /// More therapists changed in one batch than this: every active search runs
@@ -94,6 +100,10 @@ struct Metrics {
 pub struct Matcher {
     config: MatcherConfig,
     world: Mutex<World>,
+    /// A batch's turn on the memory in this process, from its start to the
+    /// end of its matching; its writes follow under the row lock, which
+    /// holds batches (and replicas) apart until each commits.
+    turns: Arc<Mutex<()>>,
     metrics: Metrics,
 }
 
@@ -103,6 +113,7 @@ impl Matcher {
         Matcher {
             config,
             world: Mutex::new(World::default()),
+            turns: Arc::new(Mutex::new(())),
             metrics: Metrics {
                 decisions: IntCounterVec::new(
                     Opts::new(
@@ -871,6 +882,31 @@ impl Outputs {
 struct Turn {
     /// Every record of the batch is [`inert`]: no lock, no matching.
     idle: bool,
+    /// Held from the start of the batch to the end of its matching.
+    turn: Option<OwnedMutexGuard<()>>,
+    /// The batch holds the row lock since its start; otherwise it takes it
+    /// to write, and checks then that the state is still the one it
+    /// started from.
+    locked: bool,
+    /// The version this batch wrote, settled when its transaction ends.
+    wrote: Option<Arc<Outcome>>,
+}
+
+impl Drop for Turn {
+    /// A batch dropped before the runtime reported its commit failed (or
+    /// was given up): the memory it leaves is not the stored state.
+    fn drop(&mut self) {
+        if let Some(outcome) = self.wrote.take() {
+            outcome.settle(false);
+        }
+    }
+}
+
+/// The stored version, locked until the batch's transaction ends.
+async fn lock_version(db: &mut sqlx::PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT version FROM matcher.world FOR UPDATE")
+        .fetch_one(db)
+        .await
 }
 
 /// A record that changes nothing the matcher keeps: a geocoding result
@@ -1169,26 +1205,36 @@ impl Processor for Matcher {
             batch.scratch::<Turn>().idle = true;
             return Ok(());
         }
-        // Batches take turns: the lock is held until this batch commits.
-        let version: i64 = sqlx::query_scalar("SELECT version FROM matcher.world FOR UPDATE")
-            .fetch_one(batch.db())
-            .await?;
+        let turn = self.turns.clone().lock_owned().await;
         let mut world = self.world.lock().await;
-        if world.version != Some(version) {
-            let started = std::time::Instant::now();
-            *world = World::load(batch.db(), version).await?;
-            tracing::info!(
-                version,
-                therapists = world.therapists.len(),
-                searches = world.searches.len(),
-                inquiries = world.inquiries.len(),
-                seconds = started.elapsed().as_secs_f64(),
-                "matcher state loaded"
-            );
-        }
-        // Until this batch finishes, the memory is ahead of the database.
-        world.version = None;
-        world.base = version;
+        // The batch before is still committing: go on from what it wrote
+        // in memory; the row lock, taken to write, tells whether it did.
+        let (base, locked) = match world.version.in_flight() {
+            Some(written) => (written, false),
+            None => {
+                // Batches take turns: the lock is held until this batch commits.
+                let version = lock_version(batch.db()).await?;
+                if world.version.committed() != Some(version) {
+                    let started = std::time::Instant::now();
+                    *world = World::load(batch.db(), version).await?;
+                    tracing::info!(
+                        version,
+                        therapists = world.therapists.len(),
+                        searches = world.searches.len(),
+                        inquiries = world.inquiries.len(),
+                        seconds = started.elapsed().as_secs_f64(),
+                        "matcher state loaded"
+                    );
+                }
+                (version, true)
+            }
+        };
+        // Until this batch has written, the memory is ahead of the database.
+        world.version = Version::Unknown;
+        world.base = base;
+        let scratch = batch.scratch::<Turn>();
+        scratch.turn = Some(turn);
+        scratch.locked = locked;
         Ok(())
     }
 
@@ -1220,51 +1266,31 @@ impl Processor for Matcher {
     }
 
     async fn finish_batch(&self, batch: &mut BatchContext<'_>) -> Result<(), ProcessError> {
-        if batch.scratch::<Turn>().idle {
+        let (idle, locked) = {
+            let turn = batch.scratch::<Turn>();
+            (turn.idle, turn.locked)
+        };
+        if idle {
             return Ok(());
         }
         let mut world = self.world.lock().await;
         let started = std::time::Instant::now();
         let searches = world.to_match.len();
-        // What the records changed is written while the searches run (on
-        // a thread of its own; a runtime on one thread does one after the
-        // other), then what the matching changed.
-        let early = world.take_rows();
+        let base = world.base;
         let now = batch.now();
         let mut outputs = Outputs::default();
         let handle = tokio::runtime::Handle::current();
-        let written = if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-            let db = batch.db();
-            let world = &mut *world;
-            tokio::task::block_in_place(|| {
-                std::thread::scope(|scope| {
-                    let writer = scope.spawn(|| handle.block_on(early.write(db)));
-                    self.match_searches(world, now, &mut outputs);
-                    writer.join().expect("the writing thread does not panic")
-                })
-            })
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            // The searches take two threads for a while: this one is lent.
+            tokio::task::block_in_place(|| self.match_searches(&mut world, now, &mut outputs));
         } else {
             self.match_searches(&mut world, now, &mut outputs);
-            early.write(batch.db()).await
-        };
-        written?;
-        let matched = started.elapsed();
-        world.flush(batch.db()).await?;
-        for (topic, event_type, payload) in outputs.0 {
-            batch.emit(topic, event_type, payload)?;
         }
-        tracing::debug!(
-            searches,
-            match_seconds = matched.as_secs_f64(),
-            seconds = started.elapsed().as_secs_f64(),
-            "batch matched and written"
-        );
+        let matched = started.elapsed();
+        // What the records and the matching changed, serialized: written
+        // below, after the turn.
+        let rows = world.take_rows();
         let next = world.base + 1;
-        sqlx::query("UPDATE matcher.world SET version = $1")
-            .bind(next)
-            .execute(batch.db())
-            .await?;
-        world.version = Some(next);
         let mut by_status: BTreeMap<&str, i64> = ["ACTIVE", "PAUSED", "PLACED", "CANCELLED"]
             .into_iter()
             .map(|status| (status, 0))
@@ -1277,7 +1303,48 @@ impl Processor for Matcher {
         for (status, n) in by_status {
             self.metrics.searches.with_label_values(&[status]).set(n);
         }
+        let outcome = Arc::new(Outcome::default());
+        world.version = Version::Written(next, outcome.clone());
+        drop(world);
+        // The next batch may start now, while this one writes, encodes its
+        // outputs and commits: it waits for the row lock only to write, and
+        // runs again if this batch fails.
+        let turn = batch.scratch::<Turn>();
+        turn.wrote = Some(outcome);
+        turn.turn = None;
+        if !locked {
+            // Started from a version not yet committed: still the stored one?
+            let stored = lock_version(batch.db()).await?;
+            if stored != base {
+                // The batch before did not commit, or another replica's did:
+                // the memory is not what is stored. The retry reloads.
+                return Err(ProcessError::Transient(format!(
+                    "the matcher's state is at version {stored}, this batch started from {base}; \
+                     it runs again from the stored state"
+                )));
+            }
+        }
+        rows.write(batch.db()).await?;
+        sqlx::query("UPDATE matcher.world SET version = $1")
+            .bind(next)
+            .execute(batch.db())
+            .await?;
+        for (topic, event_type, payload) in outputs.0 {
+            batch.emit(topic, event_type, payload)?;
+        }
+        tracing::debug!(
+            searches,
+            match_seconds = matched.as_secs_f64(),
+            seconds = started.elapsed().as_secs_f64(),
+            "batch matched and written"
+        );
         Ok(())
+    }
+
+    fn batch_committed(&self, scratch: &mut Scratch) {
+        if let Some(outcome) = scratch.get::<Turn>().wrote.take() {
+            outcome.settle(true);
+        }
     }
 
     fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {

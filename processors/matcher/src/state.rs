@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// A therapist as the matcher stores it: the directory's facts and the
 /// decisions of people, kept apart so a scrape never undoes a decision.
@@ -264,12 +266,75 @@ pub struct Dirty {
     pub inquiries: BTreeSet<String>,
 }
 
+/// Which stored version of the state the memory reflects.
+#[derive(Debug, Default)]
+pub enum Version {
+    /// None known: a batch is open, or one failed after changing the
+    /// memory. The next batch reloads unless it follows an open one.
+    #[default]
+    Unknown,
+    /// This version, committed.
+    Committed(i64),
+    /// This version, written by a batch whose transaction may not have
+    /// ended yet: the next batch may go on from it in memory and learns
+    /// whether it was committed when it takes the lock on the stored state.
+    Written(i64, Arc<Outcome>),
+}
+
+impl Version {
+    /// The committed version the memory is known to reflect.
+    pub fn committed(&self) -> Option<i64> {
+        match self {
+            Version::Committed(v) => Some(*v),
+            Version::Written(v, outcome) if outcome.get() == Some(true) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// The version written by a batch whose transaction is still open.
+    pub fn in_flight(&self) -> Option<i64> {
+        match self {
+            Version::Written(v, outcome) if outcome.get().is_none() => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the transaction of a batch committed: open until it ends.
+#[derive(Debug, Default)]
+pub struct Outcome(AtomicU8);
+
+impl Outcome {
+    const COMMITTED: u8 = 1;
+    const FAILED: u8 = 2;
+
+    /// Records the end of the transaction (the first report counts).
+    pub fn settle(&self, committed: bool) {
+        let value = if committed {
+            Outcome::COMMITTED
+        } else {
+            Outcome::FAILED
+        };
+        let _ = self
+            .0
+            .compare_exchange(0, value, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// `Some(committed)` once the transaction ended.
+    pub fn get(&self) -> Option<bool> {
+        match self.0.load(Ordering::Acquire) {
+            Outcome::COMMITTED => Some(true),
+            Outcome::FAILED => Some(false),
+            _ => None,
+        }
+    }
+}
+
 /// Everything the matcher knows, in memory.
 #[derive(Debug, Default)]
 pub struct World {
-    /// The committed version the memory reflects; `None` while a batch is
-    /// open (a batch that never finishes leaves the memory suspect).
-    pub version: Option<i64>,
+    /// Which stored version the memory reflects.
+    pub version: Version,
     /// The version the open batch started from.
     pub base: i64,
     /// Therapists by id.
@@ -313,7 +378,7 @@ impl World {
     /// Loads the state committed at `version`.
     pub async fn load(db: &mut PgConnection, version: i64) -> Result<World, sqlx::Error> {
         let mut world = World {
-            version: Some(version),
+            version: Version::Committed(version),
             base: version,
             ..World::default()
         };
@@ -520,12 +585,6 @@ impl World {
             .filter_map(|id| self.inquiries.get(id))
             .map(|i| i.patients.len())
             .sum()
-    }
-
-    /// Writes what the batch changed: whole records, one statement per
-    /// table and kind.
-    pub async fn flush(&mut self, db: &mut PgConnection) -> Result<(), sqlx::Error> {
-        self.take_rows().write(db).await
     }
 
     /// The rows of what changed since the last call, serialized now: they

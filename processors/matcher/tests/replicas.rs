@@ -7,9 +7,13 @@
 //! committed (disabling the reload makes it fail).
 
 use psymatch_matcher::{Matcher, MatcherConfig};
-use psymatch_runtime::testing::{Running, TestBed, fresh_database, of_type, run_batch};
+use psymatch_runtime::processor::ProcessError;
+use psymatch_runtime::testing::{
+    Running, TestBed, fresh_database, of_type, open_batch, run_batch, wait_until,
+};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Fewer places than patients want: 10 practices x 6 < 40 patients x 2, so
@@ -167,13 +171,6 @@ async fn a_replica_reloads_what_the_other_committed() {
     // B offers the first half of the patients: 20 x 2 of the 60 places.
     let first: Vec<Value> = (0..PATIENTS / 2).map(registered).collect();
     let offered_by_b = run_batch(&b, &pool, "patient-events", &first).await;
-    let places = |emitted: &[(String, String, Value)]| -> usize {
-        emitted
-            .iter()
-            .filter(|(_, t, _)| t == "email.send_inquiry")
-            .map(|(_, _, p)| p["patients"].as_array().unwrap().len())
-            .sum()
-    };
     assert_eq!(places(&offered_by_b), PATIENTS / 2 * PER_PATIENT);
     // A's memory still has none of them: it must reload before matching
     // the second half, which then gets only the 20 places left.
@@ -185,6 +182,114 @@ async fn a_replica_reloads_what_the_other_committed() {
     );
     let stored = stored_per_practice(&pool).await;
     assert_eq!(stored, vec![6; PRACTICES], "six per practice, none beyond");
+}
+
+/// Places offered by the inquiry emails among `emitted`.
+fn places(emitted: &[(String, String, Value)]) -> usize {
+    emitted
+        .iter()
+        .filter(|(_, t, _)| t == "email.send_inquiry")
+        .map(|(_, _, p)| p["patients"].as_array().unwrap().len())
+        .sum()
+}
+
+/// One matcher; its batch of the first half of the patients has written
+/// but not committed; its batch of the second half starts from that
+/// memory (without waiting) and is spawned: it waits for the row lock to
+/// write. Returns the matcher, the first batch (still open) and the
+/// second's task, once the second waits for the lock.
+async fn one_batch_behind_another(
+    pool: &sqlx::PgPool,
+) -> (
+    Arc<Matcher>,
+    psymatch_runtime::testing::OpenBatch,
+    tokio::task::JoinHandle<Result<Vec<(String, String, Value)>, ProcessError>>,
+) {
+    let matcher = Arc::new(Matcher::new(MatcherConfig {
+        per_patient: PER_PATIENT,
+        ..MatcherConfig::default()
+    }));
+    let practices: Vec<Value> = (0..PRACTICES).map(discovered).collect();
+    run_batch(&*matcher, pool, "therapist-events", &practices).await;
+    let first: Vec<Value> = (0..PATIENTS / 2).map(registered).collect();
+    let open = open_batch(&*matcher, pool, "patient-events", &first)
+        .await
+        .expect("the first batch runs");
+    let second: Vec<Value> = (PATIENTS / 2..PATIENTS).map(registered).collect();
+    let (behind, db) = (Arc::clone(&matcher), pool.clone());
+    let task = tokio::spawn(async move {
+        let batch = open_batch(&*behind, &db, "patient-events", &second).await?;
+        Ok(batch.commit(&*behind).await)
+    });
+    wait_until(
+        "the second batch waits for the row lock",
+        Duration::from_secs(30),
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                  WHERE wait_event_type = 'Lock' AND query LIKE '%FROM matcher.world FOR UPDATE%')",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    (matcher, open, task)
+}
+
+/// A batch that went on from the memory of a batch still committing gets
+/// the places that batch left, once it commits: the later batch need not
+/// wait for the earlier one's commit to start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_goes_on_from_one_still_committing() {
+    let (pool, _) = fresh_database().await;
+    let (matcher, first, second) = one_batch_behind_another(&pool).await;
+    let offered_first = first.commit(&*matcher).await;
+    let offered_second = second.await.unwrap().expect("the second batch commits");
+    assert_eq!(places(&offered_first), PATIENTS / 2 * PER_PATIENT);
+    assert_eq!(
+        places(&offered_second),
+        PRACTICES * 6 - PATIENTS / 2 * PER_PATIENT,
+        "the second batch saw the first one's places taken"
+    );
+    assert_eq!(stored_per_practice(&pool).await, vec![6; PRACTICES]);
+}
+
+/// When the batch before fails at its commit, the batch that went on from
+/// its memory is refused with the reason and runs again from the stored
+/// state: its patients then get the places the failed batch had taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_after_one_that_failed_runs_again_from_the_stored_state() {
+    let (pool, _) = fresh_database().await;
+    let (matcher, first, second) = one_batch_behind_another(&pool).await;
+    first.roll_back().await;
+    let refused = second
+        .await
+        .unwrap()
+        .expect_err("the second batch is refused");
+    let ProcessError::Transient(reason) = refused else {
+        panic!("a refusal to retry, not {refused:?}");
+    };
+    assert!(
+        reason.contains("runs again from the stored state"),
+        "{reason}"
+    );
+    let second: Vec<Value> = (PATIENTS / 2..PATIENTS).map(registered).collect();
+    let offered = run_batch(&*matcher, &pool, "patient-events", &second).await;
+    assert_eq!(
+        places(&offered),
+        PATIENTS / 2 * PER_PATIENT,
+        "every place the failed batch had taken is free again"
+    );
+    let searches: Vec<String> =
+        sqlx::query_scalar("SELECT patient_id FROM matcher.searches ORDER BY patient_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut expected: Vec<String> = (PATIENTS / 2..PATIENTS).map(|n| format!("p-{n}")).collect();
+    expected.sort();
+    assert_eq!(searches, expected, "nothing of the failed batch is stored");
 }
 
 /// A practice's position can overtake its own discovery (geocoding results

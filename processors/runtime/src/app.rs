@@ -1298,6 +1298,7 @@ async fn process_batch<P: Processor>(
     lap(&mut phases.write);
     let commit = Instant::now();
     tx.commit().await?;
+    shared.processor.batch_committed(&mut scratch);
     shared
         .metrics
         .commit_seconds

@@ -60,6 +60,13 @@ pub trait Processor: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Called after the batch's transaction committed, with its
+    /// [`Scratch`]: what the batch wrote is now durable. A batch that
+    /// fails is not told here; its scratch is dropped.
+    fn batch_committed(&self, scratch: &mut Scratch) {
+        let _ = scratch;
+    }
+
     /// The processor's own metrics, served on `/metrics` beside the
     /// runtime's with the same `psymatch_` prefix and `processor` label.
     fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {

@@ -448,14 +448,7 @@ impl TestBed {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let until = tokio::time::Instant::now() + deadline;
-        while !check().await {
-            assert!(
-                tokio::time::Instant::now() < until,
-                "{what}: not reached within {deadline:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        wait_until(what, deadline, check).await
     }
 }
 
@@ -470,6 +463,56 @@ pub async fn run_batch<P: crate::processor::Processor>(
     topic: &str,
     records: &[serde_json::Value],
 ) -> Vec<(String, String, serde_json::Value)> {
+    open_batch(processor, pool, topic, records)
+        .await
+        .expect("the batch runs")
+        .commit(processor)
+        .await
+}
+
+/// A batch run up to its commit ([`open_batch`]): its transaction is still
+/// open, so a test decides whether it commits or fails, and when.
+pub struct OpenBatch {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    scratch: crate::processor::Scratch,
+    emitted: Vec<(String, String, crate::envelope::Envelope)>,
+}
+
+impl OpenBatch {
+    /// Commits the batch and tells `processor` (the one that ran it), as
+    /// the runtime does; returns what it emitted as (topic, event type,
+    /// payload).
+    pub async fn commit<P: crate::processor::Processor>(
+        mut self,
+        processor: &P,
+    ) -> Vec<(String, String, serde_json::Value)> {
+        self.tx.commit().await.expect("commit");
+        processor.batch_committed(&mut self.scratch);
+        self.emitted
+            .into_iter()
+            .map(|(topic, _, envelope)| {
+                let payload = crate::avro_json::to_json(&envelope.payload);
+                (topic, envelope.event_type, payload)
+            })
+            .collect()
+    }
+
+    /// Fails the batch at its commit: the transaction rolls back and the
+    /// processor's scratch is dropped, as when the runtime's commit fails.
+    pub async fn roll_back(self) {
+        self.tx.rollback().await.expect("rollback");
+    }
+}
+
+/// Runs `records` like [`run_batch`] up to the commit, which is left to the
+/// caller; an error of a hook or a record is returned (the transaction is
+/// rolled back then).
+pub async fn open_batch<P: crate::processor::Processor>(
+    processor: &P,
+    pool: &PgPool,
+    topic: &str,
+    records: &[serde_json::Value],
+) -> Result<OpenBatch, crate::processor::ProcessError> {
     use crate::processor::{Context, Incoming, Scratch};
     let contracts = crate::contracts::Contracts::embedded();
     let (spec, schema) = contracts.topic(topic).expect("a topic with a schema");
@@ -502,10 +545,7 @@ pub async fn run_batch<P: crate::processor::Processor>(
     let refs: Vec<&Incoming> = incoming.iter().collect();
     let name = processor.name();
     let mut batch = hook(&mut tx, pool, &mut scratch, name, now, batch_id, "begin");
-    processor
-        .begin_batch(&mut batch, &refs)
-        .await
-        .expect("begin_batch");
+    processor.begin_batch(&mut batch, &refs).await?;
     let settle = |deferred: crate::processor::Deferred| {
         deferred
             .settle(contracts, name, now)
@@ -524,23 +564,33 @@ pub async fn run_batch<P: crate::processor::Processor>(
             emitted: Vec::new(),
             tombstones: Vec::new(),
         };
-        processor.process(&mut ctx, record).await.expect("process");
+        processor.process(&mut ctx, record).await?;
         emitted.append(&mut ctx.emitted);
     }
     let mut batch = hook(&mut tx, pool, &mut scratch, name, now, batch_id, "finish");
-    processor
-        .finish_batch(&mut batch)
-        .await
-        .expect("finish_batch");
+    processor.finish_batch(&mut batch).await?;
     emitted.extend(batch.emitted.drain(..).map(settle));
-    tx.commit().await.expect("commit");
-    emitted
-        .into_iter()
-        .map(|(topic, _, envelope)| {
-            let payload = crate::avro_json::to_json(&envelope.payload);
-            (topic, envelope.event_type, payload)
-        })
-        .collect()
+    Ok(OpenBatch {
+        tx,
+        scratch,
+        emitted,
+    })
+}
+
+/// Polls `check` until it returns true, or panics after `deadline`.
+pub async fn wait_until<F, Fut>(what: &str, deadline: std::time::Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{what}: not reached within {deadline:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// The context of a batch hook, as the runtime builds it ([`run_batch`]).
