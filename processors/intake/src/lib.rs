@@ -81,12 +81,31 @@ struct Batch {
     /// Geocoding results folded in, by request id: the patient, details
     /// and status of the record they changed.
     folded: HashMap<String, (String, Value, String)>,
+    /// Registrations accepted, stored together at the end of the batch.
+    registered: Registered,
 }
 
 /// A patient as the batch found it.
 struct Known {
     erased: bool,
     stored: Option<Stored>,
+    /// The patient's key, if there is one (a publisher that sealed the
+    /// details made it).
+    key: Option<Vec<u8>>,
+    /// No other record of the batch is about this patient: a registration
+    /// can be stored at the end of the batch (no later record reads it).
+    alone: bool,
+}
+
+/// New patients of a batch, in columns: one statement stores them all.
+#[derive(Default)]
+struct Registered {
+    ids: Vec<String>,
+    details: Vec<Value>,
+    requests: Vec<String>,
+    /// The keys made in this batch (patients who had none).
+    keyed: Vec<String>,
+    keys: Vec<Vec<u8>>,
 }
 
 /// The patient as the batch found it, unless an earlier record of the
@@ -214,8 +233,11 @@ impl Intake {
                 .await?
                 .is_some(),
                 stored: select(ctx, &patient_id).await?,
+                key: None,
+                alone: false,
             },
         };
+        let (alone, key) = (known.alone, known.key);
         if known.erased {
             let reason =
                 format!("patient {patient_id} was erased; a new registration needs a new id");
@@ -255,27 +277,48 @@ impl Intake {
                 ctx.reject(EVENTS, ErrorCode::InvalidState, &reason)
             }
             (false, None) => {
-                // The patient's key (made unless the publisher made one)
-                // and the record in one round trip.
                 let request = format!("patient-{patient_id}-1");
-                let key: Vec<u8> = sqlx::query_scalar(&sealed::key_made_or_found(&[
-                    "patient AS (
-                         INSERT INTO intake.patients (patient_id, details, status, geocode_request, geocode_sequence)
-                         VALUES ($1, $3, 'ACTIVE', $4, 1))",
-                ]))
-                .bind(&patient_id)
-                .bind(sealed::new_key())
-                .bind(&details)
-                .bind(&request)
-                .fetch_one(ctx.db())
-                .await?;
+                // Alone in the batch: stored with its other registrations at
+                // its end (`Some(made a key)`). Otherwise now: the patient's
+                // key (made unless the publisher made one) and the record in
+                // one round trip.
+                let (key, deferred) = match (alone, key) {
+                    (true, Some(key)) => (key, Some(false)),
+                    (true, None) => (sealed::new_key(), Some(true)),
+                    (false, _) => {
+                        let key: Vec<u8> = sqlx::query_scalar(&sealed::key_made_or_found(&[
+                            "patient AS (
+                                 INSERT INTO intake.patients (patient_id, details, status, geocode_request, geocode_sequence)
+                                 VALUES ($1, $3, 'ACTIVE', $4, 1))",
+                        ]))
+                        .bind(&patient_id)
+                        .bind(sealed::new_key())
+                        .bind(&details)
+                        .bind(&request)
+                        .fetch_one(ctx.db())
+                        .await?;
+                        (key, None)
+                    }
+                };
                 request_geocode(ctx, &request, &key, &patient_id, &details)?;
                 let profile = profile(&patient_id, &details, "ACTIVE", None, now);
                 ctx.emit(
                     EVENTS,
                     "patient.registered",
                     json!({"patient_id": patient_id, "profile": profile}),
-                )
+                )?;
+                if let Some(made) = deferred {
+                    // Only now, accepted: a refused record leaves the scratch.
+                    let registered = &mut ctx.scratch::<Batch>().registered;
+                    if made {
+                        registered.keyed.push(patient_id.clone());
+                        registered.keys.push(key);
+                    }
+                    registered.ids.push(patient_id);
+                    registered.details.push(details);
+                    registered.requests.push(request);
+                }
+                Ok(())
             }
             (true, Some(old)) => {
                 // Names of what changed, never the values.
@@ -479,6 +522,12 @@ impl Processor for Intake {
             .map(str::to_string)
             .collect();
         ids.sort();
+        // Patients with one record in the batch (before the duplicates go).
+        let alone: HashSet<String> = ids
+            .chunk_by(|a, b| a == b)
+            .filter(|run| run.len() == 1)
+            .map(|run| run[0].clone())
+            .collect();
         ids.dedup();
         if !ids.is_empty() {
             // In one order, so that two batches locking patients do not
@@ -490,14 +539,24 @@ impl Processor for Intake {
             .bind(&ids)
             .fetch_all(batch.db())
             .await?;
-            let erased: HashSet<String> = sqlx::query_scalar(
-                "SELECT patient_id FROM intake.erased WHERE patient_id = ANY($1)",
+            // Erased or not, and the key if there is one, per patient.
+            let marks: Vec<(String, bool, Option<Vec<u8>>)> = sqlx::query_as(
+                "SELECT u.id, EXISTS (SELECT 1 FROM intake.erased e WHERE e.patient_id = u.id), k.key
+                   FROM unnest($1::text[]) AS u(id)
+                   LEFT JOIN keystore.patient_keys k ON k.patient_id = u.id",
             )
             .bind(&ids)
             .fetch_all(batch.db())
-            .await?
-            .into_iter()
-            .collect();
+            .await?;
+            let erased: HashSet<&str> = marks
+                .iter()
+                .filter(|(_, erased, _)| *erased)
+                .map(|(id, _, _)| id.as_str())
+                .collect();
+            let mut keys: HashMap<&str, Vec<u8>> = marks
+                .iter()
+                .filter_map(|(id, _, key)| Some((id.as_str(), key.clone()?)))
+                .collect();
             let mut rows: HashMap<String, Stored> = rows
                 .into_iter()
                 .map(|(id, details, status, lat, lon, sequence)| {
@@ -508,8 +567,10 @@ impl Processor for Intake {
                 .into_iter()
                 .map(|id| {
                     let known = Known {
-                        erased: erased.contains(&id),
+                        erased: erased.contains(id.as_str()),
                         stored: rows.remove(&id),
+                        key: keys.remove(id.as_str()),
+                        alone: alone.contains(&id),
                     };
                     (id, known)
                 })
@@ -545,6 +606,30 @@ impl Processor for Intake {
                 .map(|(request, id, details, status)| (request, (id, details, status)))
                 .collect();
         }
+        Ok(())
+    }
+
+    async fn finish_batch(&self, batch: &mut BatchContext<'_>) -> Result<(), ProcessError> {
+        let new = std::mem::take(&mut batch.scratch::<Batch>().registered);
+        if new.ids.is_empty() {
+            return Ok(());
+        }
+        // A key or patient that appeared since the batch began (another
+        // writer) fails the batch, whose retry then finds it.
+        sqlx::query(
+            "WITH keys AS (
+                 INSERT INTO keystore.patient_keys (patient_id, key)
+                 SELECT * FROM unnest($4::text[], $5::bytea[]))
+             INSERT INTO intake.patients (patient_id, details, status, geocode_request, geocode_sequence)
+             SELECT i, d, 'ACTIVE', r, 1 FROM unnest($1::text[], $2::jsonb[], $3::text[]) AS u(i, d, r)",
+        )
+        .bind(&new.ids)
+        .bind(&new.details)
+        .bind(&new.requests)
+        .bind(&new.keyed)
+        .bind(&new.keys)
+        .execute(batch.db())
+        .await?;
         Ok(())
     }
 

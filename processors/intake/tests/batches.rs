@@ -198,3 +198,75 @@ async fn a_batch_of_positions_is_folded_in_once_per_request() {
         ]
     );
 }
+
+/// Registrations of patients with no other record in the batch are stored
+/// together at its end: each with its key (a key the publisher made stays),
+/// its address sealed under that key, and a refused one leaves nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn registrations_of_a_batch_are_stored_together() {
+    let (pool, _) = fresh_database().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let published = psymatch_runtime::sealed::key_of(&mut conn, "p-12", true)
+        .await
+        .unwrap()
+        .expect("a key made for the publisher");
+    drop(conn);
+    let mut refused = details("Ohneweg");
+    refused["consent_given_at"] = Value::Null;
+    let emitted = run_batch(
+        &Intake,
+        &pool,
+        "patient-commands",
+        &[
+            command("patient.register", "p-10", Some(details("Erstweg"))),
+            command("patient.register", "p-11", Some(details("Zweitweg"))),
+            command("patient.register", "p-12", Some(details("Drittweg"))),
+            command("patient.register", "p-13", Some(refused)),
+        ],
+    )
+    .await;
+    let stored: Vec<(String, String, String, i32)> = sqlx::query_as(
+        "SELECT patient_id, status, geocode_request, geocode_sequence FROM intake.patients ORDER BY patient_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let row = |n: u32| {
+        (
+            format!("p-{n}"),
+            "ACTIVE".to_string(),
+            format!("patient-p-{n}-1"),
+            1,
+        )
+    };
+    assert_eq!(stored, [row(10), row(11), row(12)]);
+    let keys: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT patient_id, key FROM keystore.patient_keys ORDER BY patient_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let ids: Vec<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["p-10", "p-11", "p-12"],
+        "a refused registration makes no key"
+    );
+    assert_eq!(keys[2].1, published, "the publisher's key stays");
+    let requests: Vec<&Value> = emitted
+        .iter()
+        .filter(|(_, t, _)| t == "geocoding.geocode_address")
+        .map(|(_, _, p)| p)
+        .collect();
+    assert_eq!(requests.len(), 3);
+    for ((id, key), request) in keys.iter().zip(requests) {
+        let sealed = request["sealed_address"].as_str().unwrap();
+        let address =
+            psymatch_runtime::sealed::open(key, id, sealed).expect("opens with the stored key");
+        assert_eq!(address["postcode"], "10115");
+    }
+    let summary = summary(&emitted);
+    assert!(
+        summary.last().unwrap().contains("command.rejected"),
+        "{summary:#?}"
+    );
+}
