@@ -5,6 +5,7 @@
 /// data: callers log ids, never names, addresses or free text from people.
 pub fn init(component: &'static str) {
     use tracing_subscriber::EnvFilter;
+    crate::tune_allocator();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let installed = tracing_subscriber::fmt()
         .json()
