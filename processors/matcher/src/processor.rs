@@ -20,7 +20,7 @@ use crate::state::{
     InquiryRecord, Outcome, SearchRecord, TherapistRecord, Version, World, coordinates,
 };
 use chrono::{DateTime, Duration, Utc};
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use psymatch_runtime::config::Vars;
 use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::processor::{
@@ -94,6 +94,7 @@ struct Metrics {
     decisions: IntCounterVec,
     search_seconds: Histogram,
     searches: IntGaugeVec,
+    waiting: IntGauge,
 }
 
 /// The matcher processor.
@@ -134,6 +135,11 @@ impl Matcher {
                 searches: IntGaugeVec::new(
                     Opts::new("matcher_searches", "Searches by status."),
                     &["status"],
+                )
+                .expect("valid metric"),
+                waiting: IntGauge::new(
+                    "matcher_batches_waiting",
+                    "Batches that have matched and wait for the batch before them to commit.",
                 )
                 .expect("valid metric"),
             },
@@ -888,6 +894,8 @@ struct Turn {
     /// to write, and checks then that the state is still the one it
     /// started from.
     locked: bool,
+    /// The batch this one went on from, still committing at the start.
+    after: Option<Arc<Outcome>>,
     /// The version this batch wrote, settled when its transaction ends.
     wrote: Option<Arc<Outcome>>,
 }
@@ -1209,8 +1217,14 @@ impl Processor for Matcher {
         let mut world = self.world.lock().await;
         // The batch before is still committing: go on from what it wrote
         // in memory; the row lock, taken to write, tells whether it did.
+        let mut after = None;
         let (base, locked) = match world.version.in_flight() {
-            Some(written) => (written, false),
+            Some(written) => {
+                if let Version::Written(_, outcome) = &world.version {
+                    after = Some(outcome.clone());
+                }
+                (written, false)
+            }
             None => {
                 // Batches take turns: the lock is held until this batch commits.
                 let version = lock_version(batch.db()).await?;
@@ -1235,6 +1249,7 @@ impl Processor for Matcher {
         let scratch = batch.scratch::<Turn>();
         scratch.turn = Some(turn);
         scratch.locked = locked;
+        scratch.after = after;
         Ok(())
     }
 
@@ -1266,9 +1281,9 @@ impl Processor for Matcher {
     }
 
     async fn finish_batch(&self, batch: &mut BatchContext<'_>) -> Result<(), ProcessError> {
-        let (idle, locked) = {
+        let (idle, locked, after) = {
             let turn = batch.scratch::<Turn>();
-            (turn.idle, turn.locked)
+            (turn.idle, turn.locked, turn.after.take())
         };
         if idle {
             return Ok(());
@@ -1313,7 +1328,25 @@ impl Processor for Matcher {
         turn.wrote = Some(outcome);
         turn.turn = None;
         if !locked {
-            // Started from a version not yet committed: still the stored one?
+            // Started from a version not yet committed. Waiting for that
+            // batch's end first keeps the writes in order: waiters on a row
+            // lock are not woken in the order they came.
+            let committed = match after {
+                Some(before) => {
+                    self.metrics.waiting.inc();
+                    let committed = before.ended().await;
+                    self.metrics.waiting.dec();
+                    committed
+                }
+                None => true,
+            };
+            if !committed {
+                return Err(ProcessError::Transient(format!(
+                    "the batch before this one did not commit (this one started from version \
+                     {base}); it runs again from the stored state"
+                )));
+            }
+            // Still the stored version (another replica may have written)?
             let stored = lock_version(batch.db()).await?;
             if stored != base {
                 // The batch before did not commit, or another replica's did:
@@ -1352,6 +1385,7 @@ impl Processor for Matcher {
             Box::new(self.metrics.decisions.clone()),
             Box::new(self.metrics.search_seconds.clone()),
             Box::new(self.metrics.searches.clone()),
+            Box::new(self.metrics.waiting.clone()),
         ]
     }
 }

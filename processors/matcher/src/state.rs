@@ -302,7 +302,7 @@ impl Version {
 
 /// Whether the transaction of a batch committed: open until it ends.
 #[derive(Debug, Default)]
-pub struct Outcome(AtomicU8);
+pub struct Outcome(AtomicU8, tokio::sync::Notify);
 
 impl Outcome {
     const COMMITTED: u8 = 1;
@@ -318,6 +318,21 @@ impl Outcome {
         let _ = self
             .0
             .compare_exchange(0, value, Ordering::AcqRel, Ordering::Acquire);
+        self.1.notify_waiters();
+    }
+
+    /// Waits until the transaction ended; true if it committed.
+    pub async fn ended(&self) -> bool {
+        loop {
+            // Registered before the check, so a settle in between wakes it.
+            let woken = self.1.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if let Some(committed) = self.get() {
+                return committed;
+            }
+            woken.await;
+        }
     }
 
     /// `Some(committed)` once the transaction ended.

@@ -7,7 +7,7 @@
 //! committed (disabling the reload makes it fail).
 
 use psymatch_matcher::{Matcher, MatcherConfig};
-use psymatch_runtime::processor::ProcessError;
+use psymatch_runtime::processor::{ProcessError, Processor};
 use psymatch_runtime::testing::{
     Running, TestBed, fresh_database, of_type, open_batch, run_batch, wait_until,
 };
@@ -195,9 +195,9 @@ fn places(emitted: &[(String, String, Value)]) -> usize {
 
 /// One matcher; its batch of the first half of the patients has written
 /// but not committed; its batch of the second half starts from that
-/// memory (without waiting) and is spawned: it waits for the row lock to
-/// write. Returns the matcher, the first batch (still open) and the
-/// second's task, once the second waits for the lock.
+/// memory (without waiting) and is spawned: it matches, then waits for the
+/// first to end before it writes. Returns the matcher, the first batch
+/// (still open) and the second's task, once the second waits.
 async fn one_batch_behind_another(
     pool: &sqlx::PgPool,
 ) -> (
@@ -221,18 +221,19 @@ async fn one_batch_behind_another(
         let batch = open_batch(&*behind, &db, "patient-events", &second).await?;
         Ok(batch.commit(&*behind).await)
     });
+    let waiting = || {
+        matcher
+            .collectors()
+            .iter()
+            .flat_map(|c| c.collect())
+            .filter(|family| family.name() == "matcher_batches_waiting")
+            .map(|family| family.get_metric()[0].get_gauge().get_value())
+            .sum::<f64>()
+    };
     wait_until(
-        "the second batch waits for the row lock",
+        "the second batch waits for the first",
         Duration::from_secs(30),
-        || async {
-            sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-                  WHERE wait_event_type = 'Lock' AND query LIKE '%FROM matcher.world FOR UPDATE%')",
-            )
-            .fetch_one(pool)
-            .await
-            .unwrap()
-        },
+        || async { waiting() == 1.0 },
     )
     .await;
     (matcher, open, task)
