@@ -910,6 +910,17 @@ impl Drop for Turn {
     }
 }
 
+/// Takes one off `gauge` when dropped.
+fn uncounted_on_drop(gauge: &IntGauge) -> impl Drop + '_ {
+    struct Counted<'g>(&'g IntGauge);
+    impl Drop for Counted<'_> {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    Counted(gauge)
+}
+
 /// The stored version, locked until the batch's transaction ends.
 async fn lock_version(db: &mut sqlx::PgConnection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT version FROM matcher.world FOR UPDATE")
@@ -1322,8 +1333,8 @@ impl Processor for Matcher {
         world.version = Version::Written(next, outcome.clone());
         drop(world);
         // The next batch may start now, while this one writes, encodes its
-        // outputs and commits: it waits for the row lock only to write, and
-        // runs again if this batch fails.
+        // outputs and commits: it waits for this batch's end only to write,
+        // and runs again if this batch fails.
         let turn = batch.scratch::<Turn>();
         turn.wrote = Some(outcome);
         turn.turn = None;
@@ -1333,10 +1344,10 @@ impl Processor for Matcher {
             // lock are not woken in the order they came.
             let committed = match after {
                 Some(before) => {
+                    // Counted while waiting, also if the wait is given up.
                     self.metrics.waiting.inc();
-                    let committed = before.ended().await;
-                    self.metrics.waiting.dec();
-                    committed
+                    let _counted = uncounted_on_drop(&self.metrics.waiting);
+                    before.ended().await
                 }
                 None => true,
             };
