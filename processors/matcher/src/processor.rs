@@ -890,11 +890,10 @@ struct Turn {
     idle: bool,
     /// Held from the start of the batch to the end of its matching.
     turn: Option<OwnedMutexGuard<()>>,
-    /// The batch holds the row lock since its start; otherwise it takes it
-    /// to write, and checks then that the state is still the one it
-    /// started from.
-    locked: bool,
-    /// The batch this one went on from, still committing at the start.
+    /// The batch this one went on from, still committing at the start:
+    /// this one takes the row lock after that batch's end, and checks then
+    /// that the state is still the one it started from. `None`: the batch
+    /// holds the row lock since its start.
     after: Option<Arc<Outcome>>,
     /// The version this batch wrote, settled when its transaction ends.
     wrote: Option<Arc<Outcome>>,
@@ -1228,14 +1227,8 @@ impl Processor for Matcher {
         let mut world = self.world.lock().await;
         // The batch before is still committing: go on from what it wrote
         // in memory; the row lock, taken to write, tells whether it did.
-        let mut after = None;
-        let (base, locked) = match world.version.in_flight() {
-            Some(written) => {
-                if let Version::Written(_, outcome) = &world.version {
-                    after = Some(outcome.clone());
-                }
-                (written, false)
-            }
+        let (base, after) = match world.version.in_flight() {
+            Some((written, outcome)) => (written, Some(outcome)),
             None => {
                 // Batches take turns: the lock is held until this batch commits.
                 let version = lock_version(batch.db()).await?;
@@ -1251,7 +1244,7 @@ impl Processor for Matcher {
                         "matcher state loaded"
                     );
                 }
-                (version, true)
+                (version, None)
             }
         };
         // Until this batch has written, the memory is ahead of the database.
@@ -1259,7 +1252,6 @@ impl Processor for Matcher {
         world.base = base;
         let scratch = batch.scratch::<Turn>();
         scratch.turn = Some(turn);
-        scratch.locked = locked;
         scratch.after = after;
         Ok(())
     }
@@ -1292,9 +1284,9 @@ impl Processor for Matcher {
     }
 
     async fn finish_batch(&self, batch: &mut BatchContext<'_>) -> Result<(), ProcessError> {
-        let (idle, locked, after) = {
+        let (idle, after) = {
             let turn = batch.scratch::<Turn>();
-            (turn.idle, turn.locked, turn.after.take())
+            (turn.idle, turn.after.take())
         };
         if idle {
             return Ok(());
@@ -1338,18 +1330,15 @@ impl Processor for Matcher {
         let turn = batch.scratch::<Turn>();
         turn.wrote = Some(outcome);
         turn.turn = None;
-        if !locked {
+        if let Some(before) = after {
             // Started from a version not yet committed. Waiting for that
             // batch's end first keeps the writes in order: waiters on a row
             // lock are not woken in the order they came.
-            let committed = match after {
-                Some(before) => {
-                    // Counted while waiting, also if the wait is given up.
-                    self.metrics.waiting.inc();
-                    let _counted = uncounted_on_drop(&self.metrics.waiting);
-                    before.ended().await
-                }
-                None => true,
+            let committed = {
+                // Counted while waiting, also if the wait is given up.
+                self.metrics.waiting.inc();
+                let _counted = uncounted_on_drop(&self.metrics.waiting);
+                before.ended().await
             };
             if !committed {
                 return Err(ProcessError::Transient(format!(

@@ -291,10 +291,11 @@ impl Version {
         }
     }
 
-    /// The version written by a batch whose transaction is still open.
-    pub fn in_flight(&self) -> Option<i64> {
+    /// The version written by a batch whose transaction is still open,
+    /// with that batch's outcome.
+    pub fn in_flight(&self) -> Option<(i64, Arc<Outcome>)> {
         match self {
-            Version::Written(v, outcome) if outcome.get().is_none() => Some(*v),
+            Version::Written(v, outcome) if outcome.get().is_none() => Some((*v, outcome.clone())),
             _ => None,
         }
     }
