@@ -2,7 +2,10 @@
 //! so a search looks only at the squares within the patient's limit
 //! instead of every therapist in Germany.
 
-use crate::rules::{self, FastMap, History, Patient, Ranked, Standing, Therapist, Verdict};
+use crate::rules::{
+    self, FastMap, History, Judged, Patient, Ranked, Spot, Standing, Therapist, Traits, Verdict,
+    Wants,
+};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
@@ -18,11 +21,21 @@ fn cell(position: (f64, f64)) -> (i64, i64) {
     )
 }
 
+/// A therapist in its grid square: what a search reads of every practice
+/// within reach, side by side in memory (the whole records lie scattered
+/// and are read only for the few that matter).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    spot: Spot,
+    slot: u32,
+    traits: Traits,
+}
+
 /// Therapists by grid square.
 #[derive(Debug, Default)]
 pub struct Index {
     therapists: Vec<Therapist>,
-    cells: FastMap<(i64, i64), Vec<usize>>,
+    cells: FastMap<(i64, i64), Vec<Entry>>,
     /// Therapist id -> position in `therapists`.
     slots: FastMap<String, usize>,
 }
@@ -36,6 +49,36 @@ pub struct Found {
     pub km: f64,
     /// The verdict.
     pub verdict: Verdict,
+}
+
+/// What one search found ([`Index::survey`]).
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// The candidates: slot, distance in km, travel minutes when known.
+    pub candidates: Vec<(usize, f64, Option<f64>)>,
+    /// Therapists (slots) whose travel time decides.
+    pub needs_time: Vec<usize>,
+    /// Some therapist is only pending or cooling (the search is not exhausted).
+    pub waiting: bool,
+    /// Therapists within reach.
+    pub considered: usize,
+    /// The nearest therapists that are not candidates, as an explanation
+    /// shows them: those waiting for a travel time first, then the
+    /// rejected, each by distance.
+    pub others: Vec<Found>,
+    /// Every non-candidate: order, km, slot.
+    rest: Vec<(u8, f64, u32)>,
+}
+
+impl Survey {
+    fn clear(&mut self) {
+        self.candidates.clear();
+        self.needs_time.clear();
+        self.waiting = false;
+        self.considered = 0;
+        self.others.clear();
+        self.rest.clear();
+    }
 }
 
 impl Index {
@@ -65,8 +108,14 @@ impl Index {
                 slot
             }
         };
-        if let Some(position) = self.therapists[slot].position {
-            self.cells.entry(cell(position)).or_default().push(slot);
+        let therapist = &self.therapists[slot];
+        if let Some(position) = therapist.position {
+            let entry = Entry {
+                spot: Spot::of(position),
+                slot: slot as u32,
+                traits: Traits::of(therapist),
+            };
+            self.cells.entry(cell(position)).or_default().push(entry);
         }
     }
 
@@ -116,80 +165,39 @@ impl Index {
         if let Some(position) = self.therapists[slot].position
             && let Some(square) = self.cells.get_mut(&cell(position))
         {
-            square.retain(|&s| s != slot);
+            square.retain(|e| e.slot as usize != slot);
         }
     }
 
-    /// Every therapist in the squares that overlap the box around
-    /// `position` reaching `km` each way (a superset; the rules check the
-    /// distance). The box, not the patient's square widened by whole
-    /// squares: a 25 km search then reads about half as many therapists.
-    fn near(&self, position: (f64, f64), km: f64) -> impl Iterator<Item = usize> + '_ {
+    /// Every therapist within `reach` km of `home` (and up to 1 % beyond:
+    /// the rules decide at the limit), with its distance. The squares
+    /// read are those overlapping the box around `home`, not the
+    /// patient's square widened by whole squares: a 25 km search then
+    /// reads about half as many therapists.
+    fn within(&self, home: (f64, f64), reach: f64) -> impl Iterator<Item = (&Entry, f64)> + '_ {
         // The caller accepts 1 % beyond the limit; 2 % covers rounding.
-        let km = km * 1.02;
+        let km = reach * 1.02;
         let lat_span = km / rules::KM_PER_DEGREE;
         // A degree of longitude is narrowest furthest from the equator,
         // and the distance is measured at the pair's mean latitude.
-        let narrowest = (position.0.abs() + lat_span).min(89.0).to_radians().cos();
+        let narrowest = (home.0.abs() + lat_span).min(89.0).to_radians().cos();
         let lon_span = km / (rules::KM_PER_DEGREE * narrowest);
-        let (top, left) = cell((position.0 - lat_span, position.1 - lon_span));
-        let (bottom, right) = cell((position.0 + lat_span, position.1 + lon_span));
+        let (top, left) = cell((home.0 - lat_span, home.1 - lon_span));
+        let (bottom, right) = cell((home.0 + lat_span, home.1 + lon_span));
+        let home = Spot::of(home);
         (top..=bottom)
             .flat_map(move |r| (left..=right).map(move |c| (r, c)))
             .filter_map(|square| self.cells.get(&square))
             .flatten()
-            .copied()
+            .filter_map(move |entry| {
+                let km = home.km_to(&entry.spot);
+                (km <= reach * 1.01).then_some((entry, km))
+            })
     }
 
-    /// The verdict on every therapist near enough to matter, for one
-    /// patient: candidates, those waiting for a travel time, and the
-    /// rejected with their rule (the explanation of the search).
-    pub fn search(
-        &self,
-        patient: &Patient,
-        history: &History,
-        now: DateTime<Utc>,
-        travel: &HashMap<String, f64>,
-    ) -> Vec<Found> {
-        let mut found = Vec::new();
-        self.search_into(patient, history, now, travel, &mut found);
-        found
-    }
-
-    /// [`Index::search`] into a buffer the caller reuses: a city's search
-    /// finds thousands, and allocating that afresh for every patient costs
-    /// more than the rules.
-    pub fn search_into(
-        &self,
-        patient: &Patient,
-        history: &History,
-        now: DateTime<Utc>,
-        travel: &HashMap<String, f64>,
-        found: &mut Vec<Found>,
-    ) {
-        self.search_with(patient, history, None, true, now, travel, found);
-    }
-
-    /// [`Index::search_into`] with the therapists' standings of
-    /// [`Index::standings`] (a batch of searches). `held` is false when no
-    /// open inquiry holds the patient: then no therapist's pending patients
-    /// are looked through for them.
-    #[allow(clippy::too_many_arguments)]
-    pub fn search_with(
-        &self,
-        patient: &Patient,
-        history: &History,
-        standings: Option<&[Standing<'_>]>,
-        held: bool,
-        now: DateTime<Utc>,
-        travel: &HashMap<String, f64>,
-        found: &mut Vec<Found>,
-    ) {
-        found.clear();
-        let Some(home) = patient.position else {
-            return;
-        };
-        let reach = patient
+    /// How far a patient's search reaches in km.
+    fn reach(patient: &Patient) -> f64 {
+        patient
             .max_distance_km
             .unwrap_or(if patient.max_travel_minutes.is_some() {
                 // A travel-time limit: no therapist beyond what the fastest
@@ -197,38 +205,164 @@ impl Index {
                 patient.max_travel_minutes.unwrap_or(0.0) * 100.0 / 60.0
             } else {
                 rules::DEFAULT_LIMIT_KM
-            });
-        // The distance once: it decides who is within reach, and the
-        // rules take it as measured.
-        let hits = self
-            .near(home, reach)
-            .filter_map(|i| {
-                let km = rules::distance_km(home, self.therapists[i].position?);
-                (km <= reach * 1.01).then_some((i, km))
             })
-            .map(|(i, km)| {
-                let therapist = &self.therapists[i];
-                let minutes = if travel.is_empty() {
-                    None
-                } else {
-                    travel.get(&therapist.id).copied()
-                };
-                let mut standing = match standings {
-                    Some(standings) => standings[i],
-                    None => history.standing(&therapist.id),
-                };
-                if !held {
-                    standing.pending = None;
-                }
+    }
+
+    /// The verdict on the therapist of `entry` at `km` (see
+    /// [`rules::judge`]); the whole record is read only for a travel time
+    /// or an exclusion list.
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
+        &self,
+        patient: &Patient,
+        wants: &Wants,
+        entry: &Entry,
+        km: f64,
+        history: &History,
+        standing: Standing<'_>,
+        now: DateTime<Utc>,
+        travel: &HashMap<String, f64>,
+    ) -> Verdict {
+        let slot = entry.slot as usize;
+        let id = || self.therapists[slot].id.as_str();
+        let minutes = if travel.is_empty() {
+            None
+        } else {
+            travel.get(id()).copied()
+        };
+        let judged = Judged {
+            wants,
+            traits: entry.traits,
+            id: &id,
+            standing,
+            minutes,
+            km,
+        };
+        rules::judge(patient, history, now, judged)
+    }
+
+    /// The verdict on every therapist near enough to matter, for one
+    /// patient: candidates, those waiting for a travel time, and the
+    /// rejected with their rule (every decision of the search).
+    pub fn search(
+        &self,
+        patient: &Patient,
+        history: &History,
+        now: DateTime<Utc>,
+        travel: &HashMap<String, f64>,
+    ) -> Vec<Found> {
+        let Some(home) = patient.position else {
+            return Vec::new();
+        };
+        let wants = Wants::of(patient);
+        self.within(home, Self::reach(patient))
+            .map(|(entry, km)| {
+                let slot = entry.slot as usize;
+                let standing = history.standing(&self.therapists[slot].id);
                 Found {
-                    therapist: i,
+                    therapist: slot,
                     km,
-                    verdict: rules::check_standing(
-                        patient, therapist, history, standing, now, minutes, km,
-                    ),
+                    verdict: self.judge(patient, &wants, entry, km, history, standing, now, travel),
                 }
+            })
+            .collect()
+    }
+
+    /// One patient's search as matching needs it, into `into` (reused: a
+    /// city's search looks at thousands of practices, and allocating for
+    /// each patient costs more than the rules). Only the candidates and
+    /// the nearest `shown` others are kept; the rest is counted.
+    /// `standings` are [`Index::standings`] of `history` (`None`: looked
+    /// up by id, for a single search); `held` is false
+    /// when no open inquiry holds the patient: then no therapist's pending
+    /// patients are looked through for them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn survey(
+        &self,
+        patient: &Patient,
+        history: &History,
+        standings: Option<&[Standing<'_>]>,
+        held: bool,
+        now: DateTime<Utc>,
+        travel: &HashMap<String, f64>,
+        shown: usize,
+        into: &mut Survey,
+    ) {
+        into.clear();
+        let Some(home) = patient.position else {
+            return;
+        };
+        let wants = Wants::of(patient);
+        let standing = |slot: usize| {
+            let mut standing = match standings {
+                Some(standings) => standings[slot],
+                None => history.standing(&self.therapists[slot].id),
+            };
+            if !held {
+                standing.pending = None;
+            }
+            standing
+        };
+        for (entry, km) in self.within(home, Self::reach(patient)) {
+            let slot = entry.slot as usize;
+            into.considered += 1;
+            let verdict = self.judge(
+                patient,
+                &wants,
+                entry,
+                km,
+                history,
+                standing(slot),
+                now,
+                travel,
+            );
+            match verdict {
+                Verdict::Candidate { km, minutes } => into.candidates.push((slot, km, minutes)),
+                Verdict::NeedsTravelTime { .. } => {
+                    into.needs_time.push(slot);
+                    into.rest.push((0, km, entry.slot));
+                }
+                Verdict::Rejected(rule) => {
+                    into.waiting |= matches!(rule, rules::Rule::Pending | rules::Rule::Cooling(_));
+                    into.rest.push((1, km, entry.slot));
+                }
+            }
+        }
+        // The nearest others, waiting for a travel time before rejected;
+        // only they are judged again for their verdict.
+        let by_order =
+            |a: &(u8, f64, u32), b: &(u8, f64, u32)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1));
+        if into.rest.len() > shown && shown > 0 {
+            into.rest.select_nth_unstable_by(shown - 1, by_order);
+        }
+        into.rest.truncate(shown);
+        into.rest.sort_by(by_order);
+        for &(_, km, slot) in &into.rest {
+            let slot = slot as usize;
+            let therapist = &self.therapists[slot];
+            let Some(position) = therapist.position else {
+                continue;
+            };
+            let entry = Entry {
+                spot: Spot::of(position),
+                slot: slot as u32,
+                traits: Traits::of(therapist),
+            };
+            into.others.push(Found {
+                therapist: slot,
+                km,
+                verdict: self.judge(
+                    patient,
+                    &wants,
+                    &entry,
+                    km,
+                    history,
+                    standing(slot),
+                    now,
+                    travel,
+                ),
             });
-        found.extend(hits);
+        }
     }
 
     /// The ranked candidates of one patient.
@@ -239,8 +373,15 @@ impl Index {
         now: DateTime<Utc>,
         travel: &HashMap<String, f64>,
     ) -> Vec<Ranked<'_>> {
-        let found = self.search(patient, history, now, travel);
-        self.ranked(found, now)
+        let mut survey = Survey::default();
+        self.survey(patient, history, None, true, now, travel, 0, &mut survey);
+        let mut ranked: Vec<Ranked<'_>> = survey
+            .candidates
+            .iter()
+            .map(|&(slot, km, minutes)| (&self.therapists[slot], km, minutes))
+            .collect();
+        rules::rank(&mut ranked, now.date_naive());
+        ranked
     }
 
     /// The same search over every therapist (the baseline the index is
@@ -252,39 +393,21 @@ impl Index {
         now: DateTime<Utc>,
         travel: &HashMap<String, f64>,
     ) -> Vec<Ranked<'_>> {
-        let found = (0..self.therapists.len()).map(|i| {
-            let therapist = &self.therapists[i];
-            Found {
-                therapist: i,
-                km: match (patient.position, therapist.position) {
-                    (Some(a), Some(b)) => rules::distance_km(a, b),
-                    _ => f64::MAX,
-                },
-                verdict: rules::check(
+        let mut ranked: Vec<Ranked<'_>> = self
+            .therapists
+            .iter()
+            .filter_map(|therapist| {
+                let verdict = rules::check(
                     patient,
                     therapist,
                     history,
                     now,
                     travel.get(&therapist.id).copied(),
-                ),
-            }
-        });
-        self.ranked(found, now)
-    }
-
-    /// The candidates among `found`, ranked.
-    fn ranked(
-        &self,
-        found: impl IntoIterator<Item = Found>,
-        now: DateTime<Utc>,
-    ) -> Vec<Ranked<'_>> {
-        let mut ranked: Vec<Ranked<'_>> = found
-            .into_iter()
-            .filter_map(|found| match found.verdict {
-                Verdict::Candidate { km, minutes } => {
-                    Some((&self.therapists[found.therapist], km, minutes))
+                );
+                match verdict {
+                    Verdict::Candidate { km, minutes } => Some((therapist, km, minutes)),
+                    _ => None,
                 }
-                _ => None,
             })
             .collect();
         rules::rank(&mut ranked, now.date_naive());
@@ -447,6 +570,86 @@ mod tests {
         assert!(
             found > 1_000,
             "the synthetic data must produce candidates: {found}"
+        );
+    }
+
+    /// The survey keeps only what matching needs: its candidates, counts
+    /// and nearest others must be those of the verdict on every therapist
+    /// within reach, with pending, cooling and travel-time cases in play.
+    #[test]
+    fn a_survey_keeps_what_the_full_search_decides() {
+        let index = Index::new((0..5_000).map(synthetic::therapist).collect());
+        let now: DateTime<Utc> = "2026-11-26T10:00:00Z".parse().unwrap();
+        let mut history = History::default();
+        for n in (0..5_000).step_by(7) {
+            let held: rules::FastSet<String> = ["p-3".to_string()].into_iter().collect();
+            history.pending.insert(format!("t-{n}"), held);
+        }
+        for n in (0..5_000).step_by(11) {
+            history
+                .cooling_until
+                .insert(format!("t-{n}"), now + chrono::Duration::days(3));
+        }
+        let standings = index.standings(&history);
+        let travel = HashMap::new();
+        let (mut waiting, mut timed) = (0, 0);
+        let mut survey = Survey::default();
+        for n in 0..200 {
+            let mut patient = synthetic::patient(n);
+            patient.id = "p-3".into();
+            if n % 3 == 0 {
+                patient.max_distance_km = None;
+                patient.max_travel_minutes = Some(30.0);
+            }
+            let shown = [0, 15, 5_000][n as usize % 3];
+            index.survey(
+                &patient,
+                &history,
+                Some(&standings),
+                true,
+                now,
+                &travel,
+                shown,
+                &mut survey,
+            );
+            let found = index.search(&patient, &history, now, &travel);
+            assert_eq!(survey.considered, found.len(), "patient {n}");
+            let candidates: Vec<(usize, f64, Option<f64>)> = found
+                .iter()
+                .filter_map(|f| match f.verdict {
+                    Verdict::Candidate { km, minutes } => Some((f.therapist, km, minutes)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(survey.candidates, candidates, "patient {n}");
+            let needs_time: Vec<usize> = found
+                .iter()
+                .filter(|f| matches!(f.verdict, Verdict::NeedsTravelTime { .. }))
+                .map(|f| f.therapist)
+                .collect();
+            assert_eq!(survey.needs_time, needs_time, "patient {n}");
+            let pending_or_cooling = found.iter().any(|f| {
+                matches!(
+                    f.verdict,
+                    Verdict::Rejected(rules::Rule::Pending | rules::Rule::Cooling(_))
+                )
+            });
+            assert_eq!(survey.waiting, pending_or_cooling, "patient {n}");
+            let mut others: Vec<&Found> = found
+                .iter()
+                .filter(|f| !matches!(f.verdict, Verdict::Candidate { .. }))
+                .collect();
+            let order = |f: &Found| u8::from(!matches!(f.verdict, Verdict::NeedsTravelTime { .. }));
+            others.sort_by(|a, b| order(a).cmp(&order(b)).then(a.km.total_cmp(&b.km)));
+            others.truncate(shown);
+            let kept: Vec<&Found> = survey.others.iter().collect();
+            assert_eq!(kept, others, "patient {n}");
+            waiting += usize::from(survey.waiting);
+            timed += usize::from(!survey.needs_time.is_empty());
+        }
+        assert!(
+            waiting > 50 && timed > 20,
+            "cases in play: {waiting} waiting, {timed} timed"
         );
     }
 }

@@ -13,9 +13,9 @@
 //! committing its outputs: it takes the row lock only to write, and runs
 //! again from the stored state if that batch did not commit.
 
-use crate::index::Found;
+use crate::index::{Found, Survey};
 use crate::inquiries::{self, Search};
-use crate::rules::{self, Rule, Verdict};
+use crate::rules::{self, Verdict};
 use crate::state::{
     InquiryRecord, Outcome, SearchRecord, TherapistRecord, Version, World, coordinates,
 };
@@ -666,7 +666,7 @@ impl Matcher {
             .run_id
             .take()
             .unwrap_or_else(|| format!("batch-{}", world.base + 1));
-        let mut evaluated: Vec<(String, Vec<String>, Vec<Others>)> = Vec::new();
+        let mut evaluated: Vec<(String, Vec<String>, Vec<Found>)> = Vec::new();
         let mut travel_requests = Vec::new();
         let mut exhausted = Vec::new();
         let mut searches: Vec<Search<'_>> = Vec::new();
@@ -679,7 +679,7 @@ impl Matcher {
             world.index.standings(&world.history)
         };
         let run_chunk = |chunk: &[&String]| -> Vec<Evaluation> {
-            let mut found = Vec::new();
+            let mut survey = Survey::default();
             chunk
                 .iter()
                 .filter_map(|id| {
@@ -689,7 +689,7 @@ impl Matcher {
                         id,
                         now,
                         shown(&fully, id),
-                        &mut found,
+                        &mut survey,
                         &self.metrics.search_seconds,
                     )
                 })
@@ -1007,7 +1007,7 @@ struct Evaluation {
     /// Ids of the ranked candidates an explanation shows.
     ranked: Vec<String>,
     /// The nearest others an explanation shows.
-    others: Vec<Others>,
+    others: Vec<Found>,
     /// Therapists whose travel time decides (slots).
     needs_time: Vec<usize>,
     /// Some therapist is only pending or cooling (the search is not exhausted).
@@ -1024,7 +1024,7 @@ fn evaluate(
     id: &str,
     now: DateTime<Utc>,
     shown: usize,
-    found: &mut Vec<Found>,
+    survey: &mut Survey,
     timer: &Histogram,
 ) -> Option<Evaluation> {
     let (patient, search) = (world.patients.get(id)?, world.searches.get(id)?);
@@ -1033,36 +1033,24 @@ fn evaluate(
     let started = std::time::Instant::now();
     let travel: HashMap<String, f64> = search.travel.iter().map(|(k, v)| (k.clone(), *v)).collect();
     let held = world.open_by_patient.get(id).is_some_and(|o| !o.is_empty());
-    world.index.search_with(
+    world.index.survey(
         patient,
         &world.history,
         Some(standings),
         held,
         now,
         &travel,
-        found,
+        shown,
+        survey,
     );
-    let mut candidates: Vec<rules::Ranked<'_>> = Vec::new();
-    let mut needs_time = Vec::new();
-    let mut waiting = false;
-    for f in found.iter() {
-        match &f.verdict {
-            Verdict::Candidate { km, minutes } => {
-                candidates.push((world.index.at(f.therapist), *km, *minutes))
-            }
-            Verdict::NeedsTravelTime { .. } => needs_time.push(f.therapist),
-            Verdict::Rejected(Rule::Pending | Rule::Cooling(_)) => waiting = true,
-            Verdict::Rejected(_) => {}
-        }
-    }
-    rules::rank_best(&mut candidates, now.date_naive(), shown.max(COMPOSE_DEPTH));
-    timer.observe(started.elapsed().as_secs_f64());
-    let ranked = candidates
+    let mut ranked: Vec<rules::Ranked<'_>> = survey
+        .candidates
         .iter()
-        .take(shown)
-        .map(|(t, _, _)| t.id.clone())
+        .map(|&(slot, km, minutes)| (world.index.at(slot), km, minutes))
         .collect();
-    let slots = candidates
+    rules::rank_best(&mut ranked, now.date_naive(), shown.max(COMPOSE_DEPTH));
+    timer.observe(started.elapsed().as_secs_f64());
+    let slots = ranked
         .iter()
         .take(COMPOSE_DEPTH)
         .filter_map(|(t, _, _)| world.index.slot(&t.id))
@@ -1070,43 +1058,16 @@ fn evaluate(
     Some(Evaluation {
         id: id.to_string(),
         candidates: slots,
-        ranked,
-        others: nearest_others(found, shown),
-        needs_time,
-        waiting,
-        considered: found.len(),
+        ranked: ranked
+            .iter()
+            .take(shown)
+            .map(|(t, _, _)| t.id.clone())
+            .collect(),
+        others: std::mem::take(&mut survey.others),
+        needs_time: survey.needs_time.clone(),
+        waiting: survey.waiting,
+        considered: survey.considered,
     })
-}
-
-/// A therapist considered but not a candidate: the order it is shown in
-/// (waiting for a travel time before rejected), its distance, its verdict.
-type Others = (u8, f64, Found);
-
-/// The `limit` nearest therapists of a search that are not candidates
-/// (the rest of a city is not shown; see [`BRIEF_DECISIONS`]).
-fn nearest_others(found: &[Found], limit: usize) -> Vec<Others> {
-    // Order, distance and position first: a city's search finds thousands,
-    // and only `limit` of them are copied whole.
-    let mut others: Vec<(u8, f64, usize)> = found
-        .iter()
-        .enumerate()
-        .filter_map(|(i, f)| match &f.verdict {
-            Verdict::Candidate { .. } => None,
-            Verdict::NeedsTravelTime { .. } => Some((0, f.km, i)),
-            Verdict::Rejected(_) => Some((1, f.km, i)),
-        })
-        .collect();
-    let by_order =
-        |a: &(u8, f64, usize), b: &(u8, f64, usize)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1));
-    if others.len() > limit && limit > 0 {
-        others.select_nth_unstable_by(limit - 1, by_order);
-    }
-    others.truncate(limit);
-    others.sort_by(by_order);
-    others
-        .into_iter()
-        .map(|(order, km, i)| (order, km, found[i].clone()))
-        .collect()
 }
 
 /// The decisions of one search for a person to read: the therapists
@@ -1115,7 +1076,7 @@ fn nearest_others(found: &[Found], limit: usize) -> Vec<Others> {
 fn explanation(
     world: &World,
     ranked: &[String],
-    others: &[Others],
+    others: &[Found],
     chosen: &[String],
     limit: usize,
 ) -> Vec<Value> {
@@ -1148,7 +1109,7 @@ fn explanation(
             Some(rank),
         ));
     }
-    for (_, _, f) in others {
+    for f in others {
         if rows.len() >= limit {
             break;
         }

@@ -131,6 +131,10 @@ pub struct Standing<'a> {
 impl History {
     /// The standing of therapist `id`.
     pub fn standing(&self, id: &str) -> Standing<'_> {
+        // No inquiry yet and no answer: no id to hash.
+        if self.pending.is_empty() && self.cooling_until.is_empty() {
+            return Standing::default();
+        }
         Standing {
             pending: self.pending.get(id),
             cooling_until: self.cooling_until.get(id).copied(),
@@ -225,9 +229,40 @@ pub const DEFAULT_LIMIT_KM: f64 = 25.0;
 /// great circle by less than 0.1 %, at a third of the cost (the search
 /// measures thousands of practices per patient).
 pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
-    let dy = (b.0 - a.0) * KM_PER_DEGREE;
-    let dx = (b.1 - a.1) * KM_PER_DEGREE * ((a.0 + b.0) / 2.0).to_radians().cos();
-    (dy * dy + dx * dx).sqrt()
+    Spot::of(a).km_to(&Spot::of(b))
+}
+
+/// A position with the sine and cosine of half its latitude: the cosine
+/// of a pair's mean latitude is then a product of these, and a search
+/// that measures a thousand practices from one home calls no cosine.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spot {
+    /// Latitude and longitude in degrees.
+    pub position: (f64, f64),
+    cos_half: f64,
+    sin_half: f64,
+}
+
+impl Spot {
+    /// The spot of a position.
+    pub fn of(position: (f64, f64)) -> Spot {
+        let (sin_half, cos_half) = (position.0 / 2.0).to_radians().sin_cos();
+        Spot {
+            position,
+            cos_half,
+            sin_half,
+        }
+    }
+
+    /// [`distance_km`] to `other`: cos((a + b) / 2) is
+    /// cos(a/2)·cos(b/2) − sin(a/2)·sin(b/2).
+    pub fn km_to(&self, other: &Spot) -> f64 {
+        let (a, b) = (self.position, other.position);
+        let cos_mean = self.cos_half * other.cos_half - self.sin_half * other.sin_half;
+        let dy = (b.0 - a.0) * KM_PER_DEGREE;
+        let dx = (b.1 - a.1) * KM_PER_DEGREE * cos_mean;
+        (dy * dy + dx * dx).sqrt()
+    }
 }
 
 /// km per degree of latitude (and of longitude at the equator).
@@ -282,7 +317,40 @@ pub fn check_standing(
     minutes: Option<f64>,
     km: f64,
 ) -> Verdict {
+    let judged = Judged {
+        wants: &Wants::of(patient),
+        traits: Traits::of(therapist),
+        id: &|| therapist.id.as_str(),
+        standing,
+        minutes,
+        km,
+    };
+    judge(patient, history, now, judged)
+}
+
+/// One therapist as [`judge`] sees it: its packed traits, its id asked
+/// for only when a list names therapists, its standing, travel time and
+/// distance.
+pub struct Judged<'a> {
+    /// The patient's packed wants ([`Wants::of`], once per search).
+    pub wants: &'a Wants,
+    /// The therapist's packed traits.
+    pub traits: Traits,
+    /// The therapist's id (looked up only for the exclusion lists).
+    pub id: &'a dyn Fn() -> &'a str,
+    /// Its standing in the history.
+    pub standing: Standing<'a>,
+    /// Travel time by the patient's mode, when known.
+    pub minutes: Option<f64>,
+    /// Distance in km.
+    pub km: f64,
+}
+
+/// The rules in DOMAIN.md's order: the verdict of [`check_standing`],
+/// from what the search holds of a therapist.
+pub fn judge(patient: &Patient, history: &History, now: DateTime<Utc>, t: Judged<'_>) -> Verdict {
     let reject = Verdict::Rejected;
+    let (km, minutes) = (t.km, t.minutes);
     let limit_km = patient
         .max_distance_km
         .unwrap_or(if patient.max_travel_minutes.is_some() {
@@ -299,53 +367,21 @@ pub fn check_standing(
         return reject(Rule::TravelTime(minutes, limit));
     }
     // Most lists are empty: no hashing of every therapist's id then.
-    if (!patient.excluded.is_empty() && patient.excluded.contains(&therapist.id))
-        || (!history.search_excluded.is_empty() && history.search_excluded.contains(&therapist.id))
+    if (!patient.excluded.is_empty() && patient.excluded.contains((t.id)()))
+        || (!history.search_excluded.is_empty() && history.search_excluded.contains((t.id)()))
     {
         return reject(Rule::Excluded);
     }
-    if therapist.blocked {
-        return reject(Rule::Blocked);
+    if let Some(rule) = t.wants.refusal(t.traits) {
+        return reject(rule);
     }
-    if !patient.preferred_procedures.is_empty()
-        && !patient
-            .preferred_procedures
-            .iter()
-            .any(|p| therapist.procedures.contains(p))
-    {
-        return reject(Rule::Procedure);
-    }
-    let gender_ok = match patient.preferred_gender {
-        GenderPreference::Any => true,
-        GenderPreference::Female => therapist.gender == Gender::Female,
-        GenderPreference::Male => therapist.gender == Gender::Male,
-    };
-    if !gender_ok {
-        return reject(Rule::Gender);
-    }
-    let age_ok = therapist.min_age.is_none_or(|min| patient.age >= min)
-        && therapist.max_age.is_none_or(|max| patient.age <= max);
-    let gender_accepted =
-        therapist.genders.is_empty() || therapist.genders.contains(&patient.gender);
-    if !(age_ok && gender_accepted) {
-        return reject(Rule::TherapistConstraints);
-    }
-    if therapist.prefers_group && !patient.open_to_group {
-        return reject(Rule::Group);
-    }
-    // Children's therapists treat up to the 21st birthday; minors need one.
-    let age_group_ok = (patient.age < 21 && therapist.treats_children)
-        || (patient.age >= 18 && therapist.treats_adults);
-    if !age_group_ok {
-        return reject(Rule::AgeGroup);
-    }
-    if standing
+    if t.standing
         .pending
         .is_some_and(|patients| patients.contains(patient.id.as_str()))
     {
         return reject(Rule::Pending);
     }
-    if let Some(until) = standing.cooling_until
+    if let Some(until) = t.standing.cooling_until
         && until > now
     {
         return reject(Rule::Cooling(until));
@@ -353,6 +389,132 @@ pub fn check_standing(
     match (patient.max_travel_minutes, minutes) {
         (Some(_), None) => Verdict::NeedsTravelTime { km },
         _ => Verdict::Candidate { km, minutes },
+    }
+}
+
+/// The therapist's side of rules 3-8, packed: a search reads this for
+/// every practice within reach, next to its position, instead of the
+/// whole record (a city's search looks at thousands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traits {
+    /// [`Traits::BLOCKED`], [`Traits::ADULTS`], [`Traits::CHILDREN`], [`Traits::GROUP`].
+    flags: u8,
+    gender: u8,
+    /// One bit per procedure offered.
+    procedures: u8,
+    /// One bit per patient gender accepted; 0: all.
+    genders: u8,
+    /// Youngest patient (`i32::MIN`: none).
+    min_age: i32,
+    /// Oldest patient (`i32::MAX`: none).
+    max_age: i32,
+}
+
+fn gender_bit(gender: Gender) -> u8 {
+    match gender {
+        Gender::Female => 1,
+        Gender::Male => 2,
+        Gender::Diverse => 4,
+    }
+}
+
+fn procedure_bit(procedure: Procedure) -> u8 {
+    match procedure {
+        Procedure::Behavioural => 1,
+        Procedure::Psychodynamic => 2,
+        Procedure::Analytic => 4,
+        Procedure::Systemic => 8,
+    }
+}
+
+impl Traits {
+    const BLOCKED: u8 = 1;
+    const ADULTS: u8 = 2;
+    const CHILDREN: u8 = 4;
+    const GROUP: u8 = 8;
+
+    /// The traits of a therapist.
+    pub fn of(therapist: &Therapist) -> Traits {
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        Traits {
+            flags: flag(therapist.blocked, Self::BLOCKED)
+                | flag(therapist.treats_adults, Self::ADULTS)
+                | flag(therapist.treats_children, Self::CHILDREN)
+                | flag(therapist.prefers_group, Self::GROUP),
+            gender: gender_bit(therapist.gender),
+            procedures: therapist
+                .procedures
+                .iter()
+                .fold(0, |bits, p| bits | procedure_bit(*p)),
+            genders: therapist
+                .genders
+                .iter()
+                .fold(0, |bits, g| bits | gender_bit(*g)),
+            min_age: therapist.min_age.unwrap_or(i32::MIN),
+            max_age: therapist.max_age.unwrap_or(i32::MAX),
+        }
+    }
+}
+
+/// The patient's side of rules 4-8, packed once per search.
+#[derive(Debug, Clone, Copy)]
+pub struct Wants {
+    /// One bit per preferred procedure; 0: any.
+    procedures: u8,
+    /// The therapist gender bit wanted; 0: any.
+    gender: u8,
+    /// The patient's own gender bit (rule 6).
+    own_gender: u8,
+    age: i32,
+    open_to_group: bool,
+}
+
+impl Wants {
+    /// What `patient` asks of every therapist.
+    pub fn of(patient: &Patient) -> Wants {
+        Wants {
+            procedures: patient
+                .preferred_procedures
+                .iter()
+                .fold(0, |bits, p| bits | procedure_bit(*p)),
+            gender: match patient.preferred_gender {
+                GenderPreference::Any => 0,
+                GenderPreference::Female => gender_bit(Gender::Female),
+                GenderPreference::Male => gender_bit(Gender::Male),
+            },
+            own_gender: gender_bit(patient.gender),
+            age: patient.age,
+            open_to_group: patient.open_to_group,
+        }
+    }
+
+    /// The first of rules 3-8 a therapist with `traits` breaks, in
+    /// DOMAIN.md's order.
+    pub fn refusal(&self, traits: Traits) -> Option<Rule> {
+        if traits.flags & Traits::BLOCKED != 0 {
+            return Some(Rule::Blocked);
+        }
+        if self.procedures != 0 && self.procedures & traits.procedures == 0 {
+            return Some(Rule::Procedure);
+        }
+        if self.gender != 0 && self.gender != traits.gender {
+            return Some(Rule::Gender);
+        }
+        let age_ok = self.age >= traits.min_age && self.age <= traits.max_age;
+        let gender_accepted = traits.genders == 0 || traits.genders & self.own_gender != 0;
+        if !(age_ok && gender_accepted) {
+            return Some(Rule::TherapistConstraints);
+        }
+        if traits.flags & Traits::GROUP != 0 && !self.open_to_group {
+            return Some(Rule::Group);
+        }
+        // Children's therapists treat up to the 21st birthday; minors need one.
+        let age_group_ok = (self.age < 21 && traits.flags & Traits::CHILDREN != 0)
+            || (self.age >= 18 && traits.flags & Traits::ADULTS != 0);
+        if !age_group_ok {
+            return Some(Rule::AgeGroup);
+        }
+        None
     }
 }
 
