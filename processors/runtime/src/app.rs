@@ -70,6 +70,11 @@ struct Shared<P> {
     /// broker could not take in time, so that a slow broker still sees
     /// progress instead of the same large pass timing out again.
     relay_limit: std::sync::atomic::AtomicUsize,
+    /// Outbox rows this process committed, by id, as encoded: the relay
+    /// publishes these from memory instead of reading them back. The
+    /// outbox stays the record of what is unpublished: a row not here (a
+    /// restart, another replica's, more than [`UNSENT_MAX`]) is read.
+    unsent: Mutex<BTreeMap<i64, Outgoing>>,
     /// The processor's schema name, checked to be a plain identifier.
     schema: String,
     /// Offsets committed to PostgreSQL, waiting to be stored in the consumer
@@ -132,6 +137,7 @@ pub async fn run_with<P: Processor>(
         status: status.clone(),
         relay_wake: Notify::new(),
         relay_limit: std::sync::atomic::AtomicUsize::new(RELAY_PASS_MAX),
+        unsent: Mutex::new(BTreeMap::new()),
         committed: Mutex::new(Vec::new()),
         seeks: Mutex::new(seek_sender),
         compacted,
@@ -1267,13 +1273,15 @@ async fn process_batch<P: Processor>(
     lap(&mut phases.finish);
     let mut outputs = 0;
     let mut unpublished = Vec::new();
+    let mut stored: Vec<(i64, Outgoing)> = Vec::new();
     let mut chunks = encode_all(shared, outgoing, now).await?;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
         outputs += chunk.len();
         if exactly {
             // This chunk goes in while the next ones are being encoded.
-            insert_outbox(shared, &mut tx, &chunk).await?;
+            let ids = insert_outbox(shared, &mut tx, &chunk).await?;
+            stored.extend(ids.into_iter().zip(chunk));
         } else {
             unpublished.extend(chunk);
         }
@@ -1299,6 +1307,12 @@ async fn process_batch<P: Processor>(
     let commit = Instant::now();
     tx.commit().await?;
     shared.processor.batch_committed(&mut scratch);
+    {
+        let mut unsent = shared.unsent.lock().expect("unsent lock");
+        if unsent.len() + stored.len() <= UNSENT_MAX {
+            unsent.extend(stored);
+        }
+    }
     shared
         .metrics
         .commit_seconds
@@ -1624,13 +1638,14 @@ fn batch_context<'a, P: Processor>(
     }
 }
 
+/// Inserts `rows` into the outbox; their ids, in the order of `rows`.
 async fn insert_outbox<P: Processor>(
     shared: &Shared<P>,
     tx: &mut sqlx::PgConnection,
     rows: &[Outgoing],
-) -> Result<(), BatchError> {
+) -> Result<Vec<i64>, BatchError> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
@@ -1640,9 +1655,10 @@ async fn insert_outbox<P: Processor>(
         .iter()
         .map(|r| Json::Array(r.headers.iter().map(|(k, v)| json!([k, v])).collect()).to_string())
         .collect();
-    sqlx::query(&format!(
+    let inserted: Vec<(i64, Uuid)> = sqlx::query_as(&format!(
         "INSERT INTO {}.outbox (event_id, topic, key, value, headers)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[])",
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[])
+         RETURNING id, event_id",
         shared.schema
     ))
     .bind(&ids)
@@ -1650,10 +1666,22 @@ async fn insert_outbox<P: Processor>(
     .bind(&keys)
     .bind(&values)
     .bind(&headers)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(())
+    // Matched by event id: the order of RETURNING is not promised.
+    let by_event: HashMap<Uuid, i64> = inserted.into_iter().map(|(id, e)| (e, id)).collect();
+    rows.iter()
+        .map(|row| {
+            by_event.get(&row.event_id).copied().ok_or_else(|| {
+                BatchError::Transient(format!("outbox row of event {} not returned", row.event_id))
+            })
+        })
+        .collect()
 }
+
+/// Most encoded outbox rows kept in memory for the relay ([`Shared`]'s
+/// `unsent`): beyond this (a broker away for long) the relay reads them.
+const UNSENT_MAX: usize = 100_000;
 
 /// Most outbox rows in one relay pass.
 const RELAY_PASS_MAX: usize = 5_000;
@@ -1796,36 +1824,70 @@ async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize, String> {
     if !locked {
         return Ok(0);
     }
-    type Row = (i64, Uuid, String, Option<String>, Option<Vec<u8>>, String);
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT id, event_id, topic, key, value, headers FROM {}.outbox ORDER BY id LIMIT {}",
+    let ids: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT id FROM {}.outbox ORDER BY id LIMIT {}",
         shared.schema,
         shared.relay_limit.load(Ordering::SeqCst)
     ))
     .fetch_all(&mut *tx)
     .await
     .map_err(failed)?;
-    shared.metrics.outbox_pending.set(rows.len() as i64);
-    if rows.is_empty() {
+    shared.metrics.outbox_pending.set(ids.len() as i64);
+    if ids.is_empty() {
         return Ok(0);
     }
-    let outgoing: Vec<Outgoing> = rows
+    let mut rows: Vec<(i64, Option<Outgoing>)> = {
+        let mut unsent = shared.unsent.lock().expect("unsent lock");
+        // Rows before the first unpublished one were published by another
+        // replica's relay: forgotten.
+        *unsent = unsent.split_off(&ids[0]);
+        ids.iter().map(|id| (*id, unsent.remove(id))).collect()
+    };
+    let missing: Vec<i64> = rows
         .iter()
-        .map(|(_, event_id, topic, key, value, headers)| Outgoing {
-            event_id: *event_id,
-            topic: topic.clone(),
-            key: key.clone(),
-            value: value.clone(),
-            headers: serde_json::from_str::<Vec<(String, Option<String>)>>(headers)
-                .unwrap_or_default(),
-        })
+        .filter(|(_, row)| row.is_none())
+        .map(|(id, _)| *id)
         .collect();
+    if !missing.is_empty() {
+        type Row = (i64, Uuid, String, Option<String>, Option<Vec<u8>>, String);
+        let read: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT id, event_id, topic, key, value, headers FROM {}.outbox WHERE id = ANY($1)",
+            shared.schema
+        ))
+        .bind(&missing)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(failed)?;
+        let mut read: HashMap<i64, Outgoing> = read
+            .into_iter()
+            .map(|(id, event_id, topic, key, value, headers)| {
+                let headers = serde_json::from_str::<Vec<(String, Option<String>)>>(&headers)
+                    .unwrap_or_default();
+                let row = Outgoing {
+                    event_id,
+                    topic,
+                    key,
+                    value,
+                    headers,
+                };
+                (id, row)
+            })
+            .collect();
+        for (id, row) in rows.iter_mut().filter(|(_, row)| row.is_none()) {
+            *row = read.remove(id);
+        }
+    }
+    // Rows are deleted only by the relay holding the lock: each one is here.
+    let (ids, outgoing): (Vec<i64>, Vec<Outgoing>) = rows
+        .into_iter()
+        .filter_map(|(id, row)| row.map(|row| (id, row)))
+        .unzip();
     // The rows the broker acknowledged, in order, go even when a later one
     // failed: the next pass starts after them (a row acknowledged after the
     // failure is published again; consumers drop it by its event id).
     let published = publish(shared, &shared.producer, &outgoing).await;
     let acknowledged = match &published {
-        Ok(()) => rows.len(),
+        Ok(()) => outgoing.len(),
         Err(failed) => failed.acknowledged,
     };
     let limit = &shared.relay_limit;
@@ -1834,21 +1896,20 @@ async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize, String> {
         Err(_) => (limit.load(Ordering::SeqCst) / 4).max(50),
     };
     limit.store(next, Ordering::SeqCst);
-    let ids: Vec<i64> = rows[..acknowledged].iter().map(|(id, ..)| *id).collect();
     sqlx::query(&format!(
         "DELETE FROM {}.outbox WHERE id = ANY($1)",
         shared.schema
     ))
-    .bind(&ids)
+    .bind(&ids[..acknowledged])
     .execute(&mut *tx)
     .await
     .map_err(failed)?;
     tx.commit().await.map_err(failed)?;
-    published.map(|()| rows.len()).map_err(|failed| {
+    published.map(|()| outgoing.len()).map_err(|failed| {
         format!(
             "{} ({acknowledged} of {} published; next pass at most {next})",
             failed.reason,
-            rows.len()
+            outgoing.len()
         )
     })
 }

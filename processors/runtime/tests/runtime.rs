@@ -125,6 +125,65 @@ async fn processes_every_record_once_in_order_per_key() {
     task.await.unwrap().unwrap();
 }
 
+/// The relay publishes what this process committed from memory; a row it
+/// did not write (another replica's, or left by a process before a
+/// restart) is read from the outbox, and goes out in its place in the
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_rows_this_process_did_not_write_are_published_in_order() {
+    let bed = TestBed::new().await;
+    let key = "p-relay";
+    bed.publish("matching-commands", &[run_command(key, 0)])
+        .await;
+    let (stop, task) = start(&bed);
+    bed.read_until("matching-events", DEADLINE, |r| distinct_ids(r) >= 1)
+        .await;
+    let left = encode(
+        &bed,
+        "matching-events",
+        json!({"event_type": "matching.search_exhausted",
+               "payload": {"patient_id": key, "candidates_considered": 100}}),
+    )
+    .await;
+    let event_id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO example.outbox (event_id, topic, key, value, headers)
+         VALUES ($1, $2, $3, $4, '[]')",
+    )
+    .bind(event_id)
+    .bind(format!("{}matching-events", bed.prefix))
+    .bind(key)
+    .bind(&left)
+    .execute(&bed.pool)
+    .await
+    .unwrap();
+    bed.publish("matching-commands", &[run_command(key, 1)])
+        .await;
+    let outputs = bed
+        .read_until("matching-events", DEADLINE, |r| distinct_ids(r) >= 3)
+        .await;
+    let counts: Vec<i64> = outputs
+        .iter()
+        .map(|r| r.payload()["candidates_considered"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        counts,
+        vec![1, 100, 2],
+        "the row left in the outbox, in its place"
+    );
+    // Deleted once the broker acknowledged each (after the read above).
+    bed.wait_for("every published row deleted", DEADLINE, || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM example.outbox")
+            .fetch_one(&bed.pool)
+            .await
+            .unwrap();
+        left == 0
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_are_dead_lettered_with_reasons_and_the_partition_flows_on() {
     let bed = TestBed::new().await;
