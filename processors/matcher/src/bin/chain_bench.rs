@@ -182,15 +182,23 @@ async fn main() -> anyhow::Result<()> {
         // every search's state ten times a second took a good part of the
         // database's time from the chain it measures. Every result is for
         // a patient (intake folds it in), and the matcher sees two events
-        // per patient (registered, then positioned).
+        // per patient (registered, then positioned). The outbox is looked
+        // at only once every search has run, by its index: a scan walks
+        // the dead rows of every record published so far (6 ms a poll).
         let (started, positioned, searched, pending): (bool, i64, i64, bool) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM intake.patients),
-                    (SELECT coalesce(sum(next_offset), 0)::bigint FROM intake.consumer_offsets
-                      WHERE topic LIKE '%.geocoding-results'),
-                    (SELECT coalesce(sum(next_offset), 0)::bigint FROM matcher.consumer_offsets
-                      WHERE topic LIKE '%.patient-events'),
-                    EXISTS (SELECT 1 FROM matcher.outbox)",
+            "WITH o AS (
+               SELECT (SELECT coalesce(sum(next_offset), 0)::bigint FROM intake.consumer_offsets
+                        WHERE topic LIKE '%.geocoding-results') AS positioned,
+                      (SELECT coalesce(sum(next_offset), 0)::bigint FROM matcher.consumer_offsets
+                        WHERE topic LIKE '%.patient-events') AS searched)
+             SELECT $1 OR EXISTS (SELECT 1 FROM intake.patients), positioned, searched,
+                    CASE WHEN searched >= $2
+                         THEN EXISTS (SELECT 1 FROM matcher.outbox ORDER BY id LIMIT 1)
+                         ELSE true END
+               FROM o",
         )
+        .bind(first.is_some())
+        .bind(2 * registrations as i64)
         .fetch_one(&pool)
         .await?;
         if started && first.is_none() {
