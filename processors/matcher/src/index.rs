@@ -393,16 +393,21 @@ impl Index {
         now: DateTime<Utc>,
         travel: &HashMap<String, f64>,
     ) -> Vec<Ranked<'_>> {
+        // The home's half-latitude terms once, as the index does: the
+        // scan differs by what it reads, not by how it measures.
+        let home = patient.position.map(Spot::of);
         let mut ranked: Vec<Ranked<'_>> = self
             .therapists
             .iter()
             .filter_map(|therapist| {
-                let verdict = rules::check(
+                let km = home?.km_to(&Spot::of(therapist.position?));
+                let verdict = rules::check_at(
                     patient,
                     therapist,
                     history,
                     now,
                     travel.get(&therapist.id).copied(),
+                    km,
                 );
                 match verdict {
                     Verdict::Candidate { km, minutes } => Some((therapist, km, minutes)),
