@@ -81,6 +81,14 @@ fn distinct_ids(records: &[Received]) -> usize {
         .len()
 }
 
+/// The counts the example published, in the order read.
+fn considered(records: &[Received]) -> Vec<i64> {
+    records
+        .iter()
+        .map(|r| r.payload()["candidates_considered"].as_i64().unwrap())
+        .collect()
+}
+
 async fn counts(bed: &TestBed) -> BTreeMap<String, i64> {
     sqlx::query_as::<_, (String, i64)>("SELECT key, count FROM example.counts")
         .fetch_all(&bed.pool)
@@ -162,10 +170,7 @@ async fn outbox_rows_this_process_did_not_write_are_published_in_order() {
     let outputs = bed
         .read_until("matching-events", DEADLINE, |r| distinct_ids(r) >= 3)
         .await;
-    let counts: Vec<i64> = outputs
-        .iter()
-        .map(|r| r.payload()["candidates_considered"].as_i64().unwrap())
-        .collect();
+    let counts = considered(&outputs);
     assert_eq!(
         counts,
         vec![1, 100, 2],
@@ -620,10 +625,7 @@ async fn records_of_an_older_and_a_newer_schema_both_decode() {
     let outputs = bed
         .read_until("matching-events", DEADLINE, |r| r.len() >= 2)
         .await;
-    let counted: Vec<i64> = outputs
-        .iter()
-        .map(|r| r.payload()["candidates_considered"].as_i64().unwrap())
-        .collect();
+    let counted = considered(&outputs);
     assert_eq!(
         counted,
         vec![1, 2],
