@@ -108,15 +108,20 @@ impl Index {
                 slot
             }
         };
-        let therapist = &self.therapists[slot];
-        if let Some(position) = therapist.position {
-            let entry = Entry {
-                spot: Spot::of(position),
-                slot: slot as u32,
-                traits: Traits::of(therapist),
-            };
-            self.cells.entry(cell(position)).or_default().push(entry);
+        if let Some(entry) = self.entry(slot) {
+            let square = cell(entry.spot.position);
+            self.cells.entry(square).or_default().push(entry);
         }
+    }
+
+    /// The grid entry of the therapist at `slot` (none without a position).
+    fn entry(&self, slot: usize) -> Option<Entry> {
+        let therapist = &self.therapists[slot];
+        Some(Entry {
+            spot: Spot::of(therapist.position?),
+            slot: slot as u32,
+            traits: Traits::of(therapist),
+        })
     }
 
     /// Takes a therapist out of every search (closed practice). Its slot
@@ -196,7 +201,7 @@ impl Index {
     }
 
     /// How far a patient's search reaches in km.
-    fn reach(patient: &Patient) -> f64 {
+    pub fn reach(patient: &Patient) -> f64 {
         patient
             .max_distance_km
             .unwrap_or(if patient.max_travel_minutes.is_some() {
@@ -339,14 +344,8 @@ impl Index {
         into.rest.sort_by(by_order);
         for &(_, km, slot) in &into.rest {
             let slot = slot as usize;
-            let therapist = &self.therapists[slot];
-            let Some(position) = therapist.position else {
+            let Some(entry) = self.entry(slot) else {
                 continue;
-            };
-            let entry = Entry {
-                spot: Spot::of(position),
-                slot: slot as u32,
-                traits: Traits::of(therapist),
             };
             into.others.push(Found {
                 therapist: slot,
@@ -375,13 +374,18 @@ impl Index {
     ) -> Vec<Ranked<'_>> {
         let mut survey = Survey::default();
         self.survey(patient, history, None, true, now, travel, 0, &mut survey);
-        let mut ranked: Vec<Ranked<'_>> = survey
+        let mut ranked = self.to_rank(&survey);
+        rules::rank(&mut ranked, now.date_naive());
+        ranked
+    }
+
+    /// The candidates of `survey` as the ranking takes them.
+    pub fn to_rank(&self, survey: &Survey) -> Vec<Ranked<'_>> {
+        survey
             .candidates
             .iter()
             .map(|&(slot, km, minutes)| (&self.therapists[slot], km, minutes))
-            .collect();
-        rules::rank(&mut ranked, now.date_naive());
-        ranked
+            .collect()
     }
 
     /// The same search over every therapist (the baseline the index is

@@ -13,7 +13,7 @@
 //! committing its outputs: it takes the row lock only to write, and runs
 //! again from the stored state if that batch did not commit.
 
-use crate::index::{Found, Survey};
+use crate::index::{Found, Index, Survey};
 use crate::inquiries::{self, Search};
 use crate::rules::{self, Verdict};
 use crate::state::{
@@ -634,10 +634,7 @@ impl Matcher {
             .filter(|id| {
                 world.patients.get(id).is_some_and(|p| {
                     p.position.is_some_and(|home| {
-                        let reach = p.max_distance_km.unwrap_or(
-                            p.max_travel_minutes
-                                .map_or(rules::DEFAULT_LIMIT_KM, |m| m * 100.0 / 60.0),
-                        );
+                        let reach = Index::reach(p);
                         positions
                             .iter()
                             .any(|t| rules::distance_km(home, *t) <= reach)
@@ -1043,11 +1040,7 @@ fn evaluate(
         shown,
         survey,
     );
-    let mut ranked: Vec<rules::Ranked<'_>> = survey
-        .candidates
-        .iter()
-        .map(|&(slot, km, minutes)| (world.index.at(slot), km, minutes))
-        .collect();
+    let mut ranked = world.index.to_rank(survey);
     rules::rank_best(&mut ranked, now.date_naive(), shown.max(COMPOSE_DEPTH));
     timer.observe(started.elapsed().as_secs_f64());
     let slots = ranked
@@ -1064,7 +1057,7 @@ fn evaluate(
             .map(|(t, _, _)| t.id.clone())
             .collect(),
         others: std::mem::take(&mut survey.others),
-        needs_time: survey.needs_time.clone(),
+        needs_time: std::mem::take(&mut survey.needs_time),
         waiting: survey.waiting,
         considered: survey.considered,
     })
