@@ -221,22 +221,76 @@ async fn one_batch_behind_another(
         let batch = open_batch(&*behind, &db, "patient-events", &second).await?;
         Ok(batch.commit(&*behind).await)
     });
-    let waiting = || {
-        matcher
-            .collectors()
-            .iter()
-            .flat_map(|c| c.collect())
-            .filter(|family| family.name() == "matcher_batches_waiting")
-            .map(|family| family.get_metric()[0].get_gauge().get_value())
-            .sum::<f64>()
-    };
     wait_until(
         "the second batch waits for the first",
         Duration::from_secs(30),
-        || async { waiting() == 1.0 },
+        || async { metric(&matcher, "matcher_batches_waiting") == 1.0 },
     )
     .await;
     (matcher, open, task)
+}
+
+/// The value of the matcher's gauge or counter `name`.
+fn metric(matcher: &Matcher, name: &str) -> f64 {
+    matcher
+        .collectors()
+        .iter()
+        .flat_map(|c| c.collect())
+        .filter(|family| family.name() == name)
+        .map(|family| {
+            let metric = &family.get_metric()[0];
+            metric.get_gauge().get_value() + metric.get_counter().get_value()
+        })
+        .sum()
+}
+
+/// A matcher that warms up starts from what another replica committed:
+/// its first batch does not load again and offers only the places left.
+/// Once the other replica commits again, the next batch loads again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warmed_up_matcher_starts_from_the_stored_state() {
+    let (pool, _) = fresh_database().await;
+    let config = || MatcherConfig {
+        per_patient: PER_PATIENT,
+        ..MatcherConfig::default()
+    };
+    let (a, b) = (Matcher::new(config()), Matcher::new(config()));
+    let practices: Vec<Value> = (0..PRACTICES).map(discovered).collect();
+    run_batch(&a, &pool, "therapist-events", &practices).await;
+    let quarter = |q: usize| -> Vec<Value> {
+        (q * PATIENTS / 4..(q + 1) * PATIENTS / 4)
+            .map(registered)
+            .collect()
+    };
+    let per_quarter = PATIENTS / 4 * PER_PATIENT;
+    assert_eq!(
+        places(&run_batch(&a, &pool, "patient-events", &quarter(0)).await),
+        per_quarter
+    );
+    b.warm_up(&pool).await.expect("the state loads");
+    assert_eq!(metric(&b, "matcher_state_loads_total"), 1.0);
+    let offered = run_batch(&b, &pool, "patient-events", &quarter(1)).await;
+    assert_eq!(places(&offered), per_quarter);
+    assert_eq!(
+        metric(&b, "matcher_state_loads_total"),
+        1.0,
+        "the first batch went on from the warmed-up state"
+    );
+    // A fills the last places (after loading what B committed); B's next
+    // batch must see that, so it loads again and finds none left.
+    let left = PRACTICES * 6 - 2 * per_quarter;
+    assert_eq!(
+        places(&run_batch(&a, &pool, "patient-events", &quarter(2)).await),
+        left.min(per_quarter)
+    );
+    let offered = run_batch(&b, &pool, "patient-events", &quarter(3)).await;
+    assert_eq!(metric(&b, "matcher_state_loads_total"), 2.0);
+    assert_eq!(
+        places(&offered),
+        left - left.min(per_quarter),
+        "B saw what A committed after B warmed up"
+    );
+    assert_eq!(stored_per_practice(&pool).await, vec![6; PRACTICES]);
 }
 
 /// A batch that went on from the memory of a batch still committing gets

@@ -166,6 +166,11 @@ pub async fn run_with<P: Processor>(
     // that everything committed is published before the process exits.
     let drained = Arc::new(AtomicBool::new(false));
     let relay = tokio::spawn(relay_loop(shared.clone(), drained.clone()));
+    let warming = Instant::now();
+    match shared.processor.warm_up(&shared.pool).await {
+        Ok(()) => tracing::debug!(seconds = warming.elapsed().as_secs_f64(), "warmed up"),
+        Err(error) => tracing::warn!(%error, "warming up failed; the first batch loads instead"),
+    }
     let consumer = {
         let shared = shared.clone();
         let stop = stop.clone();

@@ -34,6 +34,16 @@ pub trait Processor: Send + Sync + 'static {
         record: &Incoming,
     ) -> impl Future<Output = Result<(), ProcessError>> + Send;
 
+    /// Called once at start, before the first partition is consumed: a
+    /// processor that keeps its state in memory loads it here instead of
+    /// in its first batch, where the load would hold up the records that
+    /// are waiting. An error is logged and the processor starts anyway
+    /// (its batches then load what they need themselves).
+    fn warm_up(&self, pool: &PgPool) -> impl Future<Output = Result<(), ProcessError>> + Send {
+        let _ = pool;
+        async { Ok(()) }
+    }
+
     /// Called once per batch, inside its transaction, before its records:
     /// load what they will need in one query (their keys' state) into the
     /// batch's [`Scratch`]. `records` are the records `process` will see.
