@@ -158,16 +158,23 @@ async fn stored_per_practice(pool: &sqlx::PgPool) -> Vec<i64> {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_replica_reloads_what_the_other_committed() {
-    let (pool, _) = fresh_database().await;
+/// Two matchers on one database, each offering a patient to
+/// [`PER_PATIENT`] practices; the first has taken in the practices.
+async fn two_replicas_with_practices(pool: &sqlx::PgPool) -> (Matcher, Matcher) {
     let config = || MatcherConfig {
         per_patient: PER_PATIENT,
         ..MatcherConfig::default()
     };
     let (a, b) = (Matcher::new(config()), Matcher::new(config()));
     let practices: Vec<Value> = (0..PRACTICES).map(discovered).collect();
-    run_batch(&a, &pool, "therapist-events", &practices).await;
+    run_batch(&a, pool, "therapist-events", &practices).await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_reloads_what_the_other_committed() {
+    let (pool, _) = fresh_database().await;
+    let (a, b) = two_replicas_with_practices(&pool).await;
     // B offers the first half of the patients: 20 x 2 of the 60 places.
     let first: Vec<Value> = (0..PATIENTS / 2).map(registered).collect();
     let offered_by_b = run_batch(&b, &pool, "patient-events", &first).await;
@@ -250,13 +257,7 @@ fn metric(matcher: &Matcher, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_warmed_up_matcher_starts_from_the_stored_state() {
     let (pool, _) = fresh_database().await;
-    let config = || MatcherConfig {
-        per_patient: PER_PATIENT,
-        ..MatcherConfig::default()
-    };
-    let (a, b) = (Matcher::new(config()), Matcher::new(config()));
-    let practices: Vec<Value> = (0..PRACTICES).map(discovered).collect();
-    run_batch(&a, &pool, "therapist-events", &practices).await;
+    let (a, b) = two_replicas_with_practices(&pool).await;
     let quarter = |q: usize| -> Vec<Value> {
         (q * PATIENTS / 4..(q + 1) * PATIENTS / 4)
             .map(registered)
