@@ -136,11 +136,7 @@ async fn requests_are_answered_with_their_correlation_id_cached_forgotten_and_cl
     });
     bed.publish("geocoding-requests", &[forget]).await;
     bed.wait_for("the address is forgotten", DEADLINE, || async {
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM geocoder.geocodes")
-            .fetch_one(&bed.pool)
-            .await
-            .unwrap();
-        rows == 0
+        bed.count("SELECT count(*) FROM geocoder.geocodes").await == 0
     })
     .await;
     bed.publish(

@@ -248,8 +248,10 @@ impl Index {
 
     /// The verdict on every therapist near enough to matter, for one
     /// patient: candidates, those waiting for a travel time, and the
-    /// rejected with their rule (every decision of the search).
-    pub fn search(
+    /// rejected with their rule (every decision of the search). What the
+    /// tests hold [`Index::survey`] to.
+    #[cfg(test)]
+    fn search(
         &self,
         patient: &Patient,
         history: &History,

@@ -119,10 +119,6 @@ fn inquiry_of(records: &[Received], therapist: &str, patient: &str) -> String {
         .unwrap_or_else(|| panic!("no inquiry to {therapist} about {patient}"))
 }
 
-async fn count(bed: &TestBed, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&bed.pool).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn from_registration_to_placement() {
     let bed = TestBed::new().await;
@@ -172,7 +168,7 @@ async fn from_registration_to_placement() {
     )
     .await;
     bed.wait_for("the matcher knows the six therapists and the block", DEADLINE, || async {
-        count(&bed, "SELECT count(*) FROM matcher.therapists WHERE state->>'blocked' IS NOT NULL OR therapist_id <> 't-blocked'").await == 6
+        bed.count("SELECT count(*) FROM matcher.therapists WHERE state->>'blocked' IS NOT NULL OR therapist_id <> 't-blocked'").await == 6
     })
     .await;
 
@@ -194,17 +190,14 @@ async fn from_registration_to_placement() {
     bed.publish("patient-commands", &registrations).await;
     // The geocoder answers requests: only after intake asked.
     bed.wait_for("intake registered the four", DEADLINE, || async {
-        count(
-            &bed,
-            "SELECT count(*) FROM intake.patients WHERE geocode_request IS NOT NULL",
-        )
-        .await
+        bed.count("SELECT count(*) FROM intake.patients WHERE geocode_request IS NOT NULL")
+            .await
             == 4
     })
     .await;
     bed.publish("geocoding-results", &positions).await;
     bed.wait_for("the matcher has the four searches with positions", DEADLINE, || async {
-        count(&bed, "SELECT count(*) FROM matcher.searches WHERE jsonb_typeof(state->'profile'->'coordinates') = 'object'").await == 4
+        bed.count("SELECT count(*) FROM matcher.searches WHERE jsonb_typeof(state->'profile'->'coordinates') = 'object'").await == 4
     })
     .await;
 
@@ -340,7 +333,7 @@ async fn from_registration_to_placement() {
     )
     .await;
     bed.wait_for("the matcher saw the email", DEADLINE, || async {
-        count(&bed, &format!("SELECT count(*) FROM matcher.inquiries WHERE inquiry_id = '{to_weber}' AND state->>'sent_at' IS NOT NULL")).await == 1
+        bed.count(&format!("SELECT count(*) FROM matcher.inquiries WHERE inquiry_id = '{to_weber}' AND state->>'sent_at' IS NOT NULL")).await == 1
     })
     .await;
     bed.publish(
@@ -496,13 +489,13 @@ async fn from_registration_to_placement() {
         .count();
     assert_eq!(paused[0]["open_inquiries"], open as i64);
     bed.wait_for("p-2 is gone from every table", DEADLINE, || async {
-        count(&bed, "SELECT count(*) FROM intake.patients WHERE patient_id = 'p-2'").await
-            + count(&bed, "SELECT count(*) FROM matcher.searches WHERE patient_id = 'p-2'").await
-            + count(&bed, "SELECT count(*) FROM matcher.inquiries WHERE 'p-2' = ANY(patient_ids) OR state::text LIKE '%\"p-2\"%'").await
+        bed.count("SELECT count(*) FROM intake.patients WHERE patient_id = 'p-2'").await
+            + bed.count("SELECT count(*) FROM matcher.searches WHERE patient_id = 'p-2'").await
+            + bed.count("SELECT count(*) FROM matcher.inquiries WHERE 'p-2' = ANY(patient_ids) OR state::text LIKE '%\"p-2\"%'").await
             == 0
     })
     .await;
-    assert_eq!(count(&bed, "SELECT count(*) FROM intake.patients WHERE details::text LIKE '%Testperson%' AND patient_id = 'p-2'").await, 0);
+    assert_eq!(bed.count("SELECT count(*) FROM intake.patients WHERE details::text LIKE '%Testperson%' AND patient_id = 'p-2'").await, 0);
 
     matcher.stop().await;
     intake.stop().await;

@@ -442,6 +442,14 @@ impl TestBed {
         records
     }
 
+    /// The number a counting query (`SELECT count(*) ...`) gives now.
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"))
+    }
+
     /// Polls `check` until it returns true, or panics after `deadline`.
     pub async fn wait_for<F, Fut>(&self, what: &str, deadline: std::time::Duration, check: F)
     where

@@ -178,11 +178,7 @@ async fn outbox_rows_this_process_did_not_write_are_published_in_order() {
     );
     // Deleted once the broker acknowledged each (after the read above).
     bed.wait_for("every published row deleted", DEADLINE, || async {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM example.outbox")
-            .fetch_one(&bed.pool)
-            .await
-            .unwrap();
-        left == 0
+        bed.count("SELECT count(*) FROM example.outbox").await == 0
     })
     .await;
     stop.send(()).unwrap();

@@ -26,10 +26,6 @@ jobs:
      payload: {run_id: "{run_id}"}, missed: skip}
 "#;
 
-async fn count(bed: &TestBed, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&bed.pool).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn one_run_per_occurrence_with_two_replicas() {
     let bed = TestBed::new().await;
@@ -72,8 +68,8 @@ async fn one_run_per_occurrence_with_two_replicas() {
         .collect();
 
     bed.wait_for("five sweeps, a dead-lettered run, the takeover", DEADLINE, || async {
-        count(&bed, "SELECT count(*) FROM scheduler.runs WHERE job = 'sweep' AND status = 'SUCCEEDED'").await >= 6
-            && count(&bed, "SELECT count(*) FROM scheduler.runs WHERE job = 'broken' AND status = 'DEAD_LETTERED'").await >= 1
+        bed.count("SELECT count(*) FROM scheduler.runs WHERE job = 'sweep' AND status = 'SUCCEEDED'").await >= 6
+            && bed.count("SELECT count(*) FROM scheduler.runs WHERE job = 'broken' AND status = 'DEAD_LETTERED'").await >= 1
     })
     .await;
     for (_, stop) in &replicas {
@@ -127,11 +123,11 @@ async fn one_run_per_occurrence_with_two_replicas() {
         .iter()
         .map(|(s, _)| s.metrics.failures.with_label_values(&["broken"]).get())
         .sum();
-    let dead = count(
-        &bed,
-        "SELECT count(*) FROM scheduler.runs WHERE job = 'broken' AND status = 'DEAD_LETTERED'",
-    )
-    .await;
+    let dead = bed
+        .count(
+            "SELECT count(*) FROM scheduler.runs WHERE job = 'broken' AND status = 'DEAD_LETTERED'",
+        )
+        .await;
     assert_eq!(failures as i64, dead);
 
     // Downtime: `daily` runs its latest missed occurrence once (two
@@ -151,11 +147,8 @@ async fn one_run_per_occurrence_with_two_replicas() {
         vec![three_days_ago.trunc_subsecs_to_micros(), latest]
     );
     assert_eq!(
-        count(
-            &bed,
-            "SELECT count(*) FROM scheduler.runs WHERE job = 'skipped'"
-        )
-        .await,
+        bed.count("SELECT count(*) FROM scheduler.runs WHERE job = 'skipped'")
+            .await,
         1
     );
 }
