@@ -22,7 +22,7 @@
 //! callbacks and the database lookups they need block, and must not block
 //! the async workers.
 
-use crate::config::{Assignment, Guarantee, RuntimeConfig};
+use crate::config::{Assignment, GroupProtocol, Guarantee, RuntimeConfig};
 use crate::contracts::Contracts;
 use crate::envelope::Envelope;
 use crate::errors::ErrorCode;
@@ -116,6 +116,9 @@ pub async fn run_with<P: Processor>(
         .set("bootstrap.servers", &config.brokers)
         .set("client.id", format!("psymatch-{name}-producer"))
         .set("linger.ms", "2")
+        // No duplicates or reordering from the producer's own retries (a
+        // broker restart, a lost acknowledgement).
+        .set("enable.idempotence", "true")
         .set("message.timeout.ms", "30000");
     with_options(&mut producer_config, &config);
     let producer: FutureProducer = producer_config.create().context("creating the producer")?;
@@ -303,16 +306,32 @@ impl<P: Processor> ConsumerContext for RuntimeContext<P> {
     ) {
         use rdkafka::types::RDKafkaRespErr::*;
         match err {
+            // The consumer protocol (KIP-848) and cooperative-sticky hand
+            // out and take back partitions a few at a time: the callback
+            // adds or removes just those. The eager protocols replace the
+            // whole assignment.
             RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions = partitions_in(tpl);
-                self.take(&partitions, |assignment| consumer.assign(assignment));
+                self.take(&partitions, |assignment| {
+                    if cooperative(consumer) {
+                        consumer.incremental_assign(assignment)
+                    } else {
+                        consumer.assign(assignment)
+                    }
+                });
             }
             RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // Revoked: let each worker finish and commit what it holds.
                 // Lost: another member may own them already; drop in-flight
                 // work (the offset check keeps whatever commits correct).
                 let finish = !consumer.assignment_lost();
-                self.give_up(&partitions_in(tpl), finish, |_| consumer.unassign());
+                self.give_up(&partitions_in(tpl), finish, |released| {
+                    if cooperative(consumer) {
+                        consumer.incremental_unassign(released)
+                    } else {
+                        consumer.unassign()
+                    }
+                });
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error");
@@ -323,6 +342,15 @@ impl<P: Processor> ConsumerContext for RuntimeContext<P> {
             }
         }
     }
+}
+
+/// Whether the group hands out partitions incrementally (the consumer
+/// protocol or cooperative-sticky) rather than all at once.
+fn cooperative<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> bool {
+    matches!(
+        consumer.rebalance_protocol(),
+        rdkafka::consumer::RebalanceProtocol::Cooperative
+    )
 }
 
 impl<P: Processor> RuntimeContext<P> {
@@ -468,9 +496,16 @@ fn consumer_thread<P: Processor>(
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
+        .set("statistics.interval.ms", "5000");
+    match shared.config.group_protocol {
+        // The broker decides the assignor and the session timeout.
+        GroupProtocol::Consumer => config.set("group.protocol", "consumer"),
+        GroupProtocol::Classic => config
+            .set("group.protocol", "classic")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000"),
+    };
     with_options(&mut config, &shared.config);
     let consumer: BaseConsumer<RuntimeContext<P>> = match config.create_with_context(context) {
         Ok(consumer) => consumer,
@@ -566,8 +601,8 @@ impl<P: Processor> RuntimeContext<P> {
         }
     }
 
-    /// Starts consuming `partitions` where PostgreSQL says (less a rewind,
-    /// see [`REWIND`]), not where the broker's group offsets say.
+    /// Starts consuming `partitions` where PostgreSQL says, not where the
+    /// broker's group offsets say.
     fn take(
         &self,
         partitions: &[(String, i32)],
@@ -593,7 +628,7 @@ impl<P: Processor> RuntimeContext<P> {
                 .ok()
                 .and_then(|p| p.get(&(topic.clone(), *partition)));
             let offset = match stored {
-                Some(next) => Offset::Offset((*next - REWIND).max(0)),
+                Some(next) => Offset::Offset(*next),
                 None => Offset::Beginning,
             };
             let _ = assignment.add_partition_offset(topic, *partition, offset);
@@ -832,18 +867,18 @@ enum WorkItem {
     Sought,
 }
 
-/// How far before the wanted offset a resync seeks first, growing tenfold
-/// while the broker still starts after it.
-const REWIND: i64 = 1000;
-
-/// A worker waiting for the records it missed.
-struct Resync {
-    /// The partition's next offset (from PostgreSQL).
-    next: i64,
-    /// How far back the last seek went.
-    rewind: i64,
-    /// Whether the consumer has sought back yet.
-    sought: bool,
+/// Where a worker stands with its partition's position.
+#[derive(Clone, Copy, PartialEq)]
+enum Position {
+    /// Records arrive in order from the stored offset on.
+    InOrder,
+    /// A batch started after the stored offset: the worker asked the
+    /// consumer to seek back and drops records until it has.
+    Seeking,
+    /// The consumer has sought back: the next record is the first one at
+    /// or after the stored offset that exists (offsets may have holes:
+    /// transaction markers, compaction, retention).
+    Sought,
 }
 
 async fn partition_worker<P: Processor>(
@@ -853,46 +888,23 @@ async fn partition_worker<P: Processor>(
     partition: i32,
 ) {
     let mut batch = Vec::with_capacity(shared.config.batch_size);
-    let mut resync: Option<Resync> = None;
-    let seek = |target: i64| {
-        let _ = shared
-            .seeks
-            .lock()
-            .expect("seek queue")
-            .send((topic.clone(), partition, target));
-    };
-    // Tansu 0.6 answers a fetch from an offset inside a record batch with the
-    // following batch, so a consumer resuming mid-batch would silently skip
-    // records; stale records of an earlier assignment can also arrive ahead
-    // of the wanted ones. While resyncing, records after `next` are dropped
-    // until, after a seek, one at or before `next` arrives; the offset check
-    // in the transaction drops those before `next`.
-    let accept =
-        |item: WorkItem, batch: &mut Vec<OwnedMessage>, resync: &mut Option<Resync>| match item {
-            WorkItem::Sought => {
-                if let Some(state) = resync.as_mut() {
-                    state.sought = true;
-                }
+    let mut position = Position::InOrder;
+    let accept = |item: WorkItem, batch: &mut Vec<OwnedMessage>, position: &mut Position| match item
+    {
+        WorkItem::Sought => {
+            if *position == Position::Seeking {
+                *position = Position::Sought;
             }
-            WorkItem::Message(message) => match resync.as_mut() {
-                None => batch.push(message),
-                Some(state) if !state.sought => {}
-                Some(state) if message.offset() <= state.next => {
-                    *resync = None;
-                    batch.push(message);
-                }
-                Some(state) => {
-                    state.rewind = state.rewind.saturating_mul(10);
-                    state.sought = false;
-                    seek((state.next - state.rewind).max(0));
-                }
-            },
-        };
+        }
+        // Records fetched before the seek are not what the worker waits for.
+        WorkItem::Message(_) if *position == Position::Seeking => {}
+        WorkItem::Message(message) => batch.push(message),
+    };
     while let Some(first) = queue.recv().await {
-        accept(first, &mut batch, &mut resync);
+        accept(first, &mut batch, &mut position);
         while batch.len() < shared.config.batch_size {
             match queue.try_recv() {
-                Ok(item) => accept(item, &mut batch, &mut resync),
+                Ok(item) => accept(item, &mut batch, &mut position),
                 Err(_) => break,
             }
         }
@@ -907,10 +919,13 @@ async fn partition_worker<P: Processor>(
                 topic = shared.config.logical(&topic),
                 partition,
             );
-            match tracing::Instrument::instrument(process_batch(&shared, &batch, attempt > 0), span)
-                .await
-            {
-                Ok(()) => break,
+            let resumed = position == Position::Sought;
+            let run = process_batch(&shared, &batch, attempt > 0, resumed);
+            match tracing::Instrument::instrument(run, span).await {
+                Ok(()) => {
+                    position = Position::InOrder;
+                    break;
+                }
                 Err(BatchError::Gap { next }) => {
                     tracing::warn!(
                         topic,
@@ -920,12 +935,12 @@ async fn partition_worker<P: Processor>(
                         "offset gap; seeking back"
                     );
                     batch.clear();
-                    resync = Some(Resync {
+                    position = Position::Seeking;
+                    let _ = shared.seeks.lock().expect("seek queue").send((
+                        topic.clone(),
+                        partition,
                         next,
-                        rewind: REWIND,
-                        sought: false,
-                    });
-                    seek((next - REWIND).max(0));
+                    ));
                     break;
                 }
                 Err(BatchError::Transient(reason)) => {
@@ -1071,10 +1086,14 @@ async fn decode<P: Processor>(
 /// savepoint, so that a record the processor refuses leaves no state behind
 /// (the fast path skips savepoints and falls back to this when a record is
 /// refused).
+/// Processes one batch of a partition in one transaction. `resumed`: the
+/// consumer has just sought to the stored offset, so a first record after
+/// it means the offsets between do not exist.
 async fn process_batch<P: Processor>(
     shared: &Shared<P>,
     batch: &[OwnedMessage],
     careful: bool,
+    resumed: bool,
 ) -> Result<(), BatchError> {
     let started = Instant::now();
     let first = &batch[0];
@@ -1105,9 +1124,10 @@ async fn process_batch<P: Processor>(
         return Ok(());
     };
     let logical_topic = shared.config.logical(&topic).to_string();
-    if fresh[0].offset() > next && !shared.compacted.contains(&logical_topic) {
-        // Offsets of a topic that is not compacted have no holes: records
-        // were skipped in delivery (a stale fetch of an earlier assignment).
+    if fresh[0].offset() > next && !resumed && !shared.compacted.contains(&logical_topic) {
+        // Records were skipped in delivery (a stale fetch of an earlier
+        // assignment), or the offsets between are holes: a seek to `next`
+        // tells which.
         return Err(BatchError::Gap { next });
     }
 

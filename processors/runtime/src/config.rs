@@ -15,7 +15,8 @@
 //! | `DB_POOL_SIZE` | `8` | database connections |
 //! | `SHUTDOWN_TIMEOUT_SECS` | `10` | how long SIGTERM may take |
 //! | `RETRY_MAX_BACKOFF_MS` | `30000` | longest pause between retries of a failing batch |
-//! | `PARTITION_ASSIGNMENT` | `lease` | `lease`: partitions are shared out with PostgreSQL leases; `group`: Kafka consumer groups (see README) |
+//! | `PARTITION_ASSIGNMENT` | `group` | `group`: Kafka consumer groups; `lease`: partitions are shared out with PostgreSQL leases (see README) |
+//! | `GROUP_PROTOCOL` | `consumer` | `consumer`: the broker assigns (KIP-848, session timeout set on the broker); `classic`: cooperative-sticky, session timeout 10 s |
 //! | `GUARANTEE` | `effectively-once` | `effectively-once`: outputs through the outbox, inputs deduplicated by event id; `at-least-once`: outputs produced directly before the commit (a crash may repeat them), no dedupe |
 //! | `KAFKA_OPTION_<NAME>` | | any librdkafka option: `KAFKA_OPTION_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms` |
 
@@ -56,8 +57,22 @@ pub struct RuntimeConfig {
     pub guarantee: Guarantee,
     /// How partitions are shared among instances (`PARTITION_ASSIGNMENT`).
     pub assignment: Assignment,
+    /// The consumer group protocol (`GROUP_PROTOCOL`).
+    pub group_protocol: GroupProtocol,
     /// Raw librdkafka options (`KAFKA_OPTION_*`).
     pub kafka_options: BTreeMap<String, String>,
+}
+
+/// The consumer group protocol of [`Assignment::Group`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupProtocol {
+    /// KIP-848: the group coordinator assigns partitions and tells each
+    /// member which to add or drop; no member stops for another's join.
+    /// The session timeout is the broker's (`group.consumer.session.timeout.ms`).
+    Consumer,
+    /// The classic protocol with the cooperative-sticky assignor: members
+    /// agree on the assignment through the group leader in two rounds.
+    Classic,
 }
 
 /// The processing guarantee.
@@ -76,9 +91,12 @@ pub enum Guarantee {
 pub enum Assignment {
     /// Each instance holds PostgreSQL advisory locks on its partitions and
     /// takes its fair share of them; a crashed instance's locks go with its
-    /// connection, so its partitions move at once. Works on any broker.
+    /// connection, so its partitions move at once. Needs no group
+    /// coordinator (brokers without one, or with broken rebalances).
     Lease,
-    /// Kafka consumer groups (subscribe and rebalance callbacks).
+    /// Kafka consumer groups (subscribe and rebalance callbacks). A
+    /// member killed without leaving loses its partitions after the
+    /// session timeout.
     Group,
 }
 
@@ -155,10 +173,15 @@ impl RuntimeConfig {
                 "at-least-once" => Guarantee::AtLeastOnce,
                 other => bail!("GUARANTEE={other}: expected effectively-once or at-least-once"),
             },
-            assignment: match text("PARTITION_ASSIGNMENT", "lease").as_str() {
+            assignment: match text("PARTITION_ASSIGNMENT", "group").as_str() {
                 "lease" => Assignment::Lease,
                 "group" => Assignment::Group,
-                other => bail!("PARTITION_ASSIGNMENT={other}: expected lease or group"),
+                other => bail!("PARTITION_ASSIGNMENT={other}: expected group or lease"),
+            },
+            group_protocol: match text("GROUP_PROTOCOL", "consumer").as_str() {
+                "consumer" => GroupProtocol::Consumer,
+                "classic" => GroupProtocol::Classic,
+                other => bail!("GROUP_PROTOCOL={other}: expected consumer or classic"),
             },
             kafka_options,
         })

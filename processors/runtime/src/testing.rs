@@ -283,7 +283,6 @@ impl TestBed {
                 "CONSUMER_GROUP".into(),
                 format!("{}{processor}", self.prefix),
             ),
-            ("KAFKA_OPTION_SESSION_TIMEOUT_MS".into(), "6000".into()),
             ("SHUTDOWN_TIMEOUT_SECS".into(), "10".into()),
         ]
     }
@@ -652,69 +651,76 @@ impl crate::processor::Processor for Noop {
     }
 }
 
-/// A Tansu broker of the test's own, with SQLite storage so that its data
-/// survives a restart.
+/// An Apache Kafka broker of the test's own (`scripts/kafka-broker`), its
+/// data in a scratch directory so that it survives a restart.
 pub struct OwnBroker {
     process: Option<std::process::Child>,
     port: u16,
+    controller_port: u16,
     dir: std::path::PathBuf,
 }
 
 impl OwnBroker {
-    /// Starts it on a free port.
+    /// Starts it on a free port and waits until it answers metadata
+    /// requests (a JVM broker listens some seconds before it is ready).
     pub fn start() -> OwnBroker {
-        let port = free_port();
-        let dir = scratch_dir("tansu");
         let mut broker = OwnBroker {
             process: None,
-            port,
-            dir,
+            port: free_port(),
+            controller_port: free_port(),
+            dir: scratch_dir("kafka"),
         };
         broker.launch();
         broker
     }
 
     fn launch(&mut self) {
-        let tools =
-            std::env::var("PSYMATCH_TOOLS").unwrap_or_else(|_| "/var/tmp/psymatch-tools".into());
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/kafka-broker");
         // Its log stays beside its data, across restarts, for a look after a run.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("tansu.log"))
-            .expect("tansu's log file");
-        let child = std::process::Command::new(format!("{tools}/bin/tansu"))
-            // Tansu resolves the SQLite path against its working directory.
-            .current_dir(&self.dir)
-            .args(["broker", "--storage-engine", "sqlite://tansu.db"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .stdout(std::process::Stdio::null())
+            .open(self.dir.join("broker.log"))
+            .expect("the broker's log file");
+        let child = std::process::Command::new(script)
+            .arg(self.dir.join("broker"))
+            .arg(self.port.to_string())
+            .arg(self.controller_port.to_string())
+            .stdout(log.try_clone().expect("the broker's log file"))
             .stderr(log)
             .spawn()
-            .expect("tansu (scripts/install-tools)");
+            .expect("scripts/kafka-broker (Kafka from scripts/install-tools)");
         self.process = Some(child);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "tansu did not listen");
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let client: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.address())
+            .create()
+            .expect("a metadata client");
+        loop {
+            let answered = rdkafka::consumer::Consumer::fetch_metadata(
+                &client,
+                None,
+                std::time::Duration::from_secs(1),
+            );
+            if answered.is_ok_and(|m| !m.brokers().is_empty()) {
+                break;
+            }
+            if let Some(status) = self
+                .process
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "the broker exited ({status}); see {}",
+                    self.dir.join("broker.log").display()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the broker did not answer within 120 s; see {}",
+                self.dir.join("broker.log").display()
+            );
         }
-        // Tansu 0.6's SQLite storage has no index on a record's headers and
-        // reads the whole header table for every record it fetches: with
-        // every psymatch record carrying headers, fetches grow with all the
-        // records ever written and the broker stalls at a few thousand
-        // (5,000 records: 4.5 s to read without the index, 0.36 s with it).
-        // Tansu has created its schema once it listens.
-        let indexed = std::process::Command::new("sqlite3")
-            .current_dir(&self.dir)
-            .args([
-                "tansu.db",
-                ".timeout 10000",
-                "CREATE INDEX IF NOT EXISTS header_record ON header (topition, offset_id);",
-            ])
-            .status()
-            .expect("sqlite3 (scripts/install-tools)");
-        assert!(indexed.success(), "indexing tansu's headers failed");
     }
 
     /// Kills it (SIGKILL) and starts it again on the same data.

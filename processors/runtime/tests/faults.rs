@@ -21,9 +21,26 @@ fn commands(total: usize, offset: usize) -> Vec<Value> {
 }
 
 fn spawn_example(bed: &TestBed, log: &std::path::Path) -> KillOnDrop {
+    spawn_example_with(bed, log, &[])
+}
+
+/// The example processor as a process, with `vars` on top of the bed's.
+fn spawn_example_with(bed: &TestBed, log: &std::path::Path, vars: &[(&str, String)]) -> KillOnDrop {
     let mut env = bed.env("example");
     env.push(("RUST_LOG".into(), "info".into()));
+    env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.clone())));
     KillOnDrop::spawn(env!("CARGO_BIN_EXE_psymatch-example"), &env, log)
+}
+
+/// The partitions an instance reports as assigned (0 while it does not answer).
+async fn assigned(port: u16) -> usize {
+    let status = match reqwest::get(format!("http://127.0.0.1:{port}/health/status")).await {
+        Ok(response) => response.json::<Value>().await.ok(),
+        Err(_) => None,
+    };
+    status.map_or(0, |s| {
+        s["assigned_partitions"].as_array().map_or(0, Vec::len)
+    })
 }
 
 async fn total(bed: &TestBed) -> i64 {
@@ -95,6 +112,10 @@ async fn assert_exactly_once(bed: &TestBed, inputs: usize) -> Vec<Received> {
     outputs
 }
 
+/// One instance killed again and again, each time within a second of its
+/// start: with leases its successor takes the partitions at once. (A group
+/// member killed without leaving holds its partitions until its session
+/// times out, so consumer groups are shown with two replicas below.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
     let bed = std::sync::Arc::new(TestBed::new().await);
@@ -109,7 +130,8 @@ async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
             }
         })
     };
-    let mut child = spawn_example(&bed, &log);
+    let lease = [("PARTITION_ASSIGNMENT", "lease".to_string())];
+    let mut child = spawn_example_with(&bed, &log, &lease);
     let mut kills = 0;
     let mut rng = rand::rng();
     while kills < 20 {
@@ -118,7 +140,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
         child.0.kill().expect("SIGKILL");
         child.0.wait().unwrap();
         kills += 1;
-        child = spawn_example(&bed, &log);
+        child = spawn_example_with(&bed, &log, &lease);
     }
     publisher.await.unwrap();
     bed.wait_for("every input applied", Duration::from_secs(180), || async {
@@ -132,6 +154,79 @@ async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
         outputs.len() - inputs
     );
     drop(child);
+}
+
+/// Two replicas in a consumer group of `protocol`; the one that holds
+/// partitions and is processing is killed with SIGKILL mid-stream. The other
+/// takes its partitions over once the group's session timeout (10 s) has
+/// passed, and every input is applied once.
+async fn a_group_member_killed_mid_stream_is_taken_over(protocol: &str) {
+    let bed = std::sync::Arc::new(TestBed::new().await);
+    let log = std::env::temp_dir().join(format!("{}example.log", bed.prefix));
+    let (port_a, port_b) = (
+        psymatch_runtime::testing::free_port(),
+        psymatch_runtime::testing::free_port(),
+    );
+    let vars = |port: u16| {
+        [
+            ("PARTITION_ASSIGNMENT", "group".to_string()),
+            ("GROUP_PROTOCOL", protocol.to_string()),
+            ("HTTP_LISTEN", format!("127.0.0.1:{port}")),
+            // Small batches: the kill finds work in flight.
+            ("BATCH_SIZE", "50".to_string()),
+        ]
+    };
+    let mut a = spawn_example_with(&bed, &log, &vars(port_a));
+    let _b = spawn_example_with(&bed, &log, &vars(port_b));
+    let wait = Duration::from_secs(60);
+    bed.wait_for("A and B share the six partitions", wait, || async {
+        let (a, b) = (assigned(port_a).await, assigned(port_b).await);
+        a > 0 && b > 0 && a + b == 6
+    })
+    .await;
+    let inputs = 6_000;
+    let publisher = {
+        let records = commands(inputs, 0);
+        let bed = bed.clone();
+        tokio::spawn(async move {
+            for chunk in records.chunks(200) {
+                bed.publish("matching-commands", chunk).await;
+            }
+        })
+    };
+    bed.wait_for("processing under way", wait, || async {
+        total(&bed).await > 500
+    })
+    .await;
+    let held_by_a = assigned(port_a).await;
+    a.0.kill().expect("SIGKILL");
+    a.0.wait().unwrap();
+    let killed = std::time::Instant::now();
+    bed.wait_for("B owns all six partitions", wait, || async {
+        assigned(port_b).await == 6
+    })
+    .await;
+    let takeover = killed.elapsed();
+    publisher.await.unwrap();
+    bed.wait_for("every input applied", Duration::from_secs(120), || async {
+        total(&bed).await >= inputs as i64
+    })
+    .await;
+    assert_exactly_once(&bed, inputs).await;
+    eprintln!(
+        "group protocol {protocol}: B took over A's {held_by_a} partitions {:.1} s after the SIGKILL",
+        takeover.as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_protocol_member_killed_mid_stream_is_taken_over() {
+    a_group_member_killed_mid_stream_is_taken_over("consumer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_group_member_killed_mid_stream_is_taken_over() {
+    a_group_member_killed_mid_stream_is_taken_over("classic").await;
 }
 
 /// Runs the example in-process while `fault` strikes mid-stream; 2,000

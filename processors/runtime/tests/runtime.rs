@@ -391,15 +391,18 @@ async fn assigned(port: u16) -> usize {
     }
 }
 
-async fn rebalance_as_instances_join_and_leave(mode: &str) {
+/// Two instances in one assignment `mode` (`PARTITION_ASSIGNMENT`, and
+/// `GROUP_PROTOCOL` for groups): B joins while A works, A leaves.
+async fn rebalance_as_instances_join_and_leave(mode: &[(&'static str, &str)]) {
     psymatch_runtime::telemetry::init("test");
     let bed = TestBed::new().await;
     let (port_a, port_b) = (free_port(), free_port());
-    let mode = ("PARTITION_ASSIGNMENT", mode.to_string());
-    let (stop_a, task_a) = start_with(
-        &bed,
-        &[mode.clone(), ("HTTP_LISTEN", format!("127.0.0.1:{port_a}"))],
-    );
+    let with_port = |port: u16| {
+        let mut vars: Vec<(&str, String)> = mode.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        vars.push(("HTTP_LISTEN", format!("127.0.0.1:{port}")));
+        vars
+    };
+    let (stop_a, task_a) = start_with(&bed, &with_port(port_a));
     bed.wait_for("A owns all six partitions", DEADLINE, || async {
         assigned(port_a).await == 6
     })
@@ -409,10 +412,7 @@ async fn rebalance_as_instances_join_and_leave(mode: &str) {
         .collect();
     bed.publish("matching-commands", &first).await;
 
-    let (stop_b, task_b) = start_with(
-        &bed,
-        &[mode.clone(), ("HTTP_LISTEN", format!("127.0.0.1:{port_b}"))],
-    );
+    let (stop_b, task_b) = start_with(&bed, &with_port(port_b));
     bed.wait_for("A and B share the partitions", DEADLINE, || async {
         let (a, b) = (assigned(port_a).await, assigned(port_b).await);
         a > 0 && b > 0 && a + b == 6
@@ -466,12 +466,25 @@ async fn rebalance_as_instances_join_and_leave(mode: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_rebalance_when_an_instance_joins_and_when_one_leaves() {
-    rebalance_as_instances_join_and_leave("lease").await;
+    rebalance_as_instances_join_and_leave(&[("PARTITION_ASSIGNMENT", "lease")]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_groups_rebalance_when_an_instance_joins_and_when_one_leaves() {
-    rebalance_as_instances_join_and_leave("group").await;
+    rebalance_as_instances_join_and_leave(&[
+        ("PARTITION_ASSIGNMENT", "group"),
+        ("GROUP_PROTOCOL", "consumer"),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_cooperative_groups_rebalance_when_an_instance_joins_and_when_one_leaves() {
+    rebalance_as_instances_join_and_leave(&[
+        ("PARTITION_ASSIGNMENT", "group"),
+        ("GROUP_PROTOCOL", "classic"),
+    ])
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
