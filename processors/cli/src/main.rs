@@ -122,7 +122,24 @@ fn contracts(cli: &Cli) -> anyhow::Result<Contracts> {
     }
 }
 
+/// Fails in one line when the broker does not answer, before a command
+/// that needs it starts.
+async fn broker_answers(cli: &Cli) -> anyhow::Result<()> {
+    let brokers = cli.brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        psymatch_runtime::broker::check(&brokers, Duration::from_secs(5))
+    })
+    .await??;
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if matches!(
+        cli.command,
+        Command::Publish { .. } | Command::Tail { .. } | Command::Topics { .. }
+    ) {
+        broker_answers(&cli).await?;
+    }
     match &cli.command {
         Command::Publish { topic, file } => publish(&cli, topic, file).await,
         Command::Tail {

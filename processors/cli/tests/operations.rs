@@ -119,3 +119,34 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn commands_that_need_the_broker_say_in_one_line_that_it_is_unreachable() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let brokers = format!("127.0.0.1:{closed}");
+    for args in [
+        &["topics", "apply"][..],
+        &["tail", "patient-commands", "--idle-timeout", "1"],
+        &["publish", "patient-commands", "-"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_psymatch"))
+            .args(args)
+            .env("KAFKA_BROKERS", &brokers)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "error: the Kafka broker at {brokers} is unreachable (KAFKA_BROKERS)"
+            )),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -517,6 +517,9 @@ fn consumer_thread<P: Processor>(
             return;
         }
     };
+    if !wait_for_broker(&shared, &stop) {
+        return;
+    }
     let topics: Vec<String> = shared
         .processor
         .inputs()
@@ -574,6 +577,45 @@ fn consumer_thread<P: Processor>(
     let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
     if shared.config.assignment == Assignment::Group {
         consumer.unsubscribe();
+    }
+}
+
+/// Waits until the broker answers, saying so in the log (at the first
+/// failed try and every 30 s after) and in `/health/status`; readiness
+/// fails meanwhile (its broker probe). False if the process is stopped
+/// first.
+fn wait_for_broker<P: Processor>(shared: &Shared<P>, stop: &AtomicBool) -> bool {
+    let brokers = &shared.config.brokers;
+    let began = Instant::now();
+    let mut told: Option<Instant> = None;
+    loop {
+        match crate::broker::check(brokers, Duration::from_secs(2)) {
+            Ok(()) => {
+                if told.is_some() {
+                    tracing::info!(
+                        brokers = %brokers,
+                        waited_secs = began.elapsed().as_secs(),
+                        "the Kafka broker answers; consuming"
+                    );
+                }
+                return true;
+            }
+            Err(error) => {
+                if told.is_none_or(|at| at.elapsed() >= Duration::from_secs(30)) {
+                    tracing::warn!(
+                        brokers = %brokers,
+                        reason = %error.reason,
+                        "waiting for the Kafka broker"
+                    );
+                    told = Some(Instant::now());
+                }
+                shared.status.error(error.to_string());
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

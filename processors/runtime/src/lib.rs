@@ -46,6 +46,7 @@ mod tests {
 
 pub mod app;
 pub mod avro_json;
+pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod contracts;

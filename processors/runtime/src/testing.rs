@@ -725,10 +725,21 @@ impl OwnBroker {
 
     /// Kills it (SIGKILL) and starts it again on the same data.
     pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Kills it (SIGKILL); its data stays for [`OwnBroker::resume`].
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.process.take() {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// Starts it again on its port and data after [`OwnBroker::kill`].
+    pub fn resume(&mut self) {
+        assert!(self.process.is_none(), "the broker runs already");
         self.launch();
     }
 

@@ -461,8 +461,8 @@ impl Admin {
 /// librdkafka's own implementation, which rdkafka 0.39 does not wrap.
 ///
 /// Incremental rather than the legacy AlterConfigs: it sets the named keys
-/// and leaves the rest alone, Kafka 4 drops the legacy call, and Tansu 0.6
-/// implements only the incremental one. Blocks until the broker answers.
+/// and leaves the rest alone, and Kafka 4 drops the legacy call. Blocks
+/// until the broker answers.
 fn incremental_alter_configs(
     client: &AdminClient<DefaultClientContext>,
     topic: &str,
@@ -569,9 +569,9 @@ pub struct Outcome {
 
 /// Applies the declaration: plans against the broker, carries out what can
 /// be carried out, and returns every change (drift included) with its
-/// outcome. One refused change does not stop the others: a broker that lacks
-/// an admin API (Tansu 0.6 has no CreatePartitions) still gets every topic
-/// and config it can take.
+/// outcome. One refused change does not stop the others: a broker that
+/// refuses one (a config it does not allow, an admin API it lacks) still
+/// gets every topic and config it can take.
 pub async fn apply(
     admin: &Admin,
     file: &TopicsFile,

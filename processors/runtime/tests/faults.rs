@@ -331,3 +331,48 @@ async fn sigterm_drains_commits_and_exits_promptly() {
     .await;
     assert_exactly_once(&bed, 1_000).await;
 }
+
+/// A processor started while its broker is down says so in its log, is not
+/// ready, and becomes ready and processes once the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_started_while_the_broker_is_down_waits_and_then_works() {
+    let mut broker = OwnBroker::start();
+    let bed = TestBed::with(
+        &broker.address(),
+        &psymatch_runtime::testing::stack_env("DATABASE_URL"),
+    )
+    .await;
+    broker.kill();
+    let log = std::env::temp_dir().join(format!("{}example.log", bed.prefix));
+    let port = psymatch_runtime::testing::free_port();
+    let _child = spawn_example_with(&bed, &log, &[("HTTP_LISTEN", format!("127.0.0.1:{port}"))]);
+    let wait = Duration::from_secs(60);
+    bed.wait_for("the log says it waits for the broker", wait, || async {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|text| text.contains("waiting for the Kafka broker"))
+    })
+    .await;
+    let readiness = || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/health/readiness"))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(readiness().await, 503, "not ready without a broker");
+    broker.resume();
+    bed.wait_for("ready once the broker is back", wait, || async {
+        readiness().await == 200
+    })
+    .await;
+    bed.publish("matching-commands", &commands(200, 0)).await;
+    bed.wait_for("every input applied", wait, || async {
+        total(&bed).await >= 200
+    })
+    .await;
+    assert_exactly_once(&bed, 200).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("the Kafka broker answers; consuming"),
+        "{text}"
+    );
+}

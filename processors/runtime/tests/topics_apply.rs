@@ -84,28 +84,14 @@ async fn apply_is_idempotent_and_applies_partition_and_config_changes() {
     assert_eq!(third[1].result, Ok(()), "the config change is applied");
     let after = admin.describe(&["retention.ms".to_string()]).await.unwrap();
     assert_eq!(after[&events].config["retention.ms"], "172800000");
-    // Tansu 0.6 has no CreatePartitions: the change is reported as refused
-    // with the broker's reason, and planned again on the next apply. On a
-    // broker with the API the partitions are raised (README, operations).
-    match &third[0].result {
-        Ok(()) => {
-            assert_eq!(after[&events].partitions, 4);
-            assert_eq!(
-                ours(topics::apply(&admin, &changed, false).await.unwrap()),
-                vec![]
-            );
-        }
-        Err(reason) => {
-            assert!(reason.contains("not supported by broker"), "{reason}");
-            assert_eq!(after[&events].partitions, 2);
-            let again = ours(topics::apply(&admin, &changed, false).await.unwrap());
-            assert_eq!(again.len(), 1, "only the refused change remains: {again:?}");
-            assert!(matches!(
-                again[0].change,
-                Change::AddPartitions { from: 2, to: 4, .. }
-            ));
-        }
-    }
+    // CreatePartitions: the partitions are raised, and nothing is left to do.
+    assert_eq!(third[0].result, Ok(()), "the partitions are raised");
+    assert_eq!(after[&events].partitions, 4);
+    assert_eq!(
+        ours(topics::apply(&admin, &changed, false).await.unwrap()),
+        vec![],
+        "after raising, the declaration and the broker agree"
+    );
 
     // Fewer partitions than declared before: reported, never applied.
     let fewer = ours(

@@ -1,0 +1,65 @@
+//! Whether the Kafka broker answers: one check with one message, shared by
+//! the processors (which wait for it at start) and the `psymatch` tool
+//! (which says so in one line and stops).
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::time::Duration;
+
+/// The broker did not answer a metadata request.
+#[derive(Debug, thiserror::Error)]
+#[error("the Kafka broker at {brokers} is unreachable (KAFKA_BROKERS): {reason}")]
+pub struct Unreachable {
+    /// The bootstrap servers asked.
+    pub brokers: String,
+    /// librdkafka's reason, on one line.
+    pub reason: String,
+}
+
+/// Asks `brokers` for their metadata within `timeout`. Blocks: call it off
+/// the async workers.
+pub fn check(brokers: &str, timeout: Duration) -> Result<(), Unreachable> {
+    let unreachable = |reason: String| Unreachable {
+        brokers: brokers.to_string(),
+        reason,
+    };
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        // A refused connection is the answer: no log line per retry.
+        .set("log_level", "0")
+        .create()
+        .map_err(|e| unreachable(e.to_string()))?;
+    match client.fetch_metadata(None, timeout) {
+        Ok(metadata) if !metadata.brokers().is_empty() => Ok(()),
+        Ok(_) => Err(unreachable("no broker in the cluster's metadata".into())),
+        Err(error) => Err(unreachable(one_line(&error.to_string()))),
+    }
+}
+
+/// librdkafka repeats its error code in the message
+/// (`X (Local: Y): X (Local: Y)`): once is enough.
+fn one_line(text: &str) -> String {
+    let text = text.replace('\n', " ");
+    match text.split_once(": ") {
+        Some((head, tail)) if tail.starts_with(head.split(' ').next().unwrap_or(head)) => {
+            tail.to_string()
+        }
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_closed_port_is_unreachable_with_the_address_in_the_message() {
+        let port = crate::testing::free_port();
+        let brokers = format!("127.0.0.1:{port}");
+        let error = super::check(&brokers, std::time::Duration::from_millis(500)).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!("the Kafka broker at {brokers} is unreachable")),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "{message}");
+    }
+}
