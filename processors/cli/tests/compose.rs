@@ -161,3 +161,46 @@ fn env_example_documents_every_interpolated_variable() {
         "every ${{VAR}} of docker-compose.yml is in .env.example and vice versa"
     );
 }
+
+/// The settings of the local stack's broker (scripts/kafka-broker) that do
+/// not name a host, port or path: compose's broker must have each of them.
+#[test]
+fn the_compose_broker_has_the_version_and_settings_of_the_local_stack() {
+    let compose = compose();
+    let kafka = &compose["services"]["kafka"];
+    let pom = repo_file("ops/kafka/pom.xml");
+    let version = pom
+        .split("<kafka.version>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap();
+    assert_eq!(
+        kafka["image"].as_str().unwrap(),
+        format!("apache/kafka:{version}")
+    );
+    let script = repo_file("scripts/kafka-broker");
+    let properties = script
+        .split("<<PROPS\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\nPROPS").next())
+        .unwrap();
+    let local: Vec<(&str, &str)> = properties
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .filter(|(_, value)| !value.contains('$'))
+        .filter(|(key, _)| !matches!(*key, "listener.security.protocol.map" | "node.id"))
+        .collect();
+    assert!(local.len() >= 15, "{local:?}");
+    for (key, value) in local {
+        let name = format!("KAFKA_{}", key.to_ascii_uppercase().replace('.', "_"));
+        let theirs = match &kafka["environment"][name.as_str()] {
+            Value::String(text) => text.clone(),
+            Value::Number(number) => number.to_string(),
+            other => panic!(
+                "docker-compose.yml: kafka lacks {name} (scripts/kafka-broker sets {key}={value}): {other:?}"
+            ),
+        };
+        assert_eq!(theirs, value, "{name}");
+    }
+}

@@ -80,12 +80,9 @@ fn scrape() -> Value {
         "filters": {"procedures": [], "age_groups": [], "settings": []}}})
 }
 
-/// Records per wave of input. The run's broker (Tansu with SQLite
-/// storage, so that it survives its restart) reads a partition from the
-/// fetch offset to its end for every fetch: with a backlog of thousands of
-/// records per partition every fetch gets slow and the producers time out.
-/// Waves keep the backlog to what arrives in the meantime, as registrations
-/// do in life.
+/// Records per wave of input: the patients come as registrations do in
+/// life, a few hundred at a time, each wave once the chain has settled the
+/// one before, in the chaos run and the fault-free one alike.
 const WAVE: usize = 500;
 
 /// Publishes `records` in waves, each once the chain has settled the one

@@ -80,9 +80,7 @@ struct Shared<P> {
     /// Offsets committed to PostgreSQL, waiting to be stored in the consumer
     /// for the broker's group offsets (tools, lag).
     committed: Mutex<Vec<(String, i32, i64)>>,
-    /// Seeks the workers ask the consumer thread for (topic, partition, offset).
-    seeks: Mutex<std::sync::mpsc::Sender<(String, i32, i64)>>,
-    /// Input topics whose offsets may have holes (compacted).
+    /// Compacted input topics: a key without a value there is an erasure.
     compacted: HashSet<String>,
     /// Producer of the relay and of the at-least-once path.
     producer: FutureProducer,
@@ -110,7 +108,6 @@ pub async fn run_with<P: Processor>(
         metrics.register(collector)?;
     }
     let status = Arc::new(Status::default());
-    let (seek_sender, seek_receiver) = std::sync::mpsc::channel();
     let mut producer_config = ClientConfig::new();
     producer_config
         .set("bootstrap.servers", &config.brokers)
@@ -142,7 +139,6 @@ pub async fn run_with<P: Processor>(
         relay_limit: std::sync::atomic::AtomicUsize::new(RELAY_PASS_MAX),
         unsent: Mutex::new(BTreeMap::new()),
         committed: Mutex::new(Vec::new()),
-        seeks: Mutex::new(seek_sender),
         compacted,
         producer,
     });
@@ -180,7 +176,7 @@ pub async fn run_with<P: Processor>(
         let handle = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name(format!("{name}-consumer"))
-            .spawn(move || consumer_thread(shared, stop, handle, seek_receiver))?
+            .spawn(move || consumer_thread(shared, stop, handle))?
     };
 
     shutdown.await;
@@ -273,7 +269,7 @@ struct RuntimeContext<P: Processor> {
 }
 
 struct Worker {
-    queue: mpsc::Sender<WorkItem>,
+    queue: mpsc::Sender<OwnedMessage>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -312,7 +308,7 @@ impl<P: Processor> ConsumerContext for RuntimeContext<P> {
             // whole assignment.
             RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions = partitions_in(tpl);
-                self.take(&partitions, |assignment| {
+                self.take(consumer, &partitions, |assignment| {
                     if cooperative(consumer) {
                         consumer.incremental_assign(assignment)
                     } else {
@@ -395,38 +391,26 @@ impl<P: Processor> RuntimeContext<P> {
         }
     }
 
-    /// Re-positions a partition at `next` (or at the oldest record still
-    /// kept, if retention removed `next`) and tells its worker.
-    fn seek_back(&self, consumer: &BaseConsumer<Self>, topic: &str, partition: i32, next: i64) {
-        let target = match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
-            Ok((low, _)) if low > next => {
-                tracing::warn!(
-                    topic,
-                    partition,
-                    next,
-                    low,
-                    "records removed by retention before they were processed"
-                );
-                low
-            }
-            _ => next,
-        };
-        if let Err(error) = consumer.seek(
-            topic,
-            partition,
-            Offset::Offset(target),
-            Duration::from_secs(5),
-        ) {
-            tracing::warn!(topic, partition, error = %error, "seek failed");
-        }
-        let queue = self
-            .workers
-            .lock()
-            .expect("workers lock")
-            .get(&(topic.to_string(), partition))
-            .map(|w| w.queue.clone());
-        if let Some(queue) = queue {
-            let _ = queue.blocking_send(WorkItem::Sought);
+    /// Retention removed records of a partition before they were processed:
+    /// the consumer starts at the oldest one kept (`auto.offset.reset`), and
+    /// a person should know.
+    fn warn_if_removed(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        topic: &str,
+        partition: i32,
+        next: i64,
+    ) {
+        if let Ok((low, _)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))
+            && low > next
+        {
+            tracing::warn!(
+                topic = self.shared.config.logical(topic),
+                partition,
+                next,
+                low,
+                "records removed by retention before they were processed"
+            );
         }
     }
 
@@ -441,7 +425,7 @@ impl<P: Processor> RuntimeContext<P> {
         match queue {
             // A full queue blocks the consumer thread: backpressure.
             Some(queue) => {
-                let _ = queue.blocking_send(WorkItem::Message(message));
+                let _ = queue.blocking_send(message);
             }
             None => {
                 tracing::debug!(topic = %key.0, partition = key.1, "record of an unassigned partition dropped")
@@ -475,7 +459,6 @@ fn consumer_thread<P: Processor>(
     shared: Arc<Shared<P>>,
     stop: Arc<AtomicBool>,
     handle: tokio::runtime::Handle,
-    seeks: std::sync::mpsc::Receiver<(String, i32, i64)>,
 ) {
     // Whatever is dropped on this thread (the processor itself, when this
     // thread holds the last reference) may need the runtime: a connection
@@ -544,11 +527,6 @@ fn consumer_thread<P: Processor>(
     while !stop.load(Ordering::SeqCst) {
         while let Ok(command) = leases.try_recv() {
             consumer.context().apply_lease(&consumer, command);
-        }
-        while let Ok((topic, partition, next)) = seeks.try_recv() {
-            consumer
-                .context()
-                .seek_back(&consumer, &topic, partition, next);
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
@@ -631,7 +609,7 @@ impl<P: Processor> RuntimeContext<P> {
     fn apply_lease(&self, consumer: &BaseConsumer<Self>, command: LeaseCommand) {
         match command {
             LeaseCommand::Take(partitions) => {
-                self.take(&partitions, |assignment| {
+                self.take(consumer, &partitions, |assignment| {
                     consumer.incremental_assign(assignment)
                 });
             }
@@ -647,6 +625,7 @@ impl<P: Processor> RuntimeContext<P> {
     /// broker's group offsets say.
     fn take(
         &self,
+        consumer: &BaseConsumer<Self>,
         partitions: &[(String, i32)],
         assign: impl FnOnce(&TopicPartitionList) -> KafkaResult<()>,
     ) {
@@ -670,7 +649,10 @@ impl<P: Processor> RuntimeContext<P> {
                 .ok()
                 .and_then(|p| p.get(&(topic.clone(), *partition)));
             let offset = match stored {
-                Some(next) => Offset::Offset(*next),
+                Some(next) => {
+                    self.warn_if_removed(consumer, topic, *partition, *next);
+                    Offset::Offset(*next)
+                }
                 None => Offset::Beginning,
             };
             let _ = assignment.add_partition_offset(topic, *partition, offset);
@@ -900,58 +882,20 @@ fn store_committed<P: Processor>(consumer: &BaseConsumer<RuntimeContext<P>>, sha
     }
 }
 
-/// What the consumer thread hands a partition worker.
-enum WorkItem {
-    /// A record to process.
-    Message(OwnedMessage),
-    /// The partition was sought back as the worker asked; what follows is
-    /// delivered from the new position.
-    Sought,
-}
-
-/// Where a worker stands with its partition's position.
-#[derive(Clone, Copy, PartialEq)]
-enum Position {
-    /// Records arrive in order from the stored offset on.
-    InOrder,
-    /// A batch started after the stored offset: the worker asked the
-    /// consumer to seek back and drops records until it has.
-    Seeking,
-    /// The consumer has sought back: the next record is the first one at
-    /// or after the stored offset that exists (offsets may have holes:
-    /// transaction markers, compaction, retention).
-    Sought,
-}
-
 async fn partition_worker<P: Processor>(
     shared: Arc<Shared<P>>,
-    mut queue: mpsc::Receiver<WorkItem>,
+    mut queue: mpsc::Receiver<OwnedMessage>,
     topic: String,
     partition: i32,
 ) {
     let mut batch = Vec::with_capacity(shared.config.batch_size);
-    let mut position = Position::InOrder;
-    let accept = |item: WorkItem, batch: &mut Vec<OwnedMessage>, position: &mut Position| match item
-    {
-        WorkItem::Sought => {
-            if *position == Position::Seeking {
-                *position = Position::Sought;
-            }
-        }
-        // Records fetched before the seek are not what the worker waits for.
-        WorkItem::Message(_) if *position == Position::Seeking => {}
-        WorkItem::Message(message) => batch.push(message),
-    };
     while let Some(first) = queue.recv().await {
-        accept(first, &mut batch, &mut position);
+        batch.push(first);
         while batch.len() < shared.config.batch_size {
             match queue.try_recv() {
-                Ok(item) => accept(item, &mut batch, &mut position),
+                Ok(message) => batch.push(message),
                 Err(_) => break,
             }
-        }
-        if batch.is_empty() {
-            continue;
         }
         let mut attempt = 0u32;
         loop {
@@ -961,30 +905,9 @@ async fn partition_worker<P: Processor>(
                 topic = shared.config.logical(&topic),
                 partition,
             );
-            let resumed = position == Position::Sought;
-            let run = process_batch(&shared, &batch, attempt > 0, resumed);
+            let run = process_batch(&shared, &batch, attempt > 0);
             match tracing::Instrument::instrument(run, span).await {
-                Ok(()) => {
-                    position = Position::InOrder;
-                    break;
-                }
-                Err(BatchError::Gap { next }) => {
-                    tracing::warn!(
-                        topic,
-                        partition,
-                        next,
-                        first = batch[0].offset(),
-                        "offset gap; seeking back"
-                    );
-                    batch.clear();
-                    position = Position::Seeking;
-                    let _ = shared.seeks.lock().expect("seek queue").send((
-                        topic.clone(),
-                        partition,
-                        next,
-                    ));
-                    break;
-                }
+                Ok(()) => break,
                 Err(BatchError::Transient(reason)) => {
                     attempt += 1;
                     shared.metrics.retries.with_label_values(&["batch"]).inc();
@@ -1034,10 +957,6 @@ pub fn backoff(attempt: u32, cap: Duration) -> Duration {
 
 enum BatchError {
     Transient(String),
-    /// The batch starts after the partition's next offset.
-    Gap {
-        next: i64,
-    },
 }
 
 impl From<sqlx::Error> for BatchError {
@@ -1128,14 +1047,17 @@ async fn decode<P: Processor>(
 /// savepoint, so that a record the processor refuses leaves no state behind
 /// (the fast path skips savepoints and falls back to this when a record is
 /// refused).
-/// Processes one batch of a partition in one transaction. `resumed`: the
-/// consumer has just sought to the stored offset, so a first record after
-/// it means the offsets between do not exist.
+/// Processes one batch of a partition in one transaction.
+///
+/// Records below the stored offset were committed by an earlier owner and
+/// are skipped. A batch may start after the stored offset: Kafka delivers a
+/// partition in order from where it was positioned, so offsets it skips do
+/// not exist for this consumer (transaction markers, aborted transactions,
+/// compaction, retention).
 async fn process_batch<P: Processor>(
     shared: &Shared<P>,
     batch: &[OwnedMessage],
     careful: bool,
-    resumed: bool,
 ) -> Result<(), BatchError> {
     let started = Instant::now();
     let first = &batch[0];
@@ -1165,14 +1087,6 @@ async fn process_batch<P: Processor>(
         // Everything here was committed by an earlier owner.
         return Ok(());
     };
-    let logical_topic = shared.config.logical(&topic).to_string();
-    if fresh[0].offset() > next && !resumed && !shared.compacted.contains(&logical_topic) {
-        // Records were skipped in delivery (a stale fetch of an earlier
-        // assignment), or the offsets between are holes: a seek to `next`
-        // tells which.
-        return Err(BatchError::Gap { next });
-    }
-
     // Where a batch's time goes, for the debug log (ms).
     let mut phases = Phases::default();
     let mut phase = Instant::now();

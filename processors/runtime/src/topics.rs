@@ -347,6 +347,18 @@ impl Admin {
 
     /// Partition counts and the values of `keys` for every topic on the broker.
     pub async fn describe(&self, keys: &[String]) -> anyhow::Result<BTreeMap<String, ActualTopic>> {
+        self.describe_configs_of(keys, |_| true).await
+    }
+
+    /// Partition counts of every topic on the broker, and the values of
+    /// `keys` for the topics `wanted` picks (a broker shared by many
+    /// environments has thousands of topics; describing all their configs
+    /// for one file's topics is slow).
+    pub async fn describe_configs_of(
+        &self,
+        keys: &[String],
+        wanted: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<BTreeMap<String, ActualTopic>> {
         // fetch_metadata blocks: keep it off the async workers.
         let (client, timeout) = (self.client.clone(), self.timeout);
         let metadata =
@@ -368,7 +380,7 @@ impl Admin {
             .collect();
         let names: Vec<String> = topics
             .keys()
-            .filter(|n| !n.starts_with("__"))
+            .filter(|n| !n.starts_with("__") && wanted(n))
             .cloned()
             .collect();
         if names.is_empty() || keys.is_empty() {
@@ -584,7 +596,10 @@ pub async fn apply(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let actual = admin.describe(&keys).await?;
+    let names: std::collections::BTreeSet<&str> = desired.iter().map(|t| t.name.as_str()).collect();
+    let actual = admin
+        .describe_configs_of(&keys, |name| names.contains(name))
+        .await?;
     let mut outcomes = Vec::new();
     for change in plan(&desired, &actual) {
         let result = if dry_run {
@@ -597,7 +612,43 @@ pub async fn apply(
         };
         outcomes.push(Outcome { change, result });
     }
+    let grown = outcomes.iter().any(|o| {
+        o.result.is_ok() && matches!(o.change, Change::Create(_) | Change::AddPartitions { .. })
+    });
+    if grown && !dry_run {
+        visible(admin, &desired).await?;
+    }
     Ok(outcomes)
+}
+
+/// Waits (30 s at most) until the broker's metadata shows every desired
+/// topic with its partitions: the controller has created them when the
+/// admin call returns, but the broker that answers metadata learns of them
+/// a moment later, and an apply that returns should mean they are there
+/// for the next command (a second apply, a processor subscribing).
+async fn visible(admin: &Admin, desired: &[DesiredTopic]) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let actual = admin.describe(&[]).await?;
+        let missing: Vec<&str> = desired
+            .iter()
+            .filter(|t| {
+                actual
+                    .get(&t.name)
+                    .is_none_or(|a| a.partitions < t.partitions)
+            })
+            .map(|t| t.name.as_str())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "created, but not in the broker's metadata after 30 s: {}",
+            missing.join(", ")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[cfg(test)]

@@ -13,9 +13,14 @@
 //! - `effectively-once-stateless`: the runtime with a processor that only
 //!   emits: offsets, dedupe and outbox in PostgreSQL per batch, the relay;
 //! - `effectively-once`: the same with the example processor, which also
-//!   writes its state (one upsert per record).
+//!   writes its state (one upsert per record);
+//! - `kafka-streams-at-least-once`, `kafka-streams-exactly-once-v2`: the
+//!   peer, a Kafka Streams 4.4 application doing the stateless work
+//!   (`bench/kafka-streams`, built with Maven on the first run), with
+//!   `processing.guarantee` at_least_once and exactly_once_v2.
 //!
-//! Usage: `psymatch-bench [RECORDS]`
+//! Usage: `psymatch-bench [RECORDS]`; `PSYMATCH_BENCH_PHASES=a,b` runs only
+//! those phases.
 
 use psymatch_runtime::app::run_with;
 use psymatch_runtime::example::Counter;
@@ -30,12 +35,17 @@ use std::time::{Duration, Instant};
 #[global_allocator]
 static ALLOCATOR: psymatch_runtime::Allocator = psymatch_runtime::Allocator;
 
-const PHASES: [&str; 4] = [
+const PHASES: [&str; 6] = [
     "passthrough",
     "at-least-once",
     "effectively-once-stateless",
     "effectively-once",
+    "kafka-streams-at-least-once",
+    "kafka-streams-exactly-once-v2",
 ];
+
+/// The peer's Maven project.
+const STREAMS_PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/kafka-streams");
 
 /// The example without its state write: what the runtime itself costs.
 struct Stateless;
@@ -73,11 +83,31 @@ async fn main() -> anyhow::Result<()> {
         bed.prefix
     );
     publish(&bed, records).await?;
+    let chosen: Vec<String> = std::env::var("PSYMATCH_BENCH_PHASES")
+        .map(|list| list.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|_| PHASES.iter().map(|p| p.to_string()).collect());
+    if chosen.iter().any(|p| p.starts_with("kafka-streams")) {
+        build_streams_peer()?;
+    }
     let mut rows = Vec::new();
-    for name in PHASES {
+    for name in PHASES.iter().filter(|p| chosen.iter().any(|c| c == *p)) {
         eprintln!("running {name} ...");
-        let output = std::process::Command::new(std::env::current_exe()?)
-            .args(["--phase", name])
+        let mut command = match name.strip_prefix("kafka-streams-") {
+            Some(guarantee) => {
+                let mut java = std::process::Command::new("java");
+                java.args(["-cp", &format!("{STREAMS_PEER}/target/kafka-streams-bench-1.0.jar:{STREAMS_PEER}/target/lib/*")])
+                    .arg("org.psymatch.bench.StreamsPeer")
+                    .env("GUARANTEE", guarantee.replace('-', "_"))
+                    .env("APPLICATION_ID", format!("{}{name}", bed.prefix));
+                java
+            }
+            None => {
+                let mut own = std::process::Command::new(std::env::current_exe()?);
+                own.args(["--phase", name]);
+                own
+            }
+        };
+        let output = command
             .envs(bed.env("example"))
             .env("BENCH_RECORDS", records.to_string())
             .env("BENCH_PREFIX", &bed.prefix)
@@ -89,7 +119,12 @@ async fn main() -> anyhow::Result<()> {
         let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
         rows.push(report);
     }
-    let limit = rows[0]["per_second"].as_f64().unwrap_or(1.0);
+    let rate = |phase: &str| {
+        rows.iter()
+            .find(|r| r["phase"] == phase)
+            .and_then(|r| r["per_second"].as_f64())
+    };
+    let limit = rate("passthrough").unwrap_or(f64::NAN);
     println!();
     println!("| path | records | seconds | records/s | ratio to passthrough | peak RSS (MiB) |");
     println!("|---|---|---|---|---|---|");
@@ -105,6 +140,40 @@ async fn main() -> anyhow::Result<()> {
             row["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
         );
     }
+    let rss = |phase: &str| {
+        rows.iter()
+            .find(|r| r["phase"] == phase)
+            .and_then(|r| r["peak_rss_kib"].as_f64())
+    };
+    println!();
+    println!("| against Kafka Streams | ratio | goal |");
+    println!("|---|---|---|");
+    for (ours, theirs, goal) in [
+        ("at-least-once", "kafka-streams-at-least-once", 1.5),
+        (
+            "effectively-once-stateless",
+            "kafka-streams-exactly-once-v2",
+            1.0,
+        ),
+    ] {
+        if let (Some(a), Some(b)) = (rate(ours), rate(theirs)) {
+            println!("| {ours} records/s / {theirs} | {:.2} | >= {goal} |", a / b);
+        }
+        if let (Some(a), Some(b)) = (rss(ours), rss(theirs)) {
+            println!("| {ours} peak RSS / {theirs} | {:.2} | < 0.33 |", a / b);
+        }
+    }
+    Ok(())
+}
+
+/// Builds the Kafka Streams peer (Maven; incremental after the first run).
+fn build_streams_peer() -> anyhow::Result<()> {
+    eprintln!("building the Kafka Streams peer (mvn package in {STREAMS_PEER}) ...");
+    let status = std::process::Command::new("mvn")
+        .args(["-q", "-B", "package", "-f"])
+        .arg(format!("{STREAMS_PEER}/pom.xml"))
+        .status()?;
+    anyhow::ensure!(status.success(), "building the Kafka Streams peer failed");
     Ok(())
 }
 
