@@ -95,7 +95,8 @@ async fn main() -> anyhow::Result<()> {
         let mut command = match name.strip_prefix("kafka-streams-") {
             Some(guarantee) => {
                 let mut java = std::process::Command::new("java");
-                java.args(["-cp", &format!("{STREAMS_PEER}/target/kafka-streams-bench-1.0.jar:{STREAMS_PEER}/target/lib/*")])
+                java.arg("-Dorg.slf4j.simpleLogger.defaultLogLevel=warn")
+                    .args(["-cp", &format!("{STREAMS_PEER}/target/kafka-streams-bench-1.0.jar:{STREAMS_PEER}/target/lib/*")])
                     .arg("org.psymatch.bench.StreamsPeer")
                     .env("GUARANTEE", guarantee.replace('-', "_"))
                     .env("APPLICATION_ID", format!("{}{name}", bed.prefix));
@@ -297,8 +298,9 @@ async fn phase(name: &str) -> anyhow::Result<()> {
                 vars.insert("GUARANTEE".into(), "at-least-once".into());
             }
             let config = psymatch_runtime::config::RuntimeConfig::from_vars("example", &vars)?;
+            // The bed migrated the database; the phase runs as the
+            // processor's own role, which may not migrate.
             let pool = psymatch_runtime::db::connect(&config.database_url).await?;
-            psymatch_runtime::db::migrate(&pool).await?;
             // Each phase starts from empty state: no offsets, no ids seen.
             sqlx::query(
                 "TRUNCATE example.consumer_offsets, example.processed_events, example.counts, example.outbox",

@@ -14,6 +14,7 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.List;
 import java.util.Map;
 import java.util.Properties;
 import java.util.UUID;
@@ -28,7 +29,11 @@ import org.apache.avro.generic.GenericRecord;
 import org.apache.avro.io.BinaryEncoder;
 import org.apache.avro.io.DecoderFactory;
 import org.apache.avro.io.EncoderFactory;
+import org.apache.kafka.clients.consumer.ConsumerConfig;
+import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.header.Headers;
+import org.apache.kafka.common.serialization.ByteArrayDeserializer;
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.streams.KafkaStreams;
 import org.apache.kafka.streams.StreamsBuilder;
@@ -52,10 +57,10 @@ import org.apache.kafka.streams.processor.api.FixedKeyRecord;
  *
  * <p>Configured by environment variables (KAFKA_BROKERS, SCHEMA_REGISTRY_URL,
  * BENCH_PREFIX, BENCH_RECORDS, GUARANTEE = at_least_once | exactly_once_v2,
- * APPLICATION_ID). When BENCH_RECORDS inputs are processed it closes (which
- * flushes the producer and commits: the outputs are durable and, under
- * exactly_once_v2, committed) and prints one JSON line: records, seconds
- * from the first record to the end of the close, records/s, peak RSS.
+ * APPLICATION_ID). When BENCH_RECORDS inputs are processed and their
+ * outputs can be read downstream (read_committed) it prints one JSON line:
+ * records, seconds from the first record processed to the last output
+ * readable, records/s, peak RSS; then it closes.
  */
 public final class StreamsPeer {
     private static final byte MAGIC = 0;
@@ -269,28 +274,43 @@ public final class StreamsPeer {
             done.countDown();
             return org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler.StreamThreadExceptionResponse.SHUTDOWN_CLIENT;
         });
+        // The clock stops when the last output can be read by a consumer
+        // downstream (read_committed: under exactly_once_v2 once its
+        // transaction committed), as psymatch's stops when the last batch's
+        // outputs are acknowledged and its offsets committed.
+        String output = prefix + "matching-events";
+        long[] endNanos = new long[1];
         Thread watch = new Thread(() -> {
-            while (peer.processed.get() < records) {
-                try {
-                    Thread.sleep(10);
-                } catch (InterruptedException e) {
-                    return;
+            Properties c = new Properties();
+            c.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, env("KAFKA_BROKERS", "127.0.0.1:9092"));
+            c.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG, "read_committed");
+            c.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
+            c.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
+            try (KafkaConsumer<byte[], byte[]> consumer = new KafkaConsumer<>(c)) {
+                List<TopicPartition> partitions = consumer.partitionsFor(output).stream()
+                    .map(p -> new TopicPartition(output, p.partition()))
+                    .toList();
+                consumer.assign(partitions);
+                consumer.seekToBeginning(partitions);
+                long seen = 0;
+                while (peer.processed.get() < records || seen < records - peer.refused.get()) {
+                    seen += consumer.poll(Duration.ofMillis(50)).count();
                 }
+                endNanos[0] = System.nanoTime();
+            } finally {
+                done.countDown();
             }
-            done.countDown();
         });
         watch.setDaemon(true);
-        streams.start();
         watch.start();
+        streams.start();
         done.await();
-        // The close commits what was processed: under exactly_once_v2 the
-        // open transactions, under at_least_once the producer's flush and
-        // the offsets. The clock stops when it returns.
-        streams.close(Duration.ofSeconds(120));
-        double seconds = (System.nanoTime() - peer.firstNanos) / 1e9;
+        double seconds = (endNanos[0] - peer.firstNanos) / 1e9;
         long count = peer.processed.get();
+        long rss = peakRssKib();
+        streams.close(Duration.ofSeconds(120));
         System.out.printf(
             "{\"phase\": \"kafka-streams-%s\", \"records\": %d, \"seconds\": %.4f, \"per_second\": %.1f, \"peak_rss_kib\": %d, \"refused\": %d}%n",
-            guarantee.replace('_', '-'), count, seconds, count / seconds, peakRssKib(), peer.refused.get());
+            guarantee.replace('_', '-'), count, seconds, count / seconds, rss, peer.refused.get());
     }
 }
