@@ -22,7 +22,7 @@
 //! callbacks and the database lookups they need block, and must not block
 //! the async workers.
 
-use crate::config::{Assignment, GroupProtocol, Guarantee, RuntimeConfig};
+use crate::config::{Assignment, GroupProtocol, Guarantee, Relay, RuntimeConfig};
 use crate::contracts::Contracts;
 use crate::envelope::Envelope;
 use crate::errors::ErrorCode;
@@ -36,7 +36,7 @@ use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
 use serde_json::{Value as Json, json};
 use sqlx::{PgConnection, PgPool};
@@ -84,6 +84,9 @@ struct Shared<P> {
     compacted: HashSet<String>,
     /// Producer of the relay and of the at-least-once path.
     producer: FutureProducer,
+    /// The relay's transactional producer (`RELAY=transactional`), made
+    /// when the relay first needs it and again after it was fenced.
+    transactional: tokio::sync::Mutex<Option<FutureProducer>>,
 }
 
 /// Runs `processor` until `shutdown` completes.
@@ -141,6 +144,7 @@ pub async fn run_with<P: Processor>(
         committed: Mutex::new(Vec::new()),
         compacted,
         producer,
+        transactional: tokio::sync::Mutex::new(None),
     });
 
     let listener = tokio::net::TcpListener::bind(&shared.config.http_listen)
@@ -479,6 +483,9 @@ fn consumer_thread<P: Processor>(
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // Records of transactions not (yet) committed are never read: a
+        // transactional relay's pass cut short stays invisible.
+        .set("isolation.level", "read_committed")
         .set("statistics.interval.ms", "5000");
     match shared.config.group_protocol {
         // The broker decides the assignor and the session timeout.
@@ -1728,6 +1735,88 @@ async fn publish<P: Processor>(
     failed.map_or(Ok(()), Err)
 }
 
+/// Publishes `records` in one Kafka transaction: all of them become
+/// readable (read_committed) or none. A failed transaction is aborted and
+/// counts as nothing acknowledged; a producer that cannot abort (fenced by
+/// another replica's relay, or in a fatal state) is replaced next pass.
+async fn publish_in_transaction<P: Processor>(
+    shared: &Shared<P>,
+    records: &[Outgoing],
+) -> Result<(), Unpublished> {
+    let none = |reason: String| Unpublished {
+        acknowledged: 0,
+        reason,
+    };
+    let producer = transactional_producer(shared).await.map_err(none)?;
+    let p = producer.clone();
+    if let Err(reason) = blocking(move || p.begin_transaction()).await {
+        *shared.transactional.lock().await = None;
+        return Err(none(format!("beginning a transaction: {reason}")));
+    }
+    let outcome = match publish(shared, &producer, records).await {
+        Ok(()) => {
+            let p = producer.clone();
+            blocking(move || p.commit_transaction(Duration::from_secs(30)))
+                .await
+                .map_err(|reason| format!("committing the transaction: {reason}"))
+        }
+        Err(failed) => Err(failed.reason),
+    };
+    if let Err(reason) = outcome {
+        let p = producer.clone();
+        if blocking(move || p.abort_transaction(Duration::from_secs(30)))
+            .await
+            .is_err()
+        {
+            *shared.transactional.lock().await = None;
+        }
+        return Err(none(reason));
+    }
+    Ok(())
+}
+
+/// The relay's transactional producer, made and initialised (which fences
+/// any earlier producer of the same transactional id and aborts its open
+/// transaction) on first use.
+async fn transactional_producer<P: Processor>(
+    shared: &Shared<P>,
+) -> Result<FutureProducer, String> {
+    let mut slot = shared.transactional.lock().await;
+    if let Some(producer) = slot.as_ref() {
+        return Ok(producer.clone());
+    }
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &shared.config.brokers)
+        .set("client.id", format!("psymatch-{}-relay", shared.schema))
+        .set(
+            "transactional.id",
+            format!("psymatch-relay-{}-{}", shared.schema, shared.config.group),
+        )
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "30000");
+    with_options(&mut config, &shared.config);
+    let producer: FutureProducer = config
+        .create()
+        .map_err(|e| format!("creating the transactional producer: {e}"))?;
+    let p = producer.clone();
+    blocking(move || p.init_transactions(Duration::from_secs(30)))
+        .await
+        .map_err(|reason| format!("initialising transactions: {reason}"))?;
+    *slot = Some(producer.clone());
+    Ok(producer)
+}
+
+/// Runs a blocking rdkafka call off the async workers.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> KafkaResult<T> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
 /// Publishes the outbox in order until `drained` is set and the outbox is
 /// empty; one relay per processor
 /// schema at a time (advisory lock), so replicas never interleave.
@@ -1866,7 +1955,10 @@ async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize, String> {
     // The rows the broker acknowledged, in order, go even when a later one
     // failed: the next pass starts after them (a row acknowledged after the
     // failure is published again; consumers drop it by its event id).
-    let published = publish(shared, &shared.producer, &outgoing).await;
+    let published = match shared.config.relay {
+        Relay::Idempotent => publish(shared, &shared.producer, &outgoing).await,
+        Relay::Transactional => publish_in_transaction(shared, &outgoing).await,
+    };
     let acknowledged = match &published {
         Ok(()) => outgoing.len(),
         Err(failed) => failed.acknowledged,

@@ -16,6 +16,7 @@
 //! | `SHUTDOWN_TIMEOUT_SECS` | `10` | how long SIGTERM may take |
 //! | `RETRY_MAX_BACKOFF_MS` | `30000` | longest pause between retries of a failing batch |
 //! | `PARTITION_ASSIGNMENT` | `group` | `group`: Kafka consumer groups; `lease`: partitions are shared out with PostgreSQL leases (see README) |
+//! | `RELAY` | `idempotent` | `idempotent`: the relay publishes the outbox with an idempotent producer; `transactional`: each relay pass in one Kafka transaction (see README, "Relay") |
 //! | `GROUP_PROTOCOL` | `consumer` | `consumer`: the broker assigns (KIP-848, session timeout set on the broker); `classic`: cooperative-sticky, session timeout 10 s |
 //! | `GUARANTEE` | `effectively-once` | `effectively-once`: outputs through the outbox, inputs deduplicated by event id; `at-least-once`: outputs produced directly before the commit (a crash may repeat them), no dedupe |
 //! | `KAFKA_OPTION_<NAME>` | | any librdkafka option: `KAFKA_OPTION_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms` |
@@ -59,8 +60,24 @@ pub struct RuntimeConfig {
     pub assignment: Assignment,
     /// The consumer group protocol (`GROUP_PROTOCOL`).
     pub group_protocol: GroupProtocol,
+    /// How the relay publishes the outbox (`RELAY`).
+    pub relay: Relay,
     /// Raw librdkafka options (`KAFKA_OPTION_*`).
     pub kafka_options: BTreeMap<String, String>,
+}
+
+/// How the relay publishes the outbox of [`Guarantee::EffectivelyOnce`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// An idempotent producer: a crash between the broker's acknowledgement
+    /// and the outbox delete publishes rows again under their own event
+    /// ids, which consumers drop.
+    Idempotent,
+    /// Each pass in one Kafka transaction (one transactional id per
+    /// processor, shared by its replicas: only the holder of the relay lock
+    /// publishes, and a new holder fences the one before); consumers read
+    /// committed records only, so a pass cut short is never seen.
+    Transactional,
 }
 
 /// The consumer group protocol of [`Assignment::Group`].
@@ -177,6 +194,11 @@ impl RuntimeConfig {
                 "lease" => Assignment::Lease,
                 "group" => Assignment::Group,
                 other => bail!("PARTITION_ASSIGNMENT={other}: expected group or lease"),
+            },
+            relay: match text("RELAY", "idempotent").as_str() {
+                "idempotent" => Relay::Idempotent,
+                "transactional" => Relay::Transactional,
+                other => bail!("RELAY={other}: expected idempotent or transactional"),
             },
             group_protocol: match text("GROUP_PROTOCOL", "consumer").as_str() {
                 "consumer" => GroupProtocol::Consumer,

@@ -118,6 +118,18 @@ async fn assert_exactly_once(bed: &TestBed, inputs: usize) -> Vec<Received> {
 /// times out, so consumer groups are shown with two replicas below.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
+    sigkill_at_random_moments(&[]).await;
+}
+
+/// The same with the relay publishing each pass in one Kafka transaction: a
+/// relay killed mid-pass leaves an open transaction that its successor
+/// (same transactional id) aborts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_with_a_transactional_relay() {
+    sigkill_at_random_moments(&[("RELAY", "transactional".to_string())]).await;
+}
+
+async fn sigkill_at_random_moments(vars: &[(&str, String)]) {
     let bed = std::sync::Arc::new(TestBed::new().await);
     let log = std::env::temp_dir().join(format!("{}example.log", bed.prefix));
     let inputs = 10_000;
@@ -130,7 +142,8 @@ async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
             }
         })
     };
-    let lease = [("PARTITION_ASSIGNMENT", "lease".to_string())];
+    let mut lease = vec![("PARTITION_ASSIGNMENT", "lease".to_string())];
+    lease.extend(vars.iter().cloned());
     let mut child = spawn_example_with(&bed, &log, &lease);
     let mut kills = 0;
     let mut rng = rand::rng();
@@ -148,12 +161,50 @@ async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
     })
     .await;
     let outputs = assert_exactly_once(&bed, inputs).await;
+    // Offsets the output topic used: its records, plus, when the relay is
+    // transactional, a commit or abort marker per transaction (and the
+    // records of aborted ones, which consumers never see).
+    let offsets = offsets_used(&bed, "matching-events");
+    let transactional = vars
+        .iter()
+        .any(|(k, v)| *k == "RELAY" && v == "transactional");
+    if transactional {
+        assert!(
+            offsets > outputs.len() as i64,
+            "no transaction markers: {offsets}"
+        );
+    } else {
+        assert_eq!(offsets, outputs.len() as i64, "no offsets but records");
+    }
     eprintln!(
-        "{kills} kills; {} output records for {inputs} inputs ({} duplicates dropped by id)",
+        "{kills} kills; {} output records for {inputs} inputs ({} duplicates dropped by id); {offsets} offsets",
         outputs.len(),
         outputs.len() - inputs
     );
     drop(child);
+}
+
+/// The sum of a topic's high watermarks (it starts empty).
+fn offsets_used(bed: &TestBed, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let physical = format!("{}{topic}", bed.prefix);
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bed.brokers)
+        .create()
+        .unwrap();
+    let metadata = client
+        .fetch_metadata(Some(&physical), Duration::from_secs(10))
+        .unwrap();
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            client
+                .fetch_watermarks(&physical, p.id(), Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .sum()
 }
 
 /// Two replicas in a consumer group of `protocol`; the one that holds

@@ -12,7 +12,9 @@
 //!   per batch after the broker's acknowledgement;
 //! - `effectively-once-stateless`: the runtime with a processor that only
 //!   emits: offsets, dedupe and outbox in PostgreSQL per batch, the relay;
-//! - `effectively-once`: the same with the example processor, which also
+//! - `effectively-once-transactional`: the same with each relay pass in one
+//!   Kafka transaction (`RELAY=transactional`);
+//! - `effectively-once`: the stateless path with the example processor, which also
 //!   writes its state (one upsert per record);
 //! - `kafka-streams-at-least-once`, `kafka-streams-exactly-once-v2`: the
 //!   peer, a Kafka Streams 4.4 application doing the stateless work
@@ -35,10 +37,11 @@ use std::time::{Duration, Instant};
 #[global_allocator]
 static ALLOCATOR: psymatch_runtime::Allocator = psymatch_runtime::Allocator;
 
-const PHASES: [&str; 6] = [
+const PHASES: [&str; 7] = [
     "passthrough",
     "at-least-once",
     "effectively-once-stateless",
+    "effectively-once-transactional",
     "effectively-once",
     "kafka-streams-at-least-once",
     "kafka-streams-exactly-once-v2",
@@ -292,10 +295,16 @@ async fn phase(name: &str) -> anyhow::Result<()> {
             producer.flush(Duration::from_secs(60))?;
             report(name, records, started.expect("records were read").elapsed());
         }
-        "at-least-once" | "effectively-once" | "effectively-once-stateless" => {
+        "at-least-once"
+        | "effectively-once"
+        | "effectively-once-stateless"
+        | "effectively-once-transactional" => {
             let mut vars: std::collections::BTreeMap<String, String> = std::env::vars().collect();
             if name == "at-least-once" {
                 vars.insert("GUARANTEE".into(), "at-least-once".into());
+            }
+            if name == "effectively-once-transactional" {
+                vars.insert("RELAY".into(), "transactional".into());
             }
             let config = psymatch_runtime::config::RuntimeConfig::from_vars("example", &vars)?;
             // The bed migrated the database; the phase runs as the

@@ -120,6 +120,16 @@ public final class StreamsPeer {
         });
     }
 
+    /** A stream thread's readers (by writer schema id), writer and buffers, made once. */
+    private static final class Codecs {
+        final Map<Integer, GenericDatumReader<GenericRecord>> readers = new java.util.HashMap<>();
+        GenericDatumWriter<GenericRecord> writer;
+        org.apache.avro.io.BinaryDecoder decoder;
+        BinaryEncoder encoder;
+    }
+
+    private static final ThreadLocal<Codecs> CODECS = ThreadLocal.withInitial(Codecs::new);
+
     /** Why an input is refused, as the runtime's error codes name it. */
     private static final class Refused extends Exception {
         Refused(String code, String reason) {
@@ -156,9 +166,12 @@ public final class StreamsPeer {
             throw new Refused("PSY-D-002", "schema id " + id + " unknown to the registry");
         }
         GenericRecord envelope;
+        Codecs codecs = CODECS.get();
         try {
-            envelope = new GenericDatumReader<GenericRecord>(writer, reader)
-                .read(null, DecoderFactory.get().binaryDecoder(value, 5, value.length - 5, null));
+            GenericDatumReader<GenericRecord> datumReader =
+                codecs.readers.computeIfAbsent(id, unused -> new GenericDatumReader<>(writer, reader));
+            codecs.decoder = DecoderFactory.get().binaryDecoder(value, 5, value.length - 5, codecs.decoder);
+            envelope = datumReader.read(null, codecs.decoder);
         } catch (IOException | RuntimeException e) {
             throw new Refused("PSY-D-003", "the body does not decode: " + e.getMessage());
         }
@@ -196,9 +209,12 @@ public final class StreamsPeer {
         ByteArrayOutputStream bytes = new ByteArrayOutputStream(128);
         bytes.write(MAGIC);
         bytes.write(ByteBuffer.allocate(4).putInt(this.outputId).array());
-        BinaryEncoder encoder = EncoderFactory.get().binaryEncoder(bytes, null);
-        new GenericDatumWriter<GenericRecord>(output).write(event, encoder);
-        encoder.flush();
+        codecs.encoder = EncoderFactory.get().binaryEncoder(bytes, codecs.encoder);
+        if (codecs.writer == null) {
+            codecs.writer = new GenericDatumWriter<>(output);
+        }
+        codecs.writer.write(event, codecs.encoder);
+        codecs.encoder.flush();
         headers.remove("event_id").remove("event_type").remove("producer");
         headers.add("event_id", outputId.getBytes(StandardCharsets.UTF_8));
         headers.add("event_type", "matching.search_exhausted".getBytes(StandardCharsets.UTF_8));
