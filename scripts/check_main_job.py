@@ -38,7 +38,7 @@ def main():
         sys.exit("no summary: the main job did not finish")
     start = text.index("== summary (run ")
     summary = text[start:]
-    run_id = re.search(r"== summary \(run (\d+)\)", summary).group(1)
+    run_id = re.search(r"== summary \(run (\d+)", summary).group(1)
     failures = []
 
     def check(what, seen, expected):

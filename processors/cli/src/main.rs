@@ -300,11 +300,8 @@ async fn publish(cli: &Cli, topic: &str, file: &str) -> anyhow::Result<()> {
             errors.join("\n  ")
         );
     }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &cli.brokers)
-        .set("client.id", "psymatch-cli")
-        .set("message.timeout.ms", "30000")
-        .create()?;
+    let producer: FutureProducer =
+        psymatch_runtime::broker::producer_config(&cli.brokers, "psymatch-cli").create()?;
     for (key, envelope, bytes) in &encoded {
         let mut headers = OwnedHeaders::new();
         for (name, value) in envelope.headers() {

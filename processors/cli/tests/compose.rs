@@ -162,6 +162,12 @@ fn env_example_documents_every_interpolated_variable() {
     );
 }
 
+/// The text between the first `open` and the `close` after it.
+fn between<'a>(text: &'a str, open: &str, close: &str) -> &'a str {
+    let rest = text.split_once(open).map(|(_, rest)| rest).unwrap();
+    rest.split_once(close).map_or(rest, |(inside, _)| inside)
+}
+
 /// The settings of the local stack's broker (scripts/kafka-broker) that do
 /// not name a host, port or path: compose's broker must have each of them.
 #[test]
@@ -169,21 +175,13 @@ fn the_compose_broker_has_the_version_and_settings_of_the_local_stack() {
     let compose = compose();
     let kafka = &compose["services"]["kafka"];
     let pom = repo_file("ops/kafka/pom.xml");
-    let version = pom
-        .split("<kafka.version>")
-        .nth(1)
-        .and_then(|rest| rest.split('<').next())
-        .unwrap();
+    let version = between(&pom, "<kafka.version>", "<");
     assert_eq!(
         kafka["image"].as_str().unwrap(),
         format!("apache/kafka:{version}")
     );
     let script = repo_file("scripts/kafka-broker");
-    let properties = script
-        .split("<<PROPS\n")
-        .nth(1)
-        .and_then(|rest| rest.split("\nPROPS").next())
-        .unwrap();
+    let properties = between(&script, "<<PROPS\n", "\nPROPS");
     let local: Vec<(&str, &str)> = properties
         .lines()
         .filter(|line| !line.starts_with('#'))

@@ -111,15 +111,8 @@ pub async fn run_with<P: Processor>(
         metrics.register(collector)?;
     }
     let status = Arc::new(Status::default());
-    let mut producer_config = ClientConfig::new();
-    producer_config
-        .set("bootstrap.servers", &config.brokers)
-        .set("client.id", format!("psymatch-{name}-producer"))
-        .set("linger.ms", "2")
-        // No duplicates or reordering from the producer's own retries (a
-        // broker restart, a lost acknowledgement).
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "30000");
+    let mut producer_config =
+        crate::broker::producer_config(&config.brokers, &format!("psymatch-{name}-producer"));
     with_options(&mut producer_config, &config);
     let producer: FutureProducer = producer_config.create().context("creating the producer")?;
     let compacted: HashSet<String> = contracts
@@ -1785,16 +1778,14 @@ async fn transactional_producer<P: Processor>(
     if let Some(producer) = slot.as_ref() {
         return Ok(producer.clone());
     }
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &shared.config.brokers)
-        .set("client.id", format!("psymatch-{}-relay", shared.schema))
-        .set(
-            "transactional.id",
-            format!("psymatch-relay-{}-{}", shared.schema, shared.config.group),
-        )
-        .set("linger.ms", "2")
-        .set("message.timeout.ms", "30000");
+    let mut config = crate::broker::producer_config(
+        &shared.config.brokers,
+        &format!("psymatch-{}-relay", shared.schema),
+    );
+    config.set(
+        "transactional.id",
+        format!("psymatch-relay-{}-{}", shared.schema, shared.config.group),
+    );
     with_options(&mut config, &shared.config);
     let producer: FutureProducer = config
         .create()

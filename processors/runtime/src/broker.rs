@@ -1,6 +1,7 @@
-//! Whether the Kafka broker answers: one check with one message, shared by
-//! the processors (which wait for it at start) and the `psymatch` tool
-//! (which says so in one line and stops).
+//! The Kafka broker as every psymatch binary talks to it: whether it
+//! answers (one check with one message, shared by the processors, which
+//! wait for it at start, and the `psymatch` tool, which says so in one line
+//! and stops), and how a producer is configured.
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -14,6 +15,21 @@ pub struct Unreachable {
     pub brokers: String,
     /// librdkafka's reason, on one line.
     pub reason: String,
+}
+
+/// The settings of every psymatch producer: idempotent, so that its own
+/// retries (a broker restart, a lost acknowledgement) neither duplicate
+/// nor reorder a partition's records; a short linger for batching; a
+/// delivery bound after which a send fails and is retried by the caller.
+pub fn producer_config(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "30000");
+    config
 }
 
 /// Asks `brokers` for their metadata within `timeout`. Blocks: call it off

@@ -131,6 +131,22 @@ impl Vars<'_> {
             .unwrap_or_else(|| default.to_string())
     }
 
+    /// One of `choices` by its name; the first is the default. Another
+    /// value is an error naming the variable and every choice.
+    pub fn choice<T: Copy>(&self, name: &str, choices: &[(&str, T)]) -> anyhow::Result<T> {
+        let Some(value) = self.0.get(name) else {
+            return Ok(choices[0].1);
+        };
+        choices
+            .iter()
+            .find(|(word, _)| word == value)
+            .map(|(_, choice)| *choice)
+            .with_context(|| {
+                let words: Vec<&str> = choices.iter().map(|(word, _)| *word).collect();
+                format!("{name}={value}: expected {}", words.join(" or "))
+            })
+    }
+
     /// The variable parsed as a number, or `default`; an unparsable value
     /// is an error naming the variable.
     pub fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> anyhow::Result<T> {
@@ -185,26 +201,31 @@ impl RuntimeConfig {
             db_pool_size: v.number("DB_POOL_SIZE", 8u32)?.max(2),
             shutdown_timeout: Duration::from_secs(v.number("SHUTDOWN_TIMEOUT_SECS", 10u64)?),
             max_backoff: Duration::from_millis(v.number("RETRY_MAX_BACKOFF_MS", 30_000u64)?),
-            guarantee: match text("GUARANTEE", "effectively-once").as_str() {
-                "effectively-once" => Guarantee::EffectivelyOnce,
-                "at-least-once" => Guarantee::AtLeastOnce,
-                other => bail!("GUARANTEE={other}: expected effectively-once or at-least-once"),
-            },
-            assignment: match text("PARTITION_ASSIGNMENT", "group").as_str() {
-                "lease" => Assignment::Lease,
-                "group" => Assignment::Group,
-                other => bail!("PARTITION_ASSIGNMENT={other}: expected group or lease"),
-            },
-            relay: match text("RELAY", "idempotent").as_str() {
-                "idempotent" => Relay::Idempotent,
-                "transactional" => Relay::Transactional,
-                other => bail!("RELAY={other}: expected idempotent or transactional"),
-            },
-            group_protocol: match text("GROUP_PROTOCOL", "consumer").as_str() {
-                "consumer" => GroupProtocol::Consumer,
-                "classic" => GroupProtocol::Classic,
-                other => bail!("GROUP_PROTOCOL={other}: expected consumer or classic"),
-            },
+            guarantee: v.choice(
+                "GUARANTEE",
+                &[
+                    ("effectively-once", Guarantee::EffectivelyOnce),
+                    ("at-least-once", Guarantee::AtLeastOnce),
+                ],
+            )?,
+            assignment: v.choice(
+                "PARTITION_ASSIGNMENT",
+                &[("group", Assignment::Group), ("lease", Assignment::Lease)],
+            )?,
+            relay: v.choice(
+                "RELAY",
+                &[
+                    ("idempotent", Relay::Idempotent),
+                    ("transactional", Relay::Transactional),
+                ],
+            )?,
+            group_protocol: v.choice(
+                "GROUP_PROTOCOL",
+                &[
+                    ("consumer", GroupProtocol::Consumer),
+                    ("classic", GroupProtocol::Classic),
+                ],
+            )?,
             kafka_options,
         })
     }
@@ -243,5 +264,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(error, "BATCH_SIZE=many is not a valid number");
+    }
+
+    #[test]
+    fn choices_default_to_the_first_and_name_every_choice_when_wrong() {
+        let mut vars = BTreeMap::new();
+        let config = RuntimeConfig::from_vars("intake", &vars).unwrap();
+        assert_eq!(config.assignment, Assignment::Group);
+        assert_eq!(config.group_protocol, GroupProtocol::Consumer);
+        assert_eq!(config.relay, Relay::Idempotent);
+        assert_eq!(config.guarantee, Guarantee::EffectivelyOnce);
+        vars.insert("RELAY".into(), "transactional".into());
+        vars.insert("PARTITION_ASSIGNMENT".into(), "lease".into());
+        let config = RuntimeConfig::from_vars("intake", &vars).unwrap();
+        assert_eq!(config.relay, Relay::Transactional);
+        assert_eq!(config.assignment, Assignment::Lease);
+        vars.insert("GROUP_PROTOCOL".into(), "eager".into());
+        let error = RuntimeConfig::from_vars("intake", &vars)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error, "GROUP_PROTOCOL=eager: expected consumer or classic");
     }
 }

@@ -241,8 +241,7 @@ impl TestBed {
         crate::codec::register_all_prefixed(&registry_url, contracts, &prefix)
             .await
             .expect("schemas registered");
-        let producer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        let producer = crate::broker::producer_config(brokers, "psymatch-test")
             .set("message.timeout.ms", "120000")
             .set("queue.buffering.max.messages", "1000000")
             .create()

@@ -310,14 +310,20 @@ async fn survive(bed: &TestBed, fault: impl std::future::Future<Output = ()>) {
     runtime.await.unwrap().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_restart_mid_stream_recovers_without_a_person() {
-    let mut broker = OwnBroker::start();
+/// A broker of the test's own (to kill), with the stack's PostgreSQL.
+async fn on_own_broker() -> (OwnBroker, TestBed) {
+    let broker = OwnBroker::start();
     let bed = TestBed::with(
         &broker.address(),
         &psymatch_runtime::testing::stack_env("DATABASE_URL"),
     )
     .await;
+    (broker, bed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_recovers_without_a_person() {
+    let (mut broker, bed) = on_own_broker().await;
     survive(&bed, async {
         broker.restart();
     })
@@ -387,12 +393,7 @@ async fn sigterm_drains_commits_and_exits_promptly() {
 /// ready, and becomes ready and processes once the broker is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_processor_started_while_the_broker_is_down_waits_and_then_works() {
-    let mut broker = OwnBroker::start();
-    let bed = TestBed::with(
-        &broker.address(),
-        &psymatch_runtime::testing::stack_env("DATABASE_URL"),
-    )
-    .await;
+    let (mut broker, bed) = on_own_broker().await;
     broker.kill();
     let log = std::env::temp_dir().join(format!("{}example.log", bed.prefix));
     let port = psymatch_runtime::testing::free_port();

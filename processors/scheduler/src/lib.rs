@@ -18,7 +18,6 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use psymatch_runtime::codec::Codec;
 use psymatch_runtime::contracts::Contracts;
 use psymatch_runtime::envelope;
-use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
@@ -257,15 +256,12 @@ pub struct Scheduler {
 impl Scheduler {
     /// A replica on this database and broker.
     pub fn new(schedule: Schedule, settings: Settings, pool: PgPool) -> anyhow::Result<Scheduler> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.brokers)
-            .set(
-                "client.id",
-                format!("psymatch-scheduler-{}", settings.owner),
-            )
-            .set("message.timeout.ms", "30000")
-            .create()
-            .context("creating the producer")?;
+        let producer: FutureProducer = psymatch_runtime::broker::producer_config(
+            &settings.brokers,
+            &format!("psymatch-scheduler-{}", settings.owner),
+        )
+        .create()
+        .context("creating the producer")?;
         Ok(Scheduler {
             codec: Codec::new(&settings.registry_url),
             schedule,
