@@ -283,9 +283,16 @@ pub type Report = (
 /// the batch's transaction with the events emitted for them, so an outcome
 /// is reported exactly once.
 pub async fn report(db: &mut PgConnection) -> Result<Vec<Report>, sqlx::Error> {
+    // `NOT reported` also outside the subquery: two flushes reporting at
+    // once (two partitions of email-commands, two replicas) select the same
+    // rows; the second waits for the first's row locks and, once that one
+    // committed, PostgreSQL re-checks only the outer condition on the new
+    // row. Without it both reported the same email, each under its own
+    // flush's event id (the chaos run found it on Kafka).
     sqlx::query_as(
         "UPDATE email_batcher.emails SET reported = true
-          WHERE email_id IN (SELECT email_id FROM email_batcher.emails
+          WHERE NOT reported
+            AND email_id IN (SELECT email_id FROM email_batcher.emails
                               WHERE NOT reported AND status <> 'ATTEMPTED'
                               ORDER BY attempted_at LIMIT 10000)
          RETURNING email_id, status, therapist_id, message_id, inquiry_ids, patient_ids, sent_at,
