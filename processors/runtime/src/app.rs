@@ -479,7 +479,10 @@ fn consumer_thread<P: Processor>(
         // Records of transactions not (yet) committed are never read: a
         // transactional relay's pass cut short stays invisible.
         .set("isolation.level", "read_committed")
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // The partition queues (QUEUE_CAPACITY) are the buffer; librdkafka's
+        // own prefetch (64 MiB by default) need only bridge one fetch.
+        .set("queued.max.messages.kbytes", "8192");
     match shared.config.group_protocol {
         // The broker decides the assignor and the session timeout.
         GroupProtocol::Consumer => config.set("group.protocol", "consumer"),

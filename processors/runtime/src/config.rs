@@ -9,7 +9,7 @@
 //! | `CONSUMER_GROUP` | `psymatch-<processor>` | Kafka consumer group |
 //! | `TOPIC_PREFIX` | empty | prefix of every physical topic name (isolated environments, tests) |
 //! | `BATCH_SIZE` | `2000` | most records per database transaction (a batch holds what has arrived; it never waits to fill) |
-//! | `QUEUE_CAPACITY` | `10000` | records buffered per partition before fetching pauses |
+//! | `QUEUE_CAPACITY` | `2500` | records buffered per partition before fetching pauses (a batch and a quarter; more only costs memory) |
 //! | `MAX_RECORD_BYTES` | `1048576` | larger input values are dead-lettered (PSY-D-006) |
 //! | `DEDUPE_RETENTION_HOURS` | `336` | how long processed event ids are kept for dropping duplicates (longer than any re-publish can come late) |
 //! | `DB_POOL_SIZE` | `8` | database connections |
@@ -193,7 +193,7 @@ impl RuntimeConfig {
             group: text("CONSUMER_GROUP", &format!("psymatch-{processor}")),
             topic_prefix: text("TOPIC_PREFIX", ""),
             batch_size,
-            queue_capacity: v.number("QUEUE_CAPACITY", 10_000usize)?.max(1),
+            queue_capacity: v.number("QUEUE_CAPACITY", 2_500usize)?.max(1),
             max_record_bytes: v.number("MAX_RECORD_BYTES", 1_048_576usize)?,
             dedupe_retention: Duration::from_secs(
                 3600 * v.number("DEDUPE_RETENTION_HOURS", 336u64)?,
