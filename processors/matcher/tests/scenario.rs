@@ -287,6 +287,11 @@ async fn from_registration_to_placement() {
     // Invalid matching commands: a readable rejection each, nothing else.
     let to_adler = inquiry_of(&events, "t-a", "p-1");
     let to_weber = inquiry_of(&events, "t-c", "p-1");
+    // Read now, from the records that hold the inquiries: a later read
+    // stops at the record it waits for, which may come before these
+    // (partitions are read in no fixed order).
+    let adler_patients = patients_of(&events, &to_adler);
+    let weber_patients = patients_of(&events, &to_weber);
     bed.publish(
         "matching-commands",
         &[
@@ -354,8 +359,6 @@ async fn from_registration_to_placement() {
     // Adler accepts p-1 and has no room for the others of that inquiry
     // (how many it holds depends on how the registrations were batched):
     // p-1 is placed, Adler cools.
-    let adler_patients = patients_of(&events, &to_adler);
-    let weber_patients = patients_of(&events, &to_weber);
     let answers_for = |patients: &[String]| -> Vec<(String, &'static str)> {
         patients
             .iter()
