@@ -718,8 +718,8 @@ fn list_of(partitions: &[(String, i32)]) -> TopicPartitionList {
 /// a connection of its own. Live instances are counted by that
 /// connection's application name; an instance that dies loses its
 /// connection and with it its locks, so its partitions move within a tick.
-/// (Tansu 0.6 keeps a crashed member's partitions assigned to it, so
-/// consumer groups alone cannot survive a SIGKILL there.)
+/// (A consumer group moves a killed member's partitions only after its
+/// session timeout, 10 s on the local stack: the reason leases remain.)
 async fn lease_loop<P: Processor>(
     shared: Arc<Shared<P>>,
     stop: Arc<AtomicBool>,
