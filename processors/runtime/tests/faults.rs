@@ -32,6 +32,22 @@ fn spawn_example_with(bed: &TestBed, log: &std::path::Path, vars: &[(&str, Strin
     KillOnDrop::spawn(env!("CARGO_BIN_EXE_psymatch-example"), &env, log)
 }
 
+/// Publishes `inputs` commands in chunks of `chunk` on a task of its own,
+/// while the test does its faults.
+fn publish_in_chunks(
+    bed: &std::sync::Arc<TestBed>,
+    inputs: usize,
+    chunk: usize,
+) -> tokio::task::JoinHandle<()> {
+    let records = commands(inputs, 0);
+    let bed = bed.clone();
+    tokio::spawn(async move {
+        for part in records.chunks(chunk) {
+            bed.publish("matching-commands", part).await;
+        }
+    })
+}
+
 /// The partitions an instance reports as assigned (0 while it does not answer).
 async fn assigned(port: u16) -> usize {
     let status = match reqwest::get(format!("http://127.0.0.1:{port}/health/status")).await {
@@ -133,15 +149,7 @@ async fn sigkill_at_random_moments(vars: &[(&str, String)]) {
     let bed = std::sync::Arc::new(TestBed::new().await);
     let log = std::env::temp_dir().join(format!("{}example.log", bed.prefix));
     let inputs = 10_000;
-    let publisher = {
-        let records = commands(inputs, 0);
-        let bed = bed.clone();
-        tokio::spawn(async move {
-            for chunk in records.chunks(500) {
-                bed.publish("matching-commands", chunk).await;
-            }
-        })
-    };
+    let publisher = publish_in_chunks(&bed, inputs, 500);
     let mut lease = vec![("PARTITION_ASSIGNMENT", "lease".to_string())];
     lease.extend(vars.iter().cloned());
     let mut child = spawn_example_with(&bed, &log, &lease);
@@ -236,15 +244,7 @@ async fn a_group_member_killed_mid_stream_is_taken_over(protocol: &str) {
     })
     .await;
     let inputs = 6_000;
-    let publisher = {
-        let records = commands(inputs, 0);
-        let bed = bed.clone();
-        tokio::spawn(async move {
-            for chunk in records.chunks(200) {
-                bed.publish("matching-commands", chunk).await;
-            }
-        })
-    };
+    let publisher = publish_in_chunks(&bed, inputs, 200);
     bed.wait_for("processing under way", wait, || async {
         total(&bed).await > 500
     })

@@ -173,11 +173,17 @@ async fn main() -> anyhow::Result<()> {
 /// Builds the Kafka Streams peer (Maven; incremental after the first run).
 fn build_streams_peer() -> anyhow::Result<()> {
     eprintln!("building the Kafka Streams peer (mvn package in {STREAMS_PEER}) ...");
-    let status = std::process::Command::new("mvn")
+    let output = std::process::Command::new("mvn")
         .args(["-q", "-B", "package", "-f"])
         .arg(format!("{STREAMS_PEER}/pom.xml"))
-        .status()?;
-    anyhow::ensure!(status.success(), "building the Kafka Streams peer failed");
+        .output()?;
+    // Maven's output (terminal escapes even when quiet) only when it failed.
+    anyhow::ensure!(
+        output.status.success(),
+        "building the Kafka Streams peer failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     Ok(())
 }
 
