@@ -186,6 +186,12 @@ async fn inquiries_are_batched_and_the_window_defers_then_merges() {
             .count(),
         1
     );
+    // flush-2 has ended (its emails are reported at its end) before the
+    // window moves: a flush still claiming would send i5 alone.
+    bed.read_until("communication-events", DEADLINE, |r| {
+        of_type(r, "email.sent").len() >= 3
+    })
+    .await;
 
     // A week later the waiting inquiries go out together.
     sqlx::query("UPDATE email_batcher.windows SET opened_at = opened_at - interval '8 days' WHERE recipient = $1")
