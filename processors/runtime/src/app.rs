@@ -240,13 +240,7 @@ fn probes<P: Processor>(shared: &Arc<Shared<P>>) -> Vec<(&'static str, crate::su
                 let brokers = brokers.clone();
                 Box::pin(async move {
                     tokio::task::spawn_blocking(move || {
-                        let consumer: BaseConsumer = ClientConfig::new()
-                            .set("bootstrap.servers", &brokers)
-                            .create()
-                            .map_err(|e| e.to_string())?;
-                        consumer
-                            .fetch_metadata(None, Duration::from_secs(2))
-                            .map(|_| ())
+                        crate::broker::check(&brokers, Duration::from_secs(2))
                             .map_err(|e| e.to_string())
                     })
                     .await

@@ -691,17 +691,8 @@ impl OwnBroker {
             .expect("scripts/kafka-broker (Kafka from scripts/install-tools)");
         self.process = Some(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        let client: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", self.address())
-            .create()
-            .expect("a metadata client");
         loop {
-            let answered = rdkafka::consumer::Consumer::fetch_metadata(
-                &client,
-                None,
-                std::time::Duration::from_secs(1),
-            );
-            if answered.is_ok_and(|m| !m.brokers().is_empty()) {
+            if crate::broker::check(&self.address(), std::time::Duration::from_secs(1)).is_ok() {
                 break;
             }
             if let Some(status) = self
