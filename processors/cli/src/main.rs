@@ -8,10 +8,11 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use psymatch_runtime::codec::{self, Codec};
 use psymatch_runtime::contracts::Contracts;
+use psymatch_runtime::processor::Outgoing;
 use psymatch_runtime::{db, envelope, topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use std::io::Read;
@@ -302,20 +303,10 @@ async fn publish(cli: &Cli, topic: &str, file: &str) -> anyhow::Result<()> {
     }
     let producer: FutureProducer =
         psymatch_runtime::broker::producer_config(&cli.brokers, "psymatch-cli").create()?;
-    for (key, envelope, bytes) in &encoded {
-        let mut headers = OwnedHeaders::new();
-        for (name, value) in envelope.headers() {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_bytes()),
-            });
-        }
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(bytes)
-            .headers(headers);
+    for (key, envelope, bytes) in encoded {
+        let record = Outgoing::of_envelope(topic, &key, &envelope, bytes);
         let delivery = producer
-            .send(record, Duration::from_secs(30))
+            .send(record.record(), Duration::from_secs(30))
             .await
             .map_err(|(error, _)| anyhow::anyhow!("publishing to {topic}: {error}"))?;
         println!(

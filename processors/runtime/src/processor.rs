@@ -131,14 +131,77 @@ impl From<sqlx::Error> for ProcessError {
     }
 }
 
-/// A record to publish, already encoded.
+/// A record to publish, already encoded: what every producer of psymatch
+/// (the runtime's outbox and relay, the scheduler, the command line, the
+/// test kit) hands to Kafka, so that an envelope's headers are written in
+/// one place.
 #[derive(Debug, Clone)]
-pub(crate) struct Outgoing {
+pub struct Outgoing {
+    /// The envelope's event id (the outbox's bookkeeping; not sent).
     pub event_id: Uuid,
+    /// The physical topic (with any prefix).
     pub topic: String,
+    /// The record key; `None` for none.
     pub key: Option<String>,
+    /// The encoded value; `None` for a tombstone.
     pub value: Option<Vec<u8>>,
+    /// Kafka headers; a `None` value is a header without value.
     pub headers: Vec<(String, Option<String>)>,
+}
+
+impl Outgoing {
+    /// The record of `envelope` on the physical `topic` under `key`, its
+    /// value already encoded (`value`), with the envelope's headers
+    /// (event id, type, producer, correlation id).
+    pub fn of_envelope(
+        topic: impl Into<String>,
+        key: impl Into<String>,
+        envelope: &crate::envelope::Envelope,
+        value: Vec<u8>,
+    ) -> Outgoing {
+        Outgoing {
+            event_id: envelope.event_id,
+            topic: topic.into(),
+            key: Some(key.into()),
+            value: Some(value),
+            headers: envelope
+                .headers()
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), Some(value)))
+                .collect(),
+        }
+    }
+
+    /// A tombstone for `key` on the physical `topic`: deletes the key from
+    /// a compacted topic.
+    pub fn tombstone(event_id: Uuid, topic: impl Into<String>, key: impl Into<String>) -> Outgoing {
+        Outgoing {
+            event_id,
+            topic: topic.into(),
+            key: Some(key.into()),
+            value: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// The record for rdkafka's producers, borrowing from `self`.
+    pub fn record(&self) -> rdkafka::producer::FutureRecord<'_, str, [u8]> {
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        for (name, value) in &self.headers {
+            headers = headers.insert(rdkafka::message::Header {
+                key: name,
+                value: value.as_deref().map(str::as_bytes),
+            });
+        }
+        let mut record = rdkafka::producer::FutureRecord::to(&self.topic).headers(headers);
+        if let Some(key) = &self.key {
+            record = record.key(key.as_str());
+        }
+        if let Some(value) = &self.value {
+            record = record.payload(value.as_slice());
+        }
+        record
+    }
 }
 
 /// State a processor keeps for the records of one batch (prefetched rows,

@@ -307,17 +307,12 @@ impl TestBed {
                 .encode_with(&physical, schema, value)
                 .await
                 .expect("encodes");
-            let headers: Vec<(String, String)> = envelope
-                .headers()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
-            sends.push((key, bytes, headers));
+            sends.push(crate::processor::Outgoing::of_envelope(
+                &physical, key, &envelope, bytes,
+            ));
         }
         // All in flight at once: librdkafka keeps each partition's order.
-        let sends = sends
-            .iter()
-            .map(|(key, bytes, headers)| self.publish_raw(topic, Some(key), Some(bytes), headers));
+        let sends = sends.iter().map(|record| self.send(record));
         futures::future::join_all(sends).await;
     }
 
@@ -342,25 +337,23 @@ impl TestBed {
         value: Option<&[u8]>,
         headers: &[(String, String)],
     ) {
-        use rdkafka::message::{Header, OwnedHeaders};
-        let physical = format!("{}{topic}", self.prefix);
-        let mut owned = OwnedHeaders::new();
-        for (name, value) in headers {
-            owned = owned.insert(Header {
-                key: name,
-                value: Some(value.as_bytes()),
-            });
-        }
-        let mut record: rdkafka::producer::FutureRecord<'_, str, [u8]> =
-            rdkafka::producer::FutureRecord::to(&physical).headers(owned);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        if let Some(value) = value {
-            record = record.payload(value);
-        }
+        let record = crate::processor::Outgoing {
+            event_id: uuid::Uuid::nil(),
+            topic: format!("{}{topic}", self.prefix),
+            key: key.map(str::to_string),
+            value: value.map(<[u8]>::to_vec),
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.clone(), Some(value.clone())))
+                .collect(),
+        };
+        self.send(&record).await;
+    }
+
+    /// Publishes one record and waits for the broker's acknowledgement.
+    async fn send(&self, record: &crate::processor::Outgoing) {
         self.producer
-            .send(record, std::time::Duration::from_secs(60))
+            .send(record.record(), std::time::Duration::from_secs(60))
             .await
             .map_err(|(error, _)| error)
             .expect("published");

@@ -18,8 +18,8 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use psymatch_runtime::codec::Codec;
 use psymatch_runtime::contracts::Contracts;
 use psymatch_runtime::envelope;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use psymatch_runtime::processor::Outgoing;
+use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -495,22 +495,10 @@ impl Scheduler {
             .codec
             .encode_with(&physical, schema, envelope.to_avro(schema)?)
             .await?;
-        let mut headers = OwnedHeaders::new();
-        for (name, value) in envelope.headers() {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_bytes()),
-            });
-        }
+        let record = Outgoing::of_envelope(&physical, key, &envelope, bytes);
         let delivery = self
             .producer
-            .send(
-                FutureRecord::to(&physical)
-                    .key(&key)
-                    .payload(&bytes)
-                    .headers(headers),
-                Duration::from_secs(30),
-            )
+            .send(record.record(), Duration::from_secs(30))
             .await
             .map_err(|(error, _)| anyhow::anyhow!("publishing to {physical}: {error}"))?;
         Ok(format!(
