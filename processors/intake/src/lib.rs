@@ -13,9 +13,10 @@ pub mod therapists;
 pub mod validate;
 
 use chrono::{DateTime, Utc};
+use psymatch_geo::Position;
 use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::processor::{
-    BatchContext, Context, Incoming, ProcessError, Processor, invalid_event, position_of,
+    BatchContext, Context, Incoming, ProcessError, Processor, invalid_event,
 };
 use psymatch_runtime::sealed;
 use serde_json::{Value, json};
@@ -30,7 +31,7 @@ pub struct Intake;
 struct Stored {
     details: Value,
     status: String,
-    position: Option<(f64, f64)>,
+    position: Option<Position>,
     sequence: i32,
 }
 
@@ -62,7 +63,7 @@ fn stored((details, status, lat, lon, sequence): Row) -> Stored {
     Stored {
         details,
         status,
-        position: lat.zip(lon),
+        position: lat.zip(lon).map(|(lat, lon)| Position::new(lat, lon)),
         sequence,
     }
 }
@@ -119,13 +120,16 @@ fn prefetched(ctx: &mut Context<'_>, patient_id: &str) -> Option<Known> {
 /// A patient's home position in a geocoding result: its request and the
 /// position, rounded; `None` for anything else (a failure, travel times, a
 /// practice's position, a position that is none).
-fn home_position(record: &Incoming) -> Option<(&str, (f64, f64))> {
+fn home_position(record: &Incoming) -> Option<(&str, Position)> {
     let request = record.payload["request_id"].as_str()?;
     if record.event_type() != "geocoding.address_geocoded" || !request.starts_with("patient-") {
         return None;
     }
-    let (lat, lon) = position_of(&record.payload["position"]).ok()??;
-    Some((request, (rounded(lat), rounded(lon))))
+    let at = Position::of_json(&record.payload["position"]).ok()??;
+    Some((
+        request,
+        Position::new(rounded(at.latitude), rounded(at.longitude)),
+    ))
 }
 
 /// Rounds a position to 3 decimals (about 100 m): enough for matching,
@@ -139,7 +143,7 @@ pub fn profile(
     patient_id: &str,
     details: &Value,
     status: &str,
-    position: Option<(f64, f64)>,
+    position: Option<Position>,
     now: DateTime<Utc>,
 ) -> Value {
     let age = validate::birth_date(details)
@@ -154,7 +158,7 @@ pub fn profile(
         "age": age,
         "gender": details["gender"],
         "postcode": details["address"]["postcode"],
-        "coordinates": position.map(|(lat, lon)| json!({"latitude": rounded(lat), "longitude": rounded(lon)})),
+        "coordinates": position.map(|at| Position::new(rounded(at.latitude), rounded(at.longitude)).to_json()),
         "transport": details["transport"],
         "max_distance_km": details["max_distance_km"],
         "max_travel_minutes": details["max_travel_minutes"],
@@ -346,8 +350,8 @@ impl Intake {
                 )
                 .bind(&patient_id)
                 .bind(&details)
-                .bind(position.map(|p| p.0))
-                .bind(position.map(|p| p.1))
+                .bind(position.map(|p| p.latitude))
+                .bind(position.map(|p| p.longitude))
                 .bind(sequence)
                 .bind(moved)
                 .bind(format!("patient-{patient_id}-{sequence}"))
@@ -457,7 +461,7 @@ impl Intake {
         if request_id.is_empty() {
             return Err(invalid_event("a geocoding result without a request id"));
         }
-        let position = position_of(&record.payload["position"]).map_err(invalid_event)?;
+        let position = Position::of_json(&record.payload["position"]).map_err(invalid_event)?;
         if record.event_type() == "geocoding.address_geocoded" && position.is_none() {
             return Err(invalid_event(
                 "an address_geocoded result without a position",
@@ -581,11 +585,11 @@ impl Processor for Intake {
         // The first position of each request.
         let mut seen = HashSet::new();
         let (mut requests, mut lats, mut lons) = (Vec::new(), Vec::new(), Vec::new());
-        for (request, (lat, lon)) in records.iter().filter_map(|r| home_position(r)) {
+        for (request, at) in records.iter().filter_map(|r| home_position(r)) {
             if seen.insert(request) {
                 requests.push(request);
-                lats.push(lat);
-                lons.push(lon);
+                lats.push(at.latitude);
+                lons.push(at.longitude);
             }
         }
         if !requests.is_empty() {

@@ -3,23 +3,12 @@
 //! instead of every therapist in Germany.
 
 use crate::rules::{
-    self, FastMap, History, Judged, Patient, Ranked, Spot, Standing, Therapist, Traits, Verdict,
-    Wants,
+    self, FastMap, History, Judged, Patient, Ranked, Standing, Therapist, Traits, Verdict, Wants,
 };
 use chrono::{DateTime, Utc};
+use psymatch_geo::grid::cell;
+use psymatch_geo::{KM_PER_DEGREE, Position, Spot};
 use std::collections::HashMap;
-
-/// Side of a grid square in km.
-const CELL_KM: f64 = 10.0;
-/// km per degree of longitude at the grid's reference latitude (51° N).
-const KM_PER_DEGREE_LON: f64 = 111.2 * 0.629_320_391;
-
-fn cell(position: (f64, f64)) -> (i64, i64) {
-    (
-        (position.0 * 111.2 / CELL_KM).floor() as i64,
-        (position.1 * KM_PER_DEGREE_LON / CELL_KM).floor() as i64,
-    )
-}
 
 /// A therapist in its grid square: what a search reads of every practice
 /// within reach, side by side in memory (the whole records lie scattered
@@ -179,16 +168,25 @@ impl Index {
     /// read are those overlapping the box around `home`, not the
     /// patient's square widened by whole squares: a 25 km search then
     /// reads about half as many therapists.
-    fn within(&self, home: (f64, f64), reach: f64) -> impl Iterator<Item = (&Entry, f64)> + '_ {
+    fn within(&self, home: Position, reach: f64) -> impl Iterator<Item = (&Entry, f64)> + '_ {
         // The caller accepts 1 % beyond the limit; 2 % covers rounding.
         let km = reach * 1.02;
-        let lat_span = km / rules::KM_PER_DEGREE;
+        let lat_span = km / KM_PER_DEGREE;
         // A degree of longitude is narrowest furthest from the equator,
         // and the distance is measured at the pair's mean latitude.
-        let narrowest = (home.0.abs() + lat_span).min(89.0).to_radians().cos();
-        let lon_span = km / (rules::KM_PER_DEGREE * narrowest);
-        let (top, left) = cell((home.0 - lat_span, home.1 - lon_span));
-        let (bottom, right) = cell((home.0 + lat_span, home.1 + lon_span));
+        let narrowest = (home.latitude.abs() + lat_span)
+            .min(89.0)
+            .to_radians()
+            .cos();
+        let lon_span = km / (KM_PER_DEGREE * narrowest);
+        let (top, left) = cell(Position::new(
+            home.latitude - lat_span,
+            home.longitude - lon_span,
+        ));
+        let (bottom, right) = cell(Position::new(
+            home.latitude + lat_span,
+            home.longitude + lon_span,
+        ));
         let home = Spot::of(home);
         (top..=bottom)
             .flat_map(move |r| (left..=right).map(move |c| (r, c)))
@@ -430,6 +428,7 @@ impl Index {
 /// benchmark): deterministic, no real data.
 pub mod synthetic {
     use crate::rules::{Gender, GenderPreference, Patient, Procedure, Therapist};
+    use psymatch_geo::Position;
     use std::collections::HashSet;
 
     fn unit(n: u64, salt: u64) -> f64 {
@@ -441,7 +440,7 @@ pub mod synthetic {
     }
 
     /// A position in Germany's bounding box, denser around a few cities.
-    pub fn position(n: u64, salt: u64) -> (f64, f64) {
+    pub fn position(n: u64, salt: u64) -> Position {
         const CITIES: [(f64, f64); 6] = [
             (52.52, 13.40),
             (53.55, 9.99),
@@ -452,12 +451,12 @@ pub mod synthetic {
         ];
         if unit(n, salt ^ 1) < 0.6 {
             let (lat, lon) = CITIES[(unit(n, salt ^ 2) * 6.0) as usize % 6];
-            (
+            Position::new(
                 lat + (unit(n, salt ^ 3) - 0.5) * 0.5,
                 lon + (unit(n, salt ^ 4) - 0.5) * 0.8,
             )
         } else {
-            (
+            Position::new(
                 47.4 + unit(n, salt ^ 5) * 7.5,
                 6.0 + unit(n, salt ^ 6) * 8.8,
             )
@@ -522,7 +521,7 @@ mod tests {
 
     #[test]
     fn moved_and_removed_therapists_are_found_where_they_are() {
-        let berlin = (52.52, 13.40);
+        let berlin = Position::new(52.52, 13.40);
         let mut index = Index::new(vec![Therapist {
             id: "t-1".into(),
             position: Some(berlin),
@@ -540,7 +539,7 @@ mod tests {
         assert_eq!(found(&index), 1);
         index.upsert(Therapist {
             id: "t-1".into(),
-            position: Some((48.14, 11.58)),
+            position: Some(Position::new(48.14, 11.58)),
             ..synthetic::therapist(1)
         });
         assert_eq!(found(&index), 0, "moved to Munich");

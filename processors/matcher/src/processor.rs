@@ -21,10 +21,11 @@ use crate::state::{
 };
 use chrono::{DateTime, Duration, Utc};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use psymatch_geo::{Position, distance_km};
 use psymatch_runtime::config::Vars;
 use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::processor::{
-    BatchContext, Context, Incoming, ProcessError, Processor, Scratch, invalid_event, position_of,
+    BatchContext, Context, Incoming, ProcessError, Processor, Scratch, invalid_event,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -343,7 +344,7 @@ impl Matcher {
             if let (Some(home), Some(practice)) = (home, practice) {
                 search
                     .travel
-                    .insert(therapist.clone(), rules::distance_km(home, practice) * 2.0);
+                    .insert(therapist.clone(), distance_km(home, practice) * 2.0);
             }
         }
         search.travel_request = None;
@@ -650,7 +651,7 @@ impl Matcher {
             world.to_match.extend(all);
             return;
         }
-        let positions: Vec<(f64, f64)> = changed
+        let positions: Vec<Position> = changed
             .iter()
             .filter_map(|id| world.index.get(id).and_then(|t| t.position))
             .collect();
@@ -659,9 +660,7 @@ impl Matcher {
                 world.patients.get(id).is_some_and(|p| {
                     p.position.is_some_and(|home| {
                         let reach = Index::reach(p);
-                        positions
-                            .iter()
-                            .any(|t| rules::distance_km(home, *t) <= reach)
+                        positions.iter().any(|t| distance_km(home, *t) <= reach)
                     })
                 })
             })
@@ -849,8 +848,7 @@ impl Matcher {
                 .iter()
                 .filter_map(|slot| {
                     let t = world.index.at(*slot);
-                    let (lat, lon) = t.position?;
-                    Some(json!({"id": t.id, "position": {"latitude": lat, "longitude": lon}}))
+                    Some(json!({"id": t.id, "position": t.position?.to_json()}))
                 })
                 .collect();
             let asked: Vec<String> = therapists
@@ -861,7 +859,7 @@ impl Matcher {
                 "geocoding-requests",
                 "geocoding.compute_travel_times",
                 json!({"request_id": request_id, "mode": search.profile["transport"],
-                       "origin": {"latitude": home.0, "longitude": home.1}, "destinations": destinations}),
+                       "origin": home.to_json(), "destinations": destinations}),
             );
             search.travel_request = Some((request_id, asked));
             world.put_search(&patient, search);
@@ -975,15 +973,15 @@ fn check_event(record: &Incoming) -> Result<(), String> {
     match record.topic.as_str() {
         "patient-events" => {
             id("patient_id")?;
-            position_of(&p["profile"]["coordinates"])?;
+            Position::of_json(&p["profile"]["coordinates"])?;
         }
         "therapist-events" => {
             id("therapist_id")?;
-            position_of(&p["details"]["coordinates"])?;
+            Position::of_json(&p["details"]["coordinates"])?;
         }
         "geocoding-results" => {
             id("request_id")?;
-            position_of(&p["position"])?;
+            Position::of_json(&p["position"])?;
             for result in p["results"].as_array().into_iter().flatten() {
                 if result["duration_seconds"]
                     .as_f64()

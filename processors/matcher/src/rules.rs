@@ -1,6 +1,7 @@
 //! Hard constraints and ranking (DOMAIN.md, "Matching rules").
 
 use chrono::{DateTime, NaiveDate, Utc};
+use psymatch_geo::{Position, distance_km};
 use std::collections::{HashMap, HashSet};
 
 /// Gender of a patient or therapist.
@@ -48,7 +49,7 @@ pub struct Patient {
     /// Gender.
     pub gender: Gender,
     /// Home position (rounded), once geocoded.
-    pub position: Option<(f64, f64)>,
+    pub position: Option<Position>,
     /// Largest distance in km; `None` and no travel limit: 25 km.
     pub max_distance_km: Option<f64>,
     /// Largest travel time by the patient's mode, in minutes.
@@ -71,7 +72,7 @@ pub struct Therapist {
     /// Gender.
     pub gender: Gender,
     /// Practice position, once known.
-    pub position: Option<(f64, f64)>,
+    pub position: Option<Position>,
     /// Procedures offered.
     pub procedures: Vec<Procedure>,
     /// Treats adults.
@@ -223,50 +224,6 @@ pub enum Verdict {
 
 /// The default distance limit when the patient set none.
 pub const DEFAULT_LIMIT_KM: f64 = 25.0;
-
-/// Distance in km on the equirectangular projection at the pair's mean
-/// latitude: within the 200 km a search reaches, it differs from the
-/// great circle by less than 0.1 %, at a third of the cost (the search
-/// measures thousands of practices per patient).
-pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
-    Spot::of(a).km_to(&Spot::of(b))
-}
-
-/// A position with the sine and cosine of half its latitude: the cosine
-/// of a pair's mean latitude is then a product of these, and a search
-/// that measures a thousand practices from one home calls no cosine.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Spot {
-    /// Latitude and longitude in degrees.
-    pub position: (f64, f64),
-    cos_half: f64,
-    sin_half: f64,
-}
-
-impl Spot {
-    /// The spot of a position.
-    pub fn of(position: (f64, f64)) -> Spot {
-        let (sin_half, cos_half) = (position.0 / 2.0).to_radians().sin_cos();
-        Spot {
-            position,
-            cos_half,
-            sin_half,
-        }
-    }
-
-    /// [`distance_km`] to `other`: cos((a + b) / 2) is
-    /// cos(a/2)·cos(b/2) − sin(a/2)·sin(b/2).
-    pub fn km_to(&self, other: &Spot) -> f64 {
-        let (a, b) = (self.position, other.position);
-        let cos_mean = self.cos_half * other.cos_half - self.sin_half * other.sin_half;
-        let dy = (b.0 - a.0) * KM_PER_DEGREE;
-        let dx = (b.1 - a.1) * KM_PER_DEGREE * cos_mean;
-        (dy * dy + dx * dx).sqrt()
-    }
-}
-
-/// km per degree of latitude (and of longitude at the equator).
-pub(crate) const KM_PER_DEGREE: f64 = 6371.0088 * std::f64::consts::PI / 180.0;
 
 /// Checks the hard constraints in DOMAIN.md's order (the cheap ones
 /// first would be faster; this order makes the first broken rule the
@@ -567,7 +524,7 @@ pub fn rank_best(candidates: &mut [Ranked<'_>], today: NaiveDate, best: usize) {
 mod tests {
     use super::*;
 
-    const BERLIN: (f64, f64) = (52.52, 13.40);
+    const BERLIN: Position = Position::new(52.52, 13.40);
 
     fn now() -> DateTime<Utc> {
         "2026-11-26T10:00:00Z".parse().unwrap()
@@ -592,7 +549,7 @@ mod tests {
         Therapist {
             id: "t-1".into(),
             gender: Gender::Female,
-            position: Some((52.53, 13.42)),
+            position: Some(Position::new(52.53, 13.42)),
             procedures: vec![Procedure::Behavioural],
             treats_adults: true,
             treats_children: false,
@@ -628,7 +585,7 @@ mod tests {
     #[test]
     fn rule_1_distance_and_travel_time() {
         let mut far = therapist();
-        far.position = Some((52.52, 13.90)); // about 34 km
+        far.position = Some(Position::new(52.52, 13.90)); // about 34 km
         assert!(matches!(rule(&patient(), &far), Some(Rule::Distance(_, limit)) if limit == 25.0));
         let mut p = patient();
         p.max_distance_km = Some(40.0);
@@ -696,27 +653,6 @@ mod tests {
         let ids = |r: &[Ranked<'_>]| r.iter().map(|(t, _, _)| t.id.clone()).collect::<Vec<_>>();
         assert_eq!(ids(&best[..10]), ids(&full[..10]));
         assert_eq!(best.len(), 200);
-    }
-
-    #[test]
-    fn the_flat_distance_stays_within_a_thousandth_of_the_great_circle() {
-        let great_circle = |a: (f64, f64), b: (f64, f64)| {
-            let (p1, p2) = (a.0.to_radians(), b.0.to_radians());
-            let (dp, dl) = ((b.0 - a.0).to_radians(), (b.1 - a.1).to_radians());
-            let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-            2.0 * 6371.0088 * h.sqrt().asin()
-        };
-        // Berlin-Potsdam, Munich-Augsburg, Hamburg-Bremen, Flensburg-Kiel.
-        for (a, b) in [
-            (BERLIN, (52.39, 13.06)),
-            ((48.14, 11.58), (48.37, 10.90)),
-            ((53.55, 9.99), (53.08, 8.80)),
-            ((54.78, 9.43), (54.32, 10.13)),
-        ] {
-            let (flat, round) = (distance_km(a, b), great_circle(a, b));
-            assert!(round > 20.0);
-            assert!((flat - round).abs() / round < 0.001, "{flat} vs {round}");
-        }
     }
 
     #[test]

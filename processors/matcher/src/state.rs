@@ -8,6 +8,7 @@ use crate::index::Index;
 use crate::inquiries::{Contact, MAX_PATIENTS, Practices};
 use crate::rules::{Gender, GenderPreference, History, Patient, Procedure, Therapist};
 use chrono::{DateTime, NaiveDate, Utc};
+use psymatch_geo::Position;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -25,7 +26,8 @@ pub struct TherapistRecord {
     /// Who published the details (`116117`, `manual`, ...).
     pub source: Option<String>,
     /// Position from the geocoder, for details without coordinates.
-    pub geocoded: Option<(f64, f64)>,
+    #[serde(default, with = "psymatch_geo::optional_pair")]
+    pub geocoded: Option<Position>,
     /// Closed practice (the scraper no longer finds it).
     pub removed: bool,
     /// Blocked, with the reason.
@@ -72,7 +74,7 @@ impl TherapistRecord {
     }
 
     /// The practice's position: the directory's, else the geocoder's.
-    pub fn position(&self) -> Option<(f64, f64)> {
+    pub fn position(&self) -> Option<Position> {
         let details = self.details.as_ref()?;
         coordinates(&details["coordinates"]).or(self.geocoded)
     }
@@ -213,8 +215,11 @@ fn procedure(symbol: &str) -> Option<Procedure> {
 }
 
 /// `{"latitude": .., "longitude": ..}` as a position.
-pub fn coordinates(value: &Value) -> Option<(f64, f64)> {
-    Some((value["latitude"].as_f64()?, value["longitude"].as_f64()?))
+pub fn coordinates(value: &Value) -> Option<Position> {
+    Some(Position::new(
+        value["latitude"].as_f64()?,
+        value["longitude"].as_f64()?,
+    ))
 }
 
 /// The rules' view of a search.

@@ -540,50 +540,11 @@ pub fn derived_event_id(input: &Uuid, index: usize) -> Uuid {
     Uuid::new_v5(input, format!("emit/{index}").as_bytes())
 }
 
-/// A position in an event (`{"latitude", "longitude"}`): `None` when it is
-/// absent or null; an error when it is off the globe (a producer's bug the
-/// consumer dead-letters with [`ErrorCode::InvalidEvent`]).
-pub fn position_of(value: &Json) -> Result<Option<(f64, f64)>, String> {
-    if value.is_null() {
-        return Ok(None);
-    }
-    match (value["latitude"].as_f64(), value["longitude"].as_f64()) {
-        (Some(lat), Some(lon))
-            if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) =>
-        {
-            Ok(Some((lat, lon)))
-        }
-        _ => Err(format!("{value} is not a position on the globe")),
-    }
-}
-
 /// An event a consumer cannot fold into its state: dead-lettered with
 /// [`ErrorCode::InvalidEvent`] and `reason`.
 pub fn invalid_event(reason: impl Into<String>) -> ProcessError {
     ProcessError::Invalid {
         code: ErrorCode::InvalidEvent,
         reason: reason.into(),
-    }
-}
-
-#[cfg(test)]
-mod position_tests {
-    use super::position_of;
-    use serde_json::json;
-
-    #[test]
-    fn positions_off_the_globe_are_errors() {
-        assert_eq!(position_of(&json!(null)), Ok(None));
-        assert_eq!(
-            position_of(&json!({"latitude": 52.5, "longitude": 13.4})),
-            Ok(Some((52.5, 13.4)))
-        );
-        for bad in [
-            json!({"latitude": 123.0, "longitude": 13.4}),
-            json!({"latitude": 52.5, "longitude": -181.0}),
-            json!({"latitude": 52.5}),
-        ] {
-            assert!(position_of(&bad).is_err(), "{bad}");
-        }
     }
 }

@@ -21,6 +21,7 @@ use client::{KbvClient, SearchError};
 use config::ScraperConfig;
 use kbv::Filters;
 use metrics::ScraperMetrics;
+use psymatch_geo::{Position, grid};
 use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::processor::{Context, Incoming, ProcessError, Processor};
 use serde::Deserialize;
@@ -128,7 +129,7 @@ fn centre(area: &Area) -> Result<(f64, f64), String> {
     }
     match (&area.centre, &area.postcode) {
         (Some(c), _) => {
-            if (47.0..=55.5).contains(&c.latitude) && (5.5..=15.5).contains(&c.longitude) {
+            if Position::new(c.latitude, c.longitude).in_germany() {
                 Ok((c.latitude, c.longitude))
             } else {
                 Err(format!(
@@ -137,20 +138,13 @@ fn centre(area: &Area) -> Result<(f64, f64), String> {
                 ))
             }
         }
-        (None, Some(postcode)) => psymatch_geocoder::fallback::postcodes()
+        (None, Some(postcode)) => psymatch_geo::postcodes()
             .get(postcode.trim())
             .map(|p| (p.latitude, p.longitude))
             .ok_or_else(|| format!("postcode {postcode:?} is not a known German postcode")),
         (None, None) => Err("an area needs a postcode or a centre".to_string()),
     }
 }
-
-/// Side of the grid cells a region is covered with, in km.
-pub const REGION_CELL_KM: f64 = 10.0;
-
-/// Reference latitude of the region grid (the middle of Germany), so cells
-/// are the same squares wherever a region lies.
-const GRID_LATITUDE: f64 = 51.0;
 
 /// Areas covering a region given by name: `germany` (or `deutschland`,
 /// `de`), or a postcode prefix (`1`, `10`, `80331`). The postcode centroids
@@ -175,31 +169,22 @@ pub fn region_areas(region: &str) -> Result<Vec<(f64, f64, i32)>, String> {
             ));
         }
     };
-    let km_lon = 111.2 * GRID_LATITUDE.to_radians().cos();
-    let mut cells: Vec<(i64, i64)> = psymatch_geocoder::fallback::postcodes()
+    let mut cells: Vec<grid::Cell> = psymatch_geo::postcodes()
         .iter()
         .filter(|(postcode, _)| postcode.starts_with(prefix))
-        .map(|(_, p)| {
-            (
-                (p.latitude * 111.2 / REGION_CELL_KM).floor() as i64,
-                (p.longitude * km_lon / REGION_CELL_KM).floor() as i64,
-            )
-        })
+        .map(|(_, p)| grid::cell(*p))
         .collect();
     if cells.is_empty() {
         return Err(format!("no postcode starts with {prefix:?}"));
     }
     cells.sort_unstable();
     cells.dedup();
-    let radius = (REGION_CELL_KM * std::f64::consts::FRAC_1_SQRT_2).ceil() as i32;
+    let radius = (grid::CELL_KM * std::f64::consts::FRAC_1_SQRT_2).ceil() as i32;
     Ok(cells
         .into_iter()
-        .map(|(row, column)| {
-            (
-                (row as f64 + 0.5) * REGION_CELL_KM / 111.2,
-                (column as f64 + 0.5) * REGION_CELL_KM / km_lon,
-                radius,
-            )
+        .map(|square| {
+            let centre = grid::centre(square);
+            (centre.latitude, centre.longitude, radius)
         })
         .collect())
 }
@@ -839,13 +824,10 @@ mod tests {
         );
         assert!(germany.iter().all(|a| a.2 == 8));
         // Every postcode centroid lies inside an area.
-        let km_lon = 111.2 * GRID_LATITUDE.to_radians().cos();
-        for (postcode, p) in psymatch_geocoder::fallback::postcodes() {
-            let inside = germany.iter().any(|(lat, lon, r)| {
-                let dy = (lat - p.latitude) * 111.2;
-                let dx = (lon - p.longitude) * km_lon;
-                (dx * dx + dy * dy).sqrt() <= *r as f64
-            });
+        for (postcode, p) in psymatch_geo::postcodes() {
+            let inside = germany
+                .iter()
+                .any(|(lat, lon, r)| grid::plane_km(Position::new(*lat, *lon), *p) <= *r as f64);
             assert!(inside, "{postcode} is not covered");
         }
         let berlin = region_areas("10").unwrap();

@@ -22,11 +22,11 @@
 //! callbacks and the database lookups they need block, and must not block
 //! the async workers.
 //!
-//! The stages, one module each: [`consumer`] (the thread, rebalances,
-//! stored offsets), [`lease`] (partition ownership through PostgreSQL),
-//! [`worker`] (one task per partition), [`batch`] (one batch's
-//! transaction, phase by phase), [`decode`], [`dead_letter`], [`encode`],
-//! [`outbox`], [`relay`] and [`retry`].
+//! The stages, one module each: `consumer` (the thread, rebalances,
+//! stored offsets), `lease` (partition ownership through PostgreSQL),
+//! `worker` (one task per partition), `batch` (one batch's
+//! transaction, phase by phase), `decode`, `dead_letter`, `encode`,
+//! `outbox`, `relay` and `retry`.
 
 mod batch;
 mod consumer;

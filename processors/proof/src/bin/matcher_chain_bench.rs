@@ -44,11 +44,11 @@ impl Processor for StandIn {
             .next()
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        let (lat, lon) = synthetic::position(n, 23);
+        let at = synthetic::position(n, 23);
         ctx.emit(
             "geocoding-results",
             "geocoding.address_geocoded",
-            json!({"request_id": request, "position": {"latitude": lat, "longitude": lon},
+            json!({"request_id": request, "position": at.to_json(),
                    "precision": "POSTCODE", "source": "OFFLINE_POSTCODE", "note": null}),
         )
     }
@@ -76,13 +76,13 @@ fn therapist_state(n: u64) -> Value {
     if t.treats_children {
         age_groups.push("CHILDREN_AND_ADOLESCENTS");
     }
-    let (lat, lon) = t.position.expect("synthetic therapists have positions");
+    let at = t.position.expect("synthetic therapists have positions");
     json!({
         "details": {
             "salutation": "NONE", "title": null, "first_name": "Test", "last_name": format!("Praxis{n}"),
             "gender": symbol(t.gender),
             "address": {"street": "Teststraße", "house_number": "1", "postcode": "10115", "city": "Berlin"},
-            "coordinates": {"latitude": lat, "longitude": lon},
+            "coordinates": at.to_json(),
             "email": t.has_email.then(|| format!("t-{n}@example.org")),
             "procedures": t.procedures.iter().map(procedure).collect::<Vec<_>>(),
             "age_groups": age_groups, "settings": ["INDIVIDUAL"],
