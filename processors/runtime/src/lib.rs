@@ -59,6 +59,7 @@ pub mod schemas;
 pub mod sealed;
 pub mod surface;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod text;
 pub mod throttle;
