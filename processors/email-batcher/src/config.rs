@@ -1,5 +1,5 @@
-//! The email batcher's configuration, from the environment (README,
-//! "Email batcher").
+//! The email batcher's configuration, from the environment
+//! (docs/processors/email-batcher.md).
 
 use anyhow::{Context as _, bail};
 use psymatch_runtime::config::Vars;

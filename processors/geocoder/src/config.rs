@@ -1,5 +1,5 @@
-//! The geocoder's configuration, from the environment (README,
-//! "Geocoder configuration").
+//! The geocoder's configuration, from the environment
+//! (docs/processors/geocoder.md, "Geocoder configuration").
 
 use crate::Mode;
 use anyhow::bail;

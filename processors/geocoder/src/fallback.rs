@@ -6,7 +6,7 @@ use crate::{Mode, Position};
 use psymatch_geo::great_circle_m;
 
 /// How far the way is longer than the straight line, and how fast one
-/// travels door to door, per mode. Documented in the README (Geocoder):
+/// travels door to door, per mode. Documented in docs/processors/geocoder.md:
 /// road networks add 20-40 % to the straight line in German cities, and the
 /// speeds are urban door-to-door averages (parking, waiting and changing
 /// included), chosen to err on the slow side so a patient's limit is not

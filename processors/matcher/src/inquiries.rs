@@ -1,5 +1,5 @@
-//! Composing inquiries from ranked candidates (DOMAIN.md, "Inquiries and
-//! contact limits"): one inquiry per practice (therapists sharing an email
+//! Composing inquiries from ranked candidates (docs/design.md,
+//! "Inquiries and contact limits"): one inquiry per practice (therapists sharing an email
 //! address are one practice, written to once, addressed to its owner),
 //! at most six patients each, each patient to its best practices first.
 

@@ -1,4 +1,4 @@
-//! The matcher: the matching rules of DOMAIN.md as pure functions
+//! The matcher: the matching rules of docs/design.md as pure functions
 //! ([`rules`]: whether a therapist is a candidate for a patient, hard
 //! constraints 1-9, each rejection naming its rule; the baseline ranking,
 //! replaceable as one function), the candidate search on a grid in memory

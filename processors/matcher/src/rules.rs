@@ -1,4 +1,4 @@
-//! Hard constraints and ranking (DOMAIN.md, "Matching rules").
+//! Hard constraints and ranking (docs/design.md, "Matching rules").
 
 use chrono::{DateTime, NaiveDate, Utc};
 use psymatch_geo::{Position, distance_km};
@@ -143,7 +143,7 @@ impl History {
     }
 }
 
-/// The hard constraint that rejected a therapist (DOMAIN.md numbering).
+/// The hard constraint that rejected a therapist (numbered as in docs/design.md).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rule {
     /// 1: farther than the patient's limit (km, limit).
@@ -225,7 +225,7 @@ pub enum Verdict {
 /// The default distance limit when the patient set none.
 pub const DEFAULT_LIMIT_KM: f64 = 25.0;
 
-/// Checks the hard constraints in DOMAIN.md's order (the cheap ones
+/// Checks the hard constraints in the order of docs/design.md (the cheap ones
 /// first would be faster; this order makes the first broken rule the
 /// one reported). `minutes` is the travel time by the patient's mode when
 /// the geocoder has answered.
@@ -303,7 +303,7 @@ pub struct Judged<'a> {
     pub km: f64,
 }
 
-/// The rules in DOMAIN.md's order: the verdict of [`check_standing`],
+/// The rules in the order of docs/design.md: the verdict of [`check_standing`],
 /// from what the search holds of a therapist.
 pub fn judge(patient: &Patient, history: &History, now: DateTime<Utc>, t: Judged<'_>) -> Verdict {
     let reject = Verdict::Rejected;
@@ -446,7 +446,7 @@ impl Wants {
     }
 
     /// The first of rules 3-8 a therapist with `traits` breaks, in
-    /// DOMAIN.md's order.
+    /// the order of docs/design.md.
     pub fn refusal(&self, traits: Traits) -> Option<Rule> {
         if traits.flags & Traits::BLOCKED != 0 {
             return Some(Rule::Blocked);
@@ -478,7 +478,7 @@ impl Wants {
 /// A candidate to rank: the therapist and its distance and travel time.
 pub type Ranked<'a> = (&'a Therapist, f64, Option<f64>);
 
-/// The baseline ranking (DOMAIN.md): a free place whose date has passed
+/// The baseline ranking (docs/design.md): a free place whose date has passed
 /// first, then shorter travel (time when known, else distance), then those
 /// with an email address, then those not contacted recently. Replace this
 /// one function to rank differently.
@@ -770,7 +770,7 @@ mod tests {
             }
         }
         assert_eq!(checked, 3 * 3 * 3 * 3 * 6);
-        // The cases DOMAIN.md names.
+        // The cases docs/design.md names.
         let mut diverse = therapist();
         diverse.gender = Gender::Diverse;
         let mut wants_female = patient();

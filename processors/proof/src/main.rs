@@ -5,7 +5,7 @@
 //! prints a table; the exit status is 1 when an invariant is broken.
 //!
 //! - `psymatch-proof poison [--per-kind N]`: bad records of seven kinds on
-//!   every consumed topic, interleaved with good ones (README, "Proofs").
+//!   every consumed topic, interleaved with good ones (docs/proofs.md).
 //! - `psymatch-proof erasure-scan --values-file FILE`: where values of a
 //!   person (one per line) remain: tables, topics, mail capture, files.
 

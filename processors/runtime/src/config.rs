@@ -15,8 +15,8 @@
 //! | `DB_POOL_SIZE` | `8` | database connections |
 //! | `SHUTDOWN_TIMEOUT_SECS` | `10` | how long SIGTERM may take |
 //! | `RETRY_MAX_BACKOFF_MS` | `30000` | longest pause between retries of a failing batch |
-//! | `PARTITION_ASSIGNMENT` | `group` | `group`: Kafka consumer groups; `lease`: partitions are shared out with PostgreSQL leases (see README) |
-//! | `RELAY` | `idempotent` | `idempotent`: the relay publishes the outbox with an idempotent producer; `transactional`: each relay pass in one Kafka transaction (see README, "Relay") |
+//! | `PARTITION_ASSIGNMENT` | `group` | `group`: Kafka consumer groups; `lease`: partitions are shared out with PostgreSQL leases (see docs/writing-a-processor.md) |
+//! | `RELAY` | `idempotent` | `idempotent`: the relay publishes the outbox with an idempotent producer; `transactional`: each relay pass in one Kafka transaction (see docs/writing-a-processor.md, "Relay") |
 //! | `GROUP_PROTOCOL` | `consumer` | `consumer`: the broker assigns (KIP-848, session timeout set on the broker); `classic`: cooperative-sticky, session timeout 10 s |
 //! | `GUARANTEE` | `effectively-once` | `effectively-once`: outputs through the outbox, inputs deduplicated by event id; `at-least-once`: outputs produced directly before the commit (a crash may repeat them), no dedupe |
 //! | `KAFKA_OPTION_<NAME>` | | any librdkafka option: `KAFKA_OPTION_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms` |

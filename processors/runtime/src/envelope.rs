@@ -1,4 +1,4 @@
-//! The envelope every topic value is wrapped in (DESIGN.md, Topics), and its
+//! The envelope every topic value is wrapped in (docs/design.md, "Topics"), and its
 //! JSON form for people.
 //!
 //! A record as a person writes it:

@@ -1,5 +1,5 @@
 //! Stable error codes: the same code appears in dead-letter headers,
-//! rejection events, logs and metric labels, and the README lists them.
+//! rejection events, logs and metric labels, and docs/error-codes.md lists them.
 
 use std::fmt;
 

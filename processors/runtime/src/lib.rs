@@ -9,7 +9,7 @@
 /// ALLOCATOR: psymatch_runtime::Allocator = psymatch_runtime::Allocator;`):
 /// decoding, converting and encoding records allocates and frees small
 /// values at a high rate, where glibc's malloc spent a third of the
-/// runtime's time (perf, README "Benchmark").
+/// runtime's time (perf, docs/benchmarks.md).
 pub use mimalloc::MiMalloc as Allocator;
 
 /// mimalloc's `purge_delay` option: its place in mimalloc 3's

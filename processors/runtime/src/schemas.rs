@@ -6,7 +6,7 @@
 //! so the schema registered for `<topic>-value` is self-contained, as every
 //! Kafka client expects, while the repository keeps one definition.
 //!
-//! Every topic value is an envelope (DESIGN.md, Topics) whose `payload` is a
+//! Every topic value is an envelope (docs/design.md, "Topics") whose `payload` is a
 //! union of records. Each of those records names its `event_type` in a custom
 //! attribute; that attribute is how an envelope's `event_type` and its payload
 //! branch stay one and the same thing, for people publishing JSON and for

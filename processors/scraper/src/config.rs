@@ -1,4 +1,4 @@
-//! The scraper's configuration, from the environment (README, "Scraper").
+//! The scraper's configuration, from the environment (docs/processors/scraper.md).
 
 use psymatch_runtime::config::Vars;
 use std::collections::BTreeMap;

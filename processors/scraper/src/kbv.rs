@@ -132,7 +132,7 @@ pub fn request_body(latitude: f64, longitude: f64, radius_km: u32, filters: &Fil
 /// coordinates in its script. The derivation is the site's and changes with
 /// it, so it is kept in this one function; this build uses the SHA-256 of
 /// the coordinates with 6 decimals, first 12 hex digits (what the local
-/// stand-in checks). See README, "Scraper".
+/// stand-in checks). See docs/processors/scraper.md.
 pub fn request_token(latitude: f64, longitude: f64) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(format!("{latitude:.6},{longitude:.6}").as_bytes());

@@ -1,4 +1,4 @@
-//! The therapist record of DOMAIN.md, normalised from what a source
+//! The therapist record (docs/design.md), normalised from what a source
 //! published: validated, with data-quality flags instead of silently
 //! dropped values.
 
