@@ -1,264 +1,18 @@
 //! The matcher's state: what it knows of therapists, searches and
-//! inquiries, kept in memory for the candidate search and written to
-//! PostgreSQL (`matcher.*`) at the end of every batch, record by record as
-//! jsonb. The records here are what is stored; the rules' views
-//! ([`Patient`], [`Therapist`]) and the index are derived from them.
+//! inquiries ([`crate::records`]), kept in memory for the candidate search
+//! and written to PostgreSQL (`matcher.*`) at the end of every batch,
+//! record by record as jsonb. The rules' views ([`Patient`],
+//! [`Therapist`]) and the index are derived from the records.
 
 use crate::index::Index;
 use crate::inquiries::{Contact, MAX_PATIENTS, Practices};
-use crate::rules::{Gender, GenderPreference, History, Patient, Procedure, Therapist};
-use chrono::{DateTime, NaiveDate, Utc};
-use psymatch_geo::Position;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use crate::records::{InquiryRecord, SearchRecord, SearchStatus, TherapistRecord};
+use crate::rules::{History, Patient};
+use serde::Serialize;
 use sqlx::PgConnection;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-
-/// A therapist as the matcher stores it: the directory's facts and the
-/// decisions of people, kept apart so a scrape never undoes a decision.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TherapistRecord {
-    /// The latest `TherapistDetails` (scraper or a person); `None` while
-    /// only decisions about the therapist are known.
-    pub details: Option<Value>,
-    /// Who published the details (`116117`, `manual`, ...).
-    pub source: Option<String>,
-    /// Position from the geocoder, for details without coordinates.
-    #[serde(default, with = "psymatch_geo::optional_pair")]
-    pub geocoded: Option<Position>,
-    /// Closed practice (the scraper no longer finds it).
-    pub removed: bool,
-    /// Blocked, with the reason.
-    pub blocked: Option<String>,
-    /// Earliest free place for individual therapy.
-    pub individual_from: Option<NaiveDate>,
-    /// Earliest free place for group therapy.
-    pub group_from: Option<NaiveDate>,
-    /// The therapist's own youngest patient age.
-    pub min_age: Option<i32>,
-    /// The therapist's own oldest patient age.
-    pub max_age: Option<i32>,
-    /// The therapist's own patient genders (empty: any).
-    pub genders: Vec<String>,
-    /// Prefers group therapy.
-    pub prefers_group: bool,
-    /// When the matcher first heard of the therapist.
-    pub first_seen: DateTime<Utc>,
-    /// Last email sent to the practice.
-    pub last_contact: Option<DateTime<Utc>>,
-    /// Not contacted again before this (4 weeks after an answer).
-    pub cooling_until: Option<DateTime<Utc>>,
-}
-
-impl TherapistRecord {
-    /// A therapist first heard of now.
-    pub fn new(now: DateTime<Utc>) -> TherapistRecord {
-        TherapistRecord {
-            details: None,
-            source: None,
-            geocoded: None,
-            removed: false,
-            blocked: None,
-            individual_from: None,
-            group_from: None,
-            min_age: None,
-            max_age: None,
-            genders: Vec::new(),
-            prefers_group: false,
-            first_seen: now,
-            last_contact: None,
-            cooling_until: None,
-        }
-    }
-
-    /// The practice's position: the directory's, else the geocoder's.
-    pub fn position(&self) -> Option<Position> {
-        let details = self.details.as_ref()?;
-        coordinates(&details["coordinates"]).or(self.geocoded)
-    }
-
-    /// The practice's email address, lower case.
-    pub fn email(&self) -> Option<String> {
-        let email = self.details.as_ref()?["email"].as_str()?.trim();
-        (!email.is_empty()).then(|| email.to_lowercase())
-    }
-
-    /// The rules' view; `None` until the directory knows the therapist.
-    pub fn view(&self, id: &str) -> Option<Therapist> {
-        let details = self.details.as_ref()?;
-        let strings = |field: &str| -> Vec<&str> {
-            details[field]
-                .as_array()
-                .map(|items| items.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default()
-        };
-        let age_groups = strings("age_groups");
-        Some(Therapist {
-            id: id.to_string(),
-            gender: gender(details["gender"].as_str().unwrap_or("")).unwrap_or(Gender::Diverse),
-            position: if self.removed { None } else { self.position() },
-            procedures: strings("procedures")
-                .into_iter()
-                .filter_map(procedure)
-                .collect(),
-            // Without a stated age group the directory lists adults.
-            treats_adults: age_groups.is_empty() || age_groups.contains(&"ADULTS"),
-            treats_children: age_groups.contains(&"CHILDREN_AND_ADOLESCENTS"),
-            blocked: self.blocked.is_some(),
-            min_age: self.min_age,
-            max_age: self.max_age,
-            genders: self.genders.iter().filter_map(|g| gender(g)).collect(),
-            prefers_group: self.prefers_group,
-            free_from: match (self.individual_from, self.group_from) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
-            has_email: self.email().is_some(),
-            last_contact: self.last_contact,
-        })
-    }
-
-    /// What composing needs.
-    pub fn contact(&self) -> Option<Contact> {
-        let details = self.details.as_ref()?;
-        Some(Contact {
-            email: self.email(),
-            last_name: details["last_name"].as_str().unwrap_or("").to_string(),
-            title: details["title"].as_str().map(str::to_string),
-            first_seen: self.first_seen,
-        })
-    }
-
-    /// The `Recipient` of an email to this therapist.
-    pub fn recipient(&self) -> Value {
-        let details = self.details.clone().unwrap_or(Value::Null);
-        serde_json::json!({
-            "email": self.email().unwrap_or_default(),
-            "salutation": details["salutation"].as_str().unwrap_or("NONE"),
-            "title": details["title"],
-            "last_name": details["last_name"].as_str().unwrap_or(""),
-        })
-    }
-}
-
-/// A search as the matcher stores it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SearchRecord {
-    /// The latest `SearchProfile` from intake (pseudonymous).
-    pub profile: Value,
-    /// ACTIVE, PAUSED, PLACED or CANCELLED.
-    pub status: String,
-    /// The placement, once a therapist accepted: (therapist, inquiry).
-    pub placed: Option<(String, String)>,
-    /// Therapists excluded for this search by a person.
-    pub excluded: BTreeSet<String>,
-    /// Travel minutes by the patient's mode, by therapist.
-    pub travel: BTreeMap<String, f64>,
-    /// The travel-time request awaited, with the therapists it asked for.
-    pub travel_request: Option<(String, Vec<String>)>,
-    /// A search-exhausted event was published and nothing changed since.
-    pub exhausted: bool,
-    /// When the search began (longest waiting is served first).
-    pub since: DateTime<Utc>,
-}
-
-/// An inquiry as the matcher stores it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InquiryRecord {
-    /// The practice owner written to.
-    pub therapist_id: String,
-    /// The practice's address.
-    pub email: String,
-    /// Pseudonymous patient ids.
-    pub patients: Vec<String>,
-    /// Answers by patient.
-    pub answers: BTreeMap<String, String>,
-    /// When composed.
-    pub created_at: DateTime<Utc>,
-    /// When the email went out.
-    pub sent_at: Option<DateTime<Utc>>,
-    /// When the therapist answered.
-    pub answered_at: Option<DateTime<Utc>>,
-    /// The email failed for good: the patients are free again.
-    pub failed: bool,
-    /// A follow-up call was asked for.
-    pub follow_up_due: bool,
-}
-
-impl InquiryRecord {
-    /// Neither answered nor failed: its patients are pending there.
-    pub fn open(&self) -> bool {
-        self.answered_at.is_none() && !self.failed
-    }
-}
-
-/// Parses a gender symbol.
-pub fn gender(symbol: &str) -> Option<Gender> {
-    match symbol {
-        "FEMALE" => Some(Gender::Female),
-        "MALE" => Some(Gender::Male),
-        "DIVERSE" => Some(Gender::Diverse),
-        _ => None,
-    }
-}
-
-fn procedure(symbol: &str) -> Option<Procedure> {
-    match symbol {
-        "BEHAVIOURAL" => Some(Procedure::Behavioural),
-        "PSYCHODYNAMIC" => Some(Procedure::Psychodynamic),
-        "ANALYTIC" => Some(Procedure::Analytic),
-        "SYSTEMIC" => Some(Procedure::Systemic),
-        _ => None,
-    }
-}
-
-/// `{"latitude": .., "longitude": ..}` as a position.
-pub fn coordinates(value: &Value) -> Option<Position> {
-    Some(Position::new(
-        value["latitude"].as_f64()?,
-        value["longitude"].as_f64()?,
-    ))
-}
-
-/// The rules' view of a search.
-pub fn patient_view(id: &str, search: &SearchRecord) -> Patient {
-    let p = &search.profile;
-    let strings = |field: &str| -> Vec<String> {
-        p[field]
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mut excluded: HashSet<String> = strings("excluded_therapists").into_iter().collect();
-    excluded.extend(search.excluded.iter().cloned());
-    Patient {
-        id: id.to_string(),
-        age: p["age"].as_i64().unwrap_or(0) as i32,
-        gender: gender(p["gender"].as_str().unwrap_or("")).unwrap_or(Gender::Diverse),
-        position: coordinates(&p["coordinates"]),
-        max_distance_km: p["max_distance_km"].as_f64(),
-        max_travel_minutes: p["max_travel_minutes"].as_f64(),
-        preferred_gender: match p["preferred_therapist_gender"].as_str() {
-            Some("FEMALE") => GenderPreference::Female,
-            Some("MALE") => GenderPreference::Male,
-            _ => GenderPreference::Any,
-        },
-        preferred_procedures: strings("preferred_procedures")
-            .iter()
-            .filter_map(|s| procedure(s))
-            .collect(),
-        excluded,
-        open_to_group: p["summary"]["open_to_group"].as_bool().unwrap_or(false),
-    }
-}
 
 /// Keys written or deleted since the last flush.
 #[derive(Debug, Default)]
@@ -390,7 +144,7 @@ pub struct World {
     /// Therapists that became available or moved in the open batch.
     pub changed_therapists: BTreeSet<String>,
     /// Searches paused in the open batch, with the reason given.
-    pub pending_pause: Vec<(String, Value)>,
+    pub pending_pause: Vec<(String, Option<String>)>,
     /// The run id of a `matching.run` in the open batch.
     pub run_id: Option<String>,
 }
@@ -482,10 +236,25 @@ impl World {
 
     /// Stores a search and refreshes its view.
     pub fn put_search(&mut self, id: &str, record: SearchRecord) {
-        self.patients
-            .insert(id.to_string(), patient_view(id, &record));
+        self.patients.insert(id.to_string(), record.view(id));
         self.searches.insert(id.to_string(), record);
         self.dirty.searches.insert(id.to_string());
+    }
+
+    /// Whether patient `id` is searching.
+    pub fn is_active(&self, id: &str) -> bool {
+        self.searches
+            .get(id)
+            .is_some_and(|s| s.status == SearchStatus::Active)
+    }
+
+    /// The patients searching.
+    pub fn active_searches(&self) -> Vec<String> {
+        self.searches
+            .iter()
+            .filter(|(_, s)| s.status == SearchStatus::Active)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Changes a stored search (its view and the dirty mark follow);
