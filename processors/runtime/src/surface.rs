@@ -188,6 +188,73 @@ pub struct Surface {
     pub started: Instant,
 }
 
+/// The readiness probes of the three dependencies every processor has:
+/// the database, the schema registry and the broker.
+pub fn dependency_probes(
+    pool: sqlx::PgPool,
+    registry: String,
+    brokers: String,
+) -> Vec<(&'static str, Probe)> {
+    vec![
+        (
+            "database",
+            Box::new(move || {
+                let pool = pool.clone();
+                Box::pin(async move {
+                    sqlx::query("SELECT 1")
+                        .execute(&pool)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }),
+        ),
+        (
+            "registry",
+            Box::new(move || {
+                let url = format!("{}/subjects", registry.trim_end_matches('/'));
+                Box::pin(async move {
+                    let response = reqwest::get(&url).await.map_err(|e| e.to_string())?;
+                    response
+                        .error_for_status()
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }),
+        ),
+        (
+            "broker",
+            Box::new(move || {
+                let brokers = brokers.clone();
+                Box::pin(async move {
+                    tokio::task::spawn_blocking(move || {
+                        crate::broker::check(&brokers, Duration::from_secs(2))
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                })
+            }),
+        ),
+    ]
+}
+
+/// Binds `listen` (port 0: any free port) and serves the surface there
+/// until the process ends; the address bound and the server's task.
+pub async fn serve(
+    surface: Arc<Surface>,
+    listen: &str,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let address = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router(surface)).await;
+    });
+    Ok((address, task))
+}
+
 /// The router: `/health/liveness`, `/health/readiness`, `/health/status`, `/metrics`.
 pub fn router(surface: Arc<Surface>) -> Router {
     Router::new()

@@ -14,7 +14,7 @@
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, Opts};
 use psymatch_runtime::codec::Codec;
 use psymatch_runtime::contracts::Contracts;
 use psymatch_runtime::envelope;
@@ -196,11 +196,12 @@ pub struct Settings {
     pub catch_up: chrono::Duration,
 }
 
-/// Metrics of the scheduler.
+/// Metrics of the scheduler, on the runtime's surface (the same
+/// `psymatch_` prefix and `processor` label as every processor's).
 #[derive(Clone)]
 pub struct Metrics {
-    /// Registry served on /metrics.
-    pub registry: Registry,
+    /// What `/metrics` serves.
+    pub surface: Arc<psymatch_runtime::surface::Metrics>,
     /// Runs by job and outcome.
     pub runs: IntCounterVec,
     /// Runs dead-lettered, by job.
@@ -209,9 +210,7 @@ pub struct Metrics {
 
 impl Metrics {
     fn new() -> Metrics {
-        let labels = [("processor".to_string(), "scheduler".to_string())].into();
-        let registry =
-            Registry::new_custom(Some("psymatch".into()), Some(labels)).expect("valid registry");
+        let surface = Arc::new(psymatch_runtime::surface::Metrics::new("scheduler"));
         let runs = IntCounterVec::new(
             Opts::new(
                 "scheduler_runs_total",
@@ -228,14 +227,13 @@ impl Metrics {
             &["job_name"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(runs.clone()))
-            .expect("registers");
-        registry
-            .register(Box::new(failures.clone()))
-            .expect("registers");
+        for collector in [runs.clone(), failures.clone()] {
+            surface
+                .register(Box::new(collector))
+                .expect("the scheduler's metrics are registered once");
+        }
         Metrics {
-            registry,
+            surface,
             runs,
             failures,
         }
@@ -270,6 +268,16 @@ impl Scheduler {
             producer,
             metrics: Metrics::new(),
         })
+    }
+
+    /// Its database pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Runs until `stop` is set: each tick claims the occurrences that came

@@ -1,8 +1,11 @@
 //! `psymatch-scheduler`: publishes the commands of the schedule file
-//! (`SCHEDULE_FILE`), one run per occurrence across replicas, and serves
-//! `/metrics` and `/health/liveness` on `HTTP_LISTEN`.
+//! (`SCHEDULE_FILE`), one run per occurrence across replicas, serves the
+//! runtime's surface (`/health/liveness`, `/health/readiness`,
+//! `/health/status`, `/metrics`) on `HTTP_LISTEN`, and on SIGTERM or
+//! SIGINT finishes the run in hand and exits, like every processor.
 
 use psymatch_runtime::config::Vars;
+use psymatch_runtime::surface::{Status, Surface, dependency_probes};
 use psymatch_scheduler::{Schedule, Scheduler, Settings};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,31 +35,26 @@ async fn main() -> anyhow::Result<()> {
     };
     let pool = psymatch_runtime::db::connect(&psymatch_runtime::db::database_url()).await?;
     let scheduler = Arc::new(Scheduler::new(schedule, settings, pool)?);
-    let registry = scheduler.metrics.registry.clone();
     let listen = v.text("HTTP_LISTEN", "0.0.0.0:9464");
-    let app = axum::Router::new()
-        .route("/health/liveness", axum::routing::get(|| async { "ok" }))
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let registry = registry.clone();
-                async move {
-                    let mut text = String::new();
-                    prometheus::TextEncoder::new()
-                        .encode_utf8(&registry.gather(), &mut text)
-                        .map(|_| text)
-                        .unwrap_or_default()
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let surface = Arc::new(Surface {
+        processor: "scheduler".to_string(),
+        group: "scheduler.runs".to_string(),
+        metrics: scheduler.metrics.surface.clone(),
+        status: Arc::new(Status::default()),
+        probes: dependency_probes(
+            scheduler.pool().clone(),
+            scheduler.settings().registry_url.clone(),
+            scheduler.settings().brokers.clone(),
+        ),
+        started: std::time::Instant::now(),
+    });
+    let (address, _http) = psymatch_runtime::surface::serve(surface, &listen).await?;
     let stop = Arc::new(tokio::sync::Notify::new());
     let signal = stop.clone();
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        psymatch_runtime::telemetry::shutdown_signal().await;
         signal.notify_one();
     });
-    tracing::info!(file, listen, "scheduler running");
+    tracing::info!(file, http = %address, "scheduler running");
     scheduler.run(stop).await
 }

@@ -57,7 +57,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::Notify;
 
 /// Runs `processor` with configuration from the environment until SIGTERM
@@ -152,21 +152,19 @@ pub async fn run_with<P: Processor>(
         transactional: tokio::sync::Mutex::new(None),
     });
 
-    let listener = tokio::net::TcpListener::bind(&shared.config.http_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", shared.config.http_listen))?;
-    let http_address = listener.local_addr()?;
     let surface = Arc::new(Surface {
         processor: name.to_string(),
         group: shared.config.group.clone(),
         metrics,
         status,
-        probes: probes(&shared),
+        probes: crate::surface::dependency_probes(
+            shared.pool.clone(),
+            shared.config.registry_url.clone(),
+            shared.config.brokers.clone(),
+        ),
         started: Instant::now(),
     });
-    let http = tokio::spawn(async move {
-        let _ = axum::serve(listener, crate::surface::router(surface)).await;
-    });
+    let (http_address, http) = crate::surface::serve(surface, &shared.config.http_listen).await?;
     tracing::info!(processor = name, http = %http_address, group = %shared.config.group, "running");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -213,54 +211,6 @@ pub async fn run_with<P: Processor>(
     shared.pool.close().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-fn probes<P: Processor>(shared: &Arc<Shared<P>>) -> Vec<(&'static str, crate::surface::Probe)> {
-    let pool = shared.pool.clone();
-    let registry = shared.config.registry_url.clone();
-    let brokers = shared.config.brokers.clone();
-    vec![
-        (
-            "database",
-            Box::new(move || {
-                let pool = pool.clone();
-                Box::pin(async move {
-                    sqlx::query("SELECT 1")
-                        .execute(&pool)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                })
-            }),
-        ),
-        (
-            "registry",
-            Box::new(move || {
-                let url = format!("{}/subjects", registry.trim_end_matches('/'));
-                Box::pin(async move {
-                    let response = reqwest::get(&url).await.map_err(|e| e.to_string())?;
-                    response
-                        .error_for_status()
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                })
-            }),
-        ),
-        (
-            "broker",
-            Box::new(move || {
-                let brokers = brokers.clone();
-                Box::pin(async move {
-                    tokio::task::spawn_blocking(move || {
-                        crate::broker::check(&brokers, Duration::from_secs(2))
-                            .map_err(|e| e.to_string())
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?
-                })
-            }),
-        ),
-    ]
 }
 
 /// Applies the raw librdkafka options of the configuration last, so that
