@@ -61,25 +61,35 @@ impl BatcherConfig {
     /// Reads from a map of variables (tests pass their own).
     pub fn from_vars(vars: &BTreeMap<String, String>) -> anyhow::Result<BatcherConfig> {
         let v = Vars(vars);
-        let delivery = match v.text("EMAIL_TRANSPORT", "smtp").as_str() {
+        // Every setting is read whichever transport is chosen: a setting
+        // read is one `refuse_unknown` knows (the stack's environment sets
+        // SMTP_HOST for every process).
+        let transport = v.text("EMAIL_TRANSPORT", "smtp");
+        let security = v.text("SMTP_SECURITY", "starttls");
+        let user = v.text("SMTP_USERNAME", "");
+        let password = v.text("SMTP_PASSWORD", "");
+        let host = v.text("SMTP_HOST", "127.0.0.1");
+        let port = v.number("SMTP_PORT", 587u16)?;
+        let ca_certificate = v.text("SMTP_CA_CERT", "");
+        let pool_size = v.number("SMTP_POOL_SIZE", 4u32)?.max(1);
+        let file_dir = v.text("EMAIL_FILE_DIR", "/var/lib/psymatch/outbox");
+        let delivery = match transport.as_str() {
             "smtp" => {
-                let security = v.text("SMTP_SECURITY", "starttls");
                 if !["none", "starttls", "tls"].contains(&security.as_str()) {
                     bail!("SMTP_SECURITY={security}: expected none, starttls or tls");
                 }
-                let user = v.text("SMTP_USERNAME", "");
                 Delivery::Smtp {
-                    host: v.text("SMTP_HOST", "127.0.0.1"),
-                    port: v.number("SMTP_PORT", 587u16)?,
+                    host,
+                    port,
                     security,
-                    credentials: (!user.is_empty()).then(|| (user, v.text("SMTP_PASSWORD", ""))),
-                    ca_certificate: Some(v.text("SMTP_CA_CERT", ""))
+                    credentials: (!user.is_empty()).then_some((user, password)),
+                    ca_certificate: Some(ca_certificate)
                         .filter(|p| !p.is_empty())
                         .map(PathBuf::from),
-                    pool_size: v.number("SMTP_POOL_SIZE", 4u32)?.max(1),
+                    pool_size,
                 }
             }
-            "file" => Delivery::File(v.text("EMAIL_FILE_DIR", "/var/lib/psymatch/outbox").into()),
+            "file" => Delivery::File(file_dir.into()),
             other => bail!("EMAIL_TRANSPORT={other}: expected smtp or file"),
         };
         let from = v.text("EMAIL_FROM", "psymatch <anfragen@psymatch.invalid>");

@@ -19,14 +19,18 @@ pub mod store;
 pub mod templates;
 pub mod transport;
 
+mod events;
+
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, SecondsFormat, Utc};
 use config::BatcherConfig;
+use events::{EmailReported, InquiryDeferred};
 use lettre::Message;
 use lettre::message::Mailbox;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts};
 use psymatch_runtime::errors::ErrorCode;
+use psymatch_runtime::events::Event;
 use psymatch_runtime::processor::{BatchContext, Context, Incoming, ProcessError};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -328,9 +332,15 @@ impl EmailBatcher {
             } else {
                 "inquiry"
             };
+            let id = email_id.to_string();
             match status.as_str() {
                 "SENT" => {
-                    self.metrics.emails.with_label_values(&["sent", kind]).inc();
+                    EmailReported {
+                        outcome: "sent",
+                        kind,
+                        email_id: &id,
+                    }
+                    .emit(&self.metrics);
                     ctx.emit(
                         EVENTS,
                         "email.sent",
@@ -345,10 +355,12 @@ impl EmailBatcher {
                     } else {
                         "failed"
                     };
-                    self.metrics
-                        .emails
-                        .with_label_values(&[outcome, kind])
-                        .inc();
+                    EmailReported {
+                        outcome,
+                        kind,
+                        email_id: &id,
+                    }
+                    .emit(&self.metrics);
                     ctx.emit(
                         EVENTS,
                         "email.failed",
@@ -402,7 +414,11 @@ impl EmailBatcher {
             patients: Value::Array(patients),
         });
         if let Some(opened) = open.filter(|opened| *opened + window > Utc::now()) {
-            self.metrics.deferred.with_label_values(&["window"]).inc();
+            InquiryDeferred {
+                inquiry_id: &inquiry_id,
+                until: &(opened + window).to_rfc3339(),
+            }
+            .emit(&self.metrics);
             ctx.emit(
                 EVENTS,
                 "email.deferred",
@@ -480,6 +496,10 @@ impl EmailBatcher {
 impl psymatch_runtime::processor::Processor for EmailBatcher {
     fn name(&self) -> &'static str {
         "email_batcher"
+    }
+
+    fn settings_prefixes(&self) -> &'static [&'static str] {
+        &["SMTP_", "EMAIL_"]
     }
 
     fn inputs(&self) -> Vec<&'static str> {

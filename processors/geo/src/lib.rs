@@ -3,7 +3,10 @@
 //! (great circle for the geocoder's estimates, the faster equirectangular
 //! one for the matcher's thousands of comparisons), the grid of 10 km
 //! squares the matcher indexes and the scraper covers regions with, and
-//! the bundled postcode centroids.
+//! the bundled postcode centroids; and whom a geocoding request is for
+//! ([`subject`]), which the processors that ask and the geocoder share.
+
+pub mod subject;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;

@@ -14,13 +14,17 @@ pub mod fallback;
 pub mod metrics;
 pub mod nominatim;
 pub mod osrm;
+mod processor;
 pub mod upstream;
+
+mod events;
 
 use address::Address;
 use config::GeocoderConfig;
+use events::{CacheLookedUp, FallbackUsed};
 use metrics::GeoMetrics;
 use psymatch_runtime::errors::ErrorCode;
-use psymatch_runtime::processor::{BatchContext, Context, Incoming, ProcessError, Processor};
+use psymatch_runtime::events::Event;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use sqlx::PgPool;
@@ -210,11 +214,12 @@ impl Geocoder {
     }
 
     fn lookup(&self, cache: &str, hit: bool) {
-        let outcome = if hit { "hit" } else { "miss" };
-        self.metrics
-            .cache_lookups
-            .with_label_values(&[cache, outcome])
-            .inc();
+        CacheLookedUp {
+            cache,
+            hit,
+            count: 1,
+        }
+        .emit(&self.metrics);
     }
 
     /// The position of `address`: from the cache, else Nominatim (and then
@@ -296,10 +301,10 @@ impl Geocoder {
         let postcode = address.postcode.trim();
         let answer = match psymatch_geo::postcodes().get(postcode) {
             Some(position) => {
-                self.metrics
-                    .fallbacks
-                    .with_label_values(&["postcode_centroid"])
-                    .inc();
+                FallbackUsed {
+                    kind: "postcode_centroid",
+                }
+                .emit(&self.metrics);
                 Geocoded::Found {
                     position: *position,
                     precision: Precision::Postcode,
@@ -343,14 +348,11 @@ impl Geocoder {
             .collect();
         let mut known = cache::travel_times(pool, profile, &origin_key, &keys).await?;
         let hits = keys.iter().filter(|k| known.contains_key(*k)).count();
-        self.metrics
-            .cache_lookups
-            .with_label_values(&["travel_time", "hit"])
-            .inc_by(hits as u64);
-        self.metrics
-            .cache_lookups
-            .with_label_values(&["travel_time", "miss"])
-            .inc_by((keys.len() - hits) as u64);
+        for (hit, count) in [(true, hits), (false, keys.len() - hits)] {
+            let cache = "travel_time";
+            let count = count as u64;
+            CacheLookedUp { cache, hit, count }.emit(&self.metrics);
+        }
         // Each distinct uncached position once.
         let mut missing: Vec<(String, Position)> = Vec::new();
         for (key, destination) in keys.iter().zip(destinations) {
@@ -394,10 +396,10 @@ impl Geocoder {
                     method: routed,
                 },
                 None => {
-                    self.metrics
-                        .fallbacks
-                        .with_label_values(&["straight_line"])
-                        .inc();
+                    FallbackUsed {
+                        kind: "straight_line",
+                    }
+                    .emit(&self.metrics);
                     let (distance, duration) =
                         fallback::straight_line(mode, origin, destination.position);
                     Travel {
@@ -443,304 +445,5 @@ impl Geocoder {
                 (key.clone(), (duration, distance))
             })
             .collect())
-    }
-}
-
-#[derive(Deserialize)]
-struct GeocodeRequest {
-    request_id: String,
-}
-
-/// The patient a request id `patient-<patient id>-<n>` is about.
-fn patient_of(request_id: &str) -> Option<&str> {
-    request_id
-        .strip_prefix("patient-")
-        .and_then(|rest| rest.rsplit_once('-'))
-        .map(|(patient, _)| patient)
-}
-
-/// The address of a geocoding request: in clear (a practice's), or sealed
-/// with the patient's key (`None` once the patient is erased: the key is
-/// gone and there is nothing left to geocode).
-async fn request_address(
-    db: &mut sqlx::PgConnection,
-    payload: &serde_json::Value,
-) -> Result<Option<Address>, ProcessError> {
-    let invalid = |reason: String| ProcessError::Invalid {
-        code: ErrorCode::InvalidCommand,
-        reason,
-    };
-    let value = match payload["sealed_address"].as_str() {
-        None => payload["address"].clone(),
-        Some(sealed) => {
-            let request = payload["request_id"].as_str().unwrap_or_default();
-            let patient = patient_of(request).ok_or_else(|| {
-                invalid(format!(
-                    "a sealed address needs a request id patient-<id>-<n>, not {request}"
-                ))
-            })?;
-            match psymatch_runtime::sealed::open_stored(db, patient, sealed).await? {
-                Ok(value) => value,
-                Err(psymatch_runtime::sealed::SealError::NoKey(_)) => return Ok(None),
-                Err(error) => return Err(invalid(error.to_string())),
-            }
-        }
-    };
-    serde_json::from_value(value)
-        .map(Some)
-        .map_err(|error| invalid(format!("the address: {error}")))
-}
-
-#[derive(Deserialize)]
-struct TravelRequest {
-    request_id: String,
-    mode: Mode,
-    origin: Position,
-    destinations: Vec<Destination>,
-}
-
-#[derive(Deserialize)]
-struct PlainRequest {
-    request_id: String,
-}
-
-const RESULTS: &str = "geocoding-results";
-
-/// The cached geocodes of a batch's addresses, looked up once per batch.
-#[derive(Default)]
-struct Known {
-    /// Whether the batch's lookup ran (else each record looks up its own).
-    loaded: bool,
-    entries: std::collections::HashMap<[u8; 32], cache::CachedGeocode>,
-}
-
-fn failed(
-    ctx: &mut Context<'_>,
-    request_id: &str,
-    code: ErrorCode,
-    reason: &str,
-) -> Result<(), ProcessError> {
-    ctx.emit(
-        RESULTS,
-        "geocoding.failed",
-        json!({"request_id": request_id, "error_code": code.as_str(), "reason": reason}),
-    )
-}
-
-fn parse<T: serde::de::DeserializeOwned>(record: &Incoming) -> Result<T, ProcessError> {
-    serde_json::from_value(record.payload.clone()).map_err(|error| ProcessError::Invalid {
-        code: ErrorCode::InvalidCommand,
-        reason: format!("{} does not fit its payload: {error}", record.event_type()),
-    })
-}
-
-impl Processor for Geocoder {
-    fn name(&self) -> &'static str {
-        "geocoder"
-    }
-
-    fn inputs(&self) -> Vec<&'static str> {
-        vec!["geocoding-requests"]
-    }
-
-    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
-        self.metrics.collectors()
-    }
-
-    /// Looks up the cached geocodes of every address of the batch in one
-    /// query.
-    async fn begin_batch(
-        &self,
-        batch: &mut BatchContext<'_>,
-        records: &[&Incoming],
-    ) -> Result<(), ProcessError> {
-        let mut keys: Vec<[u8; 32]> = Vec::new();
-        for record in records
-            .iter()
-            .filter(|r| r.event_type() == "geocoding.geocode_address")
-        {
-            // A request that cannot be read fails again, with its reason, in `process`.
-            if let Ok(Some(address)) = request_address(batch.db(), &record.payload).await {
-                keys.push(address.key());
-            }
-        }
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let found = cache::geocodes(batch.db(), &keys).await?;
-        let known = batch.scratch::<Known>();
-        known.loaded = true;
-        known.entries = found;
-        Ok(())
-    }
-
-    async fn process(&self, ctx: &mut Context<'_>, record: &Incoming) -> Result<(), ProcessError> {
-        let pool = ctx.pool().clone();
-        match record.event_type() {
-            "geocoding.geocode_address" => {
-                let request: GeocodeRequest = parse(record)?;
-                let Some(address) = request_address(ctx.db(), &record.payload).await? else {
-                    tracing::info!("a geocoding request of an erased patient; nothing to do");
-                    return Ok(());
-                };
-                let key = address.key();
-                if let Some(patient) = patient_of(&request.request_id) {
-                    // Erasure removes what was cached for the patient.
-                    sqlx::query(
-                        "INSERT INTO geocoder.patient_addresses (patient_id, address_key) VALUES ($1, $2)
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(patient)
-                    .bind(&key[..])
-                    .execute(ctx.db())
-                    .await?;
-                }
-                let known = ctx.scratch::<Known>();
-                let cached = if known.loaded {
-                    known.entries.get(&key).copied()
-                } else {
-                    cache::geocode(&pool, &key).await?
-                };
-                let (answer, stored) = self.geocode_with(&pool, &address, cached).await?;
-                if let Some(stored) = stored {
-                    // A later request of the batch for the same address hits.
-                    ctx.scratch::<Known>().entries.insert(key, stored);
-                }
-                match answer {
-                    Geocoded::Found {
-                        position,
-                        precision,
-                        source,
-                        note,
-                    } => ctx.emit(
-                        RESULTS,
-                        "geocoding.address_geocoded",
-                        json!({
-                            "request_id": request.request_id,
-                            "position": position,
-                            "precision": precision.as_str(),
-                            "source": source.as_str(),
-                            "note": note,
-                        }),
-                    ),
-                    Geocoded::Failed { code, reason } => {
-                        failed(ctx, &request.request_id, code, &reason)
-                    }
-                }
-            }
-            "geocoding.compute_travel_times" => {
-                let request: TravelRequest = parse(record)?;
-                let bad = std::iter::once(("origin", &request.origin))
-                    .chain(
-                        request
-                            .destinations
-                            .iter()
-                            .map(|d| (d.id.as_str(), &d.position)),
-                    )
-                    .find(|(_, position)| !position.is_valid());
-                if let Some((what, position)) = bad {
-                    let reason = format!(
-                        "position of {what} ({}, {}) is not a latitude and longitude",
-                        position.latitude, position.longitude
-                    );
-                    return failed(ctx, &request.request_id, ErrorCode::InvalidCommand, &reason);
-                }
-                if request.destinations.len() > MAX_DESTINATIONS {
-                    let reason = format!(
-                        "{} destinations; at most {MAX_DESTINATIONS} per request",
-                        request.destinations.len()
-                    );
-                    return failed(ctx, &request.request_id, ErrorCode::InvalidCommand, &reason);
-                }
-                let results = self
-                    .travel_times(&pool, request.mode, request.origin, &request.destinations)
-                    .await?;
-                let mode = record.payload["mode"].clone();
-                ctx.emit(
-                    RESULTS,
-                    "geocoding.travel_times_computed",
-                    json!({
-                        "request_id": request.request_id,
-                        "mode": mode,
-                        "results": results.iter().map(Travel::to_json).collect::<Vec<_>>(),
-                    }),
-                )
-            }
-            "geocoding.cleanup_cache" => {
-                let request: PlainRequest = parse(record)?;
-                let (geocodes, travel) = cache::cleanup(ctx.db()).await?;
-                self.metrics
-                    .cache_removed
-                    .with_label_values(&["geocode", "expired"])
-                    .inc_by(geocodes);
-                self.metrics
-                    .cache_removed
-                    .with_label_values(&["travel_time", "expired"])
-                    .inc_by(travel);
-                tracing::info!(
-                    geocodes,
-                    travel_times = travel,
-                    "expired cache entries removed"
-                );
-                ctx.emit(
-                    RESULTS,
-                    "geocoding.cache_cleaned",
-                    json!({
-                        "request_id": request.request_id,
-                        "geocodes_removed": geocodes.min(i32::MAX as u64),
-                        "travel_times_removed": travel.min(i32::MAX as u64),
-                    }),
-                )
-            }
-            "geocoding.forget_address" => {
-                #[derive(Deserialize)]
-                struct Forget {
-                    request_id: String,
-                    address: Option<Address>,
-                }
-                let request: Forget = parse(record)?;
-                // An erased patient's addresses: the ones geocoded for them.
-                let keys: Vec<Vec<u8>> = match (&request.address, request.request_id.strip_prefix("erase-")) {
-                    (Some(address), _) => vec![address.key().to_vec()],
-                    (None, Some(patient)) => sqlx::query_scalar(
-                        "DELETE FROM geocoder.patient_addresses WHERE patient_id = $1 RETURNING address_key",
-                    )
-                    .bind(patient)
-                    .fetch_all(ctx.db())
-                    .await?,
-                    (None, None) => {
-                        return Err(ProcessError::Invalid {
-                            code: ErrorCode::InvalidCommand,
-                            reason: "forget_address needs an address or a request id erase-<patient id>".into(),
-                        });
-                    }
-                };
-                let (mut geocodes, mut travel) = (0, 0);
-                for key in keys {
-                    let key: [u8; 32] = key.try_into().unwrap_or([0; 32]);
-                    let (g, t) = cache::forget(ctx.db(), &key).await?;
-                    geocodes += g;
-                    travel += t;
-                }
-                tracing::info!(
-                    geocodes,
-                    travel_times = travel,
-                    "cache entries of an address forgotten"
-                );
-                self.metrics
-                    .cache_removed
-                    .with_label_values(&["geocode", "erased"])
-                    .inc_by(geocodes);
-                self.metrics
-                    .cache_removed
-                    .with_label_values(&["travel_time", "erased"])
-                    .inc_by(travel);
-                Ok(())
-            }
-            other => Err(ProcessError::Invalid {
-                code: ErrorCode::InvalidCommand,
-                reason: format!("the geocoder does not handle {other}"),
-            }),
-        }
     }
 }

@@ -11,9 +11,11 @@
 
 use crate::breaker::{Breaker, State};
 use crate::config::UpstreamConfig;
+use crate::events::{BreakerRefused, UpstreamAnswered};
 use crate::metrics::GeoMetrics;
 use backon::{ExponentialBuilder, Retryable};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use psymatch_runtime::events::Event;
 use psymatch_runtime::throttle;
 use sqlx::PgPool;
 use std::sync::Mutex;
@@ -166,10 +168,7 @@ impl Upstream {
             .expect("breaker lock")
             .allow(Instant::now())
         {
-            self.metrics
-                .breaker_refusals
-                .with_label_values(&[name])
-                .inc();
+            BreakerRefused { upstream: name }.emit(&self.metrics);
             return Err(Attempt {
                 fatal: Some(UpstreamError::Unavailable(name)),
                 ..Attempt::failed("breaker open".into(), false)
@@ -216,10 +215,11 @@ impl Upstream {
             },
             Err((label, attempt)) => (label, Err(attempt)),
         };
-        self.metrics
-            .upstream_requests
-            .with_label_values(&[name, label])
-            .inc();
+        UpstreamAnswered {
+            upstream: name,
+            outcome: label,
+        }
+        .emit(&self.metrics);
         {
             let mut breaker = self.breaker.lock().expect("breaker lock");
             // A client error means the service answered: it is up.

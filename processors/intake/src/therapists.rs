@@ -3,6 +3,7 @@
 //! their own patient preferences. Published on `therapist-events` for the
 //! matcher, beside what the scraper publishes.
 
+use psymatch_geo::subject::Subject;
 use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::processor::{Context, Incoming, ProcessError};
 use psymatch_runtime::text::{valid_email, valid_postcode};
@@ -122,7 +123,8 @@ pub async fn handle(ctx: &mut Context<'_>, record: &Incoming) -> Result<(), Proc
                 ctx.emit(
                     "geocoding-requests",
                     "geocoding.geocode_address",
-                    json!({"request_id": format!("therapist-{id}"), "address": new["address"]}),
+                    json!({"request_id": format!("therapist-{id}"),
+                           "subject": Subject::practice(&id).to_json(), "address": new["address"]}),
                 )?;
             }
             Ok(())

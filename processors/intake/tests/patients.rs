@@ -3,6 +3,7 @@
 //! status changes, readable rejections, and erasure.
 
 use psymatch_intake::Intake;
+use psymatch_runtime::testing::people::command;
 use psymatch_runtime::testing::{Received, Running, TestBed, of_type};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -24,10 +25,6 @@ fn details(postcode: &str) -> Value {
         "preferred_therapist_gender": "ANY", "preferred_procedures": ["BEHAVIOURAL"], "languages": [],
         "excluded_therapists": [], "consent_given_at": "2026-11-01T09:30:00Z"
     })
-}
-
-fn command(event_type: &str, payload: Value) -> Value {
-    json!({"event_type": event_type, "payload": payload})
 }
 
 async fn until(bed: &TestBed, topic: &str, event_type: &str, count: usize) -> Vec<Received> {

@@ -3,6 +3,7 @@
 //! readable.
 
 use psymatch_intake::Intake;
+use psymatch_runtime::testing::people::command;
 use psymatch_runtime::testing::{Received, Running, TestBed};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -15,10 +16,6 @@ fn upsert(email: &str) -> Value {
         "address": {"street": "Beispielweg", "house_number": "7", "postcode": "10117", "city": "Berlin"},
         "email": email, "statutory_licence": true, "procedures": ["BEHAVIOURAL"], "age_groups": ["ADULTS"],
         "settings": ["INDIVIDUAL"]}}})
-}
-
-fn command(event_type: &str, payload: Value) -> Value {
-    json!({"event_type": event_type, "payload": payload})
 }
 
 fn types(records: &[Received]) -> Vec<String> {

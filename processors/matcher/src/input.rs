@@ -1,12 +1,14 @@
 //! What the matcher reads, decoded once at the edge into Rust types: the
 //! other processors' events (checked: ids present, positions on the globe,
-//! travel times that are times) and the commands of people. The rest of
+//! travel times that are times; geocoding results routed by their
+//! subject) and the commands of people. The rest of
 //! the matcher never looks a field up by name.
 
 use crate::records::{AnswerOutcome, Details, Profile};
 use crate::rules::Gender;
 use chrono::{DateTime, NaiveDate, Utc};
 use psymatch_geo::Position;
+use psymatch_geo::subject::{Kind, Subject};
 use psymatch_runtime::processor::Incoming;
 use serde::Deserialize;
 
@@ -159,46 +161,17 @@ pub enum Refused {
     Command(String),
 }
 
-/// What a geocoding request id says it was for. The matcher names its own
-/// requests `therapist-<id>` (a practice without coordinates) and
-/// `travel-<patient>-<n>` (a search's travel times); intake's are
-/// `patient-…`.
-#[derive(Debug, PartialEq)]
-pub enum Request<'a> {
-    /// A practice's position.
-    Practice(&'a str),
-    /// A search's travel times.
-    Travel(&'a str),
-    /// Not the matcher's.
-    Other,
-}
-
-impl<'a> Request<'a> {
-    /// The kind of request `id` is.
-    pub fn of(id: &'a str) -> Request<'a> {
-        if let Some(therapist) = id.strip_prefix("therapist-") {
-            Request::Practice(therapist)
-        } else if let Some((patient, _)) = id
-            .strip_prefix("travel-")
-            .and_then(|rest| rest.rsplit_once('-'))
-        {
-            Request::Travel(patient)
-        } else {
-            Request::Other
-        }
-    }
-
-    /// The request id of a search's `n`th travel-time request.
-    pub fn travel_id(patient: &str, n: i64) -> String {
-        format!("travel-{patient}-{n}")
-    }
+/// The request id of a search's `n`th travel-time request.
+pub fn travel_request_id(patient: &str, n: i64) -> String {
+    format!("travel-{patient}-{n}")
 }
 
 /// A geocoding result for a request that is not the matcher's: nothing
 /// in the batch to fold.
 pub fn inert(record: &Incoming) -> bool {
-    let request = record.payload["request_id"].as_str().unwrap_or_default();
-    record.topic == "geocoding-results" && Request::of(request) == Request::Other
+    record.topic == "geocoding-results"
+        && !Subject::of(&record.payload)
+            .is_some_and(|s| matches!(s.kind, Kind::Practice | Kind::TravelTimes))
 }
 
 fn payload<'r, T: Deserialize<'r>>(record: &'r Incoming) -> Result<T, String> {
@@ -376,16 +349,22 @@ fn geocoded(record: &Incoming) -> Result<Input, String> {
     {
         return Err(format!("a travel time of {bad} s"));
     }
-    Ok(match Request::of(&answer.request_id) {
-        Request::Practice(therapist) => match answer.position {
+    Ok(match Subject::of(&record.payload) {
+        Some(Subject {
+            kind: Kind::Practice,
+            id,
+        }) => match answer.position {
             Some(position) => Input::PracticePlaced {
-                therapist_id: therapist.to_string(),
+                therapist_id: id,
                 position,
             },
             None => Input::Ignored,
         },
-        Request::Travel(patient) => Input::TravelTimes {
-            patient_id: patient.to_string(),
+        Some(Subject {
+            kind: Kind::TravelTimes,
+            id,
+        }) => Input::TravelTimes {
+            patient_id: id,
             seconds: answer
                 .results
                 .into_iter()
@@ -393,7 +372,7 @@ fn geocoded(record: &Incoming) -> Result<Input, String> {
                 .collect(),
             request_id: answer.request_id,
         },
-        Request::Other => Input::Ignored,
+        _ => Input::Ignored,
     })
 }
 
@@ -471,15 +450,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_ids_say_what_they_were_for() {
-        assert_eq!(Request::of("therapist-t-1"), Request::Practice("t-1"));
-        assert_eq!(
-            Request::of(&Request::travel_id("p-7", 12)),
-            Request::Travel("p-7")
-        );
-        assert_eq!(Request::of("travel-p-7-x-3"), Request::Travel("p-7-x"));
-        assert_eq!(Request::of("patient-p-1-2"), Request::Other);
-        assert_eq!(Request::of("travel-"), Request::Other);
+    fn travel_request_ids_name_the_patient() {
+        let payload = serde_json::json!({"request_id": travel_request_id("p-7", 12)});
+        assert_eq!(Subject::of(&payload), Some(Subject::travel_times("p-7")));
     }
 
     #[test]

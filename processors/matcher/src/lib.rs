@@ -10,6 +10,7 @@
 
 pub mod commands;
 pub mod config;
+mod events;
 pub mod fold;
 pub mod index;
 pub mod input;

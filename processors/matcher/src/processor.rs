@@ -14,6 +14,7 @@
 //! again from the stored state if that batch did not commit.
 
 use crate::config::MatcherConfig;
+use crate::events::{Decided, StateLoaded};
 use crate::fold::erase;
 use crate::input::{self, Input, Refused, inert};
 use crate::records::SearchStatus;
@@ -21,6 +22,7 @@ use crate::search::Outputs;
 use crate::state::{Outcome, Version, World};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use psymatch_runtime::errors::ErrorCode;
+use psymatch_runtime::events::Event;
 use psymatch_runtime::processor::{
     BatchContext, Context, Incoming, ProcessError, Processor, Scratch, invalid_event,
 };
@@ -33,11 +35,11 @@ pub(crate) const EVENTS: &str = "matching-events";
 
 /// The matcher's own metrics.
 pub(crate) struct Metrics {
-    decisions: IntCounterVec,
+    pub(crate) decisions: IntCounterVec,
     pub(crate) search_seconds: Histogram,
     searches: IntGaugeVec,
     waiting: IntGauge,
-    loads: prometheus::IntCounter,
+    pub(crate) loads: prometheus::IntCounter,
 }
 
 /// The matcher processor.
@@ -100,24 +102,20 @@ impl Matcher {
     async fn load(&self, db: &mut sqlx::PgConnection, version: i64) -> Result<World, sqlx::Error> {
         let started = std::time::Instant::now();
         let world = World::load(db, version).await?;
-        self.metrics.loads.inc();
-        tracing::info!(
+        StateLoaded {
             version,
-            therapists = world.therapists.len(),
-            searches = world.searches.len(),
-            inquiries = world.inquiries.len(),
-            seconds = started.elapsed().as_secs_f64(),
-            "matcher state loaded"
-        );
+            therapists: world.therapists.len(),
+            searches: world.searches.len(),
+            inquiries: world.inquiries.len(),
+            seconds: started.elapsed().as_secs_f64(),
+        }
+        .emit(&self.metrics);
         Ok(world)
     }
 
     /// Counts `n` decisions of a kind.
-    pub(crate) fn count(&self, decision: &str, n: usize) {
-        self.metrics
-            .decisions
-            .with_label_values(&[decision])
-            .inc_by(n as u64);
+    pub(crate) fn count(&self, decision: &str, count: usize) {
+        Decided { decision, count }.emit(&self.metrics);
     }
 }
 
@@ -168,6 +166,10 @@ async fn lock_version(db: &mut sqlx::PgConnection) -> Result<i64, sqlx::Error> {
 impl Processor for Matcher {
     fn name(&self) -> &'static str {
         "matcher"
+    }
+
+    fn settings_prefixes(&self) -> &'static [&'static str] {
+        &["INQUIRIES_", "COOLING_", "FOLLOW_UP_"]
     }
 
     fn inputs(&self) -> Vec<&'static str> {

@@ -5,7 +5,7 @@
 //! paused ones.
 
 use crate::index::{Found, Index, Survey};
-use crate::input::Request;
+use crate::input::travel_request_id;
 use crate::inquiries::{self, Inquiry, Search};
 use crate::processor::{EVENTS, Matcher};
 use crate::records::{InquiryRecord, SearchStatus, TherapistRecord};
@@ -13,6 +13,7 @@ use crate::rules::{self, Verdict};
 use crate::state::World;
 use chrono::{DateTime, Utc};
 use prometheus::Histogram;
+use psymatch_geo::subject::Subject;
 use psymatch_geo::{Position, distance_km};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -308,7 +309,7 @@ impl Matcher {
             let Some(home) = world.patients.get(&patient).and_then(|p| p.position) else {
                 continue;
             };
-            let request_id = Request::travel_id(&patient, world.base + 1);
+            let request_id = travel_request_id(&patient, world.base + 1);
             let destinations: Vec<Value> = therapists
                 .iter()
                 .filter_map(|slot| {
@@ -323,7 +324,8 @@ impl Matcher {
             outputs.emit(
                 "geocoding-requests",
                 "geocoding.compute_travel_times",
-                json!({"request_id": request_id, "mode": search.profile.transport,
+                json!({"request_id": request_id, "subject": Subject::travel_times(&patient).to_json(),
+                       "mode": search.profile.transport,
                        "origin": home.to_json(), "destinations": destinations}),
             );
             search.travel_request = Some((request_id, asked));

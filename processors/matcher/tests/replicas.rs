@@ -8,6 +8,7 @@
 
 use psymatch_matcher::{Matcher, MatcherConfig};
 use psymatch_runtime::processor::{ProcessError, Processor};
+use psymatch_runtime::testing::people;
 use psymatch_runtime::testing::{
     Running, TestBed, fresh_database, of_type, open_batch, run_batch, wait_until,
 };
@@ -23,29 +24,11 @@ const PATIENTS: usize = 40;
 const PER_PATIENT: usize = 2;
 
 fn discovered(n: usize) -> Value {
-    json!({"event_type": "therapist.discovered", "payload": {
-    "therapist_id": format!("t-{n}"), "source": "test", "source_id": null, "flags": [],
-    "details": {
-        "salutation": "FRAU", "title": null, "first_name": "Test", "last_name": format!("Praxis{n}"),
-        "gender": "FEMALE",
-        "address": {"street": "Teststraße", "house_number": "1", "postcode": "10115", "city": "Berlin"},
-        "coordinates": {"latitude": 52.50 + n as f64 * 0.002, "longitude": 13.40},
-        "email": format!("praxis-{n}@example.org"), "statutory_licence": true,
-        "procedures": ["BEHAVIOURAL"], "age_groups": ["ADULTS"], "settings": ["INDIVIDUAL"],
-    }}})
+    people::discovered(n, (52.50 + n as f64 * 0.002, 13.40))
 }
 
 fn registered(n: usize) -> Value {
-    let id = format!("p-{n}");
-    json!({"event_type": "patient.registered", "payload": {"patient_id": id, "profile": {
-        "patient_id": id, "age": 30 + (n % 40) as i64, "gender": "MALE", "postcode": "10115",
-        "coordinates": {"latitude": 52.52, "longitude": 13.40 + n as f64 * 0.001},
-        "transport": "CAR", "max_distance_km": 20, "max_travel_minutes": null,
-        "preferred_therapist_gender": "ANY", "preferred_procedures": [], "languages": [],
-        "excluded_therapists": [],
-        "summary": {"patient_id": id, "age": 30, "gender": "MALE", "symptoms": [], "insurer": "Beispielkasse",
-                    "therapy_experience": false, "open_to_group": false, "availability": []},
-        "status": "ACTIVE"}}})
+    people::registered(n, 30 + (n % 40) as i64, (52.52, 13.40 + n as f64 * 0.001))
 }
 
 #[tokio::test(flavor = "multi_thread")]

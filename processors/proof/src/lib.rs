@@ -4,7 +4,8 @@
 //! and the data-protection tests start.
 
 pub mod chaos;
-pub mod people;
+
+pub use psymatch_runtime::testing::people;
 pub mod poison;
 pub mod processes;
 pub mod repeats;

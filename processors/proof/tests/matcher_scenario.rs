@@ -5,6 +5,7 @@
 
 use psymatch_intake::Intake;
 use psymatch_matcher::{Matcher, MatcherConfig};
+use psymatch_runtime::testing::people::command;
 use psymatch_runtime::testing::{Received, Running, TestBed, of_type};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -13,10 +14,6 @@ use std::time::Duration;
 const DEADLINE: Duration = Duration::from_secs(90);
 /// Berlin Mitte, where the patients live and most practices are.
 const BERLIN: (f64, f64) = (52.520, 13.405);
-
-fn command(event_type: &str, payload: Value) -> Value {
-    json!({"event_type": event_type, "payload": payload})
-}
 
 /// A therapist's details (synthetic), `dlat` degrees north of Berlin Mitte.
 fn therapist(last_name: &str, email: &str, at: (f64, f64), age_groups: &[&str]) -> Value {

@@ -22,8 +22,76 @@
 //! | `KAFKA_OPTION_<NAME>` | | any librdkafka option: `KAFKA_OPTION_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms` |
 
 use anyhow::{Context, bail};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// Every setting a [`Vars`] was asked for in this process: what
+/// [`refuse_unknown`] holds the environment against.
+static READ: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// The project's variables that are no processor's setting: the scripts',
+/// the benchmarks' and the command line's (a test keeps the list complete).
+pub const PROJECT_VARS: &[&str] = &[
+    "PSYMATCH_BENCH_PHASES",
+    "PSYMATCH_CONTRACTS",
+    "PSYMATCH_FAKE_KBV_PORT",
+    "PSYMATCH_FUZZ_DIR",
+    "PSYMATCH_KAFKA_CONTROLLER_PORT",
+    "PSYMATCH_KAFKA_HEAP",
+    "PSYMATCH_KAFKA_PORT",
+    "PSYMATCH_KEEP_STACK",
+    "PSYMATCH_MAIL_WEB_PORT",
+    "PSYMATCH_PG_PORT",
+    "PSYMATCH_PYTHON",
+    "PSYMATCH_REGISTRY_PORT",
+    "PSYMATCH_SMTP_PORT",
+    "PSYMATCH_STACK",
+    "PSYMATCH_TOOLS",
+];
+
+/// Refuses variables of `vars` in psymatch's namespaces that no setting
+/// was read as: `PSYMATCH_*` beyond [`PROJECT_VARS`], and names starting
+/// with one of the processor's `prefixes` (`SMTP_`, `KBV_`, ...). A
+/// misspelt setting would otherwise leave its default in force without a
+/// word; the error names the variable and the setting it most resembles.
+/// Call it once every setting has been read.
+pub fn refuse_unknown(
+    processor: &str,
+    vars: &BTreeMap<String, String>,
+    prefixes: &[&str],
+) -> anyhow::Result<()> {
+    let read = READ.lock().expect("settings lock");
+    let known = |name: &str| read.contains(name) || PROJECT_VARS.contains(&name);
+    let unknown: Vec<String> = vars
+        .keys()
+        .filter(|name| {
+            (name.starts_with("PSYMATCH_") || prefixes.iter().any(|p| name.starts_with(p)))
+                && !known(name)
+        })
+        .map(|name| {
+            let nearest = read
+                .iter()
+                .map(String::as_str)
+                .chain(PROJECT_VARS.iter().copied())
+                .map(|candidate| (strsim::levenshtein(name, candidate), candidate))
+                .min();
+            match nearest {
+                Some((distance, candidate)) if distance <= 3 => {
+                    format!("{name} (did you mean {candidate}?)")
+                }
+                _ => name.to_string(),
+            }
+        })
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{processor} has no setting {}: unset it or correct its name (settings: docs/operations.md)",
+        unknown.join(", ")
+    )
+}
 
 /// The runtime's configuration.
 #[derive(Debug, Clone)]
@@ -123,8 +191,14 @@ pub enum Assignment {
 pub struct Vars<'a>(pub &'a BTreeMap<String, String>);
 
 impl Vars<'_> {
+    /// Notes that `name` is a setting (see [`refuse_unknown`]).
+    fn read(&self, name: &str) {
+        READ.lock().expect("settings lock").insert(name.to_string());
+    }
+
     /// The variable's text, or `default`.
     pub fn text(&self, name: &str, default: &str) -> String {
+        self.read(name);
         self.0
             .get(name)
             .cloned()
@@ -134,6 +208,7 @@ impl Vars<'_> {
     /// One of `choices` by its name; the first is the default. Another
     /// value is an error naming the variable and every choice.
     pub fn choice<T: Copy>(&self, name: &str, choices: &[(&str, T)]) -> anyhow::Result<T> {
+        self.read(name);
         let Some(value) = self.0.get(name) else {
             return Ok(choices[0].1);
         };
@@ -150,6 +225,7 @@ impl Vars<'_> {
     /// The variable parsed as a number, or `default`; an unparsable value
     /// is an error naming the variable.
     pub fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> anyhow::Result<T> {
+        self.read(name);
         match self.0.get(name) {
             None => Ok(default),
             Some(value) => value
@@ -244,6 +320,44 @@ impl RuntimeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelt_setting_is_refused_with_the_name_it_resembles() {
+        // Spelt out in pieces: the project's scan for PSYMATCH_ names
+        // (tests/settings.rs) must not find the misspelling here.
+        let misspelt = format!("PSYMATCH_{}", "CONTRACT");
+        let mut vars = BTreeMap::new();
+        for (name, value) in [
+            ("TESTCFG_RATE", "2"),
+            ("TESTCFG_RAET", "3"),
+            (misspelt.as_str(), "/etc/psymatch"),
+            ("PSYMATCH_TOOLS", "/var/tmp/psymatch-tools"),
+            ("SMTP_HOST", "127.0.0.1"),
+            ("PATH", "/usr/bin"),
+        ] {
+            vars.insert(name.to_string(), value.to_string());
+        }
+        assert_eq!(Vars(&vars).number("TESTCFG_RATE", 1u32).unwrap(), 2);
+        let error = refuse_unknown("test", &vars, &["TESTCFG_"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("TESTCFG_RAET (did you mean TESTCFG_RATE?)"),
+            "{error}"
+        );
+        assert!(
+            error.contains(&format!("{misspelt} (did you mean {misspelt}S?)")),
+            "{error}"
+        );
+        // Known project variables, other processors' prefixes and the
+        // rest of the environment pass.
+        for name in ["PSYMATCH_TOOLS", "SMTP_HOST", "PATH", "TESTCFG_RATE"] {
+            assert!(!error.contains(&format!("{name} ")), "{error}");
+        }
+        vars.remove("TESTCFG_RAET");
+        vars.remove(&misspelt);
+        refuse_unknown("test", &vars, &["TESTCFG_"]).unwrap();
+    }
 
     #[test]
     fn defaults_overrides_and_raw_kafka_options() {

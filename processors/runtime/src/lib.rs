@@ -53,6 +53,7 @@ pub mod contracts;
 pub mod db;
 pub mod envelope;
 pub mod errors;
+pub mod events;
 pub mod example;
 pub mod processor;
 pub mod schemas;

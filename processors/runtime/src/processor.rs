@@ -82,6 +82,14 @@ pub trait Processor: Send + Sync + 'static {
     fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
         Vec::new()
     }
+
+    /// Prefixes of the processor's own settings (`SMTP_`, `KBV_`): at
+    /// start a variable with one of them, or a `PSYMATCH_` one, that no
+    /// setting was read as is refused by name
+    /// ([`crate::config::refuse_unknown`]).
+    fn settings_prefixes(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// A decoded input record.

@@ -11,13 +11,17 @@
 //! command's event id derives from job and occurrence, so a repeat is
 //! dropped by its consumer.
 
+mod events;
+
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use events::{JobDeadLettered, JobRan, JobRetried};
 use prometheus::{IntCounterVec, Opts};
 use psymatch_runtime::codec::Codec;
 use psymatch_runtime::contracts::Contracts;
 use psymatch_runtime::envelope;
+use psymatch_runtime::events::Event;
 use psymatch_runtime::processor::Outgoing;
 use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
@@ -407,39 +411,37 @@ impl Scheduler {
             attempts += 1;
             match self.publish(job, &id).await {
                 Ok(outcome) => {
-                    self.metrics
-                        .runs
-                        .with_label_values(&[&job.name, "succeeded"])
-                        .inc();
-                    tracing::info!(job = job.name, run_id = id, attempts, "job ran");
+                    JobRan {
+                        job: &job.name,
+                        run_id: &id,
+                        attempts,
+                    }
+                    .emit(&self.metrics);
                     return self
                         .finish(&job.name, occurrence, "SUCCEEDED", attempts, &outcome)
                         .await;
                 }
                 Err(error) if attempts as u32 >= job.max_attempts => {
                     let reason = format!("{error:#}");
-                    self.metrics
-                        .runs
-                        .with_label_values(&[&job.name, "dead_lettered"])
-                        .inc();
-                    self.metrics.failures.with_label_values(&[&job.name]).inc();
-                    tracing::error!(
-                        job = job.name,
-                        run_id = id,
+                    JobDeadLettered {
+                        job: &job.name,
+                        run_id: &id,
                         attempts,
-                        reason,
-                        "job dead-lettered"
-                    );
+                        reason: &reason,
+                    }
+                    .emit(&self.metrics);
                     return self
                         .finish(&job.name, occurrence, "DEAD_LETTERED", attempts, &reason)
                         .await;
                 }
                 Err(error) => {
-                    self.metrics
-                        .runs
-                        .with_label_values(&[&job.name, "retried"])
-                        .inc();
-                    tracing::warn!(job = job.name, run_id = id, attempts, error = %format!("{error:#}"), "job failed; retrying");
+                    JobRetried {
+                        job: &job.name,
+                        run_id: &id,
+                        attempts,
+                        error: &format!("{error:#}"),
+                    }
+                    .emit(&self.metrics);
                     sqlx::query(
                         "UPDATE scheduler.runs SET attempts = $3, outcome = $4,
                                 lease_until = now() + $5 * interval '1 millisecond'

@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
         retry_base: Duration::from_millis(v.number("SCHEDULER_RETRY_BASE_MS", 2000u64)?),
         catch_up: chrono::Duration::hours(v.number("SCHEDULER_CATCH_UP_HOURS", 24i64)?),
     };
+    psymatch_runtime::config::refuse_unknown("scheduler", &vars, &["SCHEDULER_", "SCHEDULE_"])?;
     let pool = psymatch_runtime::db::connect(&psymatch_runtime::db::database_url()).await?;
     let scheduler = Arc::new(Scheduler::new(schedule, settings, pool)?);
     let listen = v.text("HTTP_LISTEN", "0.0.0.0:9464");

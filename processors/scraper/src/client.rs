@@ -5,10 +5,12 @@
 //! when it does not like a session (a new session is started then).
 
 use crate::config::ScraperConfig;
+use crate::events::KbvAnswered;
 use crate::kbv::{self, Answer, Filters};
 use crate::metrics::ScraperMetrics;
 use backon::{ExponentialBuilder, Retryable};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use psymatch_runtime::events::Event;
 use psymatch_runtime::throttle;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,7 +120,7 @@ impl KbvClient {
     }
 
     fn failed(&self, outcome: &str, reason: String, retryable: bool) -> Attempt {
-        self.metrics.requests.with_label_values(&[outcome]).inc();
+        KbvAnswered { outcome }.emit(&self.metrics);
         Attempt {
             reason,
             retryable,
@@ -140,7 +142,7 @@ impl KbvClient {
                 .await?;
             match start {
                 Ok(response) if response.status().is_success() => {
-                    self.metrics.requests.with_label_values(&["session"]).inc();
+                    KbvAnswered { outcome: "session" }.emit(&self.metrics);
                     self.session.store(true, Ordering::SeqCst);
                 }
                 Ok(response) => {
@@ -213,7 +215,7 @@ impl KbvClient {
         }
         match kbv::parse_answer(&bytes) {
             Ok(answer) => {
-                self.metrics.requests.with_label_values(&["ok"]).inc();
+                KbvAnswered { outcome: "ok" }.emit(&self.metrics);
                 Ok(answer)
             }
             Err(reason) => Err(self.failed("malformed", reason, false)),

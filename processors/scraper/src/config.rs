@@ -1,4 +1,5 @@
-//! The scraper's configuration, from the environment (docs/processors/scraper.md).
+//! The scraper's configuration, from the environment
+//! (docs/processors/scraper.md).
 
 use psymatch_runtime::config::Vars;
 use std::collections::BTreeMap;

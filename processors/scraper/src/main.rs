@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
                 runtime.batch_size = 1;
             }
             let scraper = Scraper::new(ScraperConfig::from_env()?);
+            app::refuse_unknown_settings(&scraper)?;
             app::run_with(scraper, runtime, telemetry::shutdown_signal()).await
         }
         Command::Fake {

@@ -178,7 +178,9 @@ async fn decode_new<'m, P: Processor>(
         shared.metrics.consumed.with_label_values(&[logical]).inc();
         let record = match item {
             Decoded::Bad(code, reason) => {
-                outgoing.push(Pending::Done(dead_letter(shared, message, code, &reason)));
+                outgoing.push(Pending::Done(dead_letter(
+                    shared, message, None, code, &reason,
+                )));
                 continue;
             }
             Decoded::Tombstone => continue,
@@ -306,8 +308,7 @@ impl<P: Processor> Batch<'_, '_, P> {
                     sqlx::query("ROLLBACK TO SAVEPOINT record")
                         .execute(&mut *self.tx)
                         .await?;
-                    tracing::warn!(code = %code, offset = message.offset(), event_id = %id, "record refused; dead-lettered");
-                    let dead = dead_letter(shared, message, code, &reason);
+                    let dead = dead_letter(shared, message, Some(id), code, &reason);
                     self.outgoing.push(Pending::Done(dead));
                 }
             }

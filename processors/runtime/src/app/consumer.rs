@@ -5,6 +5,7 @@ use super::lease::{LeaseCommand, lease_loop};
 use super::worker::partition_worker;
 use super::{Shared, with_options};
 use crate::config::{Assignment, GroupProtocol};
+use crate::events::{Event, PartitionsAssigned, PartitionsGivenUp};
 use crate::processor::Processor;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
@@ -383,11 +384,10 @@ impl<P: Processor> RuntimeContext<P> {
         partitions: &[(String, i32)],
         assign: impl FnOnce(&TopicPartitionList) -> KafkaResult<()>,
     ) {
-        self.shared
-            .metrics
-            .rebalances
-            .with_label_values(&["assign"])
-            .inc();
+        PartitionsAssigned {
+            count: partitions.len(),
+        }
+        .emit(&self.shared.metrics);
         let positions = self
             .handle
             .block_on(stored_offsets(&self.shared, partitions));
@@ -431,19 +431,17 @@ impl<P: Processor> RuntimeContext<P> {
         finish: bool,
         unassign: impl FnOnce(&TopicPartitionList) -> KafkaResult<()>,
     ) {
-        let kind = if finish { "revoke" } else { "lost" };
-        self.shared
-            .metrics
-            .rebalances
-            .with_label_values(&[kind])
-            .inc();
         self.stop_workers(partitions, finish);
         let _ = unassign(&list_of(partitions));
         let mut assigned = self.shared.status.assigned.lock().expect("status lock");
         for (topic, partition) in partitions {
             assigned.remove(&(self.shared.config.logical(topic).to_string(), *partition));
         }
-        tracing::info!(partitions = partitions.len(), kind, "partitions given up");
+        PartitionsGivenUp {
+            count: partitions.len(),
+            finished: finish,
+        }
+        .emit(&self.shared.metrics);
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::Shared;
 use crate::errors::ErrorCode;
+use crate::events::{DeadLettered, Event};
 use crate::processor::{Outgoing, Processor};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use uuid::Uuid;
@@ -10,20 +11,19 @@ use uuid::Uuid;
 pub(super) fn dead_letter<P: Processor>(
     shared: &Shared<P>,
     message: &OwnedMessage,
+    event_id: Option<Uuid>,
     code: ErrorCode,
     reason: &str,
 ) -> Outgoing {
     let logical = shared.config.logical(message.topic()).to_string();
-    shared
-        .metrics
-        .dead_letters
-        .with_label_values(&[logical.as_str(), code.as_str()])
-        .inc();
-    shared
-        .metrics
-        .errors
-        .with_label_values(&[code.as_str()])
-        .inc();
+    DeadLettered {
+        topic: &logical,
+        code,
+        partition: message.partition(),
+        offset: message.offset(),
+        event_id,
+    }
+    .emit(&shared.metrics);
     shared.status.error(format!(
         "{code} on {logical}/{}@{}: {reason}",
         message.partition(),

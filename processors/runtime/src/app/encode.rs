@@ -4,7 +4,7 @@
 use super::Shared;
 use super::retry::{BatchError, batch_error};
 use crate::envelope::Envelope;
-use crate::errors::ErrorCode;
+use crate::events::{Event, RegistryFailed};
 use crate::processor::{Outgoing, Processor};
 use std::collections::HashMap;
 
@@ -76,12 +76,13 @@ pub(super) async fn encode_all<P: Processor>(
             .map_err(|e| BatchError::Transient(e.to_string()))?;
         let physical = shared.config.physical(topic);
         let (id, datum) = shared.codec.writer(&physical, schema).await.map_err(|e| {
-            shared
-                .metrics
-                .errors
-                .with_label_values(&[ErrorCode::Registry.as_str()])
-                .inc();
-            BatchError::Transient(e.to_string())
+            let error = e.to_string();
+            RegistryFailed {
+                topic: &physical,
+                error: &error,
+            }
+            .emit(&shared.metrics);
+            BatchError::Transient(error)
         })?;
         writers.insert(
             topic.to_string(),

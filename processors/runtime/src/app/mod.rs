@@ -65,7 +65,16 @@ use tokio::sync::Notify;
 pub async fn run<P: Processor>(processor: P) -> anyhow::Result<()> {
     telemetry::init(processor.name());
     let config = RuntimeConfig::from_env(processor.name())?;
+    refuse_unknown_settings(&processor)?;
     run_with(processor, config, telemetry::shutdown_signal()).await
+}
+
+/// Refuses the process environment's variables that look like settings of
+/// `processor` (or of psymatch) but are none, once every setting has been
+/// read (see [`crate::config::refuse_unknown`]).
+pub fn refuse_unknown_settings<P: Processor>(processor: &P) -> anyhow::Result<()> {
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    crate::config::refuse_unknown(processor.name(), &env, processor.settings_prefixes())
 }
 
 /// Everything the workers, the relay and the consumer thread share.

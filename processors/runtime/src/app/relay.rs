@@ -4,7 +4,7 @@
 use super::retry::backoff;
 use super::{Shared, with_options};
 use crate::config::Relay;
-use crate::errors::ErrorCode;
+use crate::events::{Event, PublishFailed, RelayRetried};
 use crate::processor::{Outgoing, Processor};
 use rdkafka::error::KafkaResult;
 use rdkafka::producer::{FutureProducer, Producer};
@@ -38,11 +38,12 @@ pub(super) async fn publish<P: Processor>(
     let mut failed = None;
     for (n, (result, record)) in results.iter().zip(records).enumerate() {
         if let Err((error, _)) = result {
-            shared
-                .metrics
-                .errors
-                .with_label_values(&[ErrorCode::Broker.as_str()])
-                .inc();
+            let error = error.to_string();
+            PublishFailed {
+                topic: &record.topic,
+                error: &error,
+            }
+            .emit(&shared.metrics);
             failed = Some(Unpublished {
                 acknowledged: n,
                 reason: format!("publishing to {}: {error}", record.topic),
@@ -176,9 +177,9 @@ pub(super) async fn relay_loop<P: Processor>(shared: Arc<Shared<P>>, stop: Arc<A
             Ok(_) => attempt = 0,
             Err(reason) => {
                 attempt += 1;
-                shared.metrics.retries.with_label_values(&["relay"]).inc();
                 shared.status.error(reason.clone());
-                tracing::warn!(attempt, reason, "relay pass failed; retrying");
+                let reason = reason.as_str();
+                RelayRetried { attempt, reason }.emit(&shared.metrics);
                 if stopping && attempt > 3 {
                     break;
                 }

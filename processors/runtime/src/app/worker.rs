@@ -4,6 +4,7 @@
 use super::Shared;
 use super::batch::process_batch;
 use super::retry::{BatchError, backoff};
+use crate::events::{BatchRetried, Event};
 use crate::processor::Processor;
 use rdkafka::message::OwnedMessage;
 use std::sync::Arc;
@@ -37,15 +38,15 @@ pub(super) async fn partition_worker<P: Processor>(
                 Ok(()) => break,
                 Err(BatchError::Transient(reason)) => {
                     attempt += 1;
-                    shared.metrics.retries.with_label_values(&["batch"]).inc();
                     shared.status.error(reason.clone());
                     let pause = backoff(attempt, shared.config.max_backoff);
-                    tracing::warn!(
+                    let reason = reason.as_str();
+                    BatchRetried {
                         attempt,
                         reason,
-                        pause_ms = pause.as_millis() as u64,
-                        "batch failed; retrying"
-                    );
+                        pause,
+                    }
+                    .emit(&shared.metrics);
                     tokio::time::sleep(pause).await;
                 }
             }

@@ -1,0 +1,205 @@
+//! A broker and a PostgreSQL server of the test's own, for tests that
+//! restart or break them.
+
+use super::{free_port, scratch_dir};
+
+/// An Apache Kafka broker of the test's own (`scripts/kafka-broker`), its
+/// data in a scratch directory so that it survives a restart.
+pub struct OwnBroker {
+    process: Option<std::process::Child>,
+    port: u16,
+    controller_port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl OwnBroker {
+    /// Starts it on a free port and waits until it answers metadata
+    /// requests (a JVM broker listens some seconds before it is ready).
+    pub fn start() -> OwnBroker {
+        let mut broker = OwnBroker {
+            process: None,
+            port: free_port(),
+            controller_port: free_port(),
+            dir: scratch_dir("kafka"),
+        };
+        broker.launch();
+        broker
+    }
+
+    fn launch(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/kafka-broker");
+        // Its log stays beside its data, across restarts, for a look after a run.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.log"))
+            .expect("the broker's log file");
+        let child = std::process::Command::new(script)
+            .arg(self.dir.join("broker"))
+            .arg(self.port.to_string())
+            .arg(self.controller_port.to_string())
+            .stdout(log.try_clone().expect("the broker's log file"))
+            .stderr(log)
+            .spawn()
+            .expect("scripts/kafka-broker (Kafka from scripts/install-tools)");
+        self.process = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            if crate::broker::check(&self.address(), std::time::Duration::from_secs(1)).is_ok() {
+                break;
+            }
+            if let Some(status) = self
+                .process
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "the broker exited ({status}); see {}",
+                    self.dir.join("broker.log").display()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the broker did not answer within 120 s; see {}",
+                self.dir.join("broker.log").display()
+            );
+        }
+    }
+
+    /// Kills it (SIGKILL) and starts it again on the same data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Kills it (SIGKILL); its data stays for [`OwnBroker::resume`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts it again on its port and data after [`OwnBroker::kill`].
+    pub fn resume(&mut self) {
+        assert!(self.process.is_none(), "the broker runs already");
+        self.launch();
+    }
+
+    /// Its bootstrap address.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A PostgreSQL cluster of the test's own (initdb as the postgres user).
+pub struct OwnPostgres {
+    bin: String,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnPostgres {
+    /// Creates and starts it on a free port.
+    pub fn start() -> OwnPostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .max()
+            .unwrap()
+            .display()
+            .to_string();
+        let port = free_port();
+        let dir = scratch_dir("pg");
+        std::process::Command::new("chown")
+            .args(["postgres", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        let initdb = std::process::Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{bin}/initdb"),
+                "-D",
+                dir.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(initdb.success());
+        let cluster = OwnPostgres { bin, dir, port };
+        cluster.pg_ctl("start");
+        cluster
+    }
+
+    /// Runs `pg_ctl <action>` on it (`restart`, `stop`, `start`).
+    pub fn pg_ctl(&self, action: &str) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let status = self
+            .pg_ctl_command()
+            .args([
+                "-l",
+                &format!("{}/log", self.dir.display()),
+                "-w",
+                "-m",
+                "fast",
+                "-o",
+                &options,
+                action,
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl {action}");
+    }
+
+    /// `pg_ctl -D <dir>` run as the postgres user (it refuses root).
+    fn pg_ctl_command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new("runuser");
+        command.args([
+            "-u",
+            "postgres",
+            "--",
+            &format!("{}/pg_ctl", self.bin),
+            "-D",
+            self.dir.to_str().unwrap(),
+        ]);
+        command
+    }
+
+    /// URL of its `postgres` database (superuser, trust).
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .pg_ctl_command()
+            .args(["-m", "immediate", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
