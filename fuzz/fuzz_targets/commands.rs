@@ -18,6 +18,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = validate::patient_id(id);
     let _ = therapists::problems(details);
     if validate::details(details, now).is_empty() {
-        let _ = profile(id, details, "ACTIVE", Some((52.5, 13.4)), now);
+        let _ = profile(id, details, "ACTIVE", Some(psymatch_geo::Position::new(52.5, 13.4)), now);
     }
 });
