@@ -3,191 +3,46 @@
 //! topic; the clock drives it.
 //!
 //! Exactly one replica runs each occurrence: the occurrence's row in
-//! `scheduler.runs` (primary key job + occurrence) is the lease. A failed
-//! publish is retried with backoff up to the job's `max_attempts`, then the
-//! run is dead-lettered (status `DEAD_LETTERED`, the error kept, the metric
+//! `scheduler.runs` (primary key job + occurrence) is the lease. The
+//! command goes through the runtime's outbox like every processor's
+//! output: the run marked done and its command commit in one transaction,
+//! and the relay publishes it. A command that cannot be made (its payload
+//! does not fit, the registry is away) is retried with backoff up to the
+//! job's `max_attempts`, then the run is dead-lettered (status
+//! `DEAD_LETTERED`, the error kept, the metric
 //! `psymatch_scheduler_job_failures_total` raised). A replica that dies
 //! while running leaves its lease to expire and another takes over; the
 //! command's event id derives from job and occurrence, so a repeat is
 //! dropped by its consumer.
 
 mod events;
+mod schedule;
 
-use anyhow::Context as _;
+use schedule::fill;
+pub use schedule::{Job, Missed, Schedule, run_id};
+
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 use events::{JobDeadLettered, JobRan, JobRetried};
 use prometheus::{IntCounterVec, Opts};
+use psymatch_runtime::app::Outbox;
 use psymatch_runtime::codec::Codec;
+use psymatch_runtime::config::RuntimeConfig;
 use psymatch_runtime::contracts::Contracts;
 use psymatch_runtime::envelope;
 use psymatch_runtime::events::Event;
 use psymatch_runtime::processor::Outgoing;
-use rdkafka::producer::FutureProducer;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use psymatch_runtime::surface::Status;
+use serde_json::json;
 use sqlx::PgPool;
-use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// What to do with an occurrence that fell into a downtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Missed {
-    /// Run the latest missed occurrence once at start.
-    RunOnce,
-    /// Wait for the next occurrence.
-    Skip,
-}
-
-/// A job as written in the schedule file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JobSpec {
-    name: String,
-    cron: String,
-    topic: String,
-    event_type: String,
-    payload: Value,
-    #[serde(default = "default_attempts")]
-    max_attempts: u32,
-    #[serde(default = "default_missed")]
-    missed: Missed,
-}
-
-fn default_attempts() -> u32 {
-    3
-}
-
-fn default_missed() -> Missed {
-    Missed::Skip
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScheduleSpec {
-    timezone: String,
-    jobs: Vec<JobSpec>,
-}
-
-/// A scheduled job.
-#[derive(Debug, Clone)]
-pub struct Job {
-    /// Name (unique).
-    pub name: String,
-    /// The cron expression as written.
-    pub cron: String,
-    schedule: cron::Schedule,
-    /// Topic the command goes to.
-    pub topic: String,
-    /// The command's event type.
-    pub event_type: String,
-    /// The command's payload; `"{run_id}"` is replaced.
-    pub payload: Value,
-    /// Attempts before the run is dead-lettered.
-    pub max_attempts: u32,
-    /// Downtime policy.
-    pub missed: Missed,
-}
-
-/// Every job, with the time zone their expressions are read in.
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    /// Time zone of the cron expressions.
-    pub timezone: Tz,
-    /// The jobs.
-    pub jobs: Vec<Job>,
-}
-
-impl Schedule {
-    /// Parses a schedule file; errors name the job and what is wrong.
-    pub fn parse(text: &str) -> anyhow::Result<Schedule> {
-        let spec: ScheduleSpec = serde_yaml_ng::from_str(text).context("schedule file")?;
-        let timezone = Tz::from_str(&spec.timezone)
-            .map_err(|_| anyhow::anyhow!("timezone {:?} is not an IANA zone", spec.timezone))?;
-        let mut jobs = Vec::new();
-        for job in spec.jobs {
-            anyhow::ensure!(
-                !jobs.iter().any(|j: &Job| j.name == job.name),
-                "job {:?} appears twice",
-                job.name
-            );
-            anyhow::ensure!(
-                job.max_attempts >= 1,
-                "job {:?}: max_attempts must be at least 1",
-                job.name
-            );
-            let schedule = cron::Schedule::from_str(&job.cron)
-                .map_err(|e| anyhow::anyhow!("job {:?}: cron {:?}: {e}", job.name, job.cron))?;
-            jobs.push(Job {
-                name: job.name,
-                cron: job.cron,
-                schedule,
-                topic: job.topic,
-                event_type: job.event_type,
-                payload: job.payload,
-                max_attempts: job.max_attempts,
-                missed: job.missed,
-            });
-        }
-        Ok(Schedule { timezone, jobs })
-    }
-
-    /// Occurrences of `job` after `from` up to and including `to`, in UTC.
-    pub fn occurrences(
-        &self,
-        job: &Job,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Vec<DateTime<Utc>> {
-        job.schedule
-            .after(&from.with_timezone(&self.timezone))
-            .map(|at| at.with_timezone(&Utc))
-            .take_while(|at| *at <= to)
-            .collect()
-    }
-
-    /// The latest occurrence of `job` at or before `now`, looking back at
-    /// most `horizon`.
-    pub fn latest(
-        &self,
-        job: &Job,
-        now: DateTime<Utc>,
-        horizon: chrono::Duration,
-    ) -> Option<DateTime<Utc>> {
-        self.occurrences(job, now - horizon, now).pop()
-    }
-}
-
-/// The id of an occurrence: job name and UTC time.
-pub fn run_id(job: &str, occurrence: DateTime<Utc>) -> String {
-    format!("{job}-{}", occurrence.format("%Y%m%dT%H%M%SZ"))
-}
-
-/// Replaces `"{run_id}"` in every string of `value`.
-fn fill(value: &Value, run_id: &str) -> Value {
-    match value {
-        Value::String(s) => Value::String(s.replace("{run_id}", run_id)),
-        Value::Array(items) => Value::Array(items.iter().map(|v| fill(v, run_id)).collect()),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), fill(v, run_id)))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
-}
 
 /// How the scheduler runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Kafka bootstrap servers.
-    pub brokers: String,
-    /// Schema registry.
-    pub registry_url: String,
-    /// Prefix of physical topic names.
-    pub topic_prefix: String,
+    /// The runtime's settings: broker, registry, topic prefix, relay.
+    pub runtime: RuntimeConfig,
     /// This replica's name (in `scheduler.runs.owner`).
     pub owner: String,
     /// How often the clock is looked at.
@@ -249,28 +104,35 @@ pub struct Scheduler {
     schedule: Schedule,
     settings: Settings,
     pool: PgPool,
-    producer: FutureProducer,
+    outbox: Arc<Outbox>,
     codec: Codec,
     /// Its metrics.
     pub metrics: Metrics,
+    /// What `/health/status` shows (the relay's last error).
+    pub status: Arc<Status>,
 }
 
 impl Scheduler {
     /// A replica on this database and broker.
     pub fn new(schedule: Schedule, settings: Settings, pool: PgPool) -> anyhow::Result<Scheduler> {
-        let producer: FutureProducer = psymatch_runtime::broker::producer_config(
-            &settings.brokers,
-            &format!("psymatch-scheduler-{}", settings.owner),
-        )
-        .create()
-        .context("creating the producer")?;
+        let metrics = Metrics::new();
+        let status = Arc::new(Status::default());
+        let outbox = Outbox::new(
+            "scheduler",
+            &settings.runtime,
+            pool.clone(),
+            metrics.surface.clone(),
+            status.clone(),
+            false,
+        )?;
         Ok(Scheduler {
-            codec: Codec::new(&settings.registry_url),
+            codec: Codec::new(&settings.runtime.registry_url),
             schedule,
             settings,
             pool,
-            producer,
-            metrics: Metrics::new(),
+            outbox,
+            metrics,
+            status,
         })
     }
 
@@ -287,6 +149,19 @@ impl Scheduler {
     /// Runs until `stop` is set: each tick claims the occurrences that came
     /// due and the runs whose lease expired, and runs them.
     pub async fn run(self: Arc<Self>, stop: Arc<tokio::sync::Notify>) -> anyhow::Result<()> {
+        let drained = Arc::new(AtomicBool::new(false));
+        let relay = tokio::spawn(self.outbox.clone().relay(drained.clone()));
+        let ran = self.clone().schedule_loop(stop).await;
+        // Everything committed is published before the replica stops.
+        drained.store(true, Ordering::SeqCst);
+        self.outbox.wake();
+        let _ = relay.await;
+        ran
+    }
+
+    /// Each tick until `stop`: the occurrences that came due, and the runs
+    /// whose lease expired.
+    async fn schedule_loop(self: Arc<Self>, stop: Arc<tokio::sync::Notify>) -> anyhow::Result<()> {
         let mut last = Utc::now();
         self.catch_up(last).await?;
         let mut running = tokio::task::JoinSet::new();
@@ -385,8 +260,8 @@ impl Scheduler {
         .await?)
     }
 
-    /// Publishes the occurrence's command, retrying, and records the
-    /// outcome.
+    /// Makes the occurrence's command, retrying, and commits it to the
+    /// outbox with the run's outcome.
     async fn execute(
         &self,
         job_name: &str,
@@ -409,17 +284,16 @@ impl Scheduler {
         let mut attempts = done;
         loop {
             attempts += 1;
-            match self.publish(job, &id).await {
-                Ok(outcome) => {
+            match self.command(job, &id).await {
+                Ok(command) => {
+                    self.succeed(job, occurrence, attempts, command).await?;
                     JobRan {
                         job: &job.name,
                         run_id: &id,
                         attempts,
                     }
                     .emit(&self.metrics);
-                    return self
-                        .finish(&job.name, occurrence, "SUCCEEDED", attempts, &outcome)
-                        .await;
+                    return Ok(());
                 }
                 Err(error) if attempts as u32 >= job.max_attempts => {
                     let reason = format!("{error:#}");
@@ -483,9 +357,45 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Encodes and publishes the command; its event id derives from the
-    /// run id, so a repeat after a takeover is the same event.
-    async fn publish(&self, job: &Job, run_id: &str) -> anyhow::Result<String> {
+    /// Marks the run done and puts its command in the outbox, in one
+    /// transaction: a crash leaves both or neither, never a command
+    /// published for a run still open (nor a run done without its command).
+    async fn succeed(
+        &self,
+        job: &Job,
+        occurrence: DateTime<Utc>,
+        attempts: i32,
+        command: Outgoing,
+    ) -> anyhow::Result<()> {
+        let outcome = format!(
+            "queued {} for {} (event {})",
+            job.event_type, job.topic, command.event_id
+        );
+        let mut tx = self.pool.begin().await?;
+        let ids = self
+            .outbox
+            .insert(&mut tx, std::slice::from_ref(&command))
+            .await?;
+        sqlx::query(
+            "UPDATE scheduler.runs SET status = 'SUCCEEDED', attempts = $3, outcome = $4,
+                    finished_at = now()
+              WHERE job = $1 AND occurrence = $2",
+        )
+        .bind(&job.name)
+        .bind(occurrence)
+        .bind(attempts)
+        .bind(&outcome)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.outbox
+            .committed(ids.into_iter().zip([command]).collect());
+        Ok(())
+    }
+
+    /// Encodes the command; its event id derives from the run id, so a
+    /// repeat after a takeover is the same event.
+    async fn command(&self, job: &Job, run_id: &str) -> anyhow::Result<Outgoing> {
         let contracts = Contracts::embedded();
         let (spec, schema) = contracts.topic(&job.topic)?;
         let event_id = uuid::Uuid::new_v5(
@@ -500,101 +410,11 @@ impl Scheduler {
         });
         let (key, envelope) =
             envelope::from_json(&record, schema, &spec.key_fields, "scheduler", Utc::now())?;
-        let physical = format!("{}{}", self.settings.topic_prefix, job.topic);
+        let physical = self.settings.runtime.physical(&job.topic);
         let bytes = self
             .codec
             .encode_with(&physical, schema, envelope.to_avro(schema)?)
             .await?;
-        let record = Outgoing::of_envelope(&physical, key, &envelope, bytes);
-        let delivery = self
-            .producer
-            .send(record.record(), Duration::from_secs(30))
-            .await
-            .map_err(|(error, _)| anyhow::anyhow!("publishing to {physical}: {error}"))?;
-        Ok(format!(
-            "published {} to {} partition {} offset {}",
-            job.event_type, job.topic, delivery.partition, delivery.offset
-        ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn business_times_in_berlin_are_stored_in_utc() {
-        let schedule = Schedule::parse(include_str!("../schedule.yaml")).unwrap();
-        let scrape = schedule
-            .jobs
-            .iter()
-            .find(|j| j.name == "daily-scrape")
-            .unwrap();
-        // 02:00 in Berlin: 01:00 UTC in winter, 00:00 UTC in summer.
-        let winter = schedule.occurrences(
-            scrape,
-            "2026-11-26T00:00:00Z".parse().unwrap(),
-            "2026-11-27T00:00:00Z".parse().unwrap(),
-        );
-        assert_eq!(
-            winter,
-            vec!["2026-11-26T01:00:00Z".parse::<DateTime<Utc>>().unwrap()]
-        );
-        let summer = schedule.occurrences(
-            scrape,
-            "2026-07-01T00:00:00Z".parse().unwrap(),
-            "2026-07-02T00:00:00Z".parse().unwrap(),
-        );
-        assert_eq!(
-            summer,
-            vec!["2026-07-02T00:00:00Z".parse::<DateTime<Utc>>().unwrap()]
-        );
-        let flush = schedule
-            .jobs
-            .iter()
-            .find(|j| j.name == "weekly-email-flush")
-            .unwrap();
-        let week = schedule.occurrences(
-            flush,
-            "2026-11-23T00:00:00Z".parse().unwrap(),
-            "2026-11-30T12:00:00Z".parse().unwrap(),
-        );
-        assert_eq!(week.len(), 2, "{week:?}");
-        assert_eq!(week[0].to_rfc3339(), "2026-11-23T08:00:00+00:00");
-    }
-
-    #[test]
-    fn bad_schedules_say_what_is_wrong() {
-        let error = Schedule::parse("timezone: Mars/Base\njobs: []")
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("Mars/Base"), "{error}");
-        let job = |cron: &str| {
-            format!(
-                "timezone: Europe/Berlin\njobs:\n  - {{name: x, cron: \"{cron}\", topic: email-commands, event_type: email.flush_batches, payload: {{}}}}\n"
-            )
-        };
-        let error = Schedule::parse(&job("not a cron")).unwrap_err().to_string();
-        assert!(
-            error.contains("job \"x\"") && error.contains("not a cron"),
-            "{error}"
-        );
-        assert!(Schedule::parse(&job("0 0 9 * * MON")).is_ok());
-        let line = "  - {name: x, cron: \"0 0 9 * * MON\", topic: email-commands, event_type: email.flush_batches, payload: {}}\n";
-        let twice = format!("timezone: Europe/Berlin\njobs:\n{line}{line}");
-        let error = Schedule::parse(&twice).unwrap_err().to_string();
-        assert!(error.contains("twice"), "{error}");
-    }
-
-    #[test]
-    fn the_run_id_fills_the_payload() {
-        let filled = fill(
-            &json!({"run_id": "{run_id}", "nested": ["a-{run_id}"], "n": 1}),
-            "job-1",
-        );
-        assert_eq!(
-            filled,
-            json!({"run_id": "job-1", "nested": ["a-job-1"], "n": 1})
-        );
+        Ok(Outgoing::of_envelope(&physical, key, &envelope, bytes))
     }
 }

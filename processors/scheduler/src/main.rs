@@ -1,11 +1,13 @@
 //! `psymatch-scheduler`: publishes the commands of the schedule file
 //! (`SCHEDULE_FILE`), one run per occurrence across replicas, serves the
 //! runtime's surface (`/health/liveness`, `/health/readiness`,
-//! `/health/status`, `/metrics`) on `HTTP_LISTEN`, and on SIGTERM or
-//! SIGINT finishes the run in hand and exits, like every processor.
+//! `/health/status`, `/metrics`) on `HTTP_LISTEN`, publishes through the
+//! runtime's outbox (the runtime's settings: `KAFKA_BROKERS`, `RELAY`,
+//! `TOPIC_PREFIX`, ...), and on SIGTERM or SIGINT finishes the run in hand,
+//! publishes what it committed and exits, like every processor.
 
-use psymatch_runtime::config::Vars;
-use psymatch_runtime::surface::{Status, Surface, dependency_probes};
+use psymatch_runtime::config::{RuntimeConfig, Vars};
+use psymatch_runtime::surface::{Surface, dependency_probes};
 use psymatch_scheduler::{Schedule, Scheduler, Settings};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,10 +25,9 @@ async fn main() -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("SCHEDULE_FILE {file}: {e}"))?;
     let schedule = Schedule::parse(&text)?;
+    let runtime = RuntimeConfig::from_vars("scheduler", &vars)?;
     let settings = Settings {
-        brokers: v.text("KAFKA_BROKERS", "127.0.0.1:9092"),
-        registry_url: psymatch_runtime::codec::registry_url(),
-        topic_prefix: v.text("TOPIC_PREFIX", ""),
+        runtime: runtime.clone(),
         owner: v.text("HOSTNAME", &format!("scheduler-{}", std::process::id())),
         tick: Duration::from_millis(v.number("SCHEDULER_TICK_MS", 1000u64)?),
         lease: Duration::from_secs(v.number("SCHEDULER_LEASE_SECS", 120u64)?),
@@ -34,18 +35,18 @@ async fn main() -> anyhow::Result<()> {
         catch_up: chrono::Duration::hours(v.number("SCHEDULER_CATCH_UP_HOURS", 24i64)?),
     };
     psymatch_runtime::config::refuse_unknown("scheduler", &vars, &["SCHEDULER_", "SCHEDULE_"])?;
-    let pool = psymatch_runtime::db::connect(&psymatch_runtime::db::database_url()).await?;
+    let pool = psymatch_runtime::db::connect(&runtime.database_url).await?;
     let scheduler = Arc::new(Scheduler::new(schedule, settings, pool)?);
     let listen = v.text("HTTP_LISTEN", "0.0.0.0:9464");
     let surface = Arc::new(Surface {
         processor: "scheduler".to_string(),
         group: "scheduler.runs".to_string(),
         metrics: scheduler.metrics.surface.clone(),
-        status: Arc::new(Status::default()),
+        status: scheduler.status.clone(),
         probes: dependency_probes(
             scheduler.pool().clone(),
-            scheduler.settings().registry_url.clone(),
-            scheduler.settings().brokers.clone(),
+            runtime.registry_url.clone(),
+            runtime.brokers.clone(),
         ),
         started: std::time::Instant::now(),
     });

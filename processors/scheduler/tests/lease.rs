@@ -49,9 +49,7 @@ async fn one_run_per_occurrence_with_two_replicas() {
         .iter()
         .map(|owner| {
             let settings = Settings {
-                brokers: bed.brokers.clone(),
-                registry_url: bed.registry_url.clone(),
-                topic_prefix: bed.prefix.clone(),
+                runtime: bed.config("scheduler"),
                 owner: owner.to_string(),
                 tick: Duration::from_millis(100),
                 lease: Duration::from_secs(30),

@@ -1,7 +1,7 @@
 //! The scheduler binary on the runtime's surface, like every processor:
 //! readiness of its three dependencies, status, its metrics with the
 //! `processor` label, and on SIGTERM a prompt exit with no run left
-//! half done.
+//! half done and no command left unpublished.
 
 use psymatch_runtime::testing::{KillOnDrop, TestBed, free_port, scratch_dir};
 use std::process::{Command, Stdio};
@@ -104,4 +104,7 @@ async fn the_scheduler_serves_the_runtime_surface_and_drains_on_sigterm() {
         ))
         .await;
     assert_eq!(unfinished, 0, "runs left running after SIGTERM");
+    // What it committed it published before exiting.
+    let pending = bed.count("SELECT count(*) FROM scheduler.outbox").await;
+    assert_eq!(pending, 0, "commands left in the outbox after SIGTERM");
 }

@@ -5,7 +5,6 @@ use super::Shared;
 use super::dead_letter::dead_letter;
 use super::decode::{Decoded, decode};
 use super::encode::{Pending, encode_all};
-use super::outbox::{UNSENT_MAX, insert_outbox};
 use super::relay::publish;
 use super::retry::{BatchError, batch_error};
 use crate::config::Guarantee;
@@ -337,14 +336,14 @@ async fn write_outputs<P: Processor>(
         let chunk = chunk?;
         outputs += chunk.len();
         if exactly {
-            let ids = insert_outbox(shared, tx, &chunk).await?;
+            let ids = shared.outbox.insert(tx, &chunk).await?;
             stored.extend(ids.into_iter().zip(chunk));
         } else {
             unpublished.extend(chunk);
         }
     }
     if !exactly {
-        publish(shared, &shared.producer, &unpublished)
+        publish(&shared.outbox, &shared.outbox.producer, &unpublished)
             .await
             .map_err(|failed| BatchError::Transient(failed.reason))?;
     }
@@ -384,12 +383,7 @@ fn committed<P: Processor>(
     records: usize,
 ) {
     shared.processor.batch_committed(scratch);
-    {
-        let mut unsent = shared.unsent.lock().expect("unsent lock");
-        if unsent.len() + stored.len() <= UNSENT_MAX {
-            unsent.extend(stored);
-        }
-    }
+    shared.outbox.committed(stored);
     shared.metrics.batch_records.observe(records as f64);
     shared
         .committed

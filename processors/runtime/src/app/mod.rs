@@ -42,23 +42,22 @@ mod worker;
 pub use retry::backoff;
 
 use consumer::consumer_thread;
-use relay::{RELAY_PASS_MAX, relay_loop};
+use relay::relay_loop;
+
+pub use outbox::Outbox;
 
 use crate::config::RuntimeConfig;
 use crate::contracts::Contracts;
-use crate::processor::{Outgoing, Processor};
+use crate::processor::Processor;
 use crate::surface::{Metrics, Status, Surface};
 use crate::{codec, db, telemetry};
-use anyhow::Context as _;
 use rdkafka::ClientConfig;
-use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::Notify;
 
 /// Runs `processor` with configuration from the environment until SIGTERM
 /// or SIGINT, then drains and exits.
@@ -86,16 +85,8 @@ struct Shared<P> {
     codec: codec::Codec,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
-    relay_wake: Notify,
-    /// Outbox rows one relay pass publishes: smaller after a pass the
-    /// broker could not take in time, so that a slow broker still sees
-    /// progress instead of the same large pass timing out again.
-    relay_limit: std::sync::atomic::AtomicUsize,
-    /// Outbox rows this process committed, by id, as encoded: the relay
-    /// publishes these from memory instead of reading them back. The
-    /// outbox stays the record of what is unpublished: a row not here (a
-    /// restart, another replica's, more than [`UNSENT_MAX`]) is read.
-    unsent: Mutex<BTreeMap<i64, Outgoing>>,
+    /// The outbox of the processor's schema, and its relay.
+    outbox: Arc<Outbox>,
     /// The processor's schema name, checked to be a plain identifier.
     schema: String,
     /// Offsets committed to PostgreSQL, waiting to be stored in the consumer
@@ -103,11 +94,6 @@ struct Shared<P> {
     committed: Mutex<Vec<(String, i32, i64)>>,
     /// Compacted input topics: a key without a value there is an erasure.
     compacted: HashSet<String>,
-    /// Producer of the relay and of the at-least-once path.
-    producer: FutureProducer,
-    /// The relay's transactional producer (`RELAY=transactional`), made
-    /// when the relay first needs it and again after it was fenced.
-    transactional: tokio::sync::Mutex<Option<FutureProducer>>,
 }
 
 /// Runs `processor` until `shutdown` completes.
@@ -132,10 +118,14 @@ pub async fn run_with<P: Processor>(
         metrics.register(collector)?;
     }
     let status = Arc::new(Status::default());
-    let mut producer_config =
-        crate::broker::producer_config(&config.brokers, &format!("psymatch-{name}-producer"));
-    with_options(&mut producer_config, &config);
-    let producer: FutureProducer = producer_config.create().context("creating the producer")?;
+    let outbox = Outbox::new(
+        name,
+        &config,
+        pool.clone(),
+        metrics.clone(),
+        status.clone(),
+        true,
+    )?;
     let compacted: HashSet<String> = contracts
         .topics
         .topics
@@ -152,13 +142,9 @@ pub async fn run_with<P: Processor>(
         pool,
         metrics: metrics.clone(),
         status: status.clone(),
-        relay_wake: Notify::new(),
-        relay_limit: std::sync::atomic::AtomicUsize::new(RELAY_PASS_MAX),
-        unsent: Mutex::new(BTreeMap::new()),
+        outbox,
         committed: Mutex::new(Vec::new()),
         compacted,
-        producer,
-        transactional: tokio::sync::Mutex::new(None),
     });
 
     let surface = Arc::new(Surface {
@@ -180,7 +166,7 @@ pub async fn run_with<P: Processor>(
     // The relay stops only once the workers have drained and committed, so
     // that everything committed is published before the process exits.
     let drained = Arc::new(AtomicBool::new(false));
-    let relay = tokio::spawn(relay_loop(shared.clone(), drained.clone()));
+    let relay = tokio::spawn(relay_loop(shared.outbox.clone(), drained.clone()));
     let warming = Instant::now();
     match shared.processor.warm_up(&shared.pool).await {
         Ok(()) => tracing::debug!(seconds = warming.elapsed().as_secs_f64(), "warmed up"),
@@ -198,12 +184,12 @@ pub async fn run_with<P: Processor>(
     shutdown.await;
     tracing::info!("draining");
     stop.store(true, Ordering::SeqCst);
-    shared.relay_wake.notify_one();
+    shared.outbox.wake();
     let deadline = shared.config.shutdown_timeout;
     let finished = tokio::time::timeout(deadline, async {
         let joined = tokio::task::spawn_blocking(move || consumer.join()).await;
         drained.store(true, Ordering::SeqCst);
-        shared.relay_wake.notify_one();
+        shared.outbox.wake();
         if !matches!(joined, Ok(Ok(()))) {
             tracing::error!("the consumer thread ended abnormally");
         }

@@ -1,11 +1,12 @@
 //! The relay: publishes the outbox to Kafka in order and deletes what
 //! the broker acknowledged.
 
+use super::outbox::Outbox;
 use super::retry::backoff;
-use super::{Shared, with_options};
+use super::with_options;
 use crate::config::Relay;
 use crate::events::{Event, PublishFailed, RelayRetried};
-use crate::processor::{Outgoing, Processor};
+use crate::processor::Outgoing;
 use rdkafka::error::KafkaResult;
 use rdkafka::producer::{FutureProducer, Producer};
 use std::collections::{BTreeMap, HashMap};
@@ -25,8 +26,8 @@ pub(super) struct Unpublished {
 }
 
 /// Publishes records and waits until the broker acknowledged every one.
-pub(super) async fn publish<P: Processor>(
-    shared: &Shared<P>,
+pub(super) async fn publish(
+    shared: &Outbox,
     producer: &FutureProducer,
     records: &[Outgoing],
 ) -> Result<(), Unpublished> {
@@ -68,10 +69,7 @@ pub(super) async fn publish<P: Processor>(
 /// readable (read_committed) or none. A failed transaction is aborted and
 /// counts as nothing acknowledged; a producer that cannot abort (fenced by
 /// another replica's relay, or in a fatal state) is replaced next pass.
-pub(super) async fn publish_in_transaction<P: Processor>(
-    shared: &Shared<P>,
-    records: &[Outgoing],
-) -> Result<(), Unpublished> {
+async fn publish_in_transaction(shared: &Outbox, records: &[Outgoing]) -> Result<(), Unpublished> {
     let none = |reason: String| Unpublished {
         acknowledged: 0,
         reason,
@@ -107,9 +105,7 @@ pub(super) async fn publish_in_transaction<P: Processor>(
 /// The relay's transactional producer, made and initialised (which fences
 /// any earlier producer of the same transactional id and aborts its open
 /// transaction) on first use.
-pub(super) async fn transactional_producer<P: Processor>(
-    shared: &Shared<P>,
-) -> Result<FutureProducer, String> {
+async fn transactional_producer(shared: &Outbox) -> Result<FutureProducer, String> {
     let mut slot = shared.transactional.lock().await;
     if let Some(producer) = slot.as_ref() {
         return Ok(producer.clone());
@@ -135,7 +131,7 @@ pub(super) async fn transactional_producer<P: Processor>(
 }
 
 /// Runs a blocking rdkafka call off the async workers.
-pub(super) async fn blocking<T: Send + 'static>(
+async fn blocking<T: Send + 'static>(
     call: impl FnOnce() -> KafkaResult<T> + Send + 'static,
 ) -> Result<T, String> {
     tokio::task::spawn_blocking(call)
@@ -147,12 +143,14 @@ pub(super) async fn blocking<T: Send + 'static>(
 /// Publishes the outbox in order until `drained` is set and the outbox is
 /// empty; one relay per processor
 /// schema at a time (advisory lock), so replicas never interleave.
-pub(super) async fn relay_loop<P: Processor>(shared: Arc<Shared<P>>, stop: Arc<AtomicBool>) {
+pub(super) async fn relay_loop(shared: Arc<Outbox>, stop: Arc<AtomicBool>) {
     let mut attempt = 0u32;
     let mut cleaned: Option<Instant> = None;
     loop {
         // Processed ids are needed only as long as a duplicate can arrive.
-        if cleaned.is_none_or(|at| at.elapsed() > Duration::from_secs(600)) {
+        if shared.forgets_processed
+            && cleaned.is_none_or(|at| at.elapsed() > Duration::from_secs(600))
+        {
             match forget_processed(&shared).await {
                 Ok(removed) if removed > 0 => {
                     tracing::info!(removed, "old processed event ids removed")
@@ -170,7 +168,7 @@ pub(super) async fn relay_loop<P: Processor>(shared: Arc<Shared<P>>, stop: Arc<A
             Ok(0) => {
                 attempt = 0;
                 tokio::select! {
-                    _ = shared.relay_wake.notified() => {}
+                    _ = shared.wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
             }
@@ -190,7 +188,7 @@ pub(super) async fn relay_loop<P: Processor>(shared: Arc<Shared<P>>, stop: Arc<A
 }
 
 /// Deletes processed event ids older than the dedupe retention.
-pub(super) async fn forget_processed<P: Processor>(shared: &Shared<P>) -> Result<u64, sqlx::Error> {
+async fn forget_processed(shared: &Outbox) -> Result<u64, sqlx::Error> {
     // A retention too long to subtract from now means: keep everything.
     let Some(cutoff) = chrono::Duration::from_std(shared.config.dedupe_retention)
         .ok()
@@ -210,7 +208,7 @@ pub(super) async fn forget_processed<P: Processor>(shared: &Shared<P>) -> Result
 
 /// One pass: publish up to [`RELAY_PASS_MAX`] outbox rows (fewer after a
 /// failed pass) and delete the acknowledged ones.
-pub(super) async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize, String> {
+async fn relay_pass(shared: &Outbox) -> Result<usize, String> {
     let failed = |e: sqlx::Error| format!("relay database: {e}");
     let mut tx = shared.pool.begin().await.map_err(failed)?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
@@ -224,7 +222,7 @@ pub(super) async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize
     let ids: Vec<i64> = sqlx::query_scalar(&format!(
         "SELECT id FROM {}.outbox ORDER BY id LIMIT {}",
         shared.schema,
-        shared.relay_limit.load(Ordering::SeqCst)
+        shared.limit.load(Ordering::SeqCst)
     ))
     .fetch_all(&mut *tx)
     .await
@@ -290,7 +288,7 @@ pub(super) async fn relay_pass<P: Processor>(shared: &Shared<P>) -> Result<usize
         Ok(()) => outgoing.len(),
         Err(failed) => failed.acknowledged,
     };
-    let limit = &shared.relay_limit;
+    let limit = &shared.limit;
     let next = match &published {
         Ok(()) => (limit.load(Ordering::SeqCst) * 2).min(RELAY_PASS_MAX),
         Err(_) => (limit.load(Ordering::SeqCst) / 4).max(50),

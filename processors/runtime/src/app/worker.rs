@@ -52,6 +52,6 @@ pub(super) async fn partition_worker<P: Processor>(
             }
         }
         batch.clear();
-        shared.relay_wake.notify_one();
+        shared.outbox.wake();
     }
 }
