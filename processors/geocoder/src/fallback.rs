@@ -33,14 +33,8 @@ mod tests {
 
     #[test]
     fn estimates_are_slower_for_slower_modes() {
-        let a = Position {
-            latitude: 52.52,
-            longitude: 13.40,
-        };
-        let b = Position {
-            latitude: 52.50,
-            longitude: 13.45,
-        };
+        let a = Position::new(52.52, 13.40);
+        let b = Position::new(52.50, 13.45);
         let car = straight_line(Mode::Car, a, b);
         let walk = straight_line(Mode::Walking, a, b);
         assert!(walk.1 > car.1 * 5.0);

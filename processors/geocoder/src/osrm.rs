@@ -214,14 +214,8 @@ mod tests {
 
     #[test]
     fn paths_put_longitude_first() {
-        let a = Position {
-            latitude: 52.5,
-            longitude: 13.4,
-        };
-        let b = Position {
-            latitude: 48.1,
-            longitude: 11.6,
-        };
+        let a = Position::new(52.5, 13.4);
+        let b = Position::new(48.1, 11.6);
         assert_eq!(
             route_path("driving", a, b),
             "/route/v1/driving/13.400000,52.500000;11.600000,48.100000?overview=false&alternatives=false&steps=false"

@@ -76,6 +76,31 @@ pub(crate) struct PlainRequest {
 
 pub(crate) const RESULTS: &str = "geocoding-results";
 
+/// Why a travel-time request cannot be answered: a position that is not
+/// one, or more destinations than one request may carry.
+fn travel_request_refused(request: &TravelRequest) -> Option<String> {
+    let bad = std::iter::once(("origin", &request.origin))
+        .chain(
+            request
+                .destinations
+                .iter()
+                .map(|d| (d.id.as_str(), &d.position)),
+        )
+        .find(|(_, position)| !position.is_valid());
+    if let Some((what, position)) = bad {
+        return Some(format!(
+            "position of {what} ({}, {}) is not a latitude and longitude",
+            position.latitude, position.longitude
+        ));
+    }
+    (request.destinations.len() > MAX_DESTINATIONS).then(|| {
+        format!(
+            "{} destinations; at most {MAX_DESTINATIONS} per request",
+            request.destinations.len()
+        )
+    })
+}
+
 /// The cached geocodes of a batch's addresses, looked up once per batch.
 #[derive(Default)]
 pub(crate) struct Known {
@@ -215,39 +240,9 @@ impl Processor for Geocoder {
             }
             "geocoding.compute_travel_times" => {
                 let request: TravelRequest = parse(record)?;
-                let bad = std::iter::once(("origin", &request.origin))
-                    .chain(
-                        request
-                            .destinations
-                            .iter()
-                            .map(|d| (d.id.as_str(), &d.position)),
-                    )
-                    .find(|(_, position)| !position.is_valid());
-                if let Some((what, position)) = bad {
-                    let reason = format!(
-                        "position of {what} ({}, {}) is not a latitude and longitude",
-                        position.latitude, position.longitude
-                    );
-                    return failed(
-                        ctx,
-                        record,
-                        &request.request_id,
-                        ErrorCode::InvalidCommand,
-                        &reason,
-                    );
-                }
-                if request.destinations.len() > MAX_DESTINATIONS {
-                    let reason = format!(
-                        "{} destinations; at most {MAX_DESTINATIONS} per request",
-                        request.destinations.len()
-                    );
-                    return failed(
-                        ctx,
-                        record,
-                        &request.request_id,
-                        ErrorCode::InvalidCommand,
-                        &reason,
-                    );
+                if let Some(reason) = travel_request_refused(&request) {
+                    let code = ErrorCode::InvalidCommand;
+                    return failed(ctx, record, &request.request_id, code, &reason);
                 }
                 let results = self
                     .travel_times(&pool, request.mode, request.origin, &request.destinations)

@@ -12,6 +12,15 @@ use psymatch_runtime::processor::{Context, Incoming, ProcessError, invalid_event
 use psymatch_runtime::sealed;
 use serde_json::json;
 
+/// The patient a command names (empty when it names none: the lookup
+/// then finds nobody and the command is rejected as unknown).
+fn patient_of(record: &Incoming) -> String {
+    record.payload["patient_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 impl Intake {
     pub(crate) async fn register(
         &self,
@@ -19,10 +28,7 @@ impl Intake {
         record: &Incoming,
         update: bool,
     ) -> Result<(), ProcessError> {
-        let patient_id = record.payload["patient_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let patient_id = patient_of(record);
         if let Err(reason) = validate::patient_id(&patient_id) {
             return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &reason);
         }
@@ -172,10 +178,7 @@ impl Intake {
         ctx: &mut Context<'_>,
         record: &Incoming,
     ) -> Result<(), ProcessError> {
-        let patient_id = record.payload["patient_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let patient_id = patient_of(record);
         let Some(stored) = load(ctx, &patient_id).await? else {
             let reason = format!("patient {patient_id} is not registered");
             return ctx.reject(EVENTS, ErrorCode::UnknownSubject, &reason);
@@ -219,10 +222,7 @@ impl Intake {
         ctx: &mut Context<'_>,
         record: &Incoming,
     ) -> Result<(), ProcessError> {
-        let patient_id = record.payload["patient_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let patient_id = patient_of(record);
         if load(ctx, &patient_id).await?.is_none() {
             let reason = format!("patient {patient_id} is not registered (or was erased already)");
             return ctx.reject(EVENTS, ErrorCode::UnknownSubject, &reason);
