@@ -10,7 +10,18 @@ use psymatch_geo::Position;
 use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::processor::{Context, Incoming, ProcessError, invalid_event};
 use psymatch_runtime::sealed;
-use serde_json::json;
+use serde_json::{Value, json};
+
+/// Details opened from their seal, resolved against the topic's
+/// `psymatch.patient.PatientDetails` (defaults filled in, misfits named).
+pub fn unsealed_details(details: &Value) -> Result<Value, String> {
+    let (_, schema) = psymatch_runtime::contracts::Contracts::embedded()
+        .topic("patient-commands")
+        .map_err(|e| e.to_string())?;
+    schema
+        .resolve_named("psymatch.patient.PatientDetails", details)
+        .map_err(|reason| format!("the sealed details do not fit: {reason}"))
+}
 
 /// The patient a command names (empty when it names none: the lookup
 /// then finds nobody and the command is rejected as unknown).
@@ -58,7 +69,12 @@ impl Intake {
         // with a key made then if there is none).
         let details = match record.payload["sealed_details"].as_str() {
             Some(sealed) => match sealed::open_stored(ctx.db(), &patient_id, sealed).await? {
-                Ok(details) => details,
+                // The seal hid them from the topic's schema: resolved now,
+                // with its defaults, as details in clear were.
+                Ok(details) => match unsealed_details(&details) {
+                    Ok(details) => details,
+                    Err(reason) => return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &reason),
+                },
                 Err(error) => {
                     return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &error.to_string());
                 }
@@ -303,5 +319,32 @@ impl Intake {
             "patient.updated",
             json!({"patient_id": patient_id, "profile": profile, "changed_fields": ["coordinates"]}),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unsealed_details;
+    use serde_json::json;
+
+    #[test]
+    fn sealed_details_get_the_schemas_defaults_and_misfits_are_named() {
+        // As a person writes them: no phone, no preferences, no languages.
+        let written = json!({
+            "salutation": "NONE", "first_name": "Synthetisch", "last_name": "Person",
+            "address": {"street": "Probeweg", "house_number": "1", "postcode": "10115", "city": "Berlin"},
+            "email": "person@example.org", "date_of_birth": "1990-06-01", "gender": "FEMALE",
+            "insurer": "Beispielkasse", "consultation_hour_attended": true, "transport": "CAR",
+        });
+        let details = unsealed_details(&written).unwrap();
+        assert_eq!(details["preferred_therapist_gender"], "ANY");
+        assert_eq!(details["therapy_experience"], false);
+        assert_eq!(details["languages"], json!([]));
+        assert_eq!(details["date_of_birth"], "1990-06-01");
+        assert_eq!(details["address"]["postcode"], "10115");
+        let mut wrong = written.clone();
+        wrong["transport"] = json!("ROCKET");
+        let error = unsealed_details(&wrong).unwrap_err();
+        assert!(error.contains("transport"), "{error}");
     }
 }

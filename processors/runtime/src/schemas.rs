@@ -84,6 +84,21 @@ pub struct TopicSchema {
 }
 
 impl TopicSchema {
+    /// `json` resolved against the schema's named record `name` (full
+    /// name, `psymatch.PatientDetails`) the way a value of the topic is:
+    /// defaults filled in, every misfit named with its path. For values
+    /// that travel inside a seal, which the topic's schema cannot check.
+    pub fn resolve_named(&self, name: &str, json: &Value) -> Result<Value, String> {
+        let full = apache_avro::schema::Name::new(name).map_err(|e| e.to_string())?;
+        let schema = self
+            .names
+            .get(&full)
+            .ok_or_else(|| format!("the schema of {} has no type {name}", self.topic))?;
+        let avro = crate::avro_json::to_avro_within(json, schema, &self.names)
+            .map_err(|error| error.to_string())?;
+        Ok(crate::avro_json::to_json(&avro))
+    }
+
     /// Bundles `topic_json` with the shared types and checks the conventions:
     /// the envelope fields, a `doc` on every field, and one distinct
     /// `event_type` per payload record.
