@@ -16,6 +16,7 @@ pub mod index;
 pub mod input;
 pub mod inquiries;
 pub mod processor;
+pub mod queries;
 pub mod records;
 pub mod rules;
 pub mod search;

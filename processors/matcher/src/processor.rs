@@ -168,6 +168,10 @@ impl Processor for Matcher {
         "matcher"
     }
 
+    fn queries(&self, pool: &sqlx::PgPool) -> Option<axum::Router> {
+        Some(crate::queries::routes(pool.clone(), self.config.clone()))
+    }
+
     fn settings_prefixes(&self) -> &'static [&'static str] {
         &["INQUIRIES_", "COOLING_", "FOLLOW_UP_"]
     }

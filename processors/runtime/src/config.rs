@@ -19,6 +19,7 @@
 //! | `RELAY` | `idempotent` | `idempotent`: the relay publishes the outbox with an idempotent producer; `transactional`: each relay pass in one Kafka transaction (see docs/writing-a-processor.md, "Relay") |
 //! | `GROUP_PROTOCOL` | `consumer` | `consumer`: the broker assigns (KIP-848, session timeout set on the broker); `classic`: cooperative-sticky, session timeout 10 s |
 //! | `GUARANTEE` | `effectively-once` | `effectively-once`: outputs through the outbox, inputs deduplicated by event id; `at-least-once`: outputs produced directly before the commit (a crash may repeat them), no dedupe |
+//! | `QUERY_TOKENS` | empty | `name:role:token,...` for the query surface (`staff` or `ops`; tokens of 16 characters or more); empty: every query is refused |
 //! | `KAFKA_OPTION_<NAME>` | | any librdkafka option: `KAFKA_OPTION_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms` |
 
 use anyhow::{Context, bail};
@@ -132,6 +133,9 @@ pub struct RuntimeConfig {
     pub relay: Relay,
     /// Raw librdkafka options (`KAFKA_OPTION_*`).
     pub kafka_options: BTreeMap<String, String>,
+    /// Bearer tokens of the query surface (`QUERY_TOKENS`, names and roles
+    /// only in its Debug).
+    pub query_tokens: crate::query::Tokens,
 }
 
 /// How the relay publishes the outbox of [`Guarantee::EffectivelyOnce`].
@@ -303,6 +307,8 @@ impl RuntimeConfig {
                 ],
             )?,
             kafka_options,
+            query_tokens: crate::query::Tokens::parse(&v.text("QUERY_TOKENS", ""))
+                .map_err(|e| anyhow::anyhow!(e))?,
         })
     }
 

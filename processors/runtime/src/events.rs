@@ -162,3 +162,20 @@ impl Event<Metrics> for RegistryFailed<'_> {
         );
     }
 }
+
+/// A query was answered (`crate::query`): counted by status; the
+/// personal-data reads are logged where they happen.
+pub struct QueryAnswered {
+    /// The HTTP status.
+    pub status: u16,
+}
+
+impl Event<Metrics> for QueryAnswered {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .queries
+            .with_label_values(&[&self.status.to_string()])
+            .inc();
+        tracing::debug!(status = self.status, "query answered");
+    }
+}

@@ -56,6 +56,7 @@ pub mod errors;
 pub mod events;
 pub mod example;
 pub mod processor;
+pub mod query;
 pub mod schemas;
 pub mod sealed;
 pub mod surface;

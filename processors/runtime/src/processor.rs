@@ -90,6 +90,14 @@ pub trait Processor: Send + Sync + 'static {
     fn settings_prefixes(&self) -> &'static [&'static str] {
         &[]
     }
+
+    /// The processor's read-only query routes (`/v1/...`), answered from
+    /// what it committed in `pool`; served on the surface port behind the
+    /// bearer tokens of `QUERY_TOKENS` ([`crate::query`]).
+    fn queries(&self, pool: &sqlx::PgPool) -> Option<axum::Router> {
+        let _ = pool;
+        None
+    }
 }
 
 /// A decoded input record.

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// Records waiting in the outbox at the relay's last look.
     pub outbox_pending: IntGauge,
+    /// Query answers by HTTP status (`crate::query`).
+    pub queries: IntCounterVec,
 }
 
 impl Metrics {
@@ -121,6 +123,11 @@ impl Metrics {
             ),
             rebalances: counter("rebalances_total", "Rebalances by kind.", &["kind"]),
             retries: counter("retries_total", "Retries by kind.", &["kind"]),
+            queries: counter(
+                "queries_total",
+                "Query answers by HTTP status.",
+                &["status"],
+            ),
             outbox_pending: {
                 let metric = IntGauge::new("outbox_pending", "Records waiting in the outbox.")
                     .expect("valid metric");
@@ -245,12 +252,26 @@ pub async fn serve(
     surface: Arc<Surface>,
     listen: &str,
 ) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_with(surface, listen, None).await
+}
+
+/// [`serve`], with the processor's query routes (already guarded, see
+/// [`crate::query::guarded`]) beside the health and metrics routes.
+pub async fn serve_with(
+    surface: Arc<Surface>,
+    listen: &str,
+    queries: Option<Router>,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let address = listener.local_addr()?;
+    let mut app = router(surface);
+    if let Some(queries) = queries {
+        app = app.merge(queries);
+    }
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router(surface)).await;
+        let _ = axum::serve(listener, app).await;
     });
     Ok((address, task))
 }

@@ -159,7 +159,12 @@ pub async fn run_with<P: Processor>(
         ),
         started: Instant::now(),
     });
-    let (http_address, http) = crate::surface::serve(surface, &shared.config.http_listen).await?;
+    let queries = shared.processor.queries(&shared.pool).map(|routes| {
+        let tokens = Arc::new(shared.config.query_tokens.clone());
+        crate::query::guarded(routes, tokens, shared.metrics.clone())
+    });
+    let (http_address, http) =
+        crate::surface::serve_with(surface, &shared.config.http_listen, queries).await?;
     tracing::info!(processor = name, http = %http_address, group = %shared.config.group, "running");
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,0 +1,178 @@
+//! The matcher's read-only queries (`psymatch_runtime::query`): where a
+//! patient's search stands, and a practice as matching sees it. Answered
+//! from the committed rows in `matcher.*`, never from a batch's memory,
+//! so every replica gives the same answer and a slow query never holds up
+//! consuming. Pseudonymous data only: any role may read them.
+
+use crate::config::MatcherConfig;
+use crate::records::{InquiryRecord, SearchRecord, TherapistRecord};
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use psymatch_runtime::query::{QueryError, id};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+/// What the handlers share.
+#[derive(Clone)]
+struct Store {
+    pool: PgPool,
+    config: MatcherConfig,
+}
+
+/// The routes: `GET /v1/searches/{patient_id}`, `GET /v1/therapists/{id}`.
+pub fn routes(pool: PgPool, config: MatcherConfig) -> Router {
+    Router::new()
+        .route("/v1/searches/{patient_id}", get(search))
+        .route("/v1/therapists/{therapist_id}", get(therapist))
+        .with_state(Store { pool, config })
+}
+
+fn stored<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    id: &str,
+    state: Value,
+) -> Result<T, QueryError> {
+    serde_json::from_value(state).map_err(|error| {
+        QueryError::unavailable(format!("the stored {kind} {id} does not read: {error}"))
+    })
+}
+
+fn time(at: Option<DateTime<Utc>>) -> Value {
+    at.map_or(Value::Null, |at| json!(at.to_rfc3339()))
+}
+
+/// Where an inquiry stands, for a person.
+fn inquiry_state(inquiry: &InquiryRecord) -> &'static str {
+    if inquiry.answered_at.is_some() {
+        "answered"
+    } else if inquiry.failed {
+        "email failed"
+    } else if inquiry.sent_at.is_some() {
+        "emailed, waiting for the answer"
+    } else {
+        "waiting for the practice's weekly email window"
+    }
+}
+
+async fn search(
+    State(store): State<Store>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, QueryError> {
+    let patient = id("patient", &raw)?;
+    let row: Option<(Value,)> =
+        sqlx::query_as("SELECT state FROM matcher.searches WHERE patient_id = $1")
+            .bind(&patient)
+            .fetch_optional(&store.pool)
+            .await?;
+    let Some((state,)) = row else {
+        return Err(QueryError::not_found("patient", &patient));
+    };
+    let search: SearchRecord = stored("search", &patient, state)?;
+    let rows: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT inquiry_id, state FROM matcher.inquiries
+          WHERE $1 = ANY(patient_ids) ORDER BY inquiry_id",
+    )
+    .bind(&patient)
+    .fetch_all(&store.pool)
+    .await?;
+    let mut inquiries = Vec::new();
+    let mut asked = Vec::new();
+    for (inquiry_id, state) in rows {
+        let inquiry: InquiryRecord = stored("inquiry", &inquiry_id, state)?;
+        let follow_up = inquiry
+            .sent_at
+            .filter(|_| inquiry.open())
+            .map(|at| at + store.config.follow_up);
+        inquiries.push(json!({
+            "inquiry_id": inquiry_id,
+            "therapist_id": inquiry.therapist_id,
+            "created_at": inquiry.created_at.to_rfc3339(),
+            "emailed_at": time(inquiry.sent_at),
+            "state": inquiry_state(&inquiry),
+            "answer": inquiry.answers.get(&patient),
+            "answered_at": time(inquiry.answered_at),
+            "follow_up_due_at": time(follow_up),
+            "follow_up_asked": inquiry.follow_up_due,
+        }));
+        asked.push(inquiry.therapist_id);
+    }
+    asked.sort();
+    asked.dedup();
+    let cooling: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT therapist_id, state FROM matcher.therapists
+          WHERE therapist_id = ANY($1) AND (state->>'cooling_until')::timestamptz > now()
+          ORDER BY therapist_id",
+    )
+    .bind(&asked)
+    .fetch_all(&store.pool)
+    .await?;
+    let cooling: Vec<Value> = cooling
+        .into_iter()
+        .map(|(therapist_id, state)| {
+            json!({"therapist_id": therapist_id, "until": state["cooling_until"]})
+        })
+        .collect();
+    let profile = &search.profile;
+    Ok(Json(json!({
+        "patient_id": patient,
+        "status": search.status.as_str(),
+        "since": search.since.to_rfc3339(),
+        "placed": search.placed.as_ref().map(|(therapist, inquiry)| {
+            json!({"therapist_id": therapist, "inquiry_id": inquiry})
+        }),
+        "exhausted": search.exhausted,
+        "limits": {
+            "max_distance_km": profile.max_distance_km,
+            "max_travel_minutes": profile.max_travel_minutes,
+            "transport": profile.transport,
+            "practices_at_once": store.config.per_patient,
+        },
+        "excluded_therapists": search.excluded,
+        "inquiries": inquiries,
+        "cooling": cooling,
+    })))
+}
+
+async fn therapist(
+    State(store): State<Store>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, QueryError> {
+    let therapist = id("therapist", &raw)?;
+    let row: Option<(Value,)> =
+        sqlx::query_as("SELECT state FROM matcher.therapists WHERE therapist_id = $1")
+            .bind(&therapist)
+            .fetch_optional(&store.pool)
+            .await?;
+    let Some((state,)) = row else {
+        return Err(QueryError::not_found("therapist", &therapist));
+    };
+    let record: TherapistRecord = stored("therapist", &therapist, state)?;
+    let waiting: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT inquiry_id, patient_ids FROM matcher.inquiries
+          WHERE therapist_id = $1 AND state->>'sent_at' IS NULL
+            AND state->>'answered_at' IS NULL AND NOT (state->>'failed')::boolean
+          ORDER BY inquiry_id",
+    )
+    .bind(&therapist)
+    .fetch_all(&store.pool)
+    .await?;
+    let cooling = record.cooling_until.filter(|until| *until > Utc::now());
+    Ok(Json(json!({
+        "therapist_id": therapist,
+        "listed": record.details.is_some() && !record.removed,
+        "blocked": record.blocked,
+        "free_places": {
+            "individual_from": record.individual_from,
+            "group_from": record.group_from,
+        },
+        "position": record.position().map(|p| p.to_json()),
+        "last_contact": time(record.last_contact),
+        "cooling_until": time(cooling),
+        "inquiries_waiting": waiting
+            .iter()
+            .map(|(inquiry, patients)| json!({"inquiry_id": inquiry, "patients": patients.len()}))
+            .collect::<Vec<_>>(),
+    })))
+}
