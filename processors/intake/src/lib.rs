@@ -10,6 +10,7 @@
 //! answer is folded into the record and published as an update.
 
 mod patients;
+pub mod queries;
 pub mod therapists;
 pub mod validate;
 
@@ -221,6 +222,10 @@ fn request_geocode(
 impl Processor for Intake {
     fn name(&self) -> &'static str {
         "intake"
+    }
+
+    fn queries(&self, pool: &sqlx::PgPool) -> Option<axum::Router> {
+        Some(queries::routes(pool.clone()))
     }
 
     fn inputs(&self) -> Vec<&'static str> {
