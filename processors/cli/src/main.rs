@@ -4,6 +4,8 @@
 //! has no Avro support), plus the set-up steps: apply `topics.yaml`, register
 //! the schemas, migrate the database.
 
+mod search;
+
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use psymatch_runtime::codec::{self, Codec};
@@ -87,6 +89,36 @@ enum Command {
     /// Apply the database migrations (DATABASE_URL, the owner's role); with
     /// PROCESSOR_DB_PASSWORD set, also give the processors' roles that password.
     Migrate,
+    /// Ask the matcher about searches (its query surface, docs/queries.md).
+    Search {
+        #[command(subcommand)]
+        command: SearchCommand,
+        /// The matcher's surface.
+        #[arg(
+            long,
+            env = "PSYMATCH_MATCHER_URL",
+            default_value = "http://127.0.0.1:9467"
+        )]
+        matcher: String,
+        /// A query token (QUERY_TOKENS of the matcher).
+        #[arg(long, env = "PSYMATCH_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SearchCommand {
+    /// Where a patient's search stands: status, limits, every inquiry
+    /// with its practice, email and answer, the practices cooling down.
+    ///
+    /// Example: psymatch search status tour-1
+    Status {
+        /// The patient's pseudonymous id.
+        patient: String,
+        /// Print the matcher's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -221,6 +253,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Ok(password) = std::env::var("PROCESSOR_DB_PASSWORD") {
                 db::set_role_passwords(&pool, &password).await?;
                 println!("passwords set for the processors' roles");
+            }
+            Ok(())
+        }
+        Command::Search {
+            command: SearchCommand::Status { patient, json },
+            matcher,
+            token,
+        } => {
+            let surface = search::Surface {
+                url: matcher.clone(),
+                token: token.clone(),
+            };
+            let path = format!("/v1/searches/{}", search::path_segment(patient));
+            let answer = surface.get(&path).await?;
+            if *json {
+                println!("{answer}");
+            } else {
+                print!("{}", search::render(&answer));
             }
             Ok(())
         }

@@ -1,0 +1,157 @@
+//! `psymatch search status P`: where a patient's search stands, asked of
+//! the matcher's query surface (docs/queries.md), as a table for people
+//! or as the matcher's JSON for scripts.
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+/// The matcher's query surface and a token for it.
+pub struct Surface {
+    /// Base URL, e.g. `http://127.0.0.1:9467`.
+    pub url: String,
+    /// Bearer token (`PSYMATCH_TOKEN`).
+    pub token: Option<String>,
+}
+
+impl Surface {
+    /// GETs `path`; a refusal becomes an error with the surface's own
+    /// message, an unreachable surface an error naming its address.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let Some(token) = &self.token else {
+            bail!(
+                "a query needs a token: set PSYMATCH_TOKEN or pass --token (see docs/queries.md)"
+            );
+        };
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        let response = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(token)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|error| {
+                anyhow::anyhow!("the matcher at {} does not answer: {error}", self.url)
+            })?;
+        let status = response.status();
+        let body: Value = response.json().await.with_context(|| {
+            format!("the matcher at {} answered {status} without JSON", self.url)
+        })?;
+        if !status.is_success() {
+            bail!(
+                "{} ({status})",
+                body["message"].as_str().unwrap_or("the matcher refused")
+            );
+        }
+        Ok(body)
+    }
+}
+
+/// `id` for a URL path: characters beyond letters, digits, `-`, `_` and
+/// `.` percent-encoded, so the matcher, not the URL, judges the id.
+pub fn path_segment(id: &str) -> String {
+    id.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The search as a person reads it.
+pub fn render(search: &Value) -> String {
+    let mut out = String::new();
+    let line = |out: &mut String, label: &str, value: String| {
+        out.push_str(&format!("{label:<14} {value}\n"));
+    };
+    line(&mut out, "patient", text(&search["patient_id"]));
+    line(
+        &mut out,
+        "status",
+        format!(
+            "{} since {}",
+            text(&search["status"]),
+            text(&search["since"])
+        ),
+    );
+    if !search["placed"].is_null() {
+        line(
+            &mut out,
+            "placed with",
+            format!(
+                "{} (inquiry {})",
+                text(&search["placed"]["therapist_id"]),
+                text(&search["placed"]["inquiry_id"])
+            ),
+        );
+    }
+    let limits = &search["limits"];
+    line(
+        &mut out,
+        "limits",
+        format!(
+            "{} km, {} min, {}, {} practices at once",
+            text(&limits["max_distance_km"]),
+            text(&limits["max_travel_minutes"]),
+            text(&limits["transport"]),
+            text(&limits["practices_at_once"])
+        ),
+    );
+    out.push_str(
+        "\ninquiry        practice       emailed                    answer                 state\n",
+    );
+    for inquiry in search["inquiries"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<14} {:<14} {:<26} {:<22} {}\n",
+            text(&inquiry["inquiry_id"]),
+            text(&inquiry["therapist_id"]),
+            text(&inquiry["emailed_at"]),
+            text(&inquiry["answer"]),
+            text(&inquiry["state"])
+        ));
+    }
+    let cooling: Vec<String> = search["cooling"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| format!("{} until {}", text(&c["therapist_id"]), text(&c["until"])))
+        .collect();
+    if !cooling.is_empty() {
+        out.push_str(&format!("\ncooling        {}\n", cooling.join(", ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_search_reads_as_a_table() {
+        let search = json!({"patient_id": "p-1", "status": "ACTIVE", "since": "2026-12-01T10:00:00+00:00",
+            "placed": null, "limits": {"max_distance_km": 20.0, "max_travel_minutes": null,
+            "transport": "CAR", "practices_at_once": 3},
+            "inquiries": [{"inquiry_id": "i-1-1", "therapist_id": "t-1", "emailed_at": null,
+                           "answer": null, "state": "waiting for the practice's weekly email window"}],
+            "cooling": [{"therapist_id": "t-2", "until": "2026-12-29T10:00:00+00:00"}]});
+        let table = render(&search);
+        assert!(table.contains("ACTIVE since 2026-12-01"), "{table}");
+        assert!(
+            table.contains("20.0 km, - min, CAR, 3 practices at once"),
+            "{table}"
+        );
+        assert!(table.contains("i-1-1          t-1"), "{table}");
+        assert!(table.contains("t-2 until 2026-12-29"), "{table}");
+    }
+}
