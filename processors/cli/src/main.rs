@@ -43,6 +43,10 @@ struct Cli {
     /// compiled into this build.
     #[arg(long, global = true, env = "PSYMATCH_CONTRACTS")]
     contracts: Option<PathBuf>,
+    /// Prefix of the physical topic names (isolated environments, as the
+    /// processors' TOPIC_PREFIX); `publish` and `answer` write there.
+    #[arg(long, global = true, env = "TOPIC_PREFIX", default_value = "")]
+    topic_prefix: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,17 +97,84 @@ enum Command {
     Search {
         #[command(subcommand)]
         command: SearchCommand,
-        /// The matcher's surface.
-        #[arg(
-            long,
-            env = "PSYMATCH_MATCHER_URL",
-            default_value = "http://127.0.0.1:9467"
-        )]
-        matcher: String,
-        /// A query token (QUERY_TOKENS of the matcher).
-        #[arg(long, env = "PSYMATCH_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        matcher: MatcherArgs,
     },
+    /// Record a practice's answer for a patient: publishes
+    /// matching.record_answer for the open inquiry holding the patient at
+    /// that practice (found through the matcher's query surface).
+    ///
+    /// Example: psymatch answer tour-1 t-17 accepted --channel phone
+    Answer {
+        /// The patient's pseudonymous id.
+        patient: String,
+        /// The practice that answered (the therapist the inquiry went to).
+        therapist: String,
+        /// The answer.
+        outcome: Outcome,
+        /// How the answer came.
+        #[arg(long, value_enum, default_value = "phone")]
+        channel: Channel,
+        #[command(flatten)]
+        matcher: MatcherArgs,
+    },
+}
+
+/// Where the matcher's query surface is, and a token for it.
+#[derive(clap::Args)]
+struct MatcherArgs {
+    /// The matcher's surface.
+    #[arg(
+        long,
+        env = "PSYMATCH_MATCHER_URL",
+        default_value = "http://127.0.0.1:9467"
+    )]
+    matcher: String,
+    /// A query token (QUERY_TOKENS of the matcher).
+    #[arg(long, env = "PSYMATCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl MatcherArgs {
+    fn surface(&self) -> search::Surface {
+        search::Surface {
+            url: self.matcher.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
+/// A practice's answer about one patient.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Outcome {
+    /// A place is offered.
+    Accepted,
+    /// No capacity now.
+    RejectedCapacity,
+    /// Not suitable for this patient.
+    NotSuitable,
+    /// Another reason.
+    Other,
+}
+
+impl Outcome {
+    fn symbol(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "ACCEPTED",
+            Outcome::RejectedCapacity => "REJECTED_NO_CAPACITY",
+            Outcome::NotSuitable => "REJECTED_NOT_SUITABLE",
+            Outcome::Other => "REJECTED_OTHER",
+        }
+    }
+}
+
+/// How an answer came.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Channel {
+    /// By email.
+    Email,
+    /// By phone.
+    Phone,
 }
 
 #[derive(Subcommand)]
@@ -259,12 +330,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Search {
             command: SearchCommand::Status { patient, json },
             matcher,
-            token,
         } => {
-            let surface = search::Surface {
-                url: matcher.clone(),
-                token: token.clone(),
-            };
+            let surface = matcher.surface();
             let path = format!("/v1/searches/{}", search::path_segment(patient));
             let answer = surface.get(&path).await?;
             if *json {
@@ -273,6 +340,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", search::render(&answer));
             }
             Ok(())
+        }
+        Command::Answer {
+            patient,
+            therapist,
+            outcome,
+            channel,
+            matcher,
+        } => {
+            let path = format!("/v1/searches/{}", search::path_segment(patient));
+            let state = matcher.surface().get(&path).await?;
+            let inquiry = search::open_inquiry(&state, therapist)?;
+            let channel = match channel {
+                Channel::Email => "EMAIL",
+                Channel::Phone => "PHONE",
+            };
+            let record = serde_json::json!({"event_type": "matching.record_answer", "payload": {
+                "inquiry_id": inquiry, "therapist_id": therapist,
+                "answers": [{"patient_id": patient, "outcome": outcome.symbol()}],
+                "answered_at": chrono::Utc::now().to_rfc3339(), "channel": channel}});
+            broker_answers(&cli).await?;
+            publish_records(&cli, "matching-commands", vec![record]).await
         }
     }
 }
@@ -303,12 +391,18 @@ fn parse_records(text: &str) -> anyhow::Result<Vec<Value>> {
 }
 
 async fn publish(cli: &Cli, topic: &str, file: &str) -> anyhow::Result<()> {
-    let contracts = contracts(cli)?;
-    let (spec, schema) = contracts.topic(topic)?;
-    let mut records = parse_records(&read_input(file)?)?;
+    let records = parse_records(&read_input(file)?)?;
     if records.is_empty() {
         bail!("no records in {file}");
     }
+    publish_records(cli, topic, records).await
+}
+
+/// Publishes `records` (as people write them) to `topic`, all or none.
+async fn publish_records(cli: &Cli, topic: &str, mut records: Vec<Value>) -> anyhow::Result<()> {
+    let contracts = contracts(cli)?;
+    let (spec, schema) = contracts.topic(topic)?;
+    let physical = format!("{}{topic}", cli.topic_prefix);
     if topic == "patient-commands" {
         // Crypto-shredding: a patient's details travel sealed with the
         // patient's key (DATABASE_URL, the owner's role), which erasure
@@ -335,7 +429,7 @@ async fn publish(cli: &Cli, topic: &str, file: &str) -> anyhow::Result<()> {
         let prepared = async {
             let (key, envelope) =
                 envelope::from_json(record, schema, &spec.key_fields, "cli", now)?;
-            let bytes = codec.encode(topic, envelope.to_avro(schema)?).await?;
+            let bytes = codec.encode(&physical, envelope.to_avro(schema)?).await?;
             anyhow::Ok((key, envelope, bytes))
         };
         match prepared.await {
@@ -354,11 +448,11 @@ async fn publish(cli: &Cli, topic: &str, file: &str) -> anyhow::Result<()> {
     let producer: FutureProducer =
         psymatch_runtime::broker::producer_config(&cli.brokers, "psymatch-cli").create()?;
     for (key, envelope, bytes) in encoded {
-        let record = Outgoing::of_envelope(topic, &key, &envelope, bytes);
+        let record = Outgoing::of_envelope(&physical, &key, &envelope, bytes);
         let delivery = producer
             .send(record.record(), Duration::from_secs(30))
             .await
-            .map_err(|(error, _)| anyhow::anyhow!("publishing to {topic}: {error}"))?;
+            .map_err(|(error, _)| anyhow::anyhow!("publishing to {physical}: {error}"))?;
         println!(
             "published {topic} key={key} partition={} offset={} event_type={} event_id={}",
             delivery.partition, delivery.offset, envelope.event_type, envelope.event_id

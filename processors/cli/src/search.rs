@@ -60,6 +60,33 @@ pub fn path_segment(id: &str) -> String {
         .collect()
 }
 
+/// The open inquiry holding the patient of `search` at `therapist`; an
+/// error listing the open ones when there is none.
+pub fn open_inquiry(search: &Value, therapist: &str) -> anyhow::Result<String> {
+    let open: Vec<&Value> = search["inquiries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["answered_at"].is_null() && i["state"] != "email failed")
+        .collect();
+    if let Some(inquiry) = open.iter().find(|i| i["therapist_id"] == therapist) {
+        return Ok(text(&inquiry["inquiry_id"]));
+    }
+    let others: Vec<String> = open
+        .iter()
+        .map(|i| format!("{} at {}", text(&i["inquiry_id"]), text(&i["therapist_id"])))
+        .collect();
+    bail!(
+        "patient {} has no open inquiry at {therapist}; open: {}",
+        text(&search["patient_id"]),
+        if others.is_empty() {
+            "none".to_string()
+        } else {
+            others.join(", ")
+        }
+    )
+}
+
 fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".to_string(),

@@ -1,6 +1,8 @@
-//! `psymatch search status` against a running matcher: the table and the
-//! JSON agree with the matcher's answer; an unknown patient, a missing
-//! token and an unreachable matcher each end with a clear message.
+//! `psymatch search status` and `psymatch answer` against a running
+//! matcher: the table and the JSON agree with the matcher's answer, an
+//! answer by phone places the patient; an unknown patient, a practice
+//! without an open inquiry, a missing token and an unreachable matcher
+//! each end with a clear message.
 
 use psymatch_matcher::{Matcher, MatcherConfig};
 use psymatch_runtime::query::Tokens;
@@ -83,6 +85,42 @@ async fn search_status_shows_what_the_matcher_committed() {
     assert!(stderr.contains("no patient with id p-404"), "{stderr}");
     let untokened = psymatch(&url, None, &["p-0"]);
     assert!(String::from_utf8_lossy(&untokened.stderr).contains("PSYMATCH_TOKEN"));
+
+    // An answer by phone places the patient.
+    let practice = inquiries[0]["therapist_id"].as_str().unwrap();
+    let answer = |therapist: &str| {
+        Command::new(env!("CARGO_BIN_EXE_psymatch"))
+            .args(["answer", "p-0", therapist, "accepted"])
+            .env("PSYMATCH_MATCHER_URL", &url)
+            .env("PSYMATCH_TOKEN", TOKEN)
+            .env("KAFKA_BROKERS", &bed.brokers)
+            .env("SCHEMA_REGISTRY_URL", &bed.registry_url)
+            .env("TOPIC_PREFIX", &bed.prefix)
+            .output()
+            .unwrap()
+    };
+    let nowhere = answer("t-9");
+    assert!(!nowhere.status.success());
+    let stderr = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(
+        stderr.contains("no open inquiry at t-9") && stderr.contains(practice),
+        "{stderr}"
+    );
+    let answered = answer(practice);
+    assert!(
+        answered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answered.stderr)
+    );
+    bed.wait_for("the patient placed", Duration::from_secs(60), || async {
+        let out = psymatch(&url, Some(TOKEN), &["p-0", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .is_ok_and(|s| s["status"] == "PLACED" && s["placed"]["therapist_id"] == practice)
+    })
+    .await;
+    let table = String::from_utf8(psymatch(&url, Some(TOKEN), &["p-0"]).stdout).unwrap();
+    let placed = table.lines().find(|l| l.starts_with("placed with"));
+    assert!(placed.is_some_and(|l| l.contains(practice)), "{table}");
     matcher.stop().await;
     let gone = psymatch(&url, Some(TOKEN), &["p-0"]);
     let stderr = String::from_utf8_lossy(&gone.stderr);
