@@ -21,6 +21,7 @@ pub mod records;
 pub mod rules;
 pub mod search;
 pub mod state;
+pub mod why;
 
 pub use config::MatcherConfig;
 pub use processor::Matcher;

@@ -6,6 +6,7 @@
 
 use crate::config::MatcherConfig;
 use crate::records::{InquiryRecord, SearchRecord, TherapistRecord};
+use crate::rules::History;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -21,10 +22,12 @@ struct Store {
     config: MatcherConfig,
 }
 
-/// The routes: `GET /v1/searches/{patient_id}`, `GET /v1/therapists/{id}`.
+/// The routes: `GET /v1/searches/{patient_id}`,
+/// `GET /v1/searches/{patient_id}/why/{therapist_id}`, `GET /v1/therapists/{id}`.
 pub fn routes(pool: PgPool, config: MatcherConfig) -> Router {
     Router::new()
         .route("/v1/searches/{patient_id}", get(search))
+        .route("/v1/searches/{patient_id}/why/{therapist_id}", get(why))
         .route("/v1/therapists/{therapist_id}", get(therapist))
         .with_state(Store { pool, config })
 }
@@ -133,6 +136,77 @@ async fn search(
         "inquiries": inquiries,
         "cooling": cooling,
     })))
+}
+
+/// Every hard rule for this pair with what it compares, evaluated now by
+/// the matcher's rule function on the committed state ([`crate::why`]).
+async fn why(
+    State(store): State<Store>,
+    Path((raw_patient, raw_therapist)): Path<(String, String)>,
+) -> Result<Json<Value>, QueryError> {
+    let patient = id("patient", &raw_patient)?;
+    let therapist = id("therapist", &raw_therapist)?;
+    let row: Option<(Value,)> =
+        sqlx::query_as("SELECT state FROM matcher.searches WHERE patient_id = $1")
+            .bind(&patient)
+            .fetch_optional(&store.pool)
+            .await?;
+    let Some((state,)) = row else {
+        return Err(QueryError::not_found("patient", &patient));
+    };
+    let search: SearchRecord = stored("search", &patient, state)?;
+    let row: Option<(Value,)> =
+        sqlx::query_as("SELECT state FROM matcher.therapists WHERE therapist_id = $1")
+            .bind(&therapist)
+            .fetch_optional(&store.pool)
+            .await?;
+    let record: TherapistRecord = match row {
+        Some((state,)) => stored("therapist", &therapist, state)?,
+        None => return Err(QueryError::not_found("therapist", &therapist)),
+    };
+    let Some(view) = record.view(&therapist) else {
+        return Err(QueryError::not_found(
+            "therapist in the directory",
+            &therapist,
+        ));
+    };
+    // The history of this pair, as the matcher keeps it: the patient is
+    // pending at the practice while an inquiry to it (any member, one
+    // email address) is open.
+    let rows: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT inquiry_id, state FROM matcher.inquiries WHERE $1 = ANY(patient_ids)",
+    )
+    .bind(&patient)
+    .fetch_all(&store.pool)
+    .await?;
+    let email = record.email();
+    let mut history = History::default();
+    for (inquiry_id, state) in rows {
+        let inquiry: InquiryRecord = stored("inquiry", &inquiry_id, state)?;
+        let at_practice =
+            inquiry.therapist_id == therapist || email.as_deref() == Some(inquiry.email.as_str());
+        if inquiry.open() && at_practice {
+            history
+                .pending
+                .entry(therapist.clone())
+                .or_default()
+                .insert(patient.clone());
+        }
+    }
+    if let Some(until) = record.cooling_until {
+        history.cooling_until.insert(therapist.clone(), until);
+    }
+    history
+        .search_excluded
+        .extend(search.excluded.iter().cloned());
+    let minutes = search.travel.get(&therapist).copied();
+    Ok(Json(crate::why::explain(
+        &search.view(&patient),
+        &view,
+        &history,
+        Utc::now(),
+        minutes,
+    )))
 }
 
 async fn therapist(
