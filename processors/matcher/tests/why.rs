@@ -54,7 +54,7 @@ fn patient(n: usize) -> Value {
     let gender = ["FEMALE", "MALE", "DIVERSE"][n % 3];
     let preferred_gender = ["ANY", "FEMALE", "MALE", "ANY"][n % 4];
     let procedures = [vec![], vec!["BEHAVIOURAL"], vec!["ANALYTIC", "SYSTEMIC"]][n % 3].clone();
-    let excluded: Vec<String> = if n % 9 == 0 {
+    let excluded: Vec<String> = if n.is_multiple_of(9) {
         vec!["t-3".into()]
     } else {
         vec![]
@@ -68,7 +68,7 @@ fn patient(n: usize) -> Value {
         "preferred_therapist_gender": preferred_gender, "preferred_procedures": procedures,
         "languages": [], "excluded_therapists": excluded,
         "summary": {"patient_id": id, "age": age, "gender": gender, "symptoms": [], "insurer": "Beispielkasse",
-                    "therapy_experience": false, "open_to_group": n % 2 == 0, "availability": []},
+                    "therapy_experience": false, "open_to_group": n.is_multiple_of(2), "availability": []},
         "status": "ACTIVE"}}),
     )
 }
