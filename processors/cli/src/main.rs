@@ -4,6 +4,7 @@
 //! has no Avro support), plus the set-up steps: apply `topics.yaml`, register
 //! the schemas, migrate the database.
 
+mod contacts;
 mod search;
 
 use anyhow::{Context, bail};
@@ -97,6 +98,19 @@ enum Command {
     Search {
         #[command(subcommand)]
         command: SearchCommand,
+        #[command(flatten)]
+        matcher: MatcherArgs,
+    },
+    /// Write a patient's contact log (every practice emailed, every phone
+    /// follow-up, with the answers) as CSV, for the insurer.
+    ///
+    /// Example: psymatch contacts tour-1 --out contacts.csv
+    Contacts {
+        /// The patient's pseudonymous id.
+        patient: String,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
         #[command(flatten)]
         matcher: MatcherArgs,
     },
@@ -339,6 +353,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", search::render(&answer));
             }
+            Ok(())
+        }
+        Command::Contacts {
+            patient,
+            out,
+            matcher,
+        } => {
+            let path = format!("/v1/searches/{}/contacts", search::path_segment(patient));
+            let log = matcher.surface().get(&path).await?;
+            let rows = log["contacts"].as_array().cloned().unwrap_or_default();
+            std::fs::write(out, contacts::csv(&rows)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{} contacts of {patient} written to {}",
+                rows.len(),
+                out.display()
+            );
             Ok(())
         }
         Command::Answer {

@@ -118,6 +118,27 @@ async fn search_status_shows_what_the_matcher_committed() {
             .is_ok_and(|s| s["status"] == "PLACED" && s["placed"]["therapist_id"] == practice)
     })
     .await;
+    // The contact log: nothing was emailed here (no email batcher), so the
+    // file holds the header only.
+    let file = std::env::temp_dir().join(format!("{}contacts.csv", bed.prefix));
+    let written = Command::new(env!("CARGO_BIN_EXE_psymatch"))
+        .args(["contacts", "p-0", "--out"])
+        .arg(&file)
+        .env("PSYMATCH_MATCHER_URL", &url)
+        .env("PSYMATCH_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    let csv = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(csv.lines().count(), 1, "{csv}");
+    assert!(
+        csv.starts_with("date,channel,practice,address,phone,answer"),
+        "{csv}"
+    );
     let table = String::from_utf8(psymatch(&url, Some(TOKEN), &["p-0"]).stdout).unwrap();
     let placed = table.lines().find(|l| l.starts_with("placed with"));
     assert!(placed.is_some_and(|l| l.contains(practice)), "{table}");

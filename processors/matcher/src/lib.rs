@@ -10,6 +10,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod contacts;
 mod events;
 pub mod fold;
 pub mod index;

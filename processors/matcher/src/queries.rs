@@ -28,6 +28,7 @@ pub fn routes(pool: PgPool, config: MatcherConfig) -> Router {
     Router::new()
         .route("/v1/searches/{patient_id}", get(search))
         .route("/v1/searches/{patient_id}/why/{therapist_id}", get(why))
+        .route("/v1/searches/{patient_id}/contacts", get(contacts))
         .route("/v1/therapists/{therapist_id}", get(therapist))
         .with_state(Store { pool, config })
 }
@@ -136,6 +137,18 @@ async fn search(
         "inquiries": inquiries,
         "cooling": cooling,
     })))
+}
+
+/// The patient's contact log ([`crate::contacts`]).
+async fn contacts(
+    State(store): State<Store>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, QueryError> {
+    let patient = id("patient", &raw)?;
+    match crate::contacts::rows(&store.pool, &patient, store.config.follow_up).await? {
+        Some(rows) => Ok(Json(json!({"patient_id": patient, "contacts": rows}))),
+        None => Err(QueryError::not_found("patient", &patient)),
+    }
 }
 
 /// Every hard rule for this pair with what it compares, evaluated now by

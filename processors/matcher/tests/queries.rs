@@ -4,8 +4,9 @@
 
 use psymatch_matcher::{Matcher, MatcherConfig};
 use psymatch_runtime::query::Tokens;
+use psymatch_runtime::testing::people::command;
 use psymatch_runtime::testing::{Running, TestBed, free_port, people};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::time::Duration;
 
 const OPS: &str = "ops-token-0123456789";
@@ -73,7 +74,51 @@ async fn a_search_is_answered_from_what_was_committed_by_any_replica() {
     let (_, again) = get(ports[1], "/v1/searches/p-0", Some(STAFF)).await;
     assert_eq!(again, search);
 
-    let asked_first = inquiries[0]["therapist_id"].as_str().unwrap().to_string();
+    // The contact log lists what was emailed, nothing else.
+    let (status, log) = get(ports[0], "/v1/searches/p-0/contacts", Some(OPS)).await;
+    assert_eq!(
+        (status, log["contacts"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{log}"
+    );
+    let emailed = inquiries[0]["inquiry_id"].as_str().unwrap().to_string();
+    let practice = inquiries[0]["therapist_id"].as_str().unwrap().to_string();
+    bed.publish(
+        "communication-events",
+        &[command(
+            "email.sent",
+            json!({"email_id": "00000000-0000-4000-8000-000000000001", "message_id": "<m-1@test>",
+                   "therapist_id": practice, "inquiry_ids": [emailed], "patient_ids": ["p-0"],
+                   "sent_at": "2026-12-01T09:00:00Z"}),
+        )],
+    )
+    .await;
+    let sent = format!(
+        "SELECT count(*) FROM matcher.inquiries WHERE inquiry_id = '{emailed}' AND state->>'sent_at' IS NOT NULL"
+    );
+    bed.wait_for("the email folded in", Duration::from_secs(60), || async {
+        bed.count(&sent).await == 1
+    })
+    .await;
+    let (_, log) = get(ports[1], "/v1/searches/p-0/contacts", Some(OPS)).await;
+    let contacts = log["contacts"].as_array().unwrap();
+    assert_eq!(contacts.len(), 1, "{log}");
+    assert_eq!(contacts[0]["inquiry_id"], emailed.as_str());
+    assert_eq!(contacts[0]["channel"], "email");
+    assert_eq!(contacts[0]["address"], "Teststraße 1, 10115 Berlin");
+    assert!(
+        contacts[0]["practice"]
+            .as_str()
+            .unwrap()
+            .starts_with("Test Praxis"),
+        "{log}"
+    );
+    assert_eq!(contacts[0]["answer"], "no answer yet");
+    let (status, _) = get(ports[0], "/v1/searches/p-404/contacts", Some(OPS)).await;
+    assert_eq!(status, 404);
+
+    // A practice whose inquiry still waits for its window.
+    let asked_first = inquiries[1]["therapist_id"].as_str().unwrap().to_string();
     let (status, practice) = get(
         ports[1],
         &format!("/v1/therapists/{asked_first}"),
