@@ -15,6 +15,7 @@
 //! never resent inside its window, its inquiries kept for the next one.
 
 pub mod config;
+pub mod queries;
 pub mod store;
 pub mod templates;
 pub mod transport;
@@ -500,6 +501,10 @@ impl psymatch_runtime::processor::Processor for EmailBatcher {
 
     fn settings_prefixes(&self) -> &'static [&'static str] {
         &["SMTP_", "EMAIL_"]
+    }
+
+    fn queries(&self, pool: &sqlx::PgPool) -> Option<axum::Router> {
+        Some(queries::routes(pool.clone(), self.config.window))
     }
 
     fn inputs(&self) -> Vec<&'static str> {
