@@ -16,6 +16,7 @@
 //! dropped by its consumer.
 
 mod events;
+pub mod queries;
 mod schedule;
 
 use schedule::fill;

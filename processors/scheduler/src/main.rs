@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
     };
     psymatch_runtime::config::refuse_unknown("scheduler", &vars, &["SCHEDULER_", "SCHEDULE_"])?;
     let pool = psymatch_runtime::db::connect(&runtime.database_url).await?;
+    let queries = psymatch_scheduler::queries::routes(pool.clone(), Arc::new(schedule.clone()));
     let scheduler = Arc::new(Scheduler::new(schedule, settings, pool)?);
     let listen = v.text("HTTP_LISTEN", "0.0.0.0:9464");
     let surface = Arc::new(Surface {
@@ -50,7 +51,13 @@ async fn main() -> anyhow::Result<()> {
         ),
         started: std::time::Instant::now(),
     });
-    let (address, _http) = psymatch_runtime::surface::serve(surface, &listen).await?;
+    let queries = psymatch_runtime::query::guarded(
+        queries,
+        Arc::new(runtime.query_tokens.clone()),
+        scheduler.metrics.surface.clone(),
+    );
+    let (address, _http) =
+        psymatch_runtime::surface::serve_with(surface, &listen, Some(queries)).await?;
     let stop = Arc::new(tokio::sync::Notify::new());
     let signal = stop.clone();
     tokio::spawn(async move {

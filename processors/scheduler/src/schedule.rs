@@ -126,6 +126,14 @@ impl Schedule {
             .collect()
     }
 
+    /// The next occurrence of `job` after `now`, in UTC.
+    pub fn next(&self, job: &Job, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        job.schedule
+            .after(&now.with_timezone(&self.timezone))
+            .next()
+            .map(|at| at.with_timezone(&Utc))
+    }
+
     /// The latest occurrence of `job` at or before `now`, looking back at
     /// most `horizon`.
     pub fn latest(

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(90);
+const TOKEN: &str = "ops-token-0123456789";
 
 const SCHEDULE: &str = r#"
 timezone: Europe/Berlin
@@ -38,6 +39,7 @@ async fn the_scheduler_serves_the_runtime_surface_and_drains_on_sigterm() {
             .env("SCHEDULER_TICK_MS", "100")
             .env("HOSTNAME", format!("{}surface", bed.prefix))
             .env("RUST_LOG", "warn")
+            .env("QUERY_TOKENS", format!("test:ops:{TOKEN}"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -77,6 +79,28 @@ async fn the_scheduler_serves_the_runtime_surface_and_drains_on_sigterm() {
         .unwrap_or_else(|| panic!("no sweep runs in /metrics:\n{metrics}"));
     assert!(sweeps.contains("processor=\"scheduler\""), "{sweeps}");
     assert!(sweeps.contains("outcome=\"succeeded\""), "{sweeps}");
+
+    // The jobs, on the query surface.
+    let jobs: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/v1/jobs"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sweep = &jobs["jobs"][0];
+    assert_eq!(sweep["name"], "sweep", "{jobs}");
+    assert!(sweep["next_occurrence"].is_string(), "{jobs}");
+    // A sweep runs every second: the latest may still be running.
+    let status = sweep["last_run"]["status"].as_str().unwrap_or("none");
+    assert!(["SUCCEEDED", "RUNNING"].contains(&status), "{jobs}");
+    let refused = reqwest::get(format!("{base}/v1/jobs"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(refused.as_u16(), 401);
 
     let pid = child.0.id().to_string();
     let signalled = std::time::Instant::now();
