@@ -16,6 +16,7 @@ pub mod fake;
 pub mod html;
 pub mod kbv;
 pub mod metrics;
+pub mod queries;
 mod runs;
 pub mod store;
 pub mod therapist;
@@ -122,6 +123,10 @@ fn parse<T: serde::de::DeserializeOwned>(record: &Incoming) -> Result<T, Process
 impl Processor for Scraper {
     fn name(&self) -> &'static str {
         "scraper"
+    }
+
+    fn queries(&self, pool: &sqlx::PgPool) -> Option<axum::Router> {
+        Some(queries::routes(pool.clone()))
     }
 
     fn settings_prefixes(&self) -> &'static [&'static str] {

@@ -143,6 +143,10 @@ async fn runs_emit_only_what_changed() {
     let vars: BTreeMap<String, String> = env(&fake, "50").into_iter().collect();
     let mut runtime = bed.config("scraper");
     runtime.batch_size = 1;
+    let port = psymatch_runtime::testing::free_port();
+    runtime.http_listen = format!("127.0.0.1:{port}");
+    runtime.query_tokens =
+        psymatch_runtime::query::Tokens::parse("test:ops:ops-token-0123456789").unwrap();
     let running = Running::start(
         Scraper::new(ScraperConfig::from_vars(&vars).unwrap()),
         runtime,
@@ -171,6 +175,34 @@ async fn runs_emit_only_what_changed() {
     assert!(first["source_id"].as_str().unwrap().starts_with("fake-"));
     assert_eq!(first["details"]["procedures"], json!(["BEHAVIOURAL"]));
     assert_eq!(fake.max_in_flight(), 1, "one request at a time");
+    // The run's progress on the query surface agrees with its event.
+    let query = |path: &str| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        async move {
+            let response = reqwest::Client::new()
+                .get(url)
+                .bearer_auth("ops-token-0123456789")
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, run) = query("/v1/runs/run-1").await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["status"], "COMPLETED");
+    assert_eq!(run["new"], counts["new"]);
+    assert_eq!(run["areas_done"], counts["areas_total"]);
+    let (_, all) = query("/v1/runs").await;
+    assert!(
+        all["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["run_id"] == "run-1")
+    );
+    assert_eq!(query("/v1/runs/run-404").await.0, 404);
 
     // The same scrape again: nothing to tell.
     bed.publish("scraping-commands", &[region("run-2")]).await;
