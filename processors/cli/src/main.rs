@@ -204,6 +204,19 @@ enum SearchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Why a practice was asked, or not, for a patient: each of the nine
+    /// rules with the values it compares, passed or failed.
+    ///
+    /// Example: psymatch search why tour-1 t-17
+    Why {
+        /// The patient's pseudonymous id.
+        patient: String,
+        /// The practice.
+        therapist: String,
+        /// Print the matcher's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -352,6 +365,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{answer}");
             } else {
                 print!("{}", search::render(&answer));
+            }
+            Ok(())
+        }
+        Command::Search {
+            command:
+                SearchCommand::Why {
+                    patient,
+                    therapist,
+                    json,
+                },
+            matcher,
+        } => {
+            let path = format!(
+                "/v1/searches/{}/why/{}",
+                search::path_segment(patient),
+                search::path_segment(therapist)
+            );
+            let answer = matcher.surface().get(&path).await?;
+            if *json {
+                println!("{answer}");
+            } else {
+                print!("{}", search::render_why(&answer));
             }
             Ok(())
         }

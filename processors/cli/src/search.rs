@@ -159,6 +159,35 @@ pub fn render(search: &Value) -> String {
     out
 }
 
+/// A `why` answer as a person reads it: the verdict, then a line per rule.
+pub fn render_why(why: &Value) -> String {
+    let verdict = &why["verdict"];
+    let mut out = format!(
+        "{} for {}: {}",
+        text(&why["therapist_id"]),
+        text(&why["patient_id"]),
+        text(&verdict["decision"])
+    );
+    if !verdict["detail"].is_null() {
+        out.push_str(&format!(" ({})", text(&verdict["detail"])));
+    }
+    out.push('\n');
+    for rule in why["rules"].as_array().into_iter().flatten() {
+        let mark = if rule["passed"] == true {
+            "ok  "
+        } else {
+            "FAIL"
+        };
+        out.push_str(&format!(
+            "{mark} rule {} {:<52} {}\n",
+            text(&rule["rule"]),
+            text(&rule["name"]),
+            rule["compared"]
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

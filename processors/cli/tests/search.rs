@@ -79,6 +79,22 @@ async fn search_status_shows_what_the_matcher_committed() {
         assert!(row.contains(practice), "{row}");
     }
 
+    // Why: the practice asked passes every rule but 9 (its inquiry holds
+    // the patient now).
+    let asked = inquiries[0]["therapist_id"].as_str().unwrap();
+    let why = Command::new(env!("CARGO_BIN_EXE_psymatch"))
+        .args(["search", "why", "p-0", asked])
+        .env("PSYMATCH_MATCHER_URL", &url)
+        .env("PSYMATCH_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let why = String::from_utf8(why.stdout).unwrap();
+    assert!(why.contains("FAIL rule 9"), "{why}");
+    assert_eq!(
+        why.lines().filter(|l| l.starts_with("ok   rule")).count(),
+        8,
+        "{why}"
+    );
     let unknown = psymatch(&url, Some(TOKEN), &["p-404"]);
     assert!(!unknown.status.success());
     let stderr = String::from_utf8_lossy(&unknown.stderr);
