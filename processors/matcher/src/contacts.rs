@@ -64,7 +64,7 @@ pub async fn rows(
 ) -> Result<Option<Vec<Value>>, sqlx::Error> {
     let inquiries: Vec<(String, Value)> = sqlx::query_as(
         "SELECT inquiry_id, state FROM matcher.inquiries
-          WHERE $1 = ANY(patient_ids) ORDER BY inquiry_id",
+          WHERE patient_ids @> ARRAY[$1] ORDER BY inquiry_id",
     )
     .bind(patient)
     .fetch_all(pool)

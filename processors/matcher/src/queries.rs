@@ -76,7 +76,7 @@ async fn search(
     let search: SearchRecord = stored("search", &patient, state)?;
     let rows: Vec<(String, Value)> = sqlx::query_as(
         "SELECT inquiry_id, state FROM matcher.inquiries
-          WHERE $1 = ANY(patient_ids) ORDER BY inquiry_id",
+          WHERE patient_ids @> ARRAY[$1] ORDER BY inquiry_id",
     )
     .bind(&patient)
     .fetch_all(&store.pool)
@@ -187,7 +187,7 @@ async fn why(
     // pending at the practice while an inquiry to it (any member, one
     // email address) is open.
     let rows: Vec<(String, Value)> = sqlx::query_as(
-        "SELECT inquiry_id, state FROM matcher.inquiries WHERE $1 = ANY(patient_ids)",
+        "SELECT inquiry_id, state FROM matcher.inquiries WHERE patient_ids @> ARRAY[$1]",
     )
     .bind(&patient)
     .fetch_all(&store.pool)
