@@ -5,23 +5,12 @@
 use psymatch_intake::Intake;
 use psymatch_runtime::query::Tokens;
 use psymatch_runtime::testing::people::{self, command};
-use psymatch_runtime::testing::{Running, TestBed, free_port};
-use serde_json::{Value, json};
+use psymatch_runtime::testing::{Running, TestBed, free_port, query};
+use serde_json::json;
 use std::time::Duration;
 
 const OPS: &str = "ops-token-0123456789";
 const STAFF: &str = "staff-token-0123456789";
-
-async fn get(port: u16, path: &str, token: Option<&str>) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let mut request = client.get(format!("http://127.0.0.1:{port}{path}"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.expect("the surface answers");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("a JSON body"))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn staff_reads_a_patient_ops_does_not() {
@@ -44,21 +33,21 @@ async fn staff_reads_a_patient_ops_does_not() {
     })
     .await;
 
-    let (status, patient) = get(port, "/v1/patients/q-1", Some(STAFF)).await;
+    let (status, patient) = query(port, "/v1/patients/q-1", Some(STAFF)).await;
     assert_eq!(status, 200, "{patient}");
     assert_eq!(patient["details"]["email"], "q-1@example.org");
     assert_eq!(patient["details"]["address"]["postcode"], "10115");
     assert_eq!(patient["status"], "ACTIVE");
 
-    let (status, body) = get(port, "/v1/patients/q-1", Some(OPS)).await;
+    let (status, body) = query(port, "/v1/patients/q-1", Some(OPS)).await;
     assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
     assert!(!body.to_string().contains("example.org"), "{body}");
     // Ops learns nothing of who exists either.
-    let (status, _) = get(port, "/v1/patients/q-404", Some(OPS)).await;
+    let (status, _) = query(port, "/v1/patients/q-404", Some(OPS)).await;
     assert_eq!(status, 403);
-    let (status, _) = get(port, "/v1/patients/q-1", None).await;
+    let (status, _) = query(port, "/v1/patients/q-1", None).await;
     assert_eq!(status, 401);
-    let (status, body) = get(port, "/v1/patients/q-404", Some(STAFF)).await;
+    let (status, body) = query(port, "/v1/patients/q-404", Some(STAFF)).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
     assert!(
         body["message"].as_str().unwrap().contains("patient"),
@@ -79,7 +68,7 @@ async fn staff_reads_a_patient_ops_does_not() {
             == 1
     })
     .await;
-    let (status, body) = get(port, "/v1/patients/q-2", Some(STAFF)).await;
+    let (status, body) = query(port, "/v1/patients/q-2", Some(STAFF)).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (404, Some("erased")),

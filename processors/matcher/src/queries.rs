@@ -43,6 +43,32 @@ fn stored<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// The committed search of `patient`; 404 when there is none.
+async fn load_search(pool: &PgPool, patient: &str) -> Result<SearchRecord, QueryError> {
+    let row: Option<(Value,)> =
+        sqlx::query_as("SELECT state FROM matcher.searches WHERE patient_id = $1")
+            .bind(patient)
+            .fetch_optional(pool)
+            .await?;
+    match row {
+        Some((state,)) => stored("search", patient, state),
+        None => Err(QueryError::not_found("patient", patient)),
+    }
+}
+
+/// The committed record of `therapist`; 404 when there is none.
+async fn load_therapist(pool: &PgPool, therapist: &str) -> Result<TherapistRecord, QueryError> {
+    let row: Option<(Value,)> =
+        sqlx::query_as("SELECT state FROM matcher.therapists WHERE therapist_id = $1")
+            .bind(therapist)
+            .fetch_optional(pool)
+            .await?;
+    match row {
+        Some((state,)) => stored("therapist", therapist, state),
+        None => Err(QueryError::not_found("therapist", therapist)),
+    }
+}
+
 fn time(at: Option<DateTime<Utc>>) -> Value {
     at.map_or(Value::Null, |at| json!(at.to_rfc3339()))
 }
@@ -65,15 +91,7 @@ async fn search(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, QueryError> {
     let patient = id("patient", &raw)?;
-    let row: Option<(Value,)> =
-        sqlx::query_as("SELECT state FROM matcher.searches WHERE patient_id = $1")
-            .bind(&patient)
-            .fetch_optional(&store.pool)
-            .await?;
-    let Some((state,)) = row else {
-        return Err(QueryError::not_found("patient", &patient));
-    };
-    let search: SearchRecord = stored("search", &patient, state)?;
+    let search = load_search(&store.pool, &patient).await?;
     let rows: Vec<(String, Value)> = sqlx::query_as(
         "SELECT inquiry_id, state FROM matcher.inquiries
           WHERE patient_ids @> ARRAY[$1] ORDER BY inquiry_id",
@@ -159,24 +177,8 @@ async fn why(
 ) -> Result<Json<Value>, QueryError> {
     let patient = id("patient", &raw_patient)?;
     let therapist = id("therapist", &raw_therapist)?;
-    let row: Option<(Value,)> =
-        sqlx::query_as("SELECT state FROM matcher.searches WHERE patient_id = $1")
-            .bind(&patient)
-            .fetch_optional(&store.pool)
-            .await?;
-    let Some((state,)) = row else {
-        return Err(QueryError::not_found("patient", &patient));
-    };
-    let search: SearchRecord = stored("search", &patient, state)?;
-    let row: Option<(Value,)> =
-        sqlx::query_as("SELECT state FROM matcher.therapists WHERE therapist_id = $1")
-            .bind(&therapist)
-            .fetch_optional(&store.pool)
-            .await?;
-    let record: TherapistRecord = match row {
-        Some((state,)) => stored("therapist", &therapist, state)?,
-        None => return Err(QueryError::not_found("therapist", &therapist)),
-    };
+    let search = load_search(&store.pool, &patient).await?;
+    let record = load_therapist(&store.pool, &therapist).await?;
     let Some(view) = record.view(&therapist) else {
         return Err(QueryError::not_found(
             "therapist in the directory",
@@ -227,15 +229,7 @@ async fn therapist(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, QueryError> {
     let therapist = id("therapist", &raw)?;
-    let row: Option<(Value,)> =
-        sqlx::query_as("SELECT state FROM matcher.therapists WHERE therapist_id = $1")
-            .bind(&therapist)
-            .fetch_optional(&store.pool)
-            .await?;
-    let Some((state,)) = row else {
-        return Err(QueryError::not_found("therapist", &therapist));
-    };
-    let record: TherapistRecord = stored("therapist", &therapist, state)?;
+    let record = load_therapist(&store.pool, &therapist).await?;
     let waiting: Vec<(String, Vec<String>)> = sqlx::query_as(
         "SELECT inquiry_id, patient_ids FROM matcher.inquiries
           WHERE therapist_id = $1 AND state->>'sent_at' IS NULL

@@ -5,23 +5,12 @@
 use psymatch_matcher::{Matcher, MatcherConfig};
 use psymatch_runtime::query::Tokens;
 use psymatch_runtime::testing::people::command;
-use psymatch_runtime::testing::{Running, TestBed, free_port, people};
+use psymatch_runtime::testing::{Running, TestBed, free_port, people, query};
 use serde_json::{Value, json};
 use std::time::Duration;
 
 const OPS: &str = "ops-token-0123456789";
 const STAFF: &str = "staff-token-0123456789";
-
-async fn get(port: u16, path: &str, token: Option<&str>) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let mut request = client.get(format!("http://127.0.0.1:{port}{path}"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.expect("the surface answers");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("a JSON body"))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_search_is_answered_from_what_was_committed_by_any_replica() {
@@ -55,7 +44,7 @@ async fn a_search_is_answered_from_what_was_committed_by_any_replica() {
     .await;
     let stored = bed.count(asked).await;
 
-    let (status, search) = get(ports[0], "/v1/searches/p-0", Some(OPS)).await;
+    let (status, search) = query(ports[0], "/v1/searches/p-0", Some(OPS)).await;
     assert_eq!(status, 200, "{search}");
     assert_eq!(search["status"], "ACTIVE");
     assert_eq!(search["limits"]["max_distance_km"], 20.0);
@@ -71,11 +60,11 @@ async fn a_search_is_answered_from_what_was_committed_by_any_replica() {
         assert!(inquiry["emailed_at"].is_null());
     }
     // The other replica answers the same.
-    let (_, again) = get(ports[1], "/v1/searches/p-0", Some(STAFF)).await;
+    let (_, again) = query(ports[1], "/v1/searches/p-0", Some(STAFF)).await;
     assert_eq!(again, search);
 
     // The contact log lists what was emailed, nothing else.
-    let (status, log) = get(ports[0], "/v1/searches/p-0/contacts", Some(OPS)).await;
+    let (status, log) = query(ports[0], "/v1/searches/p-0/contacts", Some(OPS)).await;
     assert_eq!(
         (status, log["contacts"].as_array().map(Vec::len)),
         (200, Some(0)),
@@ -100,7 +89,7 @@ async fn a_search_is_answered_from_what_was_committed_by_any_replica() {
         bed.count(&sent).await == 1
     })
     .await;
-    let (_, log) = get(ports[1], "/v1/searches/p-0/contacts", Some(OPS)).await;
+    let (_, log) = query(ports[1], "/v1/searches/p-0/contacts", Some(OPS)).await;
     let contacts = log["contacts"].as_array().unwrap();
     assert_eq!(contacts.len(), 1, "{log}");
     assert_eq!(contacts[0]["inquiry_id"], emailed.as_str());
@@ -114,12 +103,12 @@ async fn a_search_is_answered_from_what_was_committed_by_any_replica() {
         "{log}"
     );
     assert_eq!(contacts[0]["answer"], "no answer yet");
-    let (status, _) = get(ports[0], "/v1/searches/p-404/contacts", Some(OPS)).await;
+    let (status, _) = query(ports[0], "/v1/searches/p-404/contacts", Some(OPS)).await;
     assert_eq!(status, 404);
 
     // A practice whose inquiry still waits for its window.
     let asked_first = inquiries[1]["therapist_id"].as_str().unwrap().to_string();
-    let (status, practice) = get(
+    let (status, practice) = query(
         ports[1],
         &format!("/v1/therapists/{asked_first}"),
         Some(OPS),
@@ -129,28 +118,28 @@ async fn a_search_is_answered_from_what_was_committed_by_any_replica() {
     assert!(!practice["inquiries_waiting"].as_array().unwrap().is_empty());
     assert_eq!(practice["listed"], true);
 
-    let (status, body) = get(ports[0], "/v1/searches/p-0", None).await;
+    let (status, body) = query(ports[0], "/v1/searches/p-0", None).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (401, Some("unauthorized"))
     );
-    let (status, _) = get(
+    let (status, _) = query(
         ports[0],
         "/v1/searches/p-0",
         Some("not-a-known-token-at-all"),
     )
     .await;
     assert_eq!(status, 401);
-    let (status, body) = get(ports[0], "/v1/searches/p-404", Some(OPS)).await;
+    let (status, body) = query(ports[0], "/v1/searches/p-404", Some(OPS)).await;
     assert_eq!(status, 404);
     assert!(
         body["message"].as_str().unwrap().contains("patient"),
         "{body}"
     );
-    let (status, body) = get(ports[0], "/v1/searches/p%20x", Some(OPS)).await;
+    let (status, body) = query(ports[0], "/v1/searches/p%20x", Some(OPS)).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
     let long = "x".repeat(500);
-    let (status, _) = get(ports[0], &format!("/v1/therapists/{long}"), Some(OPS)).await;
+    let (status, _) = query(ports[0], &format!("/v1/therapists/{long}"), Some(OPS)).await;
     assert_eq!(status, 400);
     // Health and metrics stay open, and the answers are counted.
     let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", ports[0]))

@@ -235,3 +235,16 @@ impl crate::processor::Processor for Noop {
         Ok(())
     }
 }
+
+/// GETs `path` from the query surface on `port`, with `token` as bearer
+/// when given: the status and the JSON body.
+pub async fn query(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let mut request = client.get(format!("http://127.0.0.1:{port}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("the surface answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON body"))
+}
