@@ -27,6 +27,8 @@ pub struct Process {
     pub name: String,
     /// Its log file.
     pub log: PathBuf,
+    /// The port of its surface (health, metrics, queries).
+    pub port: u16,
     child: KillOnDrop,
 }
 
@@ -69,6 +71,7 @@ pub async fn start(
     let mut process = Process {
         name: name.to_string(),
         log,
+        port,
         child,
     };
     let url = format!("http://127.0.0.1:{port}/health/liveness");

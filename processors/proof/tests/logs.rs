@@ -1,8 +1,10 @@
 //! No personal data in logs: recognisable names, emails, phone numbers and
 //! addresses planted in a patient and a therapist travel the whole chain
 //! (registration, geocoding, matching, the inquiry email, a refused
-//! command that repeats a bad email address) with every processor at
-//! debug level, and no log line holds any of them.
+//! command that repeats a bad email address, staff reading the patient on
+//! intake's query surface) with every processor at debug level, and no log
+//! line holds any of them; the read is logged as an access, without the
+//! data.
 //!
 //! Needs the local stack and the workspace's binaries
 //! (`cargo build --workspace --bins`).
@@ -11,6 +13,9 @@ use psymatch_proof::{people, processes};
 use psymatch_runtime::testing::{TestBed, of_type, scratch_dir};
 use serde_json::json;
 use std::time::Duration;
+
+/// A staff token for intake's query surface.
+const STAFF: &str = "staff-token-0123456789";
 
 /// Strings no log line may contain (compared without case).
 const PLANTED: [&str; 12] = [
@@ -34,7 +39,10 @@ async fn no_personal_data_reaches_any_log_line() {
     let logs = scratch_dir("psymatch-log-scan");
     let mail = scratch_dir("psymatch-log-scan-mail");
     // Debug level: everything a processor would ever say.
-    let debug = [("RUST_LOG", "debug".to_string())];
+    let debug = [
+        ("RUST_LOG", "debug".to_string()),
+        ("QUERY_TOKENS", format!("desk:staff:{STAFF}")),
+    ];
     let mut running = processes::start_all(&bed, processes::chain(&mail), &debug, &logs)
         .await
         .expect("the processors start");
@@ -85,6 +93,24 @@ async fn no_personal_data_reaches_any_log_line() {
         "{rejection}"
     );
     processes::email_inquiries(&bed, "log-scan").await;
+    // Staff reads the patient: the answer holds the data, the log only
+    // that it was read.
+    let intake = running.iter().find(|p| p.name == "intake").unwrap();
+    let (status, read) =
+        psymatch_runtime::testing::query(intake.port, "/v1/patients/p-planted", Some(STAFF)).await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["details"]["last_name"], "Quappenhuber");
+    let accesses: Vec<String> = std::fs::read_to_string(&intake.log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("personal data read"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(accesses.len(), 1, "{accesses:?}");
+    assert!(
+        accesses[0].contains("\"caller\":\"desk\"") && accesses[0].contains("p-planted"),
+        "{accesses:?}"
+    );
 
     let mut lines = 0;
     let mut hits = Vec::new();
