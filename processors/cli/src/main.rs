@@ -7,6 +7,8 @@
 mod contacts;
 mod search;
 
+use search::{Channel, MatcherArgs, Outcome, SearchCommand};
+
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use psymatch_runtime::codec::{self, Codec};
@@ -131,91 +133,6 @@ enum Command {
         channel: Channel,
         #[command(flatten)]
         matcher: MatcherArgs,
-    },
-}
-
-/// Where the matcher's query surface is, and a token for it.
-#[derive(clap::Args)]
-struct MatcherArgs {
-    /// The matcher's surface.
-    #[arg(
-        long,
-        env = "PSYMATCH_MATCHER_URL",
-        default_value = "http://127.0.0.1:9467"
-    )]
-    matcher: String,
-    /// A query token (QUERY_TOKENS of the matcher).
-    #[arg(long, env = "PSYMATCH_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-}
-
-impl MatcherArgs {
-    fn surface(&self) -> search::Surface {
-        search::Surface {
-            url: self.matcher.clone(),
-            token: self.token.clone(),
-        }
-    }
-}
-
-/// A practice's answer about one patient.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Outcome {
-    /// A place is offered.
-    Accepted,
-    /// No capacity now.
-    RejectedCapacity,
-    /// Not suitable for this patient.
-    NotSuitable,
-    /// Another reason.
-    Other,
-}
-
-impl Outcome {
-    fn symbol(self) -> &'static str {
-        match self {
-            Outcome::Accepted => "ACCEPTED",
-            Outcome::RejectedCapacity => "REJECTED_NO_CAPACITY",
-            Outcome::NotSuitable => "REJECTED_NOT_SUITABLE",
-            Outcome::Other => "REJECTED_OTHER",
-        }
-    }
-}
-
-/// How an answer came.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Channel {
-    /// By email.
-    Email,
-    /// By phone.
-    Phone,
-}
-
-#[derive(Subcommand)]
-enum SearchCommand {
-    /// Where a patient's search stands: status, limits, every inquiry
-    /// with its practice, email and answer, the practices cooling down.
-    ///
-    /// Example: psymatch search status tour-1
-    Status {
-        /// The patient's pseudonymous id.
-        patient: String,
-        /// Print the matcher's JSON instead of the table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Why a practice was asked, or not, for a patient: each of the nine
-    /// rules with the values it compares, passed or failed.
-    ///
-    /// Example: psymatch search why tour-1 t-17
-    Why {
-        /// The patient's pseudonymous id.
-        patient: String,
-        /// The practice.
-        therapist: String,
-        /// Print the matcher's JSON instead of the table.
-        #[arg(long)]
-        json: bool,
     },
 }
 

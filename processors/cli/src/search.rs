@@ -3,7 +3,96 @@
 //! or as the matcher's JSON for scripts.
 
 use anyhow::{Context as _, bail};
+use clap::Subcommand;
 use serde_json::Value;
+
+/// Where the matcher's query surface is, and a token for it.
+#[derive(clap::Args)]
+pub struct MatcherArgs {
+    /// The matcher's surface.
+    #[arg(
+        long,
+        env = "PSYMATCH_MATCHER_URL",
+        default_value = "http://127.0.0.1:9467"
+    )]
+    pub matcher: String,
+    /// A query token (QUERY_TOKENS of the matcher).
+    #[arg(long, env = "PSYMATCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl MatcherArgs {
+    /// The surface these name.
+    pub fn surface(&self) -> Surface {
+        Surface {
+            url: self.matcher.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
+/// A practice's answer about one patient.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Outcome {
+    /// A place is offered.
+    Accepted,
+    /// No capacity now.
+    RejectedCapacity,
+    /// Not suitable for this patient.
+    NotSuitable,
+    /// Another reason.
+    Other,
+}
+
+impl Outcome {
+    /// The schema's symbol.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "ACCEPTED",
+            Outcome::RejectedCapacity => "REJECTED_NO_CAPACITY",
+            Outcome::NotSuitable => "REJECTED_NOT_SUITABLE",
+            Outcome::Other => "REJECTED_OTHER",
+        }
+    }
+}
+
+/// How an answer came.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Channel {
+    /// By email.
+    Email,
+    /// By phone.
+    Phone,
+}
+
+/// The questions `psymatch search` asks.
+#[derive(Subcommand)]
+pub enum SearchCommand {
+    /// Where a patient's search stands: status, limits, every inquiry
+    /// with its practice, email and answer, the practices cooling down.
+    ///
+    /// Example: psymatch search status tour-1
+    Status {
+        /// The patient's pseudonymous id.
+        patient: String,
+        /// Print the matcher's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why a practice was asked, or not, for a patient: each of the nine
+    /// rules with the values it compares, passed or failed.
+    ///
+    /// Example: psymatch search why tour-1 t-17
+    Why {
+        /// The patient's pseudonymous id.
+        patient: String,
+        /// The practice.
+        therapist: String,
+        /// Print the matcher's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 /// The matcher's query surface and a token for it.
 pub struct Surface {
