@@ -8,7 +8,7 @@
 use psymatch_matcher::{Matcher, MatcherConfig};
 use psymatch_runtime::query::Tokens;
 use psymatch_runtime::testing::people::command;
-use psymatch_runtime::testing::{Running, TestBed, free_port, of_type};
+use psymatch_runtime::testing::{Running, TestBed, free_port, of_type, query};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -74,15 +74,10 @@ fn patient(n: usize) -> Value {
 }
 
 async fn why(port: u16, patient: &str, therapist: &str) -> Value {
-    let url = format!("http://127.0.0.1:{port}/v1/searches/{patient}/why/{therapist}");
-    let response = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("the matcher answers");
-    assert_eq!(response.status().as_u16(), 200);
-    response.json().await.expect("JSON")
+    let path = format!("/v1/searches/{patient}/why/{therapist}");
+    let (status, answer) = query(port, &path, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
 }
 
 fn failing(why: &Value) -> Vec<i64> {

@@ -87,6 +87,28 @@ impl KillOnDrop {
             .map(KillOnDrop)
             .unwrap_or_else(|error| panic!("starting {binary}: {error}"))
     }
+
+    /// Sends SIGTERM and waits for the exit, failing the test when the
+    /// process is still running `within` after the signal.
+    pub async fn terminate(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        let signalled = std::time::Instant::now();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        loop {
+            if let Some(status) = self.0.try_wait().expect("waiting for the process") {
+                return status;
+            }
+            assert!(
+                signalled.elapsed() < within,
+                "still running {within:?} after SIGTERM"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for KillOnDrop {

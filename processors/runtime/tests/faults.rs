@@ -6,7 +6,6 @@ use psymatch_runtime::testing::{KillOnDrop, OwnBroker, OwnPostgres, Received, Te
 use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::process::Command;
 use std::time::Duration;
 
 const KEYS: usize = 100;
@@ -354,25 +353,7 @@ async fn sigterm_drains_commits_and_exits_promptly() {
         total(&bed).await > 0
     })
     .await;
-    let pid = child.0.id().to_string();
-    let signalled = std::time::Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(15),
-            "still running 15 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = child.terminate(Duration::from_secs(15)).await;
     assert!(status.success(), "exit status {status}");
     // Whatever it committed before exiting was published: the outbox is empty.
     let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM example.outbox")

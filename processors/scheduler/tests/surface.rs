@@ -102,25 +102,7 @@ async fn the_scheduler_serves_the_runtime_surface_and_drains_on_sigterm() {
         .status();
     assert_eq!(refused.as_u16(), 401);
 
-    let pid = child.0.id().to_string();
-    let signalled = std::time::Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let exit = loop {
-        if let Some(exit) = child.0.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(15),
-            "still running 15 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = child.terminate(Duration::from_secs(15)).await;
     assert!(exit.success(), "exit status {exit}");
     let unfinished = bed
         .count(&format!(
