@@ -1,10 +1,88 @@
-//! `psymatch contacts P --out FILE`: the patient's contact log as CSV, as
-//! the matcher answers it (`GET /v1/searches/{patient}/contacts`): every
-//! practice emailed for the patient and every phone follow-up due, with
-//! the practice's name, address and phone from the public directory, the
-//! date, and the answer with its date.
+//! `psymatch contacts P --format csv|pdf --out FILE`: the patient's
+//! contact log as the matcher answers it
+//! (`GET /v1/searches/{patient}/contacts`): every practice emailed for the
+//! patient and every phone follow-up due, with the practice's name,
+//! address and phone from the public directory, the date, and the answer
+//! with its date. As CSV, or as the letter for the insurer
+//! ([`crate::letter`]).
 
+use crate::letter::{self, Letter};
+use crate::search::{MatcherArgs, Surface, path_segment};
+use anyhow::{Context as _, bail};
 use serde_json::Value;
+use std::path::Path;
+
+/// The file a contact log is written as.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// Comma-separated values, a header line first.
+    Csv,
+    /// The letter for the insurer.
+    Pdf,
+}
+
+/// Where intake's query surface is (the letter's name and date of birth).
+#[derive(clap::Args)]
+pub struct IntakeArgs {
+    /// Intake's surface (only the PDF letter asks it; needs a staff token).
+    #[arg(
+        long,
+        env = "PSYMATCH_INTAKE_URL",
+        default_value = "http://127.0.0.1:9464"
+    )]
+    pub intake: String,
+}
+
+/// Asks the matcher for the contact log of `patient` and writes it to
+/// `out` as `format`; the PDF asks intake for the patient's name and
+/// date of birth.
+pub async fn write(
+    patient: &str,
+    format: Format,
+    out: &Path,
+    matcher: &MatcherArgs,
+    intake: &IntakeArgs,
+) -> anyhow::Result<()> {
+    let segment = path_segment(patient);
+    let log = matcher
+        .surface()
+        .get(&format!("/v1/searches/{segment}/contacts"))
+        .await?;
+    let rows = log["contacts"].as_array().cloned().unwrap_or_default();
+    let bytes = match format {
+        Format::Csv => csv(&rows)?,
+        Format::Pdf => {
+            let intake = Surface {
+                name: "intake",
+                url: intake.intake.clone(),
+                token: matcher.token.clone(),
+            };
+            let person = intake.get(&format!("/v1/patients/{segment}")).await?;
+            let details = &person["details"];
+            let name = [&details["first_name"], &details["last_name"]]
+                .iter()
+                .filter_map(|part| part.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let Some(date_of_birth) = details["date_of_birth"].as_str() else {
+                bail!("intake holds no date of birth for patient {patient}");
+            };
+            letter::pdf(&Letter {
+                name,
+                date_of_birth: date_of_birth.to_string(),
+                rows: &rows,
+                today: chrono::Local::now().date_naive(),
+            })
+        }
+    };
+    std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "{} contacts of {patient} written to {}",
+        rows.len(),
+        out.display()
+    );
+    Ok(())
+}
 
 /// The columns, in order, with the field of a row each holds.
 const COLUMNS: [(&str, &str); 9] = [

@@ -5,8 +5,10 @@
 //! the schemas, migrate the database.
 
 mod contacts;
+mod letter;
 mod search;
 
+use contacts::{Format, IntakeArgs};
 use search::{Channel, MatcherArgs, Outcome, SearchCommand};
 
 use anyhow::{Context, bail};
@@ -104,17 +106,24 @@ enum Command {
         matcher: MatcherArgs,
     },
     /// Write a patient's contact log (every practice emailed, every phone
-    /// follow-up, with the answers) as CSV, for the insurer.
+    /// follow-up, with the answers) as CSV, or as the PDF letter for the
+    /// insurer (with the patient's name and date of birth from intake: a
+    /// staff token).
     ///
-    /// Example: psymatch contacts tour-1 --out contacts.csv
+    /// Example: psymatch contacts tour-1 --format pdf --out contacts.pdf
     Contacts {
         /// The patient's pseudonymous id.
         patient: String,
+        /// CSV for spreadsheets, PDF for the insurer.
+        #[arg(long, value_enum, default_value = "csv")]
+        format: Format,
         /// The file to write.
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
         matcher: MatcherArgs,
+        #[command(flatten)]
+        intake: IntakeArgs,
     },
     /// Record a practice's answer for a patient: publishes
     /// matching.record_answer for the open inquiry holding the patient at
@@ -309,21 +318,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Contacts {
             patient,
+            format,
             out,
             matcher,
-        } => {
-            let path = format!("/v1/searches/{}/contacts", search::path_segment(patient));
-            let log = matcher.surface().get(&path).await?;
-            let rows = log["contacts"].as_array().cloned().unwrap_or_default();
-            std::fs::write(out, contacts::csv(&rows)?)
-                .with_context(|| format!("writing {}", out.display()))?;
-            println!(
-                "{} contacts of {patient} written to {}",
-                rows.len(),
-                out.display()
-            );
-            Ok(())
-        }
+            intake,
+        } => contacts::write(patient, *format, out, matcher, intake).await,
         Command::Answer {
             patient,
             therapist,

@@ -25,6 +25,7 @@ impl MatcherArgs {
     /// The surface these name.
     pub fn surface(&self) -> Surface {
         Surface {
+            name: "matcher",
             url: self.matcher.clone(),
             token: self.token.clone(),
         }
@@ -94,8 +95,10 @@ pub enum SearchCommand {
     },
 }
 
-/// The matcher's query surface and a token for it.
+/// A processor's query surface and a token for it.
 pub struct Surface {
+    /// The processor, for messages.
+    pub name: &'static str,
     /// Base URL, e.g. `http://127.0.0.1:9467`.
     pub url: String,
     /// Bearer token (`PSYMATCH_TOKEN`).
@@ -119,16 +122,19 @@ impl Surface {
             .send()
             .await
             .map_err(|error| {
-                anyhow::anyhow!("the matcher at {} does not answer: {error}", self.url)
+                anyhow::anyhow!("the {} at {} does not answer: {error}", self.name, self.url)
             })?;
         let status = response.status();
         let body: Value = response.json().await.with_context(|| {
-            format!("the matcher at {} answered {status} without JSON", self.url)
+            format!(
+                "the {} at {} answered {status} without JSON",
+                self.name, self.url
+            )
         })?;
         if !status.is_success() {
             bail!(
                 "{} ({status})",
-                body["message"].as_str().unwrap_or("the matcher refused")
+                body["message"].as_str().unwrap_or("the query was refused")
             );
         }
         Ok(body)

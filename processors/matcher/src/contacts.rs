@@ -107,7 +107,8 @@ pub async fn rows(
         let row = |channel: &str, date: String, reason: &str| {
             json!({"inquiry_id": inquiry_id, "therapist_id": inquiry.therapist_id,
                    "practice": name, "address": address, "phone": phone, "channel": channel,
-                   "date": date, "answer": answer_text(&outcome), "answered_at": answered_at,
+                   "date": date, "answer": answer_text(&outcome), "outcome": outcome,
+                   "answered_at": answered_at,
                    "reason": reason})
         };
         rows.push(row(
