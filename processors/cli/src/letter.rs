@@ -195,7 +195,11 @@ fn pages(letter: &Letter<'_>) -> Vec<Vec<Text>> {
         }
         _ => "keine Kontaktaufnahmen".to_string(),
     };
-    let emails = letter.rows.iter().filter(|r| r["channel"] == "email").count();
+    let emails = letter
+        .rows
+        .iter()
+        .filter(|r| r["channel"] == "email")
+        .count();
     let mut opening = vec![
         Text::Prose(
             "Nachweis der Suche nach einem Psychotherapieplatz".into(),
@@ -328,11 +332,10 @@ mod tests {
 
     #[test]
     fn long_cells_wrap_at_spaces_and_inside_overlong_words() {
-        assert_eq!(wrap("Teststraße 1, 10115 Berlin", 12), [
-            "Teststraße",
-            "1, 10115",
-            "Berlin"
-        ]);
+        assert_eq!(
+            wrap("Teststraße 1, 10115 Berlin", 12),
+            ["Teststraße", "1, 10115", "Berlin"]
+        );
         assert_eq!(wrap("abcdefghij", 4), ["abcd", "efgh", "ij"]);
         assert_eq!(wrap("", 4), [""]);
     }
@@ -386,7 +389,11 @@ mod tests {
             .output()
             .expect("pdftotext (poppler-utils; scripts/install-tools installs it)");
         std::fs::remove_file(&file).ok();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -411,22 +418,34 @@ mod tests {
         let text = pdftotext(&pdf(&letter));
         assert!(text.contains("Patientin/Patient: Erika Test"), "{text}");
         assert!(text.contains("Geburtsdatum: 31.01.1990"), "{text}");
-        assert!(text.contains("Zeitraum: 01.11.2026 bis 28.11.2026"), "{text}");
+        assert!(
+            text.contains("Zeitraum: 01.11.2026 bis 28.11.2026"),
+            "{text}"
+        );
         let pages = pages(&letter).len();
         assert!(pages >= 2);
         for page in 1..=pages {
-            assert!(text.contains(&format!("Seite {page} von {pages}")), "{text}");
+            assert!(
+                text.contains(&format!("Seite {page} von {pages}")),
+                "{text}"
+            );
         }
         for (n, row) in rows.iter().enumerate() {
             let line = text
                 .lines()
-                .find(|l| l.contains(&format!("Dr. Praxis Müller-{n} ")) || l.ends_with(&format!("Müller-{n}")))
+                .find(|l| {
+                    l.contains(&format!("Dr. Praxis Müller-{n} "))
+                        || l.ends_with(&format!("Müller-{n}"))
+                })
                 .unwrap_or_else(|| panic!("row {n} missing:\n{text}"));
             let cells = cells(row);
             for cell in [&cells[0], &cells[4], &cells[5]] {
                 assert!(line.contains(cell.as_str()), "{cell} not in {line}");
             }
-            assert!(text.contains(&format!("Lange Teststraße {n},")), "address {n}");
+            assert!(
+                text.contains(&format!("Lange Teststraße {n},")),
+                "address {n}"
+            );
         }
     }
 }

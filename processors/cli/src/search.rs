@@ -266,6 +266,13 @@ pub fn render_why(why: &Value) -> String {
     if !verdict["detail"].is_null() {
         out.push_str(&format!(" ({})", text(&verdict["detail"])));
     }
+    if !why["rank"].is_null() {
+        out.push_str(&format!(
+            ", rank {} of {} candidates",
+            text(&why["rank"]["position"]),
+            text(&why["rank"]["of"])
+        ));
+    }
     out.push('\n');
     for rule in why["rules"].as_array().into_iter().flatten() {
         let mark = if rule["passed"] == true {

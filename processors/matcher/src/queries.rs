@@ -6,7 +6,7 @@
 
 use crate::config::MatcherConfig;
 use crate::records::{InquiryRecord, SearchRecord, TherapistRecord};
-use crate::rules::History;
+use crate::rules::{self, History, Verdict};
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use psymatch_runtime::query::{QueryError, id};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use std::collections::HashSet;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -169,8 +170,69 @@ async fn contacts(
     }
 }
 
+/// The practices holding the patient through an open inquiry: by
+/// therapist id and by email address (one practice, one address).
+#[derive(Default)]
+struct Holding {
+    therapists: HashSet<String>,
+    emails: HashSet<String>,
+}
+
+impl Holding {
+    async fn of(pool: &PgPool, patient: &str) -> Result<Holding, QueryError> {
+        let rows: Vec<(String, Value)> = sqlx::query_as(
+            "SELECT inquiry_id, state FROM matcher.inquiries WHERE patient_ids @> ARRAY[$1]",
+        )
+        .bind(patient)
+        .fetch_all(pool)
+        .await?;
+        let mut holding = Holding::default();
+        for (inquiry_id, state) in rows {
+            let inquiry: InquiryRecord = stored("inquiry", &inquiry_id, state)?;
+            if inquiry.open() {
+                holding.therapists.insert(inquiry.therapist_id);
+                holding.emails.insert(inquiry.email);
+            }
+        }
+        Ok(holding)
+    }
+
+    /// The history of this pair, as the matcher keeps it: the patient is
+    /// pending at the practice while an inquiry to it (any member, one
+    /// email address) is open; the practice's cooling period; the search's
+    /// exclusions.
+    fn history(
+        &self,
+        patient: &str,
+        therapist: &str,
+        record: &TherapistRecord,
+        search: &SearchRecord,
+    ) -> History {
+        let mut history = History::default();
+        let at_practice = self.therapists.contains(therapist)
+            || record
+                .email()
+                .is_some_and(|email| self.emails.contains(&email));
+        if at_practice {
+            history
+                .pending
+                .entry(therapist.to_string())
+                .or_default()
+                .insert(patient.to_string());
+        }
+        if let Some(until) = record.cooling_until {
+            history.cooling_until.insert(therapist.to_string(), until);
+        }
+        history
+            .search_excluded
+            .extend(search.excluded.iter().cloned());
+        history
+    }
+}
+
 /// Every hard rule for this pair with what it compares, evaluated now by
-/// the matcher's rule function on the committed state ([`crate::why`]).
+/// the matcher's rule function on the committed state ([`crate::why`]),
+/// and, for a candidate, its rank among the search's candidates now.
 async fn why(
     State(store): State<Store>,
     Path((raw_patient, raw_therapist)): Path<(String, String)>,
@@ -185,43 +247,78 @@ async fn why(
             &therapist,
         ));
     };
-    // The history of this pair, as the matcher keeps it: the patient is
-    // pending at the practice while an inquiry to it (any member, one
-    // email address) is open.
-    let rows: Vec<(String, Value)> = sqlx::query_as(
-        "SELECT inquiry_id, state FROM matcher.inquiries WHERE patient_ids @> ARRAY[$1]",
-    )
-    .bind(&patient)
-    .fetch_all(&store.pool)
-    .await?;
-    let email = record.email();
-    let mut history = History::default();
-    for (inquiry_id, state) in rows {
-        let inquiry: InquiryRecord = stored("inquiry", &inquiry_id, state)?;
-        let at_practice =
-            inquiry.therapist_id == therapist || email.as_deref() == Some(inquiry.email.as_str());
-        if inquiry.open() && at_practice {
-            history
-                .pending
-                .entry(therapist.clone())
-                .or_default()
-                .insert(patient.clone());
-        }
-    }
-    if let Some(until) = record.cooling_until {
-        history.cooling_until.insert(therapist.clone(), until);
-    }
-    history
-        .search_excluded
-        .extend(search.excluded.iter().cloned());
+    let holding = Holding::of(&store.pool, &patient).await?;
+    let history = holding.history(&patient, &therapist, &record, &search);
     let minutes = search.travel.get(&therapist).copied();
-    Ok(Json(crate::why::explain(
-        &search.view(&patient),
-        &view,
-        &history,
-        Utc::now(),
-        minutes,
-    )))
+    let person = search.view(&patient);
+    let now = Utc::now();
+    let mut answer = crate::why::explain(&person, &view, &history, now, minutes);
+    answer["rank"] = match rules::check(&person, &view, &history, now, minutes) {
+        Verdict::Candidate { .. } => {
+            let field = within_reach(&store.pool, &person).await?;
+            let rivals: Vec<crate::why::Rival> = field
+                .into_iter()
+                .filter_map(|(id, record)| {
+                    let view = record.view(&id)?;
+                    let history = holding.history(&patient, &id, &record, &search);
+                    let minutes = search.travel.get(&id).copied();
+                    Some(crate::why::Rival {
+                        therapist: view,
+                        history,
+                        minutes,
+                    })
+                })
+                .collect();
+            crate::why::rank(&person, &therapist, &rivals, now)
+        }
+        _ => Value::Null,
+    };
+    Ok(Json(answer))
+}
+
+/// The committed practices that can be within the patient's distance
+/// limit: a box around the home, wide enough for the limit (all of them
+/// when only a travel time limits the search); the rules decide the rest.
+async fn within_reach(
+    pool: &PgPool,
+    patient: &rules::Patient,
+) -> Result<Vec<(String, TherapistRecord)>, QueryError> {
+    let home = patient
+        .position
+        .unwrap_or(psymatch_geo::Position::new(0.0, 0.0));
+    let km = rules::limit_km(patient);
+    let everywhere = !km.is_finite();
+    // A degree of latitude is at least 110.5 km, a degree of longitude
+    // that times the cosine; a margin keeps the box's edge outside the
+    // limit.
+    let lat = if everywhere { 0.0 } else { km / 110.0 + 0.01 };
+    let lon = if everywhere {
+        0.0
+    } else {
+        (km / (110.0 * home.latitude.to_radians().cos().max(0.01)) + 0.01).min(360.0)
+    };
+    let rows: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT therapist_id, state FROM matcher.therapists
+          WHERE $5 OR COALESCE(
+                ((state->'details'->'coordinates'->>'latitude')::float8 BETWEEN $1 AND $2
+                 AND (state->'details'->'coordinates'->>'longitude')::float8 BETWEEN $3 AND $4),
+                ((state->'geocoded'->>0)::float8 BETWEEN $1 AND $2
+                 AND (state->'geocoded'->>1)::float8 BETWEEN $3 AND $4),
+                false)",
+    )
+    .bind(home.latitude - lat)
+    .bind(home.latitude + lat)
+    .bind(home.longitude - lon)
+    .bind(home.longitude + lon)
+    .bind(everywhere)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(id, state)| {
+            let record = stored("therapist", &id, state)?;
+            Ok((id, record))
+        })
+        .collect()
 }
 
 async fn therapist(

@@ -307,18 +307,24 @@ pub struct Judged<'a> {
     pub km: f64,
 }
 
-/// The rules in the order of docs/design.md: the verdict of [`check_standing`],
-/// from what the search holds of a therapist.
-pub fn judge(patient: &Patient, history: &History, now: DateTime<Utc>, t: Judged<'_>) -> Verdict {
-    let reject = Verdict::Rejected;
-    let (km, minutes) = (t.km, t.minutes);
-    let limit_km = patient
+/// The patient's distance limit (rule 1): the one set, else none when a
+/// travel time limits the search, else [`DEFAULT_LIMIT_KM`].
+pub fn limit_km(patient: &Patient) -> f64 {
+    patient
         .max_distance_km
         .unwrap_or(if patient.max_travel_minutes.is_some() {
             f64::INFINITY
         } else {
             DEFAULT_LIMIT_KM
-        });
+        })
+}
+
+/// The rules in the order of docs/design.md: the verdict of [`check_standing`],
+/// from what the search holds of a therapist.
+pub fn judge(patient: &Patient, history: &History, now: DateTime<Utc>, t: Judged<'_>) -> Verdict {
+    let reject = Verdict::Rejected;
+    let (km, minutes) = (t.km, t.minutes);
+    let limit_km = limit_km(patient);
     if km > limit_km {
         return reject(Rule::Distance(km, limit_km));
     }

@@ -186,3 +186,40 @@ pub fn explain(
     };
     json!({"patient_id": patient.id, "therapist_id": therapist.id, "verdict": verdict, "rules": rows})
 }
+
+/// A practice the search could ask instead, with what the rules need.
+pub struct Rival {
+    /// The rules' view of the practice.
+    pub therapist: Therapist,
+    /// Its history with the patient.
+    pub history: History,
+    /// The travel time, when the geocoder answered.
+    pub minutes: Option<f64>,
+}
+
+/// The rank of `therapist` among the candidates in `field` (itself one
+/// of them), by the matcher's own [`rules::check`] and [`rules::rank`]:
+/// `{"position": 1, "of": 12}` is the practice the search would ask
+/// first. Null when it is no candidate now.
+pub fn rank(patient: &Patient, therapist: &str, field: &[Rival], now: DateTime<Utc>) -> Value {
+    let mut candidates: Vec<rules::Ranked<'_>> = field
+        .iter()
+        .filter_map(|rival| {
+            match rules::check(
+                patient,
+                &rival.therapist,
+                &rival.history,
+                now,
+                rival.minutes,
+            ) {
+                Verdict::Candidate { km, minutes } => Some((&rival.therapist, km, minutes)),
+                _ => None,
+            }
+        })
+        .collect();
+    rules::rank(&mut candidates, now.date_naive());
+    match candidates.iter().position(|(t, ..)| t.id == therapist) {
+        Some(n) => json!({"position": n + 1, "of": candidates.len()}),
+        None => Value::Null,
+    }
+}

@@ -3,7 +3,8 @@
 //! asked passes every rule in `why` but rule 9 (the inquiry it got holds
 //! the patient now), each candidate not asked passes every rule, and each
 //! practice the matcher rejected fails in `why` the rule the matcher
-//! named.
+//! named; and each candidate not asked has in `why` the rank the matcher
+//! gave it, less the practices asked above it (they are pending now).
 
 use psymatch_matcher::{Matcher, MatcherConfig};
 use psymatch_runtime::query::Tokens;
@@ -129,16 +130,42 @@ async fn why_agrees_with_every_decision_of_the_matcher() {
                 >= PATIENTS
         })
         .await;
-    let (mut asked, mut passed, mut rejected) = (0, 0, 0);
+    let (mut asked, mut passed, mut rejected, mut ranked) = (0, 0, 0, 0);
     let mut explained = std::collections::BTreeSet::new();
+    // The last explanation of each patient: the state the queries see.
+    let mut last = std::collections::BTreeMap::new();
     for evaluation in of_type(&records, "matching.candidates_evaluated") {
         let payload = evaluation.payload();
-        let patient = payload["patient_id"].as_str().unwrap();
+        last.insert(payload["patient_id"].as_str().unwrap().to_string(), payload);
+    }
+    for (patient, payload) in &last {
         explained.insert(patient.to_string());
-        for decision in payload["decisions"].as_array().unwrap() {
+        let decisions = payload["decisions"].as_array().unwrap();
+        let chosen_ranks: Vec<i64> = decisions
+            .iter()
+            .filter(|d| d["chosen"] == true)
+            .filter_map(|d| d["rank"].as_i64())
+            .collect();
+        for decision in decisions {
             let therapist = decision["therapist_id"].as_str().unwrap();
             let answer = why(port, patient, therapist).await;
             let failing = failing(&answer);
+            if let Some(rank) = decision["rank"]
+                .as_i64()
+                .filter(|_| decision["chosen"] == false)
+            {
+                // The practices asked are pending now: the others moved up
+                // by as many as were asked above them.
+                let above = chosen_ranks.iter().filter(|r| **r < rank).count() as i64;
+                assert_eq!(
+                    answer["rank"]["position"].as_i64(),
+                    Some(rank - above),
+                    "{patient}, {therapist} ranked {rank} when decided: {answer}"
+                );
+                ranked += 1;
+            } else {
+                assert!(answer["rank"].is_null(), "{answer}");
+            }
             if decision["chosen"] == true {
                 asked += 1;
                 assert_eq!(failing, vec![9], "{patient} asked {therapist}: {answer}");
@@ -165,8 +192,8 @@ async fn why_agrees_with_every_decision_of_the_matcher() {
         explained.len()
     );
     assert!(
-        asked > 100 && rejected > 100 && passed > 20,
-        "{asked} {rejected} {passed}"
+        asked > 100 && rejected > 100 && passed > 20 && ranked > 20,
+        "{asked} {rejected} {passed} {ranked}"
     );
     matcher.stop().await;
 }
