@@ -5,6 +5,7 @@
 
 use psymatch_email_batcher::EmailBatcher;
 use psymatch_email_batcher::config::BatcherConfig;
+use psymatch_runtime::testing::mail::{carried, received as mails};
 use psymatch_runtime::testing::{
     KillOnDrop, Running, TestBed, free_port, of_type, scratch_dir, stack_env,
 };
@@ -51,33 +52,6 @@ fn inquiry(tag: &str, therapist: usize, inquiry: &str, patients: &[&str]) -> Val
 
 fn flush(run: &str) -> Value {
     json!({"event_type": "email.flush_batches", "payload": {"run_id": run}})
-}
-
-/// Every email maildev holds for addresses with `tag`: (address, email).
-async fn mails(tag: &str) -> Vec<(String, Value)> {
-    let all: Vec<Value> = reqwest::get(format!("{}/email", stack_env("MAILDEV_URL")))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    all.into_iter()
-        .filter_map(|mail| {
-            let to = mail["to"][0]["address"].as_str()?.to_string();
-            to.starts_with(&format!("{tag}-")).then_some((to, mail))
-        })
-        .collect()
-}
-
-/// Inquiry ids an email carries (its X-Psymatch-Inquiries header).
-fn carried(mail: &Value) -> Vec<String> {
-    mail["headers"]["x-psymatch-inquiries"]
-        .as_str()
-        .unwrap_or_default()
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
 }
 
 async fn wait_for_mails(bed: &TestBed, tag: &str, count: usize) -> Vec<(String, Value)> {

@@ -44,6 +44,11 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     })
 }
 
+/// The path of a workspace binary beside this one (`psymatch`).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    Ok(bin_dir()?.join(name))
+}
+
 /// Starts `binary` as processor `name` (its schema) in `bed`, with `extra`
 /// settings, and waits until its health endpoint answers.
 pub async fn start(

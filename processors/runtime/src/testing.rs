@@ -5,6 +5,7 @@
 
 mod batch;
 mod bed;
+pub mod mail;
 mod own;
 pub mod people;
 
