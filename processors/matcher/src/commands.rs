@@ -200,14 +200,15 @@ impl Matcher {
                 }
                 world.to_match.insert(patient.clone());
                 world.to_explain.insert(patient.clone());
-                world.explain_fully.insert(patient);
+                world.explain_fully.insert(patient.clone());
+                world.run_ids.insert(patient, run_id);
             }
             None => {
                 let active = world.active_searches();
                 world.to_match.extend(active);
+                world.run_all = Some(run_id);
             }
         }
-        world.run_id = Some(run_id);
         Ok(())
     }
 

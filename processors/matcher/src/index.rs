@@ -40,6 +40,9 @@ pub struct Found {
     pub verdict: Verdict,
 }
 
+/// How far [`Index::nearest_beyond`] looks: Germany from end to end.
+pub const NEAREST_BEYOND_KM: f64 = 900.0;
+
 /// What one search found ([`Index::survey`]).
 #[derive(Debug, Default)]
 pub struct Survey {
@@ -271,6 +274,50 @@ impl Index {
                 }
             })
             .collect()
+    }
+
+    /// The `count` therapists nearest to the patient's home beyond the
+    /// patient's reach, each with its verdict (rule 1, unless another rule
+    /// comes first): what a person asking "why was nobody asked?" reads
+    /// when no practice is within reach. The circle widens until it holds
+    /// them, up to [`NEAREST_BEYOND_KM`].
+    pub fn nearest_beyond(
+        &self,
+        patient: &Patient,
+        history: &History,
+        now: DateTime<Utc>,
+        travel: &HashMap<String, f64>,
+        count: usize,
+    ) -> Vec<Found> {
+        let Some(home) = patient.position else {
+            return Vec::new();
+        };
+        let reach = Self::reach(patient);
+        let wants = Wants::of(patient);
+        let mut radius = (reach * 2.0).max(10.0);
+        loop {
+            let mut beyond: Vec<(&Entry, f64)> = self
+                .within(home, radius)
+                .filter(|(_, km)| *km > reach * 1.01)
+                .collect();
+            if beyond.len() >= count || radius >= NEAREST_BEYOND_KM {
+                beyond.sort_by(|a, b| a.1.total_cmp(&b.1));
+                return beyond
+                    .into_iter()
+                    .take(count)
+                    .map(|(entry, km)| {
+                        let standing = history.standing(&self.therapists[entry.slot as usize].id);
+                        Found {
+                            therapist: entry.slot as usize,
+                            km,
+                            verdict: self
+                                .judge(patient, &wants, entry, km, history, standing, now, travel),
+                        }
+                    })
+                    .collect();
+            }
+            radius = (radius * 2.0).min(NEAREST_BEYOND_KM);
+        }
     }
 
     /// One patient's search as matching needs it, into `into` (reused: a

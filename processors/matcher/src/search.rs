@@ -34,6 +34,9 @@ const BRIEF_CANDIDATES: usize = 5;
 /// An explanation a person asked for (`matching.run` for one patient)
 /// lists up to this many.
 pub const FULL_DECISIONS: usize = 5_000;
+/// A person's run that found nobody to ask lists this many of the nearest
+/// practices beyond the patient's reach.
+const NEAREST_BEYOND: usize = 10;
 /// Candidates of a search handed to composing, best first: its quota of
 /// practices, with room to skip full practices and colleagues.
 const COMPOSE_DEPTH: usize = 50;
@@ -71,6 +74,9 @@ struct Evaluation {
 /// The evaluations of a batch, sorted by what each needs next.
 #[derive(Default)]
 struct Triage {
+    /// Searches with nothing to compose that a person asked about: they
+    /// are explained all the same ("why was nobody asked?").
+    explain_only: Vec<Evaluation>,
     /// Searches with candidates to compose: the evaluation and its quota.
     ready: Vec<(Evaluation, usize)>,
     /// Searches waiting for travel times: patient and the practices.
@@ -83,7 +89,17 @@ struct Triage {
 struct Asked {
     explain: BTreeSet<String>,
     fully: BTreeSet<String>,
-    run_id: String,
+    /// The run of each patient a person ran.
+    runs: BTreeMap<String, String>,
+    /// The run of every search, else the batch.
+    all: String,
+}
+
+impl Asked {
+    /// The run an explanation of `patient` goes out under.
+    fn run_of(&self, patient: &str) -> &str {
+        self.runs.get(patient).unwrap_or(&self.all)
+    }
 }
 
 impl Matcher {
@@ -99,20 +115,21 @@ impl Matcher {
         let asked = Asked {
             explain: std::mem::take(&mut world.to_explain),
             fully: std::mem::take(&mut world.explain_fully),
-            run_id: world
-                .run_id
+            runs: std::mem::take(&mut world.run_ids),
+            all: world
+                .run_all
                 .take()
                 .unwrap_or_else(|| format!("batch-{}", world.base + 1)),
         };
         let searching = Instant::now();
         let evaluations = self.evaluate_all(world, &order, now, &asked.fully);
-        let triage = self.triage(world, evaluations);
+        let triage = self.triage(world, evaluations, &asked);
         let searched = searching.elapsed();
         let composing = Instant::now();
         let composed = self.compose(world, &triage.ready);
         let composed_in = composing.elapsed();
         let chosen = self.write_inquiries(world, composed, now, outputs);
-        explain(world, &triage.ready, &chosen, &asked, outputs);
+        explain(world, &triage, &chosen, &asked, outputs);
         self.request_travel_times(world, triage.travel, outputs);
         self.mark_exhausted(world, triage.exhausted, outputs);
         tracing::debug!(
@@ -184,7 +201,7 @@ impl Matcher {
     /// Sorts the evaluations: waiting for travel times (asked once), with
     /// nobody to ask (exhausted, announced once), or ready to compose with
     /// the practices still to ask.
-    fn triage(&self, world: &World, evaluations: Vec<Evaluation>) -> Triage {
+    fn triage(&self, world: &World, evaluations: Vec<Evaluation>, asked: &Asked) -> Triage {
         let mut triage = Triage::default();
         for mut e in evaluations {
             let search = &world.searches[&e.id];
@@ -199,7 +216,10 @@ impl Matcher {
             let open = world.open_by_patient.get(&e.id).map_or(0, |o| o.len());
             if e.candidates.is_empty() && open == 0 && !e.waiting {
                 if !search.exhausted {
-                    triage.exhausted.push((e.id, e.considered));
+                    triage.exhausted.push((e.id.clone(), e.considered));
+                }
+                if asked.explain.contains(&e.id) {
+                    triage.explain_only.push(e);
                 }
                 continue;
             }
@@ -385,12 +405,13 @@ fn near_changes(world: &mut World) {
 /// Explanations: for the searches that got inquiries or asked for one.
 fn explain(
     world: &World,
-    ready: &[(Evaluation, usize)],
+    triage: &Triage,
     chosen: &HashMap<String, Vec<String>>,
     asked: &Asked,
     outputs: &mut Outputs,
 ) {
-    for (e, _) in ready {
+    let evaluations = triage.ready.iter().map(|(e, _)| e);
+    for e in evaluations.chain(&triage.explain_only) {
         let picked = chosen.get(&e.id);
         if picked.is_none() && !asked.explain.contains(&e.id) {
             continue;
@@ -405,7 +426,7 @@ fn explain(
         outputs.emit(
             EVENTS,
             "matching.candidates_evaluated",
-            json!({"patient_id": e.id, "run_id": asked.run_id, "decisions": decisions}),
+            json!({"patient_id": e.id, "run_id": asked.run_of(&e.id), "decisions": decisions}),
         );
     }
 }
@@ -462,6 +483,16 @@ fn evaluate(
     );
     let mut ranked = world.index.to_rank(survey);
     rules::rank_best(&mut ranked, now.date_naive(), shown.max(COMPOSE_DEPTH));
+    let mut others = std::mem::take(&mut survey.others);
+    if shown >= FULL_DECISIONS && ranked.is_empty() {
+        // Nobody to ask: a person asking why reads the nearest practices
+        // beyond the patient's reach, with the rule that rejects each.
+        let beyond =
+            world
+                .index
+                .nearest_beyond(patient, &world.history, now, &travel, NEAREST_BEYOND);
+        others.extend(beyond);
+    }
     timer.observe(started.elapsed().as_secs_f64());
     let slots = ranked
         .iter()
@@ -476,7 +507,7 @@ fn evaluate(
             .take(shown)
             .map(|(t, _, _)| t.id.clone())
             .collect(),
-        others: std::mem::take(&mut survey.others),
+        others,
         needs_time: std::mem::take(&mut survey.needs_time),
         waiting: survey.waiting,
         considered: survey.considered,

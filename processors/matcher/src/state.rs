@@ -145,8 +145,12 @@ pub struct World {
     pub changed_therapists: BTreeSet<String>,
     /// Searches paused in the open batch, with the reason given.
     pub pending_pause: Vec<(String, Option<String>)>,
-    /// The run id of a `matching.run` in the open batch.
-    pub run_id: Option<String>,
+    /// The run id of each `matching.run` for one patient in the open
+    /// batch, by patient: each explanation goes out under its own run.
+    pub run_ids: std::collections::BTreeMap<String, String>,
+    /// The run id of a `matching.run` of every active search in the open
+    /// batch.
+    pub run_all: Option<String>,
 }
 
 impl World {
