@@ -1,7 +1,8 @@
 //! A person's `matching.run` through the real topics: a run for one
 //! patient with nobody to ask explains why (the nearest practices with the
 //! rule that rejects each), and several runs in one batch are each
-//! explained under their own run id.
+//! explained under their own run id. Inquiries carry their patients' ids
+//! as a header.
 
 use psymatch_matcher::{Matcher, MatcherConfig};
 use psymatch_runtime::testing::people::{command, discovered, registered};
@@ -105,6 +106,39 @@ async fn runs_in_one_batch_are_each_explained_under_their_own_id() {
             == patients as i64
     })
     .await;
+    // Inquiries are keyed by practice or id: the patients they hold travel
+    // as a header, so a patient's are found without decoding values.
+    let listed = |r: &Received| -> Vec<String> {
+        r.payload()["patients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["patient_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (topic, event_type) in [
+        ("matching-events", "matching.inquiry_created"),
+        ("email-commands", "email.send_inquiry"),
+    ] {
+        let records = bed
+            .read_until(topic, DEADLINE, |r| {
+                of_type(r, event_type)
+                    .iter()
+                    .map(|i| listed(i).len())
+                    .sum::<usize>()
+                    >= patients
+            })
+            .await;
+        for inquiry in of_type(&records, event_type) {
+            assert_eq!(
+                inquiry.headers.get("psymatch.patient_ids"),
+                Some(&listed(inquiry).join(",")),
+                "{topic}: {:?}",
+                inquiry.headers
+            );
+            assert!(!listed(inquiry).contains(inquiry.key.as_ref().unwrap()));
+        }
+    }
     matcher.stop().await;
     let runs: Vec<Value> = (0..patients)
         .map(|n| run(&format!("run-of-p-{n}"), &format!("p-{n}")))

@@ -32,6 +32,50 @@ pub mod header {
     pub const PRODUCER: &str = "producer";
     /// The envelope's `correlation_id`, when it has one.
     pub const CORRELATION_ID: &str = "correlation_id";
+    /// The pseudonymous patient ids a record about several patients lists
+    /// (`patients[].patient_id` or `patient_ids`), comma-separated: such
+    /// records are keyed by something else (an inquiry, an email), and
+    /// this finds a patient's without decoding every value.
+    pub const PATIENT_IDS: &str = "psymatch.patient_ids";
+}
+
+/// The ids of the patients a payload lists: its `patients` records'
+/// `patient_id`, else its `patient_ids` strings. Empty for a payload
+/// about one patient (keyed by it) or none.
+fn listed_patients(payload: &Avro) -> Vec<String> {
+    let Avro::Record(fields) = payload else {
+        return Vec::new();
+    };
+    let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+    let text = |value: &Avro| match value {
+        Avro::String(s) => Some(s.clone()),
+        Avro::Union(_, inner) => match inner.as_ref() {
+            Avro::String(s) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let items = |value: Option<&Avro>| match value {
+        Some(Avro::Array(items)) => items.clone(),
+        _ => Vec::new(),
+    };
+    let from_records: Vec<String> = items(field("patients"))
+        .iter()
+        .filter_map(|p| match p {
+            Avro::Record(fields) => fields
+                .iter()
+                .find(|(n, _)| n == "patient_id")
+                .and_then(|(_, v)| text(v)),
+            _ => None,
+        })
+        .collect();
+    if !from_records.is_empty() {
+        return from_records;
+    }
+    items(field("patient_ids"))
+        .iter()
+        .filter_map(text)
+        .collect()
 }
 
 /// Why a record cannot be wrapped or unwrapped.
@@ -166,6 +210,10 @@ impl Envelope {
         ];
         if let Some(id) = &self.correlation_id {
             headers.push((header::CORRELATION_ID, id.clone()));
+        }
+        let patients = listed_patients(&self.payload);
+        if !patients.is_empty() {
+            headers.push((header::PATIENT_IDS, patients.join(",")));
         }
         headers
     }
