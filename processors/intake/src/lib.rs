@@ -104,7 +104,11 @@ struct Known {
 struct Registered {
     ids: Vec<String>,
     details: Vec<Value>,
-    requests: Vec<String>,
+    /// The geocoding request of each; none for a position given.
+    requests: Vec<Option<String>>,
+    /// The position given with each, if any.
+    latitudes: Vec<Option<f64>>,
+    longitudes: Vec<Option<f64>>,
     /// The keys made in this batch (patients who had none).
     keyed: Vec<String>,
     keys: Vec<Vec<u8>>,
@@ -349,14 +353,19 @@ impl Processor for Intake {
             "WITH keys AS (
                  INSERT INTO keystore.patient_keys (patient_id, key)
                  SELECT * FROM unnest($4::text[], $5::bytea[]))
-             INSERT INTO intake.patients (patient_id, details, status, geocode_request, geocode_sequence)
-             SELECT i, d, 'ACTIVE', r, 1 FROM unnest($1::text[], $2::jsonb[], $3::text[]) AS u(i, d, r)",
+             INSERT INTO intake.patients
+                    (patient_id, details, status, geocode_request, geocode_sequence, latitude, longitude)
+             SELECT i, d, 'ACTIVE', r, 1, lat, lon
+               FROM unnest($1::text[], $2::jsonb[], $3::text[], $6::float8[], $7::float8[])
+                 AS u(i, d, r, lat, lon)",
         )
         .bind(&new.ids)
         .bind(&new.details)
         .bind(&new.requests)
         .bind(&new.keyed)
         .bind(&new.keys)
+        .bind(&new.latitudes)
+        .bind(&new.longitudes)
         .execute(batch.db())
         .await?;
         Ok(())

@@ -103,7 +103,10 @@ impl Intake {
                 ctx.reject(EVENTS, ErrorCode::InvalidState, &reason)
             }
             (false, None) => {
-                let request = format!("patient-{patient_id}-1");
+                // A position given with the registration is the home: no
+                // geocoder is asked (validated above).
+                let given = validate::home(&details).ok().flatten();
+                let request = given.is_none().then(|| format!("patient-{patient_id}-1"));
                 // Alone in the batch: stored with its other registrations at
                 // its end (`Some(made a key)`). Otherwise now: the patient's
                 // key (made unless the publisher made one) and the record in
@@ -114,20 +117,25 @@ impl Intake {
                     (false, _) => {
                         let key: Vec<u8> = sqlx::query_scalar(&sealed::key_made_or_found(&[
                             "patient AS (
-                                 INSERT INTO intake.patients (patient_id, details, status, geocode_request, geocode_sequence)
-                                 VALUES ($1, $3, 'ACTIVE', $4, 1))",
+                                 INSERT INTO intake.patients
+                                        (patient_id, details, status, geocode_request, geocode_sequence, latitude, longitude)
+                                 VALUES ($1, $3, 'ACTIVE', $4, 1, $5, $6))",
                         ]))
                         .bind(&patient_id)
                         .bind(sealed::new_key())
                         .bind(&details)
                         .bind(&request)
+                        .bind(given.map(|p| p.latitude))
+                        .bind(given.map(|p| p.longitude))
                         .fetch_one(ctx.db())
                         .await?;
                         (key, None)
                     }
                 };
-                request_geocode(ctx, &request, &key, &patient_id, &details)?;
-                let profile = profile(&patient_id, &details, "ACTIVE", None, now);
+                if let Some(request) = &request {
+                    request_geocode(ctx, request, &key, &patient_id, &details)?;
+                }
+                let profile = profile(&patient_id, &details, "ACTIVE", given, now);
                 ctx.emit(
                     EVENTS,
                     "patient.registered",
@@ -143,6 +151,8 @@ impl Intake {
                     registered.ids.push(patient_id);
                     registered.details.push(details);
                     registered.requests.push(request);
+                    registered.latitudes.push(given.map(|p| p.latitude));
+                    registered.longitudes.push(given.map(|p| p.longitude));
                 }
                 Ok(())
             }
@@ -155,15 +165,26 @@ impl Intake {
                     .filter(|(field, value)| old.details.get(field.as_str()) != Some(value))
                     .map(|(field, _)| field.clone())
                     .collect();
+                let given = validate::home(&details).ok().flatten();
                 let moved = old.details["address"] != details["address"];
-                let (position, sequence) = if moved {
-                    (None, old.sequence + 1)
-                } else {
-                    (old.position, old.sequence)
+                let withdrawn = given.is_none() && old.details["coordinates"].is_object();
+                // A given position is the home: the request still open (if
+                // any) is forgotten, its late answer is not the home. A new
+                // address without one, or a position taken back, is
+                // geocoded anew.
+                let (position, sequence, request) = match given {
+                    Some(at) => (Some(at), old.sequence, Some(None)),
+                    None if moved || withdrawn => {
+                        let sequence = old.sequence + 1;
+                        geocode(ctx, &patient_id, sequence, &details).await?;
+                        (
+                            None,
+                            sequence,
+                            Some(Some(format!("patient-{patient_id}-{sequence}"))),
+                        )
+                    }
+                    None => (old.position, old.sequence, None),
                 };
-                if moved {
-                    geocode(ctx, &patient_id, sequence, &details).await?;
-                }
                 sqlx::query(
                     "UPDATE intake.patients
                         SET details = $2, latitude = $3, longitude = $4, geocode_sequence = $5,
@@ -175,8 +196,8 @@ impl Intake {
                 .bind(position.map(|p| p.latitude))
                 .bind(position.map(|p| p.longitude))
                 .bind(sequence)
-                .bind(moved)
-                .bind(format!("patient-{patient_id}-{sequence}"))
+                .bind(request.is_some())
+                .bind(request.flatten())
                 .execute(ctx.db())
                 .await?;
                 let profile = profile(&patient_id, &details, &old.status, position, now);

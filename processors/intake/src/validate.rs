@@ -5,6 +5,22 @@ use chrono::{DateTime, NaiveDate, Utc};
 use psymatch_runtime::text::{valid_email, valid_postcode};
 use serde_json::Value;
 
+/// The home position a publisher gave (`details.coordinates`), checked as
+/// the geocoder's answers are (on the globe) and, for a home, in Germany;
+/// `None` when none was given.
+pub fn home(details: &Value) -> Result<Option<psymatch_geo::Position>, String> {
+    let given = &details["coordinates"];
+    let position = psymatch_geo::Position::of_json(given)
+        .map_err(|_| format!("details.coordinates {given} is not a position on the globe"))?;
+    match position {
+        Some(at) if !at.in_germany() => Err(format!(
+            "details.coordinates ({}, {}) lie outside Germany",
+            at.latitude, at.longitude
+        )),
+        other => Ok(other),
+    }
+}
+
 /// Checks a patient id: present, short, no spaces.
 pub fn patient_id(id: &str) -> Result<(), String> {
     if id.trim().is_empty() {
@@ -77,6 +93,9 @@ pub fn details(details: &Value, now: DateTime<Utc>) -> Vec<String> {
             problems.push("details.date_of_birth is more than 120 years ago".into())
         }
         Some(_) => {}
+    }
+    if let Err(problem) = home(details) {
+        problems.push(problem);
     }
     match details["consent_given_at"].as_str() {
         None => problems.push(
