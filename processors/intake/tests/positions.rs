@@ -16,7 +16,7 @@ fn at(latitude: f64, longitude: f64) -> Value {
     json!({"coordinates": {"latitude": latitude, "longitude": longitude}})
 }
 
-fn profile_of<'a>(records: &'a [Received], event_type: &str, patient: &str) -> Vec<Value> {
+fn profile_of(records: &[Received], event_type: &str, patient: &str) -> Vec<Value> {
     of_type(records, event_type)
         .into_iter()
         .map(|r| r.payload())
