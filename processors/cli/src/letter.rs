@@ -70,6 +70,7 @@ fn cells(row: &Value) -> [String; 7] {
     let channel = match row["channel"].as_str() {
         Some("email") => "E-Mail".to_string(),
         Some("phone follow-up") => "Telefon (Nachfrage)".to_string(),
+        Some("phone") => "Telefon".to_string(),
         _ => text("channel"),
     };
     let answer = match row["outcome"].as_str() {

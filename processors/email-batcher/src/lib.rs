@@ -21,6 +21,10 @@ pub mod templates;
 pub mod transport;
 
 mod events;
+mod metrics;
+mod withdrawals;
+
+pub use metrics::BatcherMetrics;
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -29,7 +33,6 @@ use events::{EmailReported, InquiryDeferred};
 use lettre::Message;
 use lettre::message::Mailbox;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts};
 use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::events::Event;
 use psymatch_runtime::processor::{BatchContext, Context, Incoming, ProcessError};
@@ -44,62 +47,6 @@ const EVENTS: &str = "communication-events";
 
 /// Namespace of the ids of templated messages (from their message ids).
 const NAMESPACE: Uuid = Uuid::from_u128(0x0e3c_77a1_52d4_4b8e_a9f6_1c2b_3d4e_5f60);
-
-/// The batcher's metrics.
-#[derive(Clone)]
-pub struct BatcherMetrics {
-    /// Emails by outcome (`sent`, `failed`, `unknown`) and kind.
-    pub emails: IntCounterVec,
-    /// Inquiries told to wait for their address's next window.
-    pub deferred: IntCounterVec,
-    /// Patients per inquiry email.
-    pub batch_patients: Histogram,
-    /// How long an inquiry waited from arrival to its email.
-    pub window_wait: Histogram,
-}
-
-impl BatcherMetrics {
-    fn new() -> BatcherMetrics {
-        BatcherMetrics {
-            emails: IntCounterVec::new(
-                Opts::new("email_batcher_emails_total", "Emails by outcome and kind."),
-                &["outcome", "kind"],
-            )
-            .expect("valid metric"),
-            deferred: IntCounterVec::new(
-                Opts::new(
-                    "email_batcher_deferred_total",
-                    "Inquiries deferred to the next window.",
-                ),
-                &["reason"],
-            )
-            .expect("valid metric"),
-            batch_patients: Histogram::with_opts(
-                HistogramOpts::new(
-                    "email_batcher_batch_patients",
-                    "Patients per inquiry email.",
-                )
-                .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0]),
-            )
-            .expect("valid metric"),
-            window_wait: Histogram::with_opts(
-                HistogramOpts::new(
-                    "email_batcher_window_wait_seconds",
-                    "Time from an inquiry's arrival to its email.",
-                )
-                .buckets(vec![
-                    60.0,
-                    3600.0,
-                    86_400.0,
-                    3.0 * 86_400.0,
-                    7.0 * 86_400.0,
-                    14.0 * 86_400.0,
-                ]),
-            )
-            .expect("valid metric"),
-        }
-    }
-}
 
 /// The email batcher.
 pub struct EmailBatcher {
@@ -129,6 +76,9 @@ impl EmailBatcher {
 struct Scratch {
     windows: HashMap<String, DateTime<Utc>>,
     waiting: Vec<Waiting>,
+    /// Withdrawals of this batch, applied again to the batch's own rows
+    /// when they are stored ([`withdrawals`]).
+    withdrawn: Vec<(String, Vec<String>)>,
 }
 
 fn invalid(reason: String) -> ProcessError {
@@ -295,8 +245,9 @@ impl EmailBatcher {
                 "attempts of unknown outcome reported; not resent inside their window"
             );
         }
+        let behind = withdrawals::behind(ctx).await?;
         loop {
-            let claimed = store::claim(&pool, self.config.window, 200).await?;
+            let claimed = store::claim(&pool, self.config.window, 200, &behind).await?;
             if claimed.is_empty() {
                 break;
             }
@@ -413,6 +364,7 @@ impl EmailBatcher {
             recipient,
             addressee,
             patients: Value::Array(patients),
+            source_partition: record.partition,
         });
         if let Some(opened) = open.filter(|opened| *opened + window > Utc::now()) {
             InquiryDeferred {
@@ -516,6 +468,7 @@ impl psymatch_runtime::processor::Processor for EmailBatcher {
             Box::new(self.metrics.emails.clone()),
             Box::new(self.metrics.deferred.clone()),
             Box::new(self.metrics.batch_patients.clone()),
+            Box::new(self.metrics.withdrawals.clone()),
             Box::new(self.metrics.window_wait.clone()),
         ]
     }
@@ -542,6 +495,7 @@ impl psymatch_runtime::processor::Processor for EmailBatcher {
         match record.event_type() {
             "email.send_inquiry" => self.inquiry(ctx, record),
             "email.send_templated" => self.templated(ctx, record).await,
+            "email.withdraw_inquiry" => self.withdraw(ctx, record).await,
             "email.flush_batches" => {
                 // Inquiries of this batch wait in the scratch: store them
                 // before flushing so they go out with this flush.
@@ -557,8 +511,11 @@ impl psymatch_runtime::processor::Processor for EmailBatcher {
 
     /// Stores the batch's inquiries in one statement.
     async fn finish_batch(&self, batch: &mut BatchContext<'_>) -> Result<(), ProcessError> {
-        let waiting = std::mem::take(&mut batch.scratch::<Scratch>().waiting);
-        store::keep(batch.db(), &waiting).await?;
+        let scratch = std::mem::take(batch.scratch::<Scratch>());
+        store::keep(batch.db(), &scratch.waiting).await?;
+        for (inquiry, patients) in &scratch.withdrawn {
+            store::withdraw(batch.db(), inquiry, patients).await?;
+        }
         Ok(())
     }
 }

@@ -21,6 +21,8 @@ pub struct Waiting {
     pub addressee: Value,
     /// Patient summaries.
     pub patients: Value,
+    /// The partition of email-commands it came from.
+    pub source_partition: i32,
 }
 
 /// When each of `recipients` last opened a window.
@@ -44,9 +46,11 @@ pub async fn keep(db: &mut PgConnection, waiting: &[Waiting]) -> Result<(), sqlx
     }
     let column = |f: fn(&Waiting) -> String| waiting.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
-        "INSERT INTO email_batcher.inquiries (inquiry_id, therapist_id, recipient, addressee, patients)
-         SELECT i, t, r, a::jsonb, p::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-             AS w(i, t, r, a, p)
+        "INSERT INTO email_batcher.inquiries
+                (inquiry_id, therapist_id, recipient, addressee, patients, source_partition)
+         SELECT i, t, r, a::jsonb, p::jsonb, s
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[])
+             AS w(i, t, r, a, p, s)
          ON CONFLICT (inquiry_id) DO NOTHING",
     )
     .bind(column(|w| w.inquiry_id.clone()))
@@ -54,9 +58,71 @@ pub async fn keep(db: &mut PgConnection, waiting: &[Waiting]) -> Result<(), sqlx
     .bind(column(|w| w.recipient.clone()))
     .bind(column(|w| w.addressee.to_string()))
     .bind(column(|w| w.patients.to_string()))
+    .bind(
+        waiting
+            .iter()
+            .map(|w| w.source_partition)
+            .collect::<Vec<_>>(),
+    )
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// What a withdrawal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// Nobody is left: the inquiry is not sent.
+    Withdrawn,
+    /// Others are left: the inquiry goes without the patients taken out.
+    Narrowed,
+    /// It is on its way or sent already.
+    TooLate,
+    /// No such inquiry (not stored yet, or never).
+    Unknown,
+}
+
+/// Takes `patients` out of the inquiry if it is not sent; marks it
+/// withdrawn when nobody is left. Idempotent: a repeat finds them gone.
+pub async fn withdraw(
+    db: &mut PgConnection,
+    inquiry: &str,
+    patients: &[String],
+) -> Result<Withdrawal, sqlx::Error> {
+    let left: Option<(i32, bool)> = sqlx::query_as(
+        "WITH kept AS (
+             SELECT coalesce(jsonb_agg(p), '[]'::jsonb) AS patients
+               FROM email_batcher.inquiries i, jsonb_array_elements(i.patients) p
+              WHERE i.inquiry_id = $1 AND NOT (p->>'patient_id' = ANY($2)))
+         UPDATE email_batcher.inquiries i
+            SET patients = kept.patients,
+                withdrawn_at = CASE WHEN kept.patients = '[]'::jsonb
+                                    THEN coalesce(i.withdrawn_at, now()) END
+           FROM kept
+          WHERE i.inquiry_id = $1 AND i.email_id IS NULL
+         RETURNING jsonb_array_length(i.patients), i.withdrawn_at IS NOT NULL",
+    )
+    .bind(inquiry)
+    .bind(patients)
+    .fetch_optional(&mut *db)
+    .await?;
+    if let Some((_, withdrawn)) = left {
+        return Ok(if withdrawn {
+            Withdrawal::Withdrawn
+        } else {
+            Withdrawal::Narrowed
+        });
+    }
+    let stored: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM email_batcher.inquiries WHERE inquiry_id = $1")
+            .bind(inquiry)
+            .fetch_optional(&mut *db)
+            .await?;
+    Ok(if stored.is_some() {
+        Withdrawal::TooLate
+    } else {
+        Withdrawal::Unknown
+    })
 }
 
 /// Attempts whose process stopped while handing them over: reported as
@@ -111,12 +177,14 @@ pub async fn claim(
     pool: &PgPool,
     window: Duration,
     limit: i64,
+    behind: &[i32],
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let rows: Vec<ClaimedRow> = sqlx::query_as(
         "WITH candidates AS (
             SELECT i.recipient, min(i.received_at) AS first FROM email_batcher.inquiries i
-             WHERE i.email_id IS NULL
+             WHERE i.email_id IS NULL AND i.withdrawn_at IS NULL
+               AND NOT (coalesce(i.source_partition, -1) = ANY($3))
                AND NOT EXISTS (SELECT 1 FROM email_batcher.windows w
                                 WHERE w.recipient = i.recipient
                                   AND w.opened_at > now() - make_interval(secs => $2))
@@ -128,11 +196,13 @@ pub async fn claim(
              WHERE email_batcher.windows.opened_at <= excluded.opened_at - make_interval(secs => $2)
             RETURNING recipient, email_id)
          UPDATE email_batcher.inquiries i SET email_id = won.email_id FROM won
-          WHERE i.recipient = won.recipient AND i.email_id IS NULL
+          WHERE i.recipient = won.recipient AND i.email_id IS NULL AND i.withdrawn_at IS NULL
+            AND NOT (coalesce(i.source_partition, -1) = ANY($3))
          RETURNING i.email_id, i.recipient, i.therapist_id, i.inquiry_id, i.addressee, i.patients, i.received_at",
     )
     .bind(limit)
     .bind(window.as_secs_f64())
+    .bind(behind)
     .fetch_all(&mut *tx)
     .await?;
     let mut by_email: HashMap<Uuid, Claimed> = HashMap::new();

@@ -382,3 +382,159 @@ async fn sigkill_while_sending_never_doubles_and_loses_no_inquiry() {
         all.len() - received.len()
     );
 }
+
+/// `email.withdraw_inquiry` for `patients` of `inquiry` to therapist `n`.
+fn withdraw(tag: &str, therapist: usize, inquiry: &str, patients: &[&str]) -> Value {
+    json!({"event_type": "email.withdraw_inquiry", "payload": {
+        "inquiry_id": inquiry, "therapist_id": format!("{tag}-therapist-{therapist}"),
+        "patient_ids": patients, "reason": "answered by the practice"}})
+}
+
+/// Waits until the batcher has committed `count` records of email-commands.
+async fn consumed(bed: &TestBed, count: i64) {
+    bed.wait_for(&format!("{count} commands consumed"), DEADLINE, || async {
+        bed.count(
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM email_batcher.consumer_offsets
+              WHERE topic LIKE '%email-commands'",
+        )
+        .await
+            >= count
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_withdrawal_published_before_the_flush_is_never_outrun_by_it() {
+    let bed = TestBed::new().await;
+    let tag = format!("wd{}", &bed.prefix[1..9]);
+    let running = start(&bed, &[]);
+    bed.publish(
+        "email-commands",
+        &[
+            inquiry(&tag, 1, &format!("{tag}-i1"), &["p-1"]),
+            inquiry(&tag, 2, &format!("{tag}-i2"), &["p-2"]),
+            inquiry(&tag, 3, &format!("{tag}-i3"), &["p-3", "p-4"]),
+        ],
+    )
+    .await;
+    stored(&bed, 3).await;
+    running.stop().await;
+    // While no batcher runs: therapist 1's partition fills with work
+    // ahead of the withdrawal of i1 (withdrawals of nothing), and flushes
+    // land on every partition. A batcher that starts now reads the
+    // flushes long before it reaches the withdrawal: it must not send i1.
+    let mut commands: Vec<Value> = (0..1500)
+        .map(|n| withdraw(&tag, 1, &format!("{tag}-none-{n}"), &["p-x"]))
+        .collect();
+    commands.push(withdraw(&tag, 1, &format!("{tag}-i1"), &["p-1"]));
+    commands.push(withdraw(&tag, 3, &format!("{tag}-i3"), &["p-3"]));
+    commands.extend((0..10).map(|n| flush(&format!("{tag}-race-{n}"))));
+    bed.publish("email-commands", &commands).await;
+    let running = start(&bed, &[]);
+    consumed(&bed, 3 + commands.len() as i64).await;
+    let received = wait_for_mails(&bed, &tag, 2).await;
+    let to: HashSet<&str> = received.iter().map(|(to, _)| to.as_str()).collect();
+    assert_eq!(
+        to,
+        HashSet::from([address(&tag, 2).as_str(), address(&tag, 3).as_str()]),
+        "i1 was withdrawn before the flush"
+    );
+    let records = bed
+        .read_until("communication-events", DEADLINE, |r| {
+            of_type(r, "email.sent").len() >= 2
+        })
+        .await;
+    let narrowed = of_type(&records, "email.sent")
+        .into_iter()
+        .map(|r| r.payload())
+        .find(|p| p["inquiry_ids"][0] == format!("{tag}-i3"))
+        .expect("i3's email");
+    assert_eq!(narrowed["patient_ids"], json!(["p-4"]), "p-3 was taken out");
+    let withdrawn: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT withdrawn_at FROM email_batcher.inquiries WHERE inquiry_id = $1",
+    )
+    .bind(format!("{tag}-i1"))
+    .fetch_one(&bed.pool)
+    .await
+    .unwrap();
+    assert!(withdrawn.is_some());
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_withdrawal_after_the_flush_finds_the_email_sent_and_changes_nothing() {
+    let bed = TestBed::new().await;
+    let tag = format!("late{}", &bed.prefix[1..9]);
+    let running = start(&bed, &[]);
+    bed.publish(
+        "email-commands",
+        &[inquiry(&tag, 1, &format!("{tag}-i1"), &["p-1"])],
+    )
+    .await;
+    stored(&bed, 1).await;
+    bed.publish("email-commands", &[flush(&format!("{tag}-flush"))])
+        .await;
+    wait_for_mails(&bed, &tag, 1).await;
+    bed.publish(
+        "email-commands",
+        &[withdraw(&tag, 1, &format!("{tag}-i1"), &["p-1"])],
+    )
+    .await;
+    consumed(&bed, 3).await;
+    let (email, withdrawn): (Option<uuid::Uuid>, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as(
+            "SELECT email_id, withdrawn_at FROM email_batcher.inquiries WHERE inquiry_id = $1",
+        )
+        .bind(format!("{tag}-i1"))
+        .fetch_one(&bed.pool)
+        .await
+        .unwrap();
+    assert!(
+        email.is_some() && withdrawn.is_none(),
+        "sent, then too late"
+    );
+    assert_eq!(mails(&tag).await.len(), 1);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_withdrawal_survives_sigkill_before_the_flush() {
+    let bed = TestBed::new().await;
+    let tag = format!("wdkill{}", &bed.prefix[1..9]);
+    let log = scratch_dir("batcher-withdraw-kill").join("batcher.log");
+    let binary = env!("CARGO_BIN_EXE_psymatch-email-batcher");
+    let mut vars = bed.env("email_batcher");
+    vars.extend(env(&[("RUST_LOG", "info")]));
+    let mut batcher = KillOnDrop::spawn(binary, &vars, &log);
+    bed.publish(
+        "email-commands",
+        &[
+            inquiry(&tag, 1, &format!("{tag}-i1"), &["p-1"]),
+            inquiry(&tag, 2, &format!("{tag}-i2"), &["p-2"]),
+        ],
+    )
+    .await;
+    stored(&bed, 2).await;
+    bed.publish(
+        "email-commands",
+        &[withdraw(&tag, 1, &format!("{tag}-i1"), &["p-1"])],
+    )
+    .await;
+    // Killed as soon as the withdrawal is written, perhaps before its
+    // batch committed: the next process reads it again.
+    bed.wait_for("the withdrawal written", DEADLINE, || async {
+        bed.count("SELECT count(*) FROM email_batcher.inquiries WHERE withdrawn_at IS NOT NULL")
+            .await
+            == 1
+    })
+    .await;
+    batcher.0.kill().unwrap();
+    batcher.0.wait().unwrap();
+    let _batcher = KillOnDrop::spawn(binary, &vars, &log);
+    bed.publish("email-commands", &[flush(&format!("{tag}-flush"))])
+        .await;
+    consumed(&bed, 4).await;
+    let received = wait_for_mails(&bed, &tag, 1).await;
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].0, address(&tag, 2), "only i2 goes out");
+}

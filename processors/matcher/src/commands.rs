@@ -89,7 +89,20 @@ impl Matcher {
         let practice = inquiry.email.clone();
         let recipient_id = inquiry.therapist_id.clone();
         let patients = inquiry.patients.clone();
+        // Answered before its email went out (by phone): the email must
+        // not ask the practice about what it answered.
+        let unsent = inquiry.unsent();
+        inquiry.withdrawn |= unsent;
         world.put_inquiry(&id, inquiry);
+        if unsent {
+            withdrawal(
+                ctx,
+                &id,
+                &recipient_id,
+                &patients,
+                "answered before the email",
+            )?;
+        }
         ctx.emit(
             EVENTS,
             "matching.inquiry_answered",
@@ -105,6 +118,7 @@ impl Matcher {
                 t.cooling_until = t.cooling_until.max(Some(cooling_until))
             });
         }
+        let mut placed = Vec::new();
         for (patient, outcome) in &answers {
             if *outcome == AnswerOutcome::RejectedNotSuitable {
                 // Not suitable is not a matter of time: never this practice again.
@@ -118,6 +132,7 @@ impl Matcher {
                 .get(patient)
                 .is_some_and(|s| matches!(s.status, SearchStatus::Active | SearchStatus::Paused));
             if placeable {
+                placed.push(patient.clone());
                 world.update_search(patient, |s| {
                     s.status = SearchStatus::Placed;
                     s.placed = Some((recipient_id.clone(), id.clone()));
@@ -146,11 +161,58 @@ impl Matcher {
                 self.count("declined", 1);
             }
         }
+        // What the practice answered is not asked of it again; a patient
+        // placed is asked of nobody.
+        let answered: Vec<String> = answers.iter().map(|(p, _)| p.clone()).collect();
+        self.withdraw(
+            world,
+            ctx,
+            &answered,
+            |i| i.email == practice,
+            "answered by the practice",
+        )?;
+        self.withdraw(world, ctx, &placed, |_| true, "placed elsewhere")?;
         // The others of the inquiry look further.
         for patient in patients {
             if world.is_active(&patient) {
                 world.to_match.insert(patient);
             }
+        }
+        Ok(())
+    }
+
+    /// Takes `patients` out of every inquiry not emailed yet that `which`
+    /// selects, telling the email batcher (`email.withdraw_inquiry`); an
+    /// inquiry left without patients is withdrawn whole.
+    fn withdraw(
+        &self,
+        world: &mut World,
+        ctx: &mut Context<'_>,
+        patients: &[String],
+        which: impl Fn(&InquiryRecord) -> bool,
+        reason: &str,
+    ) -> Result<(), ProcessError> {
+        let mut touched: Vec<(String, InquiryRecord)> = world
+            .inquiries
+            .iter()
+            .filter(|(_, i)| {
+                i.unsent() && which(i) && i.patients.iter().any(|p| patients.contains(p))
+            })
+            .map(|(id, i)| (id.clone(), i.clone()))
+            .collect();
+        touched.sort_by(|a, b| a.0.cmp(&b.0));
+        for (id, mut inquiry) in touched {
+            let (out, kept): (Vec<String>, Vec<String>) = inquiry
+                .patients
+                .iter()
+                .cloned()
+                .partition(|p| patients.contains(p));
+            inquiry.patients = kept;
+            inquiry.withdrawn = inquiry.patients.is_empty();
+            let therapist = inquiry.therapist_id.clone();
+            world.put_inquiry(&id, inquiry);
+            withdrawal(ctx, &id, &therapist, &out, reason)?;
+            self.count("inquiry_withdrawn", 1);
         }
         Ok(())
     }
@@ -254,4 +316,20 @@ impl Matcher {
         world.to_match.extend(stale);
         Ok(())
     }
+}
+
+/// `email.withdraw_inquiry` for `patients` of inquiry `id`, keyed by the
+/// practice like the inquiry's email, so the batcher reads it after it.
+fn withdrawal(
+    ctx: &mut Context<'_>,
+    id: &str,
+    therapist: &str,
+    patients: &[String],
+    reason: &str,
+) -> Result<(), ProcessError> {
+    ctx.emit(
+        "email-commands",
+        "email.withdraw_inquiry",
+        json!({"inquiry_id": id, "therapist_id": therapist, "patient_ids": patients, "reason": reason}),
+    )
 }

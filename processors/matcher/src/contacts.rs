@@ -97,10 +97,6 @@ pub async fn rows(
         .collect();
     let mut rows = Vec::new();
     for (inquiry_id, inquiry) in &records {
-        // Not emailed yet: no contact happened.
-        let Some(sent_at) = inquiry.sent_at else {
-            continue;
-        };
         let (name, address, phone) = practice(therapists.get(&inquiry.therapist_id));
         let outcome = json!(inquiry.answers.get(patient));
         let answered_at = inquiry.answered_at.map(|at| at.to_rfc3339());
@@ -110,6 +106,18 @@ pub async fn rows(
                    "date": date, "answer": answer_text(&outcome), "outcome": outcome,
                    "answered_at": answered_at,
                    "reason": reason})
+        };
+        let Some(sent_at) = inquiry.sent_at else {
+            // The practice answered by phone before the email went out
+            // (withdrawn): a contact. Waiting for its window: none yet.
+            if let (true, Some(at)) = (inquiry.withdrawn, inquiry.answered_at) {
+                rows.push(row(
+                    "phone",
+                    at.to_rfc3339(),
+                    "answered by phone before the inquiry email",
+                ));
+            }
+            continue;
         };
         rows.push(row(
             "email",

@@ -352,12 +352,22 @@ pub struct InquiryRecord {
     pub failed: bool,
     /// A follow-up call was asked for.
     pub follow_up_due: bool,
+    /// Taken back before its email went out (`email.withdraw_inquiry`):
+    /// answered by phone first, or nobody left in it.
+    #[serde(default)]
+    pub withdrawn: bool,
 }
 
 impl InquiryRecord {
-    /// Neither answered nor failed: its patients are pending there.
+    /// Neither answered nor failed nor withdrawn: its patients are
+    /// pending there.
     pub fn open(&self) -> bool {
-        self.answered_at.is_none() && !self.failed
+        self.answered_at.is_none() && !self.failed && !self.withdrawn
+    }
+
+    /// Its email has not gone out and may still: a withdrawal stops it.
+    pub fn unsent(&self) -> bool {
+        self.sent_at.is_none() && !self.failed && !self.withdrawn
     }
 }
 

@@ -308,6 +308,7 @@ impl Matcher {
                     answered_at: None,
                     failed: false,
                     follow_up_due: false,
+                    withdrawn: false,
                 },
             );
             self.count("inquiry_created", 1);

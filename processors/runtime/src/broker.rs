@@ -52,6 +52,49 @@ pub fn check(brokers: &str, timeout: Duration) -> Result<(), Unreachable> {
     }
 }
 
+/// Reads how far a topic's partitions reach (their watermarks): what a
+/// consumer must have read to have seen everything published before.
+pub struct Watermarks {
+    client: std::sync::Arc<BaseConsumer>,
+}
+
+impl Watermarks {
+    /// A client for `brokers` (no group: it only reads metadata).
+    pub fn connect(brokers: &str) -> anyhow::Result<Watermarks> {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("client.id", "psymatch-watermarks")
+            .create()?;
+        Ok(Watermarks {
+            client: std::sync::Arc::new(client),
+        })
+    }
+
+    /// Every partition of `topic` with its low and high watermark now.
+    pub async fn of(&self, topic: &str, timeout: Duration) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+        let client = self.client.clone();
+        let topic = topic.to_string();
+        // librdkafka's calls block: off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let metadata = client.fetch_metadata(Some(&topic), timeout)?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
+            partitions
+                .into_iter()
+                .map(|p| {
+                    let (low, high) = client.fetch_watermarks(&topic, p, timeout)?;
+                    Ok((p, low, high))
+                })
+                .collect()
+        })
+        .await?
+    }
+}
+
 /// librdkafka repeats its error code in the message
 /// (`X (Local: Y): X (Local: Y)`): once is enough.
 fn one_line(text: &str) -> String {

@@ -77,6 +77,7 @@ async fn fill(bed: &TestBed) -> anyhow::Result<()> {
                 answered_at: None,
                 failed: false,
                 follow_up_due: false,
+                withdrawn: false,
             };
             inquiry_ids.push(format!("i-{n}-{k}"));
             owners.push(therapist);

@@ -272,6 +272,12 @@ impl<P: Processor> Batch<'_, '_, P> {
                 now: self.now,
                 emitted: Vec::new(),
                 tombstones: Vec::new(),
+                progress: Some(crate::processor::Progress {
+                    watermarks: &shared.watermarks,
+                    schema: &shared.schema,
+                    group: &shared.config.group,
+                    prefix: &shared.config.topic_prefix,
+                }),
             };
             let result = shared.processor.process(&mut ctx, record).await;
             let emitted = std::mem::take(&mut ctx.emitted);

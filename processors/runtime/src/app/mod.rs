@@ -94,6 +94,8 @@ struct Shared<P> {
     committed: Mutex<Vec<(String, i32, i64)>>,
     /// Compacted input topics: a key without a value there is an erasure.
     compacted: HashSet<String>,
+    /// Reads the input topics' watermarks for processors that ask.
+    watermarks: crate::broker::Watermarks,
 }
 
 /// Runs `processor` until `shutdown` completes.
@@ -133,6 +135,7 @@ pub async fn run_with<P: Processor>(
         .filter(|t| t.compacted())
         .map(|t| t.name.clone())
         .collect();
+    let watermarks = crate::broker::Watermarks::connect(&config.brokers)?;
     let shared = Arc::new(Shared {
         schema: name.to_string(),
         codec: codec::Codec::new(&config.registry_url),
@@ -145,6 +148,7 @@ pub async fn run_with<P: Processor>(
         outbox,
         committed: Mutex::new(Vec::new()),
         compacted,
+        watermarks,
     });
 
     let surface = Arc::new(Surface {

@@ -115,6 +115,7 @@ pub async fn open_batch<P: crate::processor::Processor>(
             now,
             emitted: Vec::new(),
             tombstones: Vec::new(),
+            progress: None,
         };
         processor.process(&mut ctx, record).await?;
         emitted.append(&mut ctx.emitted);
