@@ -134,8 +134,8 @@ async fn search_status_shows_what_the_matcher_committed() {
             .is_ok_and(|s| s["status"] == "PLACED" && s["placed"]["therapist_id"] == practice)
     })
     .await;
-    // The contact log: nothing was emailed here (no email batcher), so the
-    // file holds the header only.
+    // The contact log: nothing was emailed here (no email batcher); the
+    // practice answered by phone before its email: one phone contact.
     let file = std::env::temp_dir().join(format!("{}contacts.csv", bed.prefix));
     let written = Command::new(env!("CARGO_BIN_EXE_psymatch"))
         .args(["contacts", "p-0", "--out"])
@@ -150,7 +150,12 @@ async fn search_status_shows_what_the_matcher_committed() {
         String::from_utf8_lossy(&written.stderr)
     );
     let csv = std::fs::read_to_string(&file).unwrap();
-    assert_eq!(csv.lines().count(), 1, "{csv}");
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    let row = csv.lines().nth(1).unwrap();
+    assert!(
+        row.contains(",phone,") && row.contains("place offered"),
+        "{csv}"
+    );
     assert!(
         csv.starts_with("date,channel,practice,address,phone,answer"),
         "{csv}"
