@@ -246,8 +246,12 @@ impl EmailBatcher {
             );
         }
         let behind = withdrawals::behind(ctx).await?;
+        let times = store::Times {
+            check: ctx.now().min(ctx.event_time()),
+            now: ctx.now(),
+        };
         loop {
-            let claimed = store::claim(&pool, self.config.window, 200, &behind).await?;
+            let claimed = store::claim(&pool, self.config.window, 200, &behind, times).await?;
             if claimed.is_empty() {
                 break;
             }
@@ -366,7 +370,7 @@ impl EmailBatcher {
             patients: Value::Array(patients),
             source_partition: record.partition,
         });
-        if let Some(opened) = open.filter(|opened| *opened + window > Utc::now()) {
+        if let Some(opened) = open.filter(|opened| *opened + window > ctx.now()) {
             InquiryDeferred {
                 inquiry_id: &inquiry_id,
                 until: &(opened + window).to_rfc3339(),

@@ -69,6 +69,19 @@ pub async fn keep(db: &mut PgConnection, waiting: &[Waiting]) -> Result<(), sqlx
     Ok(())
 }
 
+/// The times a flush decides windows with (docs/writing-a-processor.md,
+/// "Time"): a window is over only when it is over by both the runtime's
+/// clock and the flush's own time (`check`, the earlier of the two), so a
+/// flush stamped in the past, or one ahead of the clock, never opens a
+/// second window early; a window opened is recorded at the clock's `now`.
+#[derive(Debug, Clone, Copy)]
+pub struct Times {
+    /// The earlier of the clock and the flush's event time.
+    pub check: DateTime<Utc>,
+    /// The runtime's clock.
+    pub now: DateTime<Utc>,
+}
+
 /// What a withdrawal found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Withdrawal {
@@ -178,6 +191,7 @@ pub async fn claim(
     window: Duration,
     limit: i64,
     behind: &[i32],
+    times: Times,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let rows: Vec<ClaimedRow> = sqlx::query_as(
@@ -187,13 +201,13 @@ pub async fn claim(
                AND NOT (coalesce(i.source_partition, -1) = ANY($3))
                AND NOT EXISTS (SELECT 1 FROM email_batcher.windows w
                                 WHERE w.recipient = i.recipient
-                                  AND w.opened_at > now() - make_interval(secs => $2))
+                                  AND w.opened_at > $4 - make_interval(secs => $2))
              GROUP BY i.recipient ORDER BY first LIMIT $1),
          won AS (
             INSERT INTO email_batcher.windows (recipient, opened_at, email_id)
-            SELECT recipient, now(), gen_random_uuid() FROM candidates
+            SELECT recipient, $5, gen_random_uuid() FROM candidates
             ON CONFLICT (recipient) DO UPDATE SET opened_at = excluded.opened_at, email_id = excluded.email_id
-             WHERE email_batcher.windows.opened_at <= excluded.opened_at - make_interval(secs => $2)
+             WHERE email_batcher.windows.opened_at <= $4 - make_interval(secs => $2)
             RETURNING recipient, email_id)
          UPDATE email_batcher.inquiries i SET email_id = won.email_id FROM won
           WHERE i.recipient = won.recipient AND i.email_id IS NULL AND i.withdrawn_at IS NULL
@@ -203,6 +217,8 @@ pub async fn claim(
     .bind(limit)
     .bind(window.as_secs_f64())
     .bind(behind)
+    .bind(times.check)
+    .bind(times.now)
     .fetch_all(&mut *tx)
     .await?;
     let mut by_email: HashMap<Uuid, Claimed> = HashMap::new();

@@ -538,3 +538,63 @@ async fn a_withdrawal_survives_sigkill_before_the_flush() {
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].0, address(&tag, 2), "only i2 goes out");
 }
+
+/// A flush stamped at `at` (its event time).
+fn flush_at(run: &str, at: chrono::DateTime<chrono::Utc>) -> Value {
+    let mut record = flush(run);
+    record["timestamp"] = json!(at.to_rfc3339());
+    record
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_email_waits_for_day_7_by_the_clock_and_by_the_flush_own_time() {
+    let bed = TestBed::new().await;
+    let tag = format!("day{}", &bed.prefix[1..9]);
+    // Whole seconds: an envelope's time has milliseconds.
+    let start = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0).unwrap();
+    let clock = psymatch_runtime::clock::ManualClock::at(start);
+    let mut config = bed.config("email_batcher");
+    config.clock = std::sync::Arc::new(clock.clone());
+    let vars: BTreeMap<String, String> = env(&[]).into_iter().collect();
+    let batcher = EmailBatcher::new(BatcherConfig::from_vars(&vars).unwrap()).unwrap();
+    let running = Running::start(batcher, config);
+    let mut published = 0;
+    let mut publish = async |records: &[Value]| {
+        bed.publish("email-commands", records).await;
+        published += records.len() as i64;
+        consumed(&bed, published).await;
+    };
+    publish(&[inquiry(&tag, 1, &format!("{tag}-i1"), &["p-1"])]).await;
+    publish(&[flush_at("day-0", start)]).await;
+    assert_eq!(mails(&tag).await.len(), 1);
+    publish(&[inquiry(&tag, 1, &format!("{tag}-i2"), &["p-2"])]).await;
+    let day = chrono::Duration::days(1);
+    // Day 6 by both: refused.
+    clock.set(start + day * 6 + chrono::Duration::hours(23));
+    publish(&[flush_at(
+        "day-6",
+        start + day * 6 + chrono::Duration::hours(23),
+    )])
+    .await;
+    // Day 8 by the flush's stamp, day 6 by the clock: refused.
+    publish(&[flush_at("ahead", start + day * 8)]).await;
+    // Day 8 by the clock, stamped on day 1 (a stale flush): refused.
+    clock.set(start + day * 8);
+    publish(&[flush_at("stale", start + day)]).await;
+    assert_eq!(
+        mails(&tag).await.len(),
+        1,
+        "no second email inside the window"
+    );
+    // Day 7 by both: the second email.
+    clock.set(start + day * 7);
+    publish(&[flush_at("day-7", start + day * 7)]).await;
+    let received = mails(&tag).await;
+    assert_eq!(received.len(), 2);
+    assert!(
+        received
+            .iter()
+            .any(|(_, m)| carried(m) == [format!("{tag}-i2")])
+    );
+    running.stop().await;
+}

@@ -122,6 +122,9 @@ pub struct RuntimeConfig {
     pub dedupe_retention: Duration,
     /// Database connections (`DB_POOL_SIZE`).
     pub db_pool_size: u32,
+    /// The clock decisions read ([`crate::clock`]): the machine's, or a
+    /// test's [`crate::clock::ManualClock`].
+    pub clock: std::sync::Arc<dyn crate::clock::Clock>,
     /// Bound on a graceful shutdown (`SHUTDOWN_TIMEOUT_SECS`).
     pub shutdown_timeout: Duration,
     /// Longest retry pause (`RETRY_MAX_BACKOFF_MS`).
@@ -269,6 +272,7 @@ impl RuntimeConfig {
             })
             .collect();
         Ok(RuntimeConfig {
+            clock: crate::clock::system(),
             brokers: text("KAFKA_BROKERS", "127.0.0.1:9092"),
             registry_url: text("SCHEMA_REGISTRY_URL", crate::codec::DEFAULT_REGISTRY_URL),
             database_url: text("DATABASE_URL", crate::db::DEFAULT_DATABASE_URL),

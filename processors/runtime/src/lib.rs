@@ -47,6 +47,7 @@ mod tests {
 pub mod app;
 pub mod avro_json;
 pub mod broker;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod contracts;

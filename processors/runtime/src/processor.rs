@@ -505,9 +505,16 @@ impl<'a> Context<'a> {
         self.source
     }
 
-    /// Processing time (the batch's start).
+    /// Processing time: the runtime's clock at the batch's start
+    /// ([`crate::clock`]), the same for every record of the batch.
     pub fn now(&self) -> DateTime<Utc> {
         self.now
+    }
+
+    /// The record's own time: its envelope's timestamp (when it happened,
+    /// or when a scheduled command was due).
+    pub fn event_time(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.source.envelope.timestamp_millis).unwrap_or(self.now)
     }
 
     /// Emits a record of `event_type` on `topic` with a JSON payload, keyed

@@ -62,7 +62,8 @@ pub(super) async fn process_batch<P: Processor>(
     let mut outgoing: Vec<Pending> = Vec::new();
     let work = decode_new(shared, &mut tx, &fresh, &mut outgoing).await?;
     phases.decode = phases.lap();
-    let now = chrono::Utc::now();
+    // The batch's one "now" (crate::clock): every decision of it reads this.
+    let now = shared.config.clock.now();
     let mut scratch = Scratch::default();
     let mut batch = Batch {
         shared,
