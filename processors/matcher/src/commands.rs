@@ -207,8 +207,13 @@ impl Matcher {
                 .iter()
                 .cloned()
                 .partition(|p| patients.contains(p));
-            inquiry.patients = kept;
-            inquiry.withdrawn = inquiry.patients.is_empty();
+            // Withdrawn whole, it keeps its patients: the record of whom
+            // it was for ("withdrawn" in their searches).
+            if kept.is_empty() {
+                inquiry.withdrawn = true;
+            } else {
+                inquiry.patients = kept;
+            }
             let therapist = inquiry.therapist_id.clone();
             world.put_inquiry(&id, inquiry);
             withdrawal(ctx, &id, &therapist, &out, reason)?;

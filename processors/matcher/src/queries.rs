@@ -78,6 +78,8 @@ fn time(at: Option<DateTime<Utc>>) -> Value {
 fn inquiry_state(inquiry: &InquiryRecord) -> &'static str {
     if inquiry.answered_at.is_some() {
         "answered"
+    } else if inquiry.withdrawn {
+        "withdrawn before its email"
     } else if inquiry.failed {
         "email failed"
     } else if inquiry.sent_at.is_some() {
@@ -331,6 +333,7 @@ async fn therapist(
         "SELECT inquiry_id, patient_ids FROM matcher.inquiries
           WHERE therapist_id = $1 AND state->>'sent_at' IS NULL
             AND state->>'answered_at' IS NULL AND NOT (state->>'failed')::boolean
+            AND NOT coalesce((state->>'withdrawn')::boolean, false)
           ORDER BY inquiry_id",
     )
     .bind(&therapist)
