@@ -390,19 +390,6 @@ fn withdraw(tag: &str, therapist: usize, inquiry: &str, patients: &[&str]) -> Va
         "patient_ids": patients, "reason": "answered by the practice"}})
 }
 
-/// Waits until the batcher has committed `count` records of email-commands.
-async fn consumed(bed: &TestBed, count: i64) {
-    bed.wait_for(&format!("{count} commands consumed"), DEADLINE, || async {
-        bed.count(
-            "SELECT coalesce(sum(next_offset), 0)::bigint FROM email_batcher.consumer_offsets
-              WHERE topic LIKE '%email-commands'",
-        )
-        .await
-            >= count
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_withdrawal_published_before_the_flush_is_never_outrun_by_it() {
     let bed = TestBed::new().await;
@@ -431,7 +418,8 @@ async fn a_withdrawal_published_before_the_flush_is_never_outrun_by_it() {
     commands.extend((0..10).map(|n| flush(&format!("{tag}-race-{n}"))));
     bed.publish("email-commands", &commands).await;
     let running = start(&bed, &[]);
-    consumed(&bed, 3 + commands.len() as i64).await;
+    bed.wait_consumed("email_batcher", "email-commands", 3 + commands.len() as i64)
+        .await;
     let received = wait_for_mails(&bed, &tag, 2).await;
     let to: HashSet<&str> = received.iter().map(|(to, _)| to.as_str()).collect();
     assert_eq!(
@@ -480,7 +468,8 @@ async fn a_withdrawal_after_the_flush_finds_the_email_sent_and_changes_nothing()
         &[withdraw(&tag, 1, &format!("{tag}-i1"), &["p-1"])],
     )
     .await;
-    consumed(&bed, 3).await;
+    bed.wait_consumed("email_batcher", "email-commands", 3)
+        .await;
     let (email, withdrawn): (Option<uuid::Uuid>, Option<chrono::DateTime<chrono::Utc>>) =
         sqlx::query_as(
             "SELECT email_id, withdrawn_at FROM email_batcher.inquiries WHERE inquiry_id = $1",
@@ -533,7 +522,8 @@ async fn a_withdrawal_survives_sigkill_before_the_flush() {
     let _batcher = KillOnDrop::spawn(binary, &vars, &log);
     bed.publish("email-commands", &[flush(&format!("{tag}-flush"))])
         .await;
-    consumed(&bed, 4).await;
+    bed.wait_consumed("email_batcher", "email-commands", 4)
+        .await;
     let received = wait_for_mails(&bed, &tag, 1).await;
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].0, address(&tag, 2), "only i2 goes out");
@@ -562,7 +552,8 @@ async fn a_second_email_waits_for_day_7_by_the_clock_and_by_the_flush_own_time()
     let mut publish = async |records: &[Value]| {
         bed.publish("email-commands", records).await;
         published += records.len() as i64;
-        consumed(&bed, published).await;
+        bed.wait_consumed("email_batcher", "email-commands", published)
+            .await;
     };
     publish(&[inquiry(&tag, 1, &format!("{tag}-i1"), &["p-1"])]).await;
     publish(&[flush_at("day-0", start)]).await;

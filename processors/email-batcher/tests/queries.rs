@@ -6,9 +6,8 @@ use psymatch_email_batcher::EmailBatcher;
 use psymatch_email_batcher::config::BatcherConfig;
 use psymatch_runtime::query::Tokens;
 use psymatch_runtime::testing::people::command;
-use psymatch_runtime::testing::{Running, TestBed, free_port, stack_env};
+use psymatch_runtime::testing::{Running, TestBed, free_port};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 const TOKEN: &str = "ops-token-0123456789";
@@ -43,15 +42,7 @@ async fn window(port: u16, therapist: &str) -> (u16, Value) {
 async fn a_practice_window_before_and_after_its_email() {
     let bed = TestBed::new().await;
     let tag = format!("window{}", &bed.prefix[1..9]);
-    let vars: BTreeMap<String, String> = [
-        ("EMAIL_TRANSPORT", "smtp".to_string()),
-        ("SMTP_HOST", stack_env("SMTP_HOST")),
-        ("SMTP_PORT", stack_env("SMTP_PORT")),
-        ("SMTP_SECURITY", "none".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let vars = psymatch_runtime::testing::mail::smtp_settings();
     let port = free_port();
     let mut config = bed.config("email_batcher");
     config.http_listen = format!("127.0.0.1:{port}");

@@ -118,15 +118,7 @@ async fn a_given_position_is_the_home_and_no_geocoder_is_asked() {
         )],
     )
     .await;
-    bed.wait_for("intake read the late answer", DEADLINE, || async {
-        bed.count(
-            "SELECT coalesce(sum(next_offset), 0)::bigint FROM intake.consumer_offsets
-              WHERE topic LIKE '%geocoding-results'",
-        )
-        .await
-            >= 1
-    })
-    .await;
+    bed.wait_consumed("intake", "geocoding-results", 1).await;
     let home: (f64, f64) = sqlx::query_as(
         "SELECT latitude, longitude FROM intake.patients WHERE patient_id = 'p-address'",
     )

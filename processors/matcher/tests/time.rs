@@ -20,19 +20,6 @@ fn payloads(records: &[Received], event_type: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Waits until the matcher has committed `count` records of `topic`: what
-/// was published is decided under the clock's time then.
-async fn consumed(bed: &TestBed, topic: &str, count: i64) {
-    let sql = format!(
-        "SELECT coalesce(sum(next_offset), 0)::bigint FROM matcher.consumer_offsets
-          WHERE topic LIKE '%{topic}'"
-    );
-    bed.wait_for(&format!("{count} of {topic} read"), DEADLINE, || async {
-        bed.count(&sql).await >= count
-    })
-    .await;
-}
-
 fn sweep(run: &str) -> Value {
     command("matching.sweep", json!({"run_id": run}))
 }
@@ -75,12 +62,13 @@ async fn follow_ups_and_cooling_end_on_their_day_and_not_the_day_before() {
         )],
     )
     .await;
-    consumed(&bed, "communication-events", 1).await;
+    bed.wait_consumed("matcher", "communication-events", 1)
+        .await;
 
     // Day 6 after the email: no follow-up. Day 7: one.
     clock.set(start + Duration::days(6) + Duration::hours(23));
     bed.publish("matching-commands", &[sweep("day-6")]).await;
-    consumed(&bed, "matching-commands", 1).await;
+    bed.wait_consumed("matcher", "matching-commands", 1).await;
     let events = bed
         .read_until("matching-events", DEADLINE, |r| {
             !of_type(r, "matching.inquiry_created").is_empty()
@@ -125,7 +113,7 @@ async fn follow_ups_and_cooling_end_on_their_day_and_not_the_day_before() {
         .parse()
         .unwrap();
     assert_eq!(until, answered + Duration::days(28));
-    consumed(&bed, "matching-commands", 3).await;
+    bed.wait_consumed("matcher", "matching-commands", 3).await;
     clock.set(answered + Duration::days(27));
     bed.publish("matching-commands", &[run("day-27")]).await;
     let events = bed

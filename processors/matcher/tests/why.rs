@@ -8,6 +8,7 @@
 
 use psymatch_matcher::{Matcher, MatcherConfig};
 use psymatch_runtime::query::Tokens;
+use psymatch_runtime::testing::mail::failing_rules;
 use psymatch_runtime::testing::people::command;
 use psymatch_runtime::testing::{Running, TestBed, free_port, of_type, query};
 use serde_json::{Value, json};
@@ -81,16 +82,6 @@ async fn why(port: u16, patient: &str, therapist: &str) -> Value {
     answer
 }
 
-fn failing(why: &Value) -> Vec<i64> {
-    why["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["passed"] == false)
-        .map(|r| r["rule"].as_i64().unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn why_agrees_with_every_decision_of_the_matcher() {
     let bed = TestBed::new().await;
@@ -149,7 +140,7 @@ async fn why_agrees_with_every_decision_of_the_matcher() {
         for decision in decisions {
             let therapist = decision["therapist_id"].as_str().unwrap();
             let answer = why(port, patient, therapist).await;
-            let failing = failing(&answer);
+            let failing = failing_rules(&answer);
             if let Some(rank) = decision["rank"]
                 .as_i64()
                 .filter(|_| decision["chosen"] == false)

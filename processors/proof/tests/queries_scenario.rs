@@ -16,7 +16,7 @@ use psymatch_matcher::{Matcher, MatcherConfig};
 use psymatch_proof::processes;
 use psymatch_runtime::query::Tokens;
 use psymatch_runtime::testing::people::{command, practice, registration, with_details};
-use psymatch_runtime::testing::{Running, TestBed, free_port, mail, of_type, query, stack_env};
+use psymatch_runtime::testing::{Running, TestBed, free_port, mail, of_type, query};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
@@ -155,15 +155,7 @@ async fn every_query_and_command_tells_what_really_happened() {
             surfaced(&bed, "matcher", port),
         )
     });
-    let vars: BTreeMap<String, String> = [
-        ("EMAIL_TRANSPORT", "smtp".to_string()),
-        ("SMTP_HOST", stack_env("SMTP_HOST")),
-        ("SMTP_PORT", stack_env("SMTP_PORT")),
-        ("SMTP_SECURITY", "none".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let vars = psymatch_runtime::testing::mail::smtp_settings();
     let batcher = Running::start(
         EmailBatcher::new(BatcherConfig::from_vars(&vars).unwrap()).unwrap(),
         surfaced(&bed, "email_batcher", ports.batcher),
@@ -427,15 +419,7 @@ async fn every_query_and_command_tells_what_really_happened() {
     // Why: t-b cools down (rule 9); t-h1 found p-2 not suitable (rule 2);
     // t-far is out of reach (rule 1); t-h4 is the one candidate left for
     // p-2, ranked first of one.
-    let why = |answer: &Value| -> Vec<i64> {
-        answer["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["passed"] == false)
-            .map(|r| r["rule"].as_i64().unwrap())
-            .collect()
-    };
+    let why = mail::failing_rules;
     assert_eq!(why(&get(m0, "/v1/searches/p-1/why/t-b").await), vec![9]);
     assert_eq!(why(&get(m0, "/v1/searches/p-2/why/t-h1").await), vec![2, 9]);
     assert_eq!(why(&get(m0, "/v1/searches/p-2/why/t-far").await), vec![1]);

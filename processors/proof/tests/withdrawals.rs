@@ -10,7 +10,7 @@ use psymatch_email_batcher::config::BatcherConfig;
 use psymatch_matcher::{Matcher, MatcherConfig};
 use psymatch_runtime::query::Tokens;
 use psymatch_runtime::testing::people::{command, discovered, registered, with_details};
-use psymatch_runtime::testing::{Running, TestBed, free_port, mail, of_type, query, stack_env};
+use psymatch_runtime::testing::{Running, TestBed, free_port, mail, of_type, query};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -53,15 +53,7 @@ async fn an_answer_before_the_email_withdraws_what_is_not_sent() {
         }),
         config,
     );
-    let vars: BTreeMap<String, String> = [
-        ("EMAIL_TRANSPORT", "smtp".to_string()),
-        ("SMTP_HOST", stack_env("SMTP_HOST")),
-        ("SMTP_PORT", stack_env("SMTP_PORT")),
-        ("SMTP_SECURITY", "none".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let vars = psymatch_runtime::testing::mail::smtp_settings();
     let batcher = Running::start(
         EmailBatcher::new(BatcherConfig::from_vars(&vars).unwrap()).unwrap(),
         bed.config("email_batcher"),
@@ -153,15 +145,8 @@ async fn an_answer_before_the_email_withdraws_what_is_not_sent() {
         })
         .await
         .len() as i64;
-    bed.wait_for("the flush committed", DEADLINE, || async {
-        bed.count(
-            "SELECT coalesce(sum(next_offset), 0)::bigint FROM email_batcher.consumer_offsets
-              WHERE topic LIKE '%email-commands'",
-        )
-        .await
-            >= total
-    })
-    .await;
+    bed.wait_consumed("email_batcher", "email-commands", total)
+        .await;
     let to: BTreeSet<String> = mail::received(&tag)
         .await
         .into_iter()

@@ -247,6 +247,21 @@ impl TestBed {
             .unwrap_or_else(|error| panic!("{sql}: {error}"))
     }
 
+    /// Waits until `processor` (its schema) has committed `count` records
+    /// of `topic`: everything published there up to then is decided.
+    pub async fn wait_consumed(&self, processor: &str, topic: &str, count: i64) {
+        let sql = format!(
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM {processor}.consumer_offsets
+              WHERE topic = '{}{topic}'",
+            self.prefix
+        );
+        let what = format!("{processor} read {count} of {topic}");
+        wait_until(&what, std::time::Duration::from_secs(120), || async {
+            self.count(&sql).await >= count
+        })
+        .await
+    }
+
     /// Polls `check` until it returns true, or panics after `deadline`.
     pub async fn wait_for<F, Fut>(&self, what: &str, deadline: std::time::Duration, check: F)
     where

@@ -3,6 +3,7 @@
 
 use super::stack_env;
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// Every email maildev holds for addresses starting with `tag-`:
 /// (address, email). Tests tag their addresses, as maildev keeps the mails
@@ -30,5 +31,31 @@ pub fn carried(mail: &Value) -> Vec<String> {
         .split(',')
         .filter(|s| !s.is_empty())
         .map(str::to_string)
+        .collect()
+}
+
+/// The email batcher's settings for the stack's SMTP capture (plain SMTP,
+/// no TLS), for `BatcherConfig::from_vars`.
+pub fn smtp_settings() -> BTreeMap<String, String> {
+    [
+        ("EMAIL_TRANSPORT", "smtp".to_string()),
+        ("SMTP_HOST", stack_env("SMTP_HOST")),
+        ("SMTP_PORT", stack_env("SMTP_PORT")),
+        ("SMTP_SECURITY", "none".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// The rule numbers a `why` answer (`GET /v1/searches/{p}/why/{t}`)
+/// says fail.
+pub fn failing_rules(why: &Value) -> Vec<i64> {
+    why["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["passed"] == false)
+        .filter_map(|r| r["rule"].as_i64())
         .collect()
 }
