@@ -57,6 +57,7 @@ pub mod errors;
 pub mod events;
 pub mod example;
 pub mod processor;
+mod progress;
 pub mod query;
 pub mod schemas;
 pub mod sealed;

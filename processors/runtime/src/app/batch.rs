@@ -273,7 +273,7 @@ impl<P: Processor> Batch<'_, '_, P> {
                 now: self.now,
                 emitted: Vec::new(),
                 tombstones: Vec::new(),
-                progress: Some(crate::processor::Progress {
+                progress: Some(crate::progress::Progress {
                     watermarks: &shared.watermarks,
                     schema: &shared.schema,
                     group: &shared.config.group,
