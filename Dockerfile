@@ -15,6 +15,7 @@ COPY topics.yaml /etc/psymatch/topics.yaml
 COPY schemas /etc/psymatch/schemas
 COPY processors/email-batcher/templates /etc/psymatch/templates
 COPY processors/scheduler/schedule.yaml /etc/psymatch/schedule.yaml
+COPY processors/matcher/rules.yaml /etc/psymatch/rules.yaml
 ENV TEMPLATES_DIR=/etc/psymatch/templates
 USER psymatch
 ENTRYPOINT ["/usr/local/bin/psymatch"]

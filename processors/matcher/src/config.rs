@@ -1,44 +1,58 @@
-//! The matcher's settings, from the environment.
+//! The matcher's settings: its rules file (`MATCHER_RULES`, else the
+//! built-in baseline, [`crate::rulebook`]).
 
+use crate::rulebook::Rulebook;
 use chrono::Duration;
 use psymatch_runtime::config::Vars;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The matcher's settings.
 #[derive(Debug, Clone)]
 pub struct MatcherConfig {
-    /// Practices each search is offered to at once (`INQUIRIES_PER_PATIENT`).
+    /// The rules every decision is made under.
+    pub rules: Arc<Rulebook>,
+    /// Practices each search is offered to at once (from the rules).
     pub per_patient: usize,
-    /// Cooling period after any answer (`COOLING_DAYS`).
+    /// Cooling period after any answer (from the rules).
     pub cooling: Duration,
-    /// No answer this long after the email: phone (`FOLLOW_UP_DAYS`).
+    /// No answer this long after the email: phone (from the rules).
     pub follow_up: Duration,
 }
 
 impl MatcherConfig {
-    /// Reads the settings (defaults: 3 practices, 28 days, 7 days).
+    /// The settings under `rules`.
+    pub fn with_rules(rules: Rulebook) -> MatcherConfig {
+        MatcherConfig {
+            per_patient: rules.inquiries_per_patient,
+            cooling: rules.cooling(),
+            follow_up: rules.follow_up(),
+            rules: Arc::new(rules),
+        }
+    }
+
+    /// Reads the settings: the rules file `MATCHER_RULES` names, checked
+    /// (the error names the file, the field and the reason), else the
+    /// baseline.
     pub fn from_vars(vars: Vars<'_>) -> anyhow::Result<MatcherConfig> {
-        let per_patient = vars.number("INQUIRIES_PER_PATIENT", 3usize)?;
-        anyhow::ensure!(
-            (1..=50).contains(&per_patient),
-            "INQUIRIES_PER_PATIENT must be 1 to 50"
-        );
-        Ok(MatcherConfig {
-            per_patient,
-            cooling: Duration::days(vars.number("COOLING_DAYS", 28i64)?),
-            follow_up: Duration::days(vars.number("FOLLOW_UP_DAYS", 7i64)?),
-        })
+        let path: String = vars.text("MATCHER_RULES", "");
+        let rules = if path.is_empty() {
+            Rulebook::default()
+        } else {
+            Rulebook::load(std::path::Path::new(&path))?
+        };
+        Ok(MatcherConfig::with_rules(rules))
     }
 
     /// The settings from the process environment.
     pub fn from_env() -> anyhow::Result<MatcherConfig> {
-        let vars: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+        let vars: BTreeMap<String, String> = std::env::vars().collect();
         MatcherConfig::from_vars(Vars(&vars))
     }
 }
 
 impl Default for MatcherConfig {
     fn default() -> Self {
-        MatcherConfig::from_vars(Vars(&BTreeMap::new())).expect("defaults are valid")
+        MatcherConfig::with_rules(Rulebook::default())
     }
 }

@@ -411,7 +411,7 @@ impl Index {
         }
     }
 
-    /// The ranked candidates of one patient.
+    /// The ranked candidates of one patient, in the baseline order.
     pub fn candidates(
         &self,
         patient: &Patient,
@@ -422,7 +422,7 @@ impl Index {
         let mut survey = Survey::default();
         self.survey(patient, history, None, true, now, travel, 0, &mut survey);
         let mut ranked = self.to_rank(&survey);
-        rules::rank(&mut ranked, now.date_naive());
+        rules::rank(&mut ranked, now.date_naive(), &rules::RankKey::ALL);
         ranked
     }
 
@@ -466,7 +466,7 @@ impl Index {
                 }
             })
             .collect();
-        rules::rank(&mut ranked, now.date_naive());
+        rules::rank(&mut ranked, now.date_naive(), &rules::RankKey::ALL);
         ranked
     }
 }

@@ -57,9 +57,13 @@ impl Matcher {
     /// A matcher with these settings; its state loads when it warms up,
     /// and again in any batch that finds another version stored.
     pub fn new(config: MatcherConfig) -> Matcher {
+        let rules = config.rules.clone();
         Matcher {
             config,
-            world: Mutex::new(World::default()),
+            world: Mutex::new(World {
+                rules,
+                ..World::default()
+            }),
             turns: Arc::new(Mutex::new(())),
             metrics: Metrics {
                 decisions: IntCounterVec::new(
@@ -101,7 +105,7 @@ impl Matcher {
     /// The stored state at `version`, logged with its size and counted.
     async fn load(&self, db: &mut sqlx::PgConnection, version: i64) -> Result<World, sqlx::Error> {
         let started = std::time::Instant::now();
-        let world = World::load(db, version).await?;
+        let world = World::load(db, version, self.config.rules.clone()).await?;
         StateLoaded {
             version,
             therapists: world.therapists.len(),
@@ -172,8 +176,12 @@ impl Processor for Matcher {
         Some(crate::queries::routes(pool.clone(), self.config.clone()))
     }
 
+    fn journal(&self) -> bool {
+        true
+    }
+
     fn settings_prefixes(&self) -> &'static [&'static str] {
-        &["INQUIRIES_", "COOLING_", "FOLLOW_UP_"]
+        &["MATCHER_"]
     }
 
     fn inputs(&self) -> Vec<&'static str> {

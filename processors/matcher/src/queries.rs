@@ -252,7 +252,7 @@ async fn why(
     let holding = Holding::of(&store.pool, &patient).await?;
     let history = holding.history(&patient, &therapist, &record, &search);
     let minutes = search.travel.get(&therapist).copied();
-    let person = search.view(&patient);
+    let person = search.view(&patient, &store.config.rules);
     let now = Utc::now();
     let mut answer = crate::why::explain(&person, &view, &history, now, minutes);
     answer["rank"] = match rules::check(&person, &view, &history, now, minutes) {
@@ -271,7 +271,13 @@ async fn why(
                     })
                 })
                 .collect();
-            crate::why::rank(&person, &therapist, &rivals, now)
+            crate::why::rank(
+                &person,
+                &therapist,
+                &rivals,
+                now,
+                &store.config.rules.ranking,
+            )
         }
         _ => Value::Null,
     };

@@ -311,8 +311,10 @@ pub struct SearchRecord {
 }
 
 impl SearchRecord {
-    /// The rules' view of the search of patient `id`.
-    pub fn view(&self, id: &str) -> Patient {
+    /// The rules' view of the search of patient `id` under `rules`: a
+    /// patient who set no distance and no travel time gets the rules'
+    /// default distance.
+    pub fn view(&self, id: &str, rules: &crate::rulebook::Rulebook) -> Patient {
         let p = &self.profile;
         let mut excluded: HashSet<String> = p.excluded_therapists.iter().cloned().collect();
         excluded.extend(self.excluded.iter().cloned());
@@ -321,7 +323,10 @@ impl SearchRecord {
             age: p.age,
             gender: p.gender,
             position: p.coordinates,
-            max_distance_km: p.max_distance_km,
+            max_distance_km: p.max_distance_km.or(p
+                .max_travel_minutes
+                .is_none()
+                .then_some(rules.default_distance_km)),
             max_travel_minutes: p.max_travel_minutes,
             preferred_gender: p.preferred_therapist_gender,
             preferred_procedures: p.preferred_procedures.to_vec(),
@@ -416,7 +421,7 @@ mod tests {
             exhausted: false,
             since: Utc::now(),
         };
-        let view = search.view("p-1");
+        let view = search.view("p-1", &Default::default());
         assert!(view.excluded.contains("t-9") && view.excluded.contains("t-3"));
         assert_eq!(view.position, Some(Position::new(52.53, 13.38)));
         assert!(view.open_to_group);

@@ -1,5 +1,6 @@
 //! Hard constraints and ranking (docs/design.md, "Matching rules").
 
+pub use crate::rulebook::RankKey;
 use chrono::{DateTime, NaiveDate, Utc};
 use psymatch_geo::{Position, distance_km};
 use serde::{Deserialize, Serialize};
@@ -226,7 +227,8 @@ pub enum Verdict {
     Rejected(Rule),
 }
 
-/// The default distance limit when the patient set none.
+/// The default distance limit when the patient set none and the search's
+/// view carries no rules' default (the baseline rules say the same).
 pub const DEFAULT_LIMIT_KM: f64 = 25.0;
 
 /// Checks the hard constraints in the order of docs/design.md (the cheap ones
@@ -488,18 +490,19 @@ impl Wants {
 /// A candidate to rank: the therapist and its distance and travel time.
 pub type Ranked<'a> = (&'a Therapist, f64, Option<f64>);
 
-/// The baseline ranking (docs/design.md): a free place whose date has passed
-/// first, then shorter travel (time when known, else distance), then those
-/// with an email address, then those not contacted recently. Replace this
-/// one function to rank differently.
-pub fn rank(candidates: &mut [Ranked<'_>], today: NaiveDate) {
-    rank_best(candidates, today, candidates.len());
+/// The ranking (docs/design.md): by the keys of `order`, most important
+/// first (the baseline: a free place whose date has passed, then shorter
+/// travel, time when known, else distance, then those with an email
+/// address, then those not contacted recently), ties to the therapist id.
+/// Replace this one function to rank differently.
+pub fn rank(candidates: &mut [Ranked<'_>], today: NaiveDate, order: &[RankKey]) {
+    rank_best(candidates, today, candidates.len(), order);
 }
 
 /// [`rank`] for the `best` first places only: they come first, in order;
 /// the rest follow in no particular order (a search offers a patient to a
 /// few practices out of hundreds of candidates).
-pub fn rank_best(candidates: &mut [Ranked<'_>], today: NaiveDate, best: usize) {
+pub fn rank_best(candidates: &mut [Ranked<'_>], today: NaiveDate, best: usize, order: &[RankKey]) {
     // The keys once per candidate, not once per comparison.
     let key = |(t, km, minutes): &Ranked<'_>| {
         (
@@ -512,19 +515,25 @@ pub fn rank_best(candidates: &mut [Ranked<'_>], today: NaiveDate, best: usize) {
         )
     };
     type Keyed<'a> = ((bool, f64, bool, Option<DateTime<Utc>>), Ranked<'a>);
-    let order = |(a, ta): &Keyed<'_>, (b, tb): &Keyed<'_>| {
-        a.0.cmp(&b.0)
-            .then(a.1.total_cmp(&b.1))
-            .then(a.2.cmp(&b.2))
-            .then(a.3.cmp(&b.3))
+    let compare = |(a, ta): &Keyed<'_>, (b, tb): &Keyed<'_>| {
+        order
+            .iter()
+            .fold(std::cmp::Ordering::Equal, |so_far, key| {
+                so_far.then_with(|| match key {
+                    RankKey::FreePlace => a.0.cmp(&b.0),
+                    RankKey::Travel => a.1.total_cmp(&b.1),
+                    RankKey::Email => a.2.cmp(&b.2),
+                    RankKey::LastContact => a.3.cmp(&b.3),
+                })
+            })
             .then_with(|| ta.0.id.cmp(&tb.0.id))
     };
     let mut keyed: Vec<Keyed<'_>> = candidates.iter().map(|c| (key(c), *c)).collect();
     let best = best.min(keyed.len());
     if best < keyed.len() && best > 0 {
-        keyed.select_nth_unstable_by(best - 1, order);
+        keyed.select_nth_unstable_by(best - 1, compare);
     }
-    keyed[..best].sort_unstable_by(order);
+    keyed[..best].sort_unstable_by(compare);
     for (slot, (_, candidate)) in candidates.iter_mut().zip(keyed) {
         *slot = candidate;
     }

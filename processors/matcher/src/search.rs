@@ -279,7 +279,8 @@ impl Matcher {
             outputs.emit(
                 EVENTS,
                 "matching.inquiry_created",
-                json!({"inquiry_id": id, "therapist_id": inquiry.therapist_id, "patients": summaries}),
+                json!({"inquiry_id": id, "therapist_id": inquiry.therapist_id, "patients": summaries,
+                       "rules_version": world.rules.version}),
             );
             outputs.emit(
                 "email-commands",
@@ -427,7 +428,8 @@ fn explain(
         outputs.emit(
             EVENTS,
             "matching.candidates_evaluated",
-            json!({"patient_id": e.id, "run_id": asked.run_of(&e.id), "decisions": decisions}),
+            json!({"patient_id": e.id, "run_id": asked.run_of(&e.id), "decisions": decisions,
+                   "rules_version": world.rules.version}),
         );
     }
 }
@@ -483,7 +485,12 @@ fn evaluate(
         survey,
     );
     let mut ranked = world.index.to_rank(survey);
-    rules::rank_best(&mut ranked, now.date_naive(), shown.max(COMPOSE_DEPTH));
+    rules::rank_best(
+        &mut ranked,
+        now.date_naive(),
+        shown.max(COMPOSE_DEPTH),
+        &world.rules.ranking,
+    );
     let mut others = std::mem::take(&mut survey.others);
     if shown >= FULL_DECISIONS && ranked.is_empty() {
         // Nobody to ask: a person asking why reads the nearest practices

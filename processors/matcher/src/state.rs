@@ -5,7 +5,7 @@
 //! [`Therapist`]) and the index are derived from the records.
 
 use crate::index::Index;
-use crate::inquiries::{Contact, MAX_PATIENTS, Practices};
+use crate::inquiries::{Contact, Practices};
 use crate::records::{InquiryRecord, SearchRecord, SearchStatus, TherapistRecord};
 use crate::rules::{History, Patient};
 use serde::Serialize;
@@ -151,14 +151,21 @@ pub struct World {
     /// The run id of a `matching.run` of every active search in the open
     /// batch.
     pub run_all: Option<String>,
+    /// The rules the views and the room of practices follow.
+    pub rules: std::sync::Arc<crate::rulebook::Rulebook>,
 }
 
 impl World {
     /// Loads the state committed at `version`.
-    pub async fn load(db: &mut PgConnection, version: i64) -> Result<World, sqlx::Error> {
+    pub async fn load(
+        db: &mut PgConnection,
+        version: i64,
+        rules: std::sync::Arc<crate::rulebook::Rulebook>,
+    ) -> Result<World, sqlx::Error> {
         let mut world = World {
             version: Version::Committed(version),
             base: version,
+            rules,
             ..World::default()
         };
         let rows: Vec<(String, String)> =
@@ -240,7 +247,8 @@ impl World {
 
     /// Stores a search and refreshes its view.
     pub fn put_search(&mut self, id: &str, record: SearchRecord) {
-        self.patients.insert(id.to_string(), record.view(id));
+        self.patients
+            .insert(id.to_string(), record.view(id, &self.rules));
         self.searches.insert(id.to_string(), record);
         self.dirty.searches.insert(id.to_string());
     }
@@ -515,6 +523,8 @@ impl Practices for World {
     }
 
     fn room(&self, email: &str) -> usize {
-        MAX_PATIENTS.saturating_sub(self.pending_at(email))
+        self.rules
+            .max_patients_per_inquiry
+            .saturating_sub(self.pending_at(email))
     }
 }

@@ -201,7 +201,13 @@ pub struct Rival {
 /// of them), by the matcher's own [`rules::check`] and [`rules::rank`]:
 /// `{"position": 1, "of": 12}` is the practice the search would ask
 /// first. Null when it is no candidate now.
-pub fn rank(patient: &Patient, therapist: &str, field: &[Rival], now: DateTime<Utc>) -> Value {
+pub fn rank(
+    patient: &Patient,
+    therapist: &str,
+    field: &[Rival],
+    now: DateTime<Utc>,
+    order: &[rules::RankKey],
+) -> Value {
     let mut candidates: Vec<rules::Ranked<'_>> = field
         .iter()
         .filter_map(|rival| {
@@ -217,7 +223,7 @@ pub fn rank(patient: &Patient, therapist: &str, field: &[Rival], now: DateTime<U
             }
         })
         .collect();
-    rules::rank(&mut candidates, now.date_naive());
+    rules::rank(&mut candidates, now.date_naive(), order);
     match candidates.iter().position(|(t, ..)| t.id == therapist) {
         Some(n) => json!({"position": n + 1, "of": candidates.len()}),
         None => Value::Null,

@@ -118,7 +118,11 @@ fn patient_commands(patients: usize) -> Vec<(&'static str, Value)> {
 /// patients there is room for all (6 per practice), so the places asked do
 /// not depend on the order the searches ran in.
 fn matcher_settings() -> [(&'static str, String); 1] {
-    [("INQUIRIES_PER_PATIENT", "2".to_string())]
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/rules-two-practices.yaml"
+    );
+    [("MATCHER_RULES", rules.to_string())]
 }
 
 /// Asks the email batcher to send and waits until it has.
@@ -355,7 +359,7 @@ pub async fn run(
             twice_asked == 0,
         ),
         (
-            "patients with more than 2 places asked (INQUIRIES_PER_PATIENT=2)",
+            "patients with more than 2 places asked (the rules of examples/rules-two-practices.yaml)",
             over_quota.to_string(),
             "0".into(),
             over_quota == 0,

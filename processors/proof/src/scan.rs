@@ -8,14 +8,11 @@
 use anyhow::Context;
 use psymatch_runtime::contracts::Contracts;
 use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::message::Headers;
-use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Where to look.
 pub struct Scope {
@@ -126,50 +123,20 @@ pub async fn scan(scope: &Scope, values: &[String]) -> anyhow::Result<(Findings,
 }
 
 /// Reads every record of every topic of the contracts (dead-letter topics
-/// included) from the beginning up to the end as the read starts, every
-/// partition at once, and hands each to `each` with its logical topic
-/// name; returns how many there were.
+/// included) from the beginning up to the end as the read starts (see
+/// [`psymatch_runtime::broker::read_topics`]).
 pub fn read_topics(
     brokers: &str,
     prefix: &str,
-    mut each: impl FnMut(&str, &BorrowedMessage<'_>),
+    each: impl FnMut(&str, &BorrowedMessage<'_>),
 ) -> anyhow::Result<usize> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("topic-read-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let mut assignment = TopicPartitionList::new();
-    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for spec in &Contracts::embedded().topics.topics {
-        let physical = format!("{prefix}{}", spec.name);
-        for partition in 0..crate::processes::partitions(&consumer, &physical)? {
-            let (low, high) =
-                consumer.fetch_watermarks(&physical, partition, Duration::from_secs(10))?;
-            if high > low {
-                assignment.add_partition_offset(&physical, partition, Offset::Offset(low))?;
-                ends.insert((physical.clone(), partition), high);
-            }
-        }
-    }
-    consumer.assign(&assignment)?;
-    let mut records = 0usize;
-    while !ends.is_empty() {
-        let Some(message) = consumer.poll(Duration::from_secs(10)) else {
-            anyhow::bail!("no record within 10 s; still to read: {ends:?}");
-        };
-        let message = message?;
-        let at = (message.topic().to_string(), message.partition());
-        if ends
-            .get(&at)
-            .is_some_and(|end| message.offset() + 1 >= *end)
-        {
-            ends.remove(&at);
-        }
-        records += 1;
-        each(message.topic().trim_start_matches(prefix), &message);
-    }
-    Ok(records)
+    let topics: Vec<&str> = Contracts::embedded()
+        .topics
+        .topics
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    psymatch_runtime::broker::read_topics(brokers, prefix, &topics, each)
 }
 
 /// Prints the findings as a table.

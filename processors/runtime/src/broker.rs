@@ -95,6 +95,86 @@ impl Watermarks {
     }
 }
 
+/// Reads every record of the logical `topics` (with `prefix`) from the
+/// beginning up to their end as the read starts, every partition at once,
+/// and hands each to `each` with its logical topic name; returns how many
+/// there were. No group joins and nothing is committed: reading leaves no
+/// trace on the broker.
+pub fn read_topics(
+    brokers: &str,
+    prefix: &str,
+    topics: &[&str],
+    mut each: impl FnMut(&str, &rdkafka::message::BorrowedMessage<'_>),
+) -> anyhow::Result<usize> {
+    use rdkafka::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("psymatch-read-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends: std::collections::BTreeMap<(String, i32), i64> = Default::default();
+    let timeout = Duration::from_secs(10);
+    for topic in topics {
+        let physical = format!("{prefix}{topic}");
+        let metadata = consumer.fetch_metadata(Some(&physical), timeout)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        for partition in partitions {
+            let (low, high) = consumer.fetch_watermarks(&physical, partition, timeout)?;
+            if high > low {
+                assignment.add_partition_offset(&physical, partition, Offset::Offset(low))?;
+                ends.insert((physical.clone(), partition), high);
+            }
+        }
+    }
+    if ends.is_empty() {
+        return Ok(0);
+    }
+    consumer.assign(&assignment)?;
+    let mut records = 0usize;
+    let mut quiet_since = std::time::Instant::now();
+    while !ends.is_empty() {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            // A partition may end in a transaction marker, which is never
+            // delivered: its position shows that it has been read.
+            for tp in consumer.position()?.elements() {
+                let at = (tp.topic().to_string(), tp.partition());
+                if let (Offset::Offset(position), Some(end)) = (tp.offset(), ends.get(&at))
+                    && position >= *end
+                {
+                    ends.remove(&at);
+                }
+            }
+            anyhow::ensure!(
+                quiet_since.elapsed() < timeout,
+                "no record within 10 s; still to read: {ends:?}"
+            );
+            continue;
+        };
+        quiet_since = std::time::Instant::now();
+        let message = message?;
+        let at = (message.topic().to_string(), message.partition());
+        if ends
+            .get(&at)
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            ends.remove(&at);
+        }
+        records += 1;
+        each(message.topic().trim_start_matches(prefix), &message);
+    }
+    Ok(records)
+}
+
 /// librdkafka repeats its error code in the message
 /// (`X (Local: Y): X (Local: Y)`): once is enough.
 fn one_line(text: &str) -> String {

@@ -91,6 +91,15 @@ pub trait Processor: Send + Sync + 'static {
         &[]
     }
 
+    /// Whether the runtime journals the processor's batches in
+    /// `<schema>.batch_journal` (a table its migration makes): each
+    /// committed batch's partition, offset range and "now", so that
+    /// [`crate::app::replay`] can run the same batches again in the same
+    /// order at the same time and reproduce every decision.
+    fn journal(&self) -> bool {
+        false
+    }
+
     /// The processor's read-only query routes (`/v1/...`), answered from
     /// what it committed in `pool`; served on the surface port behind the
     /// bearer tokens of `QUERY_TOKENS` ([`crate::query`]).

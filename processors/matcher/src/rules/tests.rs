@@ -123,9 +123,9 @@ fn the_best_places_rank_as_in_the_full_ranking() {
         .map(|(i, t)| (t, (i * 37 % 101) as f64, None))
         .collect();
     let mut full = all.clone();
-    rank(&mut full, today);
+    rank(&mut full, today, &RankKey::ALL);
     let mut best = all.clone();
-    rank_best(&mut best, today, 10);
+    rank_best(&mut best, today, 10, &RankKey::ALL);
     let ids = |r: &[Ranked<'_>]| r.iter().map(|(t, _, _)| t.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&best[..10]), ids(&full[..10]));
     assert_eq!(best.len(), 200);
@@ -280,10 +280,24 @@ fn ranking_follows_the_baseline() {
         (&near, 2.0, None),
         (&free, 9.0, None),
     ];
-    rank(&mut list, today);
+    rank(&mut list, today, &RankKey::ALL);
     let order: Vec<&str> = list.iter().map(|(t, _, _)| t.id.as_str()).collect();
     assert_eq!(
         order,
         vec!["free", "later-free", "near", "contacted", "near-no-email"]
+    );
+    // Another order from the rules file: the address to write to and
+    // distance before the free place.
+    let other = [
+        RankKey::Email,
+        RankKey::Travel,
+        RankKey::LastContact,
+        RankKey::FreePlace,
+    ];
+    rank(&mut list, today, &other);
+    let order: Vec<&str> = list.iter().map(|(t, _, _)| t.id.as_str()).collect();
+    assert_eq!(
+        order,
+        vec!["later-free", "near", "contacted", "free", "near-no-email"]
     );
 }

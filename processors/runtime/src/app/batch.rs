@@ -80,6 +80,18 @@ pub(super) async fn process_batch<P: Processor>(
     batch.hook(Hook::Finish).await?;
     phases.finish = phases.lap();
     let outgoing = std::mem::take(&mut batch.outgoing);
+    if shared.processor.journal() && !work.is_empty() {
+        journal(
+            shared,
+            &mut tx,
+            &at,
+            fresh[0].offset(),
+            last + 1,
+            now,
+            work.len(),
+        )
+        .await?;
+    }
     let (outputs, stored) = write_outputs(shared, &mut tx, outgoing, now).await?;
     store_offset(shared, &mut tx, &at, last + 1).await?;
     phases.write = phases.lap();
@@ -104,6 +116,37 @@ pub(super) async fn process_batch<P: Processor>(
         commit_ms = commit.elapsed().as_millis() as u64,
         "batch committed"
     );
+    Ok(())
+}
+
+/// Journals the batch (see [`Processor::journal`]) in its transaction: a
+/// batch that commits is journaled, one that does not is not. The row's
+/// sequence is taken after the processor's last hook, so for a processor
+/// whose batches take turns on a lock there (the matcher) it is the order
+/// they commit in.
+#[allow(clippy::too_many_arguments)]
+async fn journal<P: Processor>(
+    shared: &Shared<P>,
+    tx: &mut PgConnection,
+    at: &Partition,
+    first: i64,
+    next: i64,
+    now: chrono::DateTime<chrono::Utc>,
+    records: usize,
+) -> Result<(), BatchError> {
+    sqlx::query(&format!(
+        "INSERT INTO {}.batch_journal (topic, partition, first_offset, next_offset, decided_at, records)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        shared.schema
+    ))
+    .bind(shared.config.logical(&at.topic))
+    .bind(at.partition)
+    .bind(first)
+    .bind(next)
+    .bind(now)
+    .bind(records as i32)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

@@ -36,6 +36,7 @@ mod encode;
 mod lease;
 mod outbox;
 mod relay;
+pub mod replay;
 mod retry;
 mod worker;
 
@@ -98,6 +99,49 @@ struct Shared<P> {
     watermarks: crate::broker::Watermarks,
 }
 
+impl<P: Processor> Shared<P> {
+    /// What the stages of `processor` share, on `pool` (migrated).
+    fn new(processor: P, config: RuntimeConfig, pool: PgPool) -> anyhow::Result<Shared<P>> {
+        let name = processor.name();
+        let contracts = Contracts::embedded();
+        let metrics = Arc::new(Metrics::new(name));
+        for collector in processor.collectors() {
+            metrics.register(collector)?;
+        }
+        let status = Arc::new(Status::default());
+        let outbox = Outbox::new(
+            name,
+            &config,
+            pool.clone(),
+            metrics.clone(),
+            status.clone(),
+            true,
+        )?;
+        let compacted: HashSet<String> = contracts
+            .topics
+            .topics
+            .iter()
+            .filter(|t| t.compacted())
+            .map(|t| t.name.clone())
+            .collect();
+        let watermarks = crate::broker::Watermarks::connect(&config.brokers)?;
+        Ok(Shared {
+            schema: name.to_string(),
+            codec: codec::Codec::new(&config.registry_url),
+            processor,
+            config,
+            contracts,
+            pool,
+            metrics,
+            status,
+            outbox,
+            committed: Mutex::new(Vec::new()),
+            compacted,
+            watermarks,
+        })
+    }
+}
+
 /// Runs `processor` until `shutdown` completes.
 pub async fn run_with<P: Processor>(
     processor: P,
@@ -115,41 +159,8 @@ pub async fn run_with<P: Processor>(
     }
     let pool = db::connect_sized(&config.database_url, config.db_pool_size).await?;
     db::ensure_migrated(&pool).await?;
-    let metrics = Arc::new(Metrics::new(name));
-    for collector in processor.collectors() {
-        metrics.register(collector)?;
-    }
-    let status = Arc::new(Status::default());
-    let outbox = Outbox::new(
-        name,
-        &config,
-        pool.clone(),
-        metrics.clone(),
-        status.clone(),
-        true,
-    )?;
-    let compacted: HashSet<String> = contracts
-        .topics
-        .topics
-        .iter()
-        .filter(|t| t.compacted())
-        .map(|t| t.name.clone())
-        .collect();
-    let watermarks = crate::broker::Watermarks::connect(&config.brokers)?;
-    let shared = Arc::new(Shared {
-        schema: name.to_string(),
-        codec: codec::Codec::new(&config.registry_url),
-        processor,
-        config,
-        contracts,
-        pool,
-        metrics: metrics.clone(),
-        status: status.clone(),
-        outbox,
-        committed: Mutex::new(Vec::new()),
-        compacted,
-        watermarks,
-    });
+    let shared = Arc::new(Shared::new(processor, config, pool)?);
+    let (metrics, status) = (shared.metrics.clone(), shared.status.clone());
 
     let surface = Arc::new(Surface {
         processor: name.to_string(),
