@@ -1,11 +1,13 @@
 //! The geocode and travel-time caches in PostgreSQL, with expiry.
 //!
-//! Reads see only unexpired entries; an expired one is a miss and is
-//! overwritten by the fresh answer. Cache writes go through the pool, not
+//! Reads see only entries unexpired at the batch's `now` (the runtime's
+//! clock, so a test moves past a TTL without waiting); an expired one is
+//! a miss and is overwritten by the fresh answer. Cache writes go through the pool, not
 //! the batch's transaction: an upstream answer is worth keeping even when
 //! the batch that asked for it is rolled back and redone.
 
 use crate::{Position, Precision};
+use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,8 +19,11 @@ pub type CachedGeocode = Option<(Position, Precision)>;
 pub async fn geocode<'e>(
     db: impl PgExecutor<'e>,
     key: &[u8; 32],
+    now: DateTime<Utc>,
 ) -> Result<Option<CachedGeocode>, sqlx::Error> {
-    Ok(geocodes(db, std::slice::from_ref(key)).await?.remove(key))
+    Ok(geocodes(db, std::slice::from_ref(key), now)
+        .await?
+        .remove(key))
 }
 
 /// A geocode row: key, latitude, longitude, precision.
@@ -28,13 +33,15 @@ type Row = (Vec<u8>, Option<f64>, Option<f64>, Option<String>);
 pub async fn geocodes<'e>(
     db: impl PgExecutor<'e>,
     keys: &[[u8; 32]],
+    now: DateTime<Utc>,
 ) -> Result<HashMap<[u8; 32], CachedGeocode>, sqlx::Error> {
     let keys: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT address_key, latitude, longitude, precision FROM geocoder.geocodes
-          WHERE address_key = ANY($1) AND expires_at > now()",
+          WHERE address_key = ANY($1) AND expires_at > $2",
     )
     .bind(&keys)
+    .bind(now)
     .fetch_all(db)
     .await?;
     Ok(rows
@@ -73,11 +80,12 @@ pub async fn put_geocode(
     key: &[u8; 32],
     answer: CachedGeocode,
     ttl: Duration,
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO geocoder.geocodes
                 (address_key, latitude, longitude, precision, fetched_at, expires_at)
-         VALUES ($1, $2, $3, $4, now(), now() + make_interval(secs => $5))
+         VALUES ($1, $2, $3, $4, $6, $6 + make_interval(secs => $5))
          ON CONFLICT (address_key) DO UPDATE
             SET latitude = excluded.latitude, longitude = excluded.longitude,
                 precision = excluded.precision, fetched_at = excluded.fetched_at,
@@ -88,6 +96,7 @@ pub async fn put_geocode(
     .bind(answer.map(|(p, _)| p.longitude))
     .bind(answer.map(|(_, precision)| precision.as_str()))
     .bind(ttl.as_secs_f64())
+    .bind(now)
     .execute(pool)
     .await?;
     Ok(())
@@ -108,14 +117,16 @@ pub async fn travel_times<'e>(
     profile: &str,
     origin: &str,
     destinations: &[String],
+    now: DateTime<Utc>,
 ) -> Result<HashMap<String, CachedTrip>, sqlx::Error> {
     let rows: Vec<(String, Option<f64>, f64)> = sqlx::query_as(
         "SELECT destination, duration_seconds, distance_meters FROM geocoder.travel_times
-          WHERE profile = $1 AND origin = $2 AND destination = ANY($3) AND expires_at > now()",
+          WHERE profile = $1 AND origin = $2 AND destination = ANY($3) AND expires_at > $4",
     )
     .bind(profile)
     .bind(origin)
     .bind(destinations)
+    .bind(now)
     .fetch_all(db)
     .await?;
     Ok(rows
@@ -131,6 +142,7 @@ pub async fn put_travel_times(
     origin: &str,
     trips: &[(String, CachedTrip)],
     ttl: Duration,
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     if trips.is_empty() {
         return Ok(());
@@ -141,7 +153,7 @@ pub async fn put_travel_times(
     sqlx::query(
         "INSERT INTO geocoder.travel_times
                 (profile, origin, destination, duration_seconds, distance_meters, fetched_at, expires_at)
-         SELECT $1, $2, d.destination, d.duration, d.distance, now(), now() + make_interval(secs => $6)
+         SELECT $1, $2, d.destination, d.duration, d.distance, $7, $7 + make_interval(secs => $6)
            FROM unnest($3::text[], $4::float8[], $5::float8[]) AS d(destination, duration, distance)
          ON CONFLICT (profile, origin, destination) DO UPDATE
             SET duration_seconds = excluded.duration_seconds,
@@ -154,18 +166,24 @@ pub async fn put_travel_times(
     .bind(&durations)
     .bind(&distances)
     .bind(ttl.as_secs_f64())
+    .bind(now)
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// Removes expired entries: (geocodes, travel times) removed.
-pub async fn cleanup(db: &mut sqlx::PgConnection) -> Result<(u64, u64), sqlx::Error> {
-    let geocodes = sqlx::query("DELETE FROM geocoder.geocodes WHERE expires_at <= now()")
+/// Removes entries expired at `now`: (geocodes, travel times) removed.
+pub async fn cleanup(
+    db: &mut sqlx::PgConnection,
+    now: DateTime<Utc>,
+) -> Result<(u64, u64), sqlx::Error> {
+    let geocodes = sqlx::query("DELETE FROM geocoder.geocodes WHERE expires_at <= $1")
+        .bind(now)
         .execute(&mut *db)
         .await?
         .rows_affected();
-    let travel = sqlx::query("DELETE FROM geocoder.travel_times WHERE expires_at <= now()")
+    let travel = sqlx::query("DELETE FROM geocoder.travel_times WHERE expires_at <= $1")
+        .bind(now)
         .execute(&mut *db)
         .await?
         .rows_affected();

@@ -224,26 +224,30 @@ impl Geocoder {
 
     /// The position of `address`: from the cache, else Nominatim (and then
     /// cached), else the postcode's centroid. Errors only when the shared
-    /// rate limit or the cache cannot be reached (retry the record).
+    /// rate limit or the cache cannot be reached (retry the record). At
+    /// the machine's time: for tools and tests; the processor decides at
+    /// its batch's time ([`Geocoder::geocode_with`]).
     pub async fn geocode(&self, pool: &PgPool, address: &Address) -> Result<Geocoded, sqlx::Error> {
+        let now = chrono::Utc::now();
         if let Err(reason) = address.validate() {
             return Ok(Geocoded::Failed {
                 code: ErrorCode::InvalidCommand,
                 reason,
             });
         }
-        let cached = cache::geocode(pool, &address.key()).await?;
-        Ok(self.geocode_with(pool, address, cached).await?.0)
+        let cached = cache::geocode(pool, &address.key(), now).await?;
+        Ok(self.geocode_with(pool, address, cached, now).await?.0)
     }
 
     /// [`Geocoder::geocode`] with the cache already consulted (`cached`:
-    /// the unexpired entry, if any). Also returns what the cache holds for
-    /// the address afterwards, when that changed.
+    /// the entry unexpired at `now`, if any). Also returns what the cache
+    /// holds for the address afterwards, when that changed.
     pub async fn geocode_with(
         &self,
         pool: &PgPool,
         address: &Address,
         cached: Option<cache::CachedGeocode>,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(Geocoded, Option<cache::CachedGeocode>), sqlx::Error> {
         if let Err(reason) = address.validate() {
             let failed = Geocoded::Failed {
@@ -278,7 +282,8 @@ impl Geocoder {
                 {
                     Ok(Some(found)) => {
                         let answer = Some((found.position, found.precision));
-                        cache::put_geocode(pool, &key, answer, self.config.geocode_ttl).await?;
+                        cache::put_geocode(pool, &key, answer, self.config.geocode_ttl, now)
+                            .await?;
                         let found = Geocoded::Found {
                             position: found.position,
                             precision: found.precision,
@@ -288,7 +293,7 @@ impl Geocoder {
                         return Ok((found, Some(answer)));
                     }
                     Ok(None) => {
-                        cache::put_geocode(pool, &key, None, self.config.geocode_ttl).await?;
+                        cache::put_geocode(pool, &key, None, self.config.geocode_ttl, now).await?;
                         stored = Some(None);
                         "Nominatim knows no such address".to_string()
                     }
@@ -322,13 +327,15 @@ impl Geocoder {
 
     /// Travel from `origin` to every destination by `mode`: cached, else
     /// routed by OSRM (and then cached), else estimated from the straight
-    /// line. Errors only when the cache cannot be reached.
+    /// line. Errors only when the cache cannot be reached. The cache's
+    /// entries are read and written at `now`.
     pub async fn travel_times(
         &self,
         pool: &PgPool,
         mode: Mode,
         origin: Position,
         destinations: &[Destination],
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Travel>, sqlx::Error> {
         let profile = self.config.profiles[&mode].as_str();
         let routed = if mode == Mode::PublicTransport {
@@ -346,7 +353,7 @@ impl Geocoder {
             .iter()
             .map(|d| cache::position_key(d.position))
             .collect();
-        let mut known = cache::travel_times(pool, profile, &origin_key, &keys).await?;
+        let mut known = cache::travel_times(pool, profile, &origin_key, &keys, now).await?;
         let hits = keys.iter().filter(|k| known.contains_key(*k)).count();
         for (hit, count) in [(true, hits), (false, keys.len() - hits)] {
             let cache = "travel_time";
@@ -374,6 +381,7 @@ impl Geocoder {
                         &origin_key,
                         &trips,
                         self.config.travel_time_ttl,
+                        now,
                     )
                     .await?;
                     known.extend(trips);

@@ -44,7 +44,8 @@ async fn main() -> anyhow::Result<()> {
             let pool = db::connect(&db::database_url()).await?;
             db::ensure_migrated(&pool).await?;
             let mut connection = pool.acquire().await?;
-            let (geocodes, travel) = cache::cleanup(&mut connection).await?;
+            // A person's command: expired by the machine's clock.
+            let (geocodes, travel) = cache::cleanup(&mut connection, chrono::Utc::now()).await?;
             println!("removed {geocodes} expired geocodes and {travel} expired travel times");
             Ok(())
         }

@@ -176,7 +176,8 @@ impl Processor for Geocoder {
         if keys.is_empty() {
             return Ok(());
         }
-        let found = cache::geocodes(batch.db(), &keys).await?;
+        let now = batch.now();
+        let found = cache::geocodes(batch.db(), &keys, now).await?;
         let known = batch.scratch::<Known>();
         known.loaded = true;
         known.entries = found;
@@ -208,9 +209,11 @@ impl Processor for Geocoder {
                 let cached = if known.loaded {
                     known.entries.get(&key).copied()
                 } else {
-                    cache::geocode(&pool, &key).await?
+                    cache::geocode(&pool, &key, ctx.now()).await?
                 };
-                let (answer, stored) = self.geocode_with(&pool, &address, cached).await?;
+                let (answer, stored) = self
+                    .geocode_with(&pool, &address, cached, ctx.now())
+                    .await?;
                 if let Some(stored) = stored {
                     // A later request of the batch for the same address hits.
                     ctx.scratch::<Known>().entries.insert(key, stored);
@@ -245,7 +248,13 @@ impl Processor for Geocoder {
                     return failed(ctx, record, &request.request_id, code, &reason);
                 }
                 let results = self
-                    .travel_times(&pool, request.mode, request.origin, &request.destinations)
+                    .travel_times(
+                        &pool,
+                        request.mode,
+                        request.origin,
+                        &request.destinations,
+                        ctx.now(),
+                    )
                     .await?;
                 let mode = record.payload["mode"].clone();
                 ctx.emit(
@@ -261,7 +270,8 @@ impl Processor for Geocoder {
             }
             "geocoding.cleanup_cache" => {
                 let request: PlainRequest = parse(record)?;
-                let (geocodes, travel) = cache::cleanup(ctx.db()).await?;
+                let now = ctx.now();
+                let (geocodes, travel) = cache::cleanup(ctx.db(), now).await?;
                 CacheEntriesRemoved {
                     reason: "expired",
                     geocodes,

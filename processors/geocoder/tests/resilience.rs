@@ -3,6 +3,7 @@
 //! answers, the circuit breaker, and the offline fallbacks. PostgreSQL is
 //! the stack's (a database per test).
 
+use chrono::Utc;
 use psymatch_geocoder::address::Address;
 use psymatch_geocoder::breaker::State;
 use psymatch_geocoder::config::GeocoderConfig;
@@ -148,7 +149,7 @@ async fn the_cache_answers_spelling_variants_refreshes_expired_entries_and_is_cl
         .await
         .unwrap();
     let mut connection = pool.acquire().await.unwrap();
-    let (geocodes, _) = psymatch_geocoder::cache::cleanup(&mut connection)
+    let (geocodes, _) = psymatch_geocoder::cache::cleanup(&mut connection, Utc::now())
         .await
         .unwrap();
     assert_eq!(geocodes, 1);
@@ -371,7 +372,7 @@ async fn travel_times_are_routed_cached_and_estimated_when_routing_fails() {
     ];
     let wanted = destinations(&targets);
     let results = geocoder
-        .travel_times(&pool, Mode::Car, origin, &wanted)
+        .travel_times(&pool, Mode::Car, origin, &wanted, Utc::now())
         .await
         .unwrap();
     assert_eq!(fake.count("/table/v1/driving/"), 1);
@@ -388,7 +389,7 @@ async fn travel_times_are_routed_cached_and_estimated_when_routing_fails() {
     }
     // Cached: no second call; one destination alone goes to /route.
     let again = geocoder
-        .travel_times(&pool, Mode::Car, origin, &wanted)
+        .travel_times(&pool, Mode::Car, origin, &wanted, Utc::now())
         .await
         .unwrap();
     assert_eq!(again, results);
@@ -398,14 +399,20 @@ async fn travel_times_are_routed_cached_and_estimated_when_routing_fails() {
         longitude: 13.50,
     };
     geocoder
-        .travel_times(&pool, Mode::Walking, origin, &destinations(&[single]))
+        .travel_times(
+            &pool,
+            Mode::Walking,
+            origin,
+            &destinations(&[single]),
+            Utc::now(),
+        )
         .await
         .unwrap();
     assert_eq!(fake.count("/route/v1/foot/"), 1);
 
     // Public transport: routed with the configured profile, scaled, estimated.
     let transit = geocoder
-        .travel_times(&pool, Mode::PublicTransport, origin, &wanted)
+        .travel_times(&pool, Mode::PublicTransport, origin, &wanted, Utc::now())
         .await
         .unwrap();
     assert_eq!(transit[0].method, Method::OtherProfile);
@@ -418,7 +425,7 @@ async fn travel_times_are_routed_cached_and_estimated_when_routing_fails() {
         longitude: 12.0,
     }]);
     let estimated = geocoder
-        .travel_times(&pool, Mode::Bicycle, origin, &elsewhere)
+        .travel_times(&pool, Mode::Bicycle, origin, &elsewhere, Utc::now())
         .await
         .unwrap();
     assert_eq!(estimated[0].method, Method::StraightLine);
@@ -456,7 +463,7 @@ async fn offline_the_postcode_centres_and_straight_lines_answer_without_upstream
         },
     }];
     let travel = geocoder
-        .travel_times(&pool, Mode::Car, centre, &destinations)
+        .travel_times(&pool, Mode::Car, centre, &destinations, Utc::now())
         .await
         .unwrap();
     assert_eq!(travel[0].method, Method::StraightLine);

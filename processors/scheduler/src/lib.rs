@@ -66,6 +66,9 @@ pub struct Metrics {
     pub runs: IntCounterVec,
     /// Runs dead-lettered, by job.
     pub failures: IntCounterVec,
+    /// Times the schedule was looked at: a loop that stopped turning shows
+    /// as a flat line (and a test knows the clock was read).
+    pub ticks: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -87,15 +90,24 @@ impl Metrics {
             &["job_name"],
         )
         .expect("valid metric");
+        let ticks = prometheus::IntCounter::new(
+            "scheduler_ticks_total",
+            "Times the scheduler looked at its clock for occurrences come due.",
+        )
+        .expect("valid metric");
         for collector in [runs.clone(), failures.clone()] {
             surface
                 .register(Box::new(collector))
                 .expect("the scheduler's metrics are registered once");
         }
+        surface
+            .register(Box::new(ticks.clone()))
+            .expect("the scheduler's metrics are registered once");
         Metrics {
             surface,
             runs,
             failures,
+            ticks,
         }
     }
 }
@@ -163,15 +175,19 @@ impl Scheduler {
     /// Each tick until `stop`: the occurrences that came due, and the runs
     /// whose lease expired.
     async fn schedule_loop(self: Arc<Self>, stop: Arc<tokio::sync::Notify>) -> anyhow::Result<()> {
-        let mut last = Utc::now();
+        // Occurrences come due by the runtime's clock (a test moves it);
+        // leases stay on the database's, which is the physical world's.
+        let clock = self.settings.runtime.clock.clone();
+        let mut last = clock.now();
         self.catch_up(last).await?;
+        self.metrics.ticks.inc();
         let mut running = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 _ = stop.notified() => break,
                 _ = tokio::time::sleep(self.settings.tick) => {}
             }
-            let now = Utc::now();
+            let now = clock.now();
             for job in &self.schedule.jobs {
                 for occurrence in self.schedule.occurrences(job, last, now) {
                     let me = self.clone();
@@ -180,6 +196,7 @@ impl Scheduler {
                 }
             }
             last = now;
+            self.metrics.ticks.inc();
             match self.expired().await {
                 Ok(taken) => {
                     for (job, occurrence, attempts) in taken {
@@ -409,8 +426,9 @@ impl Scheduler {
             "correlation_id": run_id,
             "payload": fill(&job.payload, run_id),
         });
+        let now = self.settings.runtime.clock.now();
         let (key, envelope) =
-            envelope::from_json(&record, schema, &spec.key_fields, "scheduler", Utc::now())?;
+            envelope::from_json(&record, schema, &spec.key_fields, "scheduler", now)?;
         let physical = self.settings.runtime.physical(&job.topic);
         let bytes = self
             .codec

@@ -113,7 +113,8 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = concurrently(lookups, |i| {
         let pool = pool.clone();
         async move {
-            let hit = cache::geocode(&pool, &address(i % ADDRESSES).key()).await?;
+            let hit =
+                cache::geocode(&pool, &address(i % ADDRESSES).key(), chrono::Utc::now()).await?;
             anyhow::ensure!(matches!(hit, Some(Some(_))), "address {i} is not cached");
             Ok(())
         }
@@ -127,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
             let keys: Vec<[u8; 32]> = (0..BATCH)
                 .map(|j| address((batch * BATCH + j) % ADDRESSES).key())
                 .collect();
-            let hits = cache::geocodes(&pool, &keys).await?;
+            let hits = cache::geocodes(&pool, &keys, chrono::Utc::now()).await?;
             anyhow::ensure!(
                 hits.len() == BATCH,
                 "batch {batch}: {} of {BATCH} cached",
