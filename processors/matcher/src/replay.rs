@@ -80,6 +80,10 @@ pub struct Replayed {
     /// Every record the replay emitted on the matcher's output topics, in
     /// order.
     pub emitted: Vec<Emitted>,
+    /// Seconds reading the inputs from the topics took.
+    pub read_seconds: f64,
+    /// Seconds running the batches took.
+    pub replay_seconds: f64,
 }
 
 /// Runs a replay on `runtime` (the live matcher's broker, registry,
@@ -111,7 +115,7 @@ pub async fn run_with(
     let result = replay_into(config, runtime, &scratch.url, &journal, started).await;
     scratch.close(&live).await?;
     live.close().await;
-    let (mut emitted, inputs_read) = result?;
+    let (mut emitted, inputs_read, read_seconds, replay_seconds) = result?;
     // Dead letters of inputs are the runtime's, not decisions.
     emitted.retain(|e| OUTPUTS.contains(&e.topic.as_str()));
     let last = journal.last().map(|b| b.at);
@@ -135,27 +139,35 @@ pub async fn run_with(
         (&live_raw, &live_decoded),
         (&emitted, &replay_decoded),
     );
-    Ok(Replayed { report, emitted })
+    Ok(Replayed {
+        report,
+        emitted,
+        read_seconds,
+        replay_seconds,
+    })
 }
 
 /// Reads the inputs and replays the journal into the scratch database;
-/// returns what it emitted and the records the batches held.
+/// returns what it emitted, the records the batches held, and the seconds
+/// reading and replaying took.
 async fn replay_into(
     config: &MatcherConfig,
     runtime: &RuntimeConfig,
     scratch_url: &str,
     journal: &[Journaled],
     started: Instant,
-) -> anyhow::Result<(Vec<Emitted>, usize)> {
+) -> anyhow::Result<(Vec<Emitted>, usize, f64, f64)> {
     let matcher = crate::Matcher::new(config.clone());
     let topics = psymatch_runtime::processor::Processor::inputs(&matcher);
     eprintln!(
         "replay: reading {} journaled batches' records",
         journal.len()
     );
+    let reading = Instant::now();
     let inputs = Inputs::fetch(runtime, &topics, |n| {
         eprintln!("replay: {n} records read");
     })?;
+    let read_seconds = reading.elapsed().as_secs_f64();
     let mut scratch = runtime.clone();
     scratch.database_url = scratch_url.to_string();
     let mut last_report = Instant::now();
@@ -174,7 +186,12 @@ async fn replay_into(
         emitted.len(),
         started.elapsed().as_secs_f64()
     );
-    Ok((emitted, total))
+    Ok((
+        emitted,
+        total,
+        read_seconds,
+        replayed.elapsed().as_secs_f64(),
+    ))
 }
 
 /// `replay: 12000 of 40000 records (30 %), batch 120 of 400, 9800 records/s, about 3 s left`.
