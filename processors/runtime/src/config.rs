@@ -31,10 +31,24 @@ use std::time::Duration;
 /// [`refuse_unknown`] holds the environment against.
 static READ: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
+/// With this variable at `1`, a processor reads its settings, refuses
+/// what it does not know as always, and then prints the settings it read
+/// as one JSON line and exits 0 before touching the broker or the
+/// database: `PSYMATCH_CHECK_SETTINGS=1 psymatch-matcher` checks a
+/// deployment's environment (the Kubernetes manifests' test does).
+pub const CHECK_SETTINGS: &str = "PSYMATCH_CHECK_SETTINGS";
+
+/// Notes that `name` is a setting read outside [`Vars`] (`RUST_LOG`, which
+/// the log filter reads itself).
+pub fn note_read(name: &str) {
+    READ.lock().expect("settings lock").insert(name.to_string());
+}
+
 /// The project's variables that are no processor's setting: the scripts',
 /// the benchmarks' and the command line's (a test keeps the list complete).
 pub const PROJECT_VARS: &[&str] = &[
     "PSYMATCH_BENCH_PHASES",
+    "PSYMATCH_CHECK_SETTINGS",
     "PSYMATCH_CONTRACTS",
     "PSYMATCH_FAKE_KBV_PORT",
     "PSYMATCH_FUZZ_DIR",
@@ -89,6 +103,18 @@ pub fn refuse_unknown(
         })
         .collect();
     if unknown.is_empty() {
+        if vars.get(CHECK_SETTINGS).is_some_and(|v| v == "1") {
+            // Checking a deployment's settings (a manifest, an .env file):
+            // say which settings were read, and stop before touching
+            // anything.
+            let mut read: Vec<&String> = read.iter().collect();
+            read.sort();
+            println!(
+                "{}",
+                serde_json::json!({"processor": processor, "settings": "ok", "read": read})
+            );
+            std::process::exit(0);
+        }
         return Ok(());
     }
     bail!(
@@ -203,7 +229,7 @@ pub struct Vars<'a>(pub &'a BTreeMap<String, String>);
 impl Vars<'_> {
     /// Notes that `name` is a setting (see [`refuse_unknown`]).
     fn read(&self, name: &str) {
-        READ.lock().expect("settings lock").insert(name.to_string());
+        note_read(name);
     }
 
     /// The variable's text, or `default`.

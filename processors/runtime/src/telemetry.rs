@@ -6,6 +6,7 @@
 pub fn init(component: &'static str) {
     use tracing_subscriber::EnvFilter;
     crate::tune_allocator();
+    crate::config::note_read("RUST_LOG");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let installed = tracing_subscriber::fmt()
         .json()

@@ -1,0 +1,422 @@
+//! deploy/kubernetes, checked here without a cluster: both overlays render
+//! (kustomize), every object validates against the Kubernetes schemas
+//! offline (kubernetes-validate, strict), and every Deployment agrees with
+//! the code: its binary is one the Dockerfile builds, the processor accepts
+//! its environment and reads every variable it sets (the binary itself is
+//! asked, `PSYMATCH_CHECK_SETTINGS=1`), its probes are the surface's, its
+//! files are ones the image holds, it runs as non-root on a read-only root
+//! filesystem with requests and limits, and it has a Service, a
+//! PodDisruptionBudget, a NetworkPolicy and (for a consumer) a ScaledObject
+//! on its own consumer group; every processor of docker-compose.yml has
+//! its Deployment.
+
+use psymatch_proof::processes;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tools() -> PathBuf {
+    std::env::var_os("PSYMATCH_TOOLS")
+        .map_or_else(|| "/var/tmp/psymatch-tools".into(), PathBuf::from)
+}
+
+/// The objects of an overlay, rendered by kustomize.
+fn render(overlay: &str) -> Vec<Value> {
+    let output = Command::new(tools().join("bin/kustomize"))
+        .arg("build")
+        .arg(root().join("deploy/kubernetes/overlays").join(overlay))
+        .output()
+        .expect("kustomize (scripts/install-tools installs it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|document| Value::deserialize(document).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    of_kind(objects, kind)
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == name)
+}
+
+/// The image's files as the Dockerfile copies them: image path -> repository path.
+fn image_files() -> BTreeMap<String, PathBuf> {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    dockerfile
+        .lines()
+        .filter_map(|line| line.strip_prefix("COPY "))
+        .filter(|rest| !rest.starts_with("--from"))
+        .filter_map(|rest| {
+            let (from, to) = rest.split_once(' ')?;
+            Some((to.trim().to_string(), root().join(from)))
+        })
+        .collect()
+}
+
+/// `path` of the image in the repository, when the Dockerfile puts it there.
+fn in_repository(path: &str) -> Option<PathBuf> {
+    image_files().into_iter().find_map(|(image, repo)| {
+        let rest = path.strip_prefix(&image)?.trim_start_matches('/');
+        Some(if rest.is_empty() {
+            repo
+        } else {
+            repo.join(rest)
+        })
+    })
+}
+
+/// A Deployment's environment, its references resolved from the rendered
+/// ConfigMap and Secret (a Secret made by hand in production stands in as
+/// `from-secret:<key>`).
+fn environment(deployment: &Value, objects: &[Value]) -> Result<BTreeMap<String, String>, String> {
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mut env = BTreeMap::new();
+    for entry in container["env"].as_sequence().into_iter().flatten() {
+        let name = entry["name"].as_str().unwrap().to_string();
+        let value = if let Some(value) = entry["value"].as_str() {
+            value.to_string()
+        } else if entry["valueFrom"]["configMapKeyRef"].is_mapping() {
+            let r = &entry["valueFrom"]["configMapKeyRef"];
+            let (map, key) = (r["name"].as_str().unwrap(), r["key"].as_str().unwrap());
+            named(objects, "ConfigMap", map)
+                .and_then(|m| m["data"][key].as_str())
+                .ok_or(format!("{name}: ConfigMap {map} has no key {key}"))?
+                .to_string()
+        } else if entry["valueFrom"]["secretKeyRef"].is_mapping() {
+            let r = &entry["valueFrom"]["secretKeyRef"];
+            let (secret, key) = (r["name"].as_str().unwrap(), r["key"].as_str().unwrap());
+            match named(objects, "Secret", secret) {
+                Some(s) => {
+                    let encoded = s["data"][key]
+                        .as_str()
+                        .ok_or(format!("{name}: Secret {secret} has no key {key}"))?;
+                    use base64::Engine;
+                    // Long values come folded over lines.
+                    let encoded: String = encoded.split_whitespace().collect();
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .unwrap();
+                    String::from_utf8(bytes).unwrap()
+                }
+                None => format!("from-secret:{key}"),
+            }
+        } else {
+            return Err(format!("{name}: neither a value nor a reference"));
+        };
+        env.insert(name, value);
+    }
+    Ok(env)
+}
+
+/// Asks the processor's binary whether it accepts `env` (and nothing
+/// else): the settings it read, or its message.
+fn accepted(binary: &Path, env: &BTreeMap<String, String>) -> Result<BTreeSet<String>, String> {
+    let mut command = Command::new(binary);
+    command
+        .env_clear()
+        .env("PSYMATCH_CHECK_SETTINGS", "1")
+        .env("RUST_LOG", "error");
+    for (name, value) in env {
+        // Files the image holds are checked in the repository.
+        let value = in_repository(value).map_or(value.clone(), |p| p.display().to_string());
+        command.env(name, value);
+    }
+    let output = command.output().unwrap();
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    let line = String::from_utf8_lossy(&output.stdout);
+    let answer: serde_json::Value =
+        serde_json::from_str(line.trim()).map_err(|e| format!("{e}: {line}"))?;
+    Ok(answer["read"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect())
+}
+
+/// What is wrong with one Deployment, as sentences naming the thing.
+fn problems(deployment: &Value, objects: &[Value]) -> Vec<String> {
+    let mut found = Vec::new();
+    let name = deployment["metadata"]["name"].as_str().unwrap();
+    let spec = &deployment["spec"]["template"]["spec"];
+    let container = &spec["containers"][0];
+    let image = container["image"].as_str().unwrap_or("");
+    if !(image.starts_with("psymatch:") || image.contains("/psymatch:")) {
+        found.push(format!(
+            "{name}: image {image} is not the Dockerfile's psymatch image"
+        ));
+    }
+    let command = container["command"][0].as_str().unwrap_or("");
+    let binary = command.trim_start_matches("/usr/local/bin/");
+    let proofs = [
+        "psymatch-proof",
+        "psymatch-matcher-chain-bench",
+        "psymatch-query-bench",
+        "psymatch-replay-bench",
+    ];
+    let path = processes::binary(binary).unwrap();
+    if !command.starts_with("/usr/local/bin/psymatch-")
+        || proofs.contains(&binary)
+        || !path.exists()
+    {
+        found.push(format!(
+            "{name}: command {command} is no binary the Dockerfile builds"
+        ));
+    }
+    match environment(deployment, objects) {
+        Err(e) => found.push(format!("{name}: {e}")),
+        Ok(env) => {
+            for (var, value) in &env {
+                if value.starts_with("/etc/psymatch/")
+                    && in_repository(value).is_none_or(|p| !p.exists())
+                {
+                    found.push(format!("{name}: {var}={value} is not in the image"));
+                }
+            }
+            match accepted(&path, &env) {
+                Err(message) => found.push(format!(
+                    "{name}: {binary} refuses its environment: {message}"
+                )),
+                Ok(read) => {
+                    for var in env.keys().filter(|v| !read.contains(*v)) {
+                        found.push(format!("{name}: sets {var}, which {binary} never reads"));
+                    }
+                }
+            }
+            let port = env
+                .get("HTTP_LISTEN")
+                .and_then(|l| l.rsplit(':').next())
+                .unwrap_or("");
+            if container["ports"][0]["containerPort"]
+                .as_u64()
+                .map(|p| p.to_string())
+                .as_deref()
+                != Some(port)
+            {
+                found.push(format!(
+                    "{name}: the surface port is not HTTP_LISTEN's ({port})"
+                ));
+            }
+        }
+    }
+    for (probe, path) in [
+        ("livenessProbe", "/health/liveness"),
+        ("readinessProbe", "/health/readiness"),
+    ] {
+        let get = &container[probe]["httpGet"];
+        if get["path"] != path || get["port"] != "surface" {
+            found.push(format!("{name}: {probe} is not {path} on the surface port"));
+        }
+    }
+    let security = &container["securityContext"];
+    if spec["securityContext"]["runAsNonRoot"] != true
+        || security["readOnlyRootFilesystem"] != true
+        || security["allowPrivilegeEscalation"] != false
+    {
+        found.push(format!(
+            "{name}: not non-root on a read-only root filesystem"
+        ));
+    }
+    let resources = &container["resources"];
+    if resources["requests"]["cpu"].is_null()
+        || resources["requests"]["memory"].is_null()
+        || resources["limits"]["memory"].is_null()
+    {
+        found.push(format!("{name}: requests or limits missing"));
+    }
+    for kind in ["Service", "PodDisruptionBudget", "NetworkPolicy"] {
+        if named(objects, kind, name).is_none() {
+            found.push(format!("{name}: no {kind}"));
+        }
+    }
+    let schema = binary.trim_start_matches("psymatch-").replace('-', "_");
+    if let Some(scaled) = named(objects, "ScaledObject", name) {
+        let trigger = &scaled["spec"]["triggers"][0]["metadata"];
+        let topics = std::fs::read_to_string(root().join("topics.yaml")).unwrap();
+        let topic = trigger["topic"].as_str().unwrap_or("");
+        if scaled["spec"]["scaleTargetRef"]["name"] != name
+            || trigger["consumerGroup"] != format!("psymatch-{schema}").as_str()
+            || !topics.contains(&format!("- name: {topic}\n"))
+            || scaled["spec"]["minReplicaCount"].as_u64()
+                > scaled["spec"]["maxReplicaCount"].as_u64()
+        {
+            found.push(format!(
+                "{name}: its ScaledObject does not scale it on its own group's lag"
+            ));
+        }
+    }
+    found
+}
+
+#[test]
+fn both_overlays_render_and_validate_against_the_kubernetes_schemas() {
+    for overlay in ["local", "production"] {
+        let objects = render(overlay);
+        assert!(of_kind(&objects, "Deployment").len() >= 6, "{overlay}");
+        let file =
+            std::env::temp_dir().join(format!("psymatch-{overlay}-{}.yaml", std::process::id()));
+        let text: Vec<String> = objects
+            .iter()
+            .map(|o| serde_yaml_ng::to_string(o).unwrap())
+            .collect();
+        std::fs::write(&file, text.join("---\n")).unwrap();
+        let output = Command::new(tools().join("venv/bin/kubernetes-validate"))
+            .args(["--strict", "--quiet"])
+            .arg(&file)
+            .output()
+            .expect("kubernetes-validate (scripts/install-tools installs it)");
+        let said = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{overlay}: {said}");
+        // Only the KEDA objects have no schema here; test above checks them.
+        for line in said.lines().filter(|l| l.contains("WARN")) {
+            assert!(line.contains("kind ScaledObject"), "{overlay}: {line}");
+        }
+        std::fs::remove_file(&file).unwrap();
+    }
+}
+
+#[test]
+fn every_deployment_agrees_with_its_processor() {
+    let local_secret = named(&render("local"), "Secret", "psymatch-secrets")
+        .unwrap()
+        .clone();
+    let guide = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    for overlay in ["local", "production"] {
+        let mut objects = render(overlay);
+        if named(&objects, "Secret", "psymatch-secrets").is_none() {
+            // Made by hand in production (docs/operations.md), with the
+            // keys of the local one: those stand in.
+            objects.push(local_secret.clone());
+        }
+        let deployments = of_kind(&objects, "Deployment");
+        // Every secret key a Deployment takes is one the guide's
+        // `kubectl create secret` names.
+        let text = serde_yaml_ng::to_string(&objects).unwrap();
+        for key in text
+            .split("secretKeyRef:")
+            .skip(1)
+            .filter_map(|r| r.split("key: ").nth(1))
+        {
+            let key = key.lines().next().unwrap().trim();
+            let named_in_guide = guide.contains(&format!("{key}="))
+                || guide.contains(key.trim_end_matches("-database-url"));
+            assert!(
+                named_in_guide,
+                "{overlay}: the secret key {key} is not in docs/operations.md"
+            );
+        }
+        let found: Vec<String> = deployments
+            .iter()
+            .flat_map(|d| problems(d, &objects))
+            .collect();
+        assert!(found.is_empty(), "{overlay}:\n{}", found.join("\n"));
+        // Every processor of docker-compose.yml runs here too.
+        let compose = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+        let commands: BTreeSet<String> = deployments
+            .iter()
+            .map(|d| {
+                d["spec"]["template"]["spec"]["containers"][0]["command"][0]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        for line in compose
+            .lines()
+            .filter(|l| l.contains("entrypoint: [\"/usr/local/bin/psymatch-"))
+        {
+            let binary = line.split('"').nth(1).unwrap();
+            assert!(
+                commands.contains(binary),
+                "{overlay}: no Deployment runs {binary}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_setting_no_processor_reads_or_one_it_refuses_fails_with_its_name() {
+    let objects = render("local");
+    let matcher = named(&objects, "Deployment", "matcher").unwrap().clone();
+    for (var, expected) in [
+        ("MATCHER_COLOUR", "MATCHER_COLOUR"),
+        (
+            "NOTHING_READS_THIS",
+            "sets NOTHING_READS_THIS, which psymatch-matcher never reads",
+        ),
+    ] {
+        let mut changed = matcher.clone();
+        let env = changed["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_sequence_mut()
+            .unwrap();
+        let entry: Value = serde_yaml_ng::from_str(&format!("{{name: {var}, value: x}}")).unwrap();
+        env.push(entry);
+        let found = problems(&changed, &objects).join("\n");
+        assert!(found.contains(expected), "{var}: {found}");
+    }
+}
+
+#[test]
+fn an_unreadable_setting_stops_each_processor_before_it_touches_anything() {
+    let cases = [
+        ("psymatch-intake", "BATCH_SIZE", "lots"),
+        ("psymatch-scraper", "KBV_RATE_PER_SECOND", "-1"),
+        ("psymatch-geocoder", "NOMINATIM_RATE_PER_SECOND", "fast"),
+        (
+            "psymatch-matcher",
+            "MATCHER_RULES",
+            "/nonexistent/rules.yaml",
+        ),
+        ("psymatch-email-batcher", "SMTP_PORT", "twenty-five"),
+        ("psymatch-scheduler", "SCHEDULER_TICK_MS", "soon"),
+    ];
+    for (binary, var, value) in cases {
+        let output = Command::new(processes::binary(binary).unwrap())
+            .env_clear()
+            .env(var, value)
+            // Nothing answers here: a message about these would mean the
+            // processor got past its settings.
+            .env("KAFKA_BROKERS", "127.0.0.1:1")
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env(
+                "SCHEDULE_FILE",
+                root().join("processors/scheduler/schedule.yaml"),
+            )
+            .env(
+                "TEMPLATES_DIR",
+                root().join("processors/email-batcher/templates"),
+            )
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{binary} accepted {var}={value}");
+        assert!(
+            stderr.contains(var) || stderr.contains(value),
+            "{binary}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("127.0.0.1:1"),
+            "{binary} went on to connect: {stderr}"
+        );
+    }
+}
