@@ -60,7 +60,7 @@ jobs:
 
 /// Every processor of the run: the chain, the scraper (asking the stand-in
 /// doctor search) and the scheduler.
-fn processors(
+pub(crate) fn processors(
     mail: &Path,
     scraper: &(&'static str, &'static str, Settings),
     logs: &Path,
@@ -87,7 +87,10 @@ const WAVE: usize = 500;
 
 /// Publishes `records` in waves, each once the chain has settled the one
 /// before.
-async fn publish_waves(bed: &TestBed, records: Vec<(&'static str, Value)>) -> anyhow::Result<()> {
+pub(crate) async fn publish_waves(
+    bed: &TestBed,
+    records: Vec<(&'static str, Value)>,
+) -> anyhow::Result<()> {
     for wave in records.chunks(WAVE) {
         bed.publish_all(wave).await;
         settle(bed).await?;
@@ -99,14 +102,14 @@ async fn publish_waves(bed: &TestBed, records: Vec<(&'static str, Value)>) -> an
 /// so that every search sees the same directory of practices of its own
 /// (the scraped ones come while the searches run), in the chaos run and in
 /// the fault-free one.
-fn therapist_commands(therapists: usize) -> Vec<(&'static str, Value)> {
+pub(crate) fn therapist_commands(therapists: usize) -> Vec<(&'static str, Value)> {
     (0..therapists)
         .map(|n| ("therapist-commands", therapist(n)))
         .collect()
 }
 
 /// The run's patients, with the scrape in the middle.
-fn patient_commands(patients: usize) -> Vec<(&'static str, Value)> {
+pub(crate) fn patient_commands(patients: usize) -> Vec<(&'static str, Value)> {
     let mut records: Vec<(&'static str, Value)> = (0..patients)
         .map(|n| ("patient-commands", patient(n)))
         .collect();
@@ -117,7 +120,7 @@ fn patient_commands(patients: usize) -> Vec<(&'static str, Value)> {
 /// Two places per patient: with at least as many therapists as half the
 /// patients there is room for all (6 per practice), so the places asked do
 /// not depend on the order the searches ran in.
-fn matcher_settings() -> [(&'static str, String); 1] {
+pub(crate) fn matcher_settings() -> [(&'static str, String); 1] {
     let rules = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/rules-two-practices.yaml"
@@ -126,7 +129,7 @@ fn matcher_settings() -> [(&'static str, String); 1] {
 }
 
 /// Asks the email batcher to send and waits until it has.
-async fn flush(bed: &TestBed, run: &str) -> anyhow::Result<()> {
+pub(crate) async fn flush(bed: &TestBed, run: &str) -> anyhow::Result<()> {
     bed.publish(
         "email-commands",
         &[json!({"event_type": "email.flush_batches", "payload": {"run_id": run}})],
@@ -136,7 +139,7 @@ async fn flush(bed: &TestBed, run: &str) -> anyhow::Result<()> {
 }
 
 /// Waits until the chain has done everything (10 minutes at most).
-async fn settle(bed: &TestBed) -> anyhow::Result<()> {
+pub(crate) async fn settle(bed: &TestBed) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         // A broker or database still recovering is not settled either.
@@ -157,7 +160,7 @@ async fn settle(bed: &TestBed) -> anyhow::Result<()> {
 /// whose scheduler was killed is taken over when its lease ends), at most
 /// two minutes; returns how many of the runs from before now did not
 /// succeed, and how many there were.
-async fn scheduled(bed: &TestBed) -> (i64, i64) {
+pub(crate) async fn scheduled(bed: &TestBed) -> (i64, i64) {
     let until = chrono::Utc::now();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -182,7 +185,7 @@ async fn scheduled(bed: &TestBed) -> (i64, i64) {
 /// searches, places asked, practices scraped, therapists the matcher knows.
 /// (Which practices are asked, and so how many emails go out, depends on
 /// that order when patients share a position.)
-async fn outcome(bed: &TestBed) -> [i64; 6] {
+pub(crate) async fn outcome_figures(bed: &TestBed) -> [i64; 6] {
     let mut figures = [0; 6];
     for (figure, sql) in figures.iter_mut().zip([
         "SELECT count(*) FROM intake.patients",
@@ -199,7 +202,7 @@ async fn outcome(bed: &TestBed) -> [i64; 6] {
 
 /// A figure from the run's database (-1 if it cannot be read, which no
 /// invariant accepts).
-async fn scalar(bed: &TestBed, sql: &str) -> i64 {
+pub(crate) async fn scalar(bed: &TestBed, sql: &str) -> i64 {
     sqlx::query_scalar::<_, i64>(sql)
         .fetch_one(&bed.pool)
         .await
@@ -274,7 +277,7 @@ pub async fn run(
     settle(&bed).await?;
     flush(&bed, "chaos-flush-last").await?;
     let (unfinished_runs, scheduled_runs) = scheduled(&bed).await;
-    let faulty = outcome(&bed).await;
+    let faulty = outcome_figures(&bed).await;
     let repeats = crate::repeats::count(&bed).await?;
     let chaos_seconds = started.elapsed().as_secs_f64();
 
@@ -294,125 +297,29 @@ pub async fn run(
     publish_waves(&calm, therapist_commands(therapists)).await?;
     publish_waves(&calm, patient_commands(patients)).await?;
     flush(&calm, "calm-flush").await?;
-    let fault_free = outcome(&calm).await;
+    let fault_free = outcome_figures(&calm).await;
     drop(calm_running);
 
     let count = |sql: &'static str| scalar(&bed, sql);
-    let [stored_patients, stored_therapists, searches, ..] = faulty;
-    let twice_asked = count(
-        "SELECT count(*) FROM (SELECT therapist_id, p FROM matcher.inquiries, unnest(patient_ids) p
-          GROUP BY 1, 2 HAVING count(*) > 1) x",
-    )
-    .await;
-    let over_quota = count(
-        "SELECT count(*) FROM (SELECT p FROM matcher.inquiries, unnest(patient_ids) p
-          GROUP BY p HAVING count(*) > 2) x",
-    )
-    .await;
-    let over_six = count(
-        "SELECT count(*) FROM (SELECT therapist_id FROM matcher.inquiries, unnest(patient_ids) p
-          GROUP BY 1 HAVING count(*) > 6) x",
-    )
-    .await;
-    let impossible = count(
-        "SELECT count(*) FROM matcher.searches
-          WHERE state->>'status' NOT IN ('ACTIVE', 'PAUSED', 'PLACED', 'CANCELLED')",
-    )
-    .await;
-    let most_emails = count(
-        "SELECT coalesce(max(n), 0) FROM (SELECT recipient, count(*) n FROM email_batcher.emails
-          WHERE kind = 'inquiry' GROUP BY recipient) x",
-    )
-    .await;
-    let scrapes_unfinished =
-        count("SELECT count(*) FROM scraper.runs WHERE status <> 'COMPLETED'").await;
     let inquiries = count("SELECT count(*) FROM matcher.inquiries").await;
     let emails = count("SELECT count(*) FROM email_batcher.emails WHERE status = 'SENT'").await;
     let mut exited = 0;
     for process in &mut running {
         exited += process.exited().is_some() as usize;
     }
-
-    let rows: Vec<(&str, String, String, bool)> = vec![
-        (
-            "therapists stored (inputs lost: 0)",
-            stored_therapists.to_string(),
-            therapists.to_string(),
-            stored_therapists == therapists as i64,
-        ),
-        (
-            "patients stored (inputs lost: 0)",
-            stored_patients.to_string(),
-            patients.to_string(),
-            stored_patients == patients as i64,
-        ),
-        (
-            "searches in the matcher",
-            searches.to_string(),
-            patients.to_string(),
-            searches == patients as i64,
-        ),
-        (
-            "a patient twice with one therapist (applied twice)",
-            twice_asked.to_string(),
-            "0".into(),
-            twice_asked == 0,
-        ),
-        (
-            "patients with more than 2 places asked (the rules of examples/rules-two-practices.yaml)",
-            over_quota.to_string(),
-            "0".into(),
-            over_quota == 0,
-        ),
-        (
-            "therapists with more than 6 patients asked",
-            over_six.to_string(),
-            "0".into(),
-            over_six == 0,
-        ),
-        (
-            "an effect published again under a new event id (applied twice)",
-            repeats.applied_twice().to_string(),
-            "0".into(),
-            repeats.applied_twice() == 0,
-        ),
-        (
-            "scheduled runs not succeeded (scheduler killed while running)",
-            format!("{unfinished_runs} of {scheduled_runs}"),
-            "0".into(),
-            unfinished_runs == 0 && scheduled_runs > 0,
-        ),
-        (
-            "scrape runs not completed (scraper killed midway)",
-            scrapes_unfinished.to_string(),
-            "0".into(),
-            scrapes_unfinished == 0,
-        ),
-        (
-            "searches in an impossible state",
-            impossible.to_string(),
-            "0".into(),
-            impossible == 0,
-        ),
-        (
-            "most inquiry emails to one practice in the 7-day window",
-            most_emails.to_string(),
-            "<= 1".into(),
-            (0..=1).contains(&most_emails),
-        ),
-        (
-            "final state (patients, therapists, searches, places asked, practices scraped, therapists known to the matcher) as without faults",
-            format!("{faulty:?}"),
-            format!("{fault_free:?}"),
-            faulty == fault_free,
-        ),
-        (
-            "processes running at the end",
-            (running.len() - exited).to_string(),
-            running.len().to_string(),
-            exited == 0,
-        ),
-    ];
+    let rows = crate::invariants::rows(
+        &bed,
+        &crate::invariants::Run {
+            patients,
+            therapists,
+            faulty,
+            fault_free,
+            scheduled: (unfinished_runs, scheduled_runs),
+            applied_twice: repeats.applied_twice(),
+            processes: (running.len(), exited),
+        },
+    )
+    .await;
     println!(
         "{patients} patients, {therapists} therapists; {killed} SIGKILLs ({} kinds), {broker_restarts} broker restart, {postgres_restarts} PostgreSQL restart, second replicas for half the run; {:.0} s",
         kinds_hit.len(),
@@ -425,16 +332,7 @@ pub async fn run(
     for example in &repeats.examples {
         println!("applied twice: {example}");
     }
-    println!("| invariant | found | expected | holds |");
-    println!("|---|---|---|---|");
-    let mut held = true;
-    for (what, found, expected, holds) in rows {
-        held &= holds;
-        println!(
-            "| {what} | {found} | {expected} | {} |",
-            if holds { "yes" } else { "NO" }
-        );
-    }
+    let held = crate::invariants::print(rows);
     println!("\nchaos run {}", if held { "HELD" } else { "FAILED" });
     Ok(held)
 }

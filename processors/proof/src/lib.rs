@@ -4,6 +4,8 @@
 //! and the data-protection tests start.
 
 pub mod chaos;
+pub mod elastic;
+pub mod invariants;
 
 pub use psymatch_runtime::testing::people;
 pub mod poison;

@@ -6,6 +6,8 @@
 //!
 //! - `psymatch-proof poison [--per-kind N]`: bad records of seven kinds on
 //!   every consumed topic, interleaved with good ones (docs/proofs.md).
+//! - `psymatch-proof elastic [--mode lease|group|both]`: replicas that
+//!   come and go under load (docs/proofs.md).
 //! - `psymatch-proof erasure-scan --values-file FILE`: where values of a
 //!   person (one per line) remain: tables, topics, mail capture, files.
 
@@ -53,6 +55,25 @@ enum Command {
         #[arg(long, default_value = ".stack/chaos")]
         logs: PathBuf,
     },
+    /// The chain at load while a driver scales each processor between 1
+    /// and 3 replicas every few seconds (up by starting one, down by
+    /// SIGTERM or SIGKILL), in one partition-assignment mode or both; then
+    /// the chaos run's invariants and the records per second against the
+    /// same input without scaling.
+    Elastic {
+        /// `lease`, `group` or `both`.
+        #[arg(long, default_value = "both", value_parser = ["lease", "group", "both"])]
+        mode: String,
+        /// Patients registered.
+        #[arg(long, default_value_t = 10_000)]
+        patients: usize,
+        /// Therapists created.
+        #[arg(long, default_value_t = 5_000)]
+        therapists: usize,
+        /// Directory for the processors' logs.
+        #[arg(long, default_value = ".stack/elastic")]
+        logs: PathBuf,
+    },
     /// Looks for a person's values (name, email address, phone number,
     /// street; one per line of the file, `-` for standard input, so that
     /// they appear in no command line) in every table of the database
@@ -84,6 +105,23 @@ async fn main() -> anyhow::Result<()> {
             kills,
             logs,
         } => psymatch_proof::chaos::run(patients, therapists, kills, &logs).await?,
+        Command::Elastic {
+            mode,
+            patients,
+            therapists,
+            logs,
+        } => {
+            let modes: Vec<&str> = match mode.as_str() {
+                "both" => vec!["lease", "group"],
+                one => vec![one],
+            };
+            let mut held = true;
+            for mode in modes {
+                let logs = logs.join(mode);
+                held &= psymatch_proof::elastic::run(mode, patients, therapists, &logs).await?;
+            }
+            held
+        }
         Command::ErasureScan {
             values_file,
             files,

@@ -130,6 +130,13 @@ impl Process {
         self.child.0.try_wait().ok().flatten()
     }
 
+    /// Stops it with SIGTERM, as Kubernetes scales down: it finishes the
+    /// batch in hand, publishes what it committed and exits; its exit
+    /// status (a test failure after `within`).
+    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.child.terminate(within).await
+    }
+
     /// Kills it with SIGKILL and waits for it to be gone.
     pub fn kill(&mut self) {
         let _ = self.child.0.kill();
