@@ -173,6 +173,21 @@ pub async fn run(
     let (calm_seconds, _, calm_fleet) =
         pass(&calm, mode, patients, therapists, false, &logs.join("calm")).await?;
     let fault_free = outcome_figures(&calm).await;
+    // What each processor needs at this load: one replica each, the whole
+    // input (the manifests' requests and limits come from these).
+    println!("{mode} mode, one replica each, the whole run: what each processor used\n");
+    println!("| processor | peak RSS MiB | CPU s | CPU s per second of the patients' phase |");
+    println!("|---|---|---|---|");
+    for process in calm_fleet.iter().flatten() {
+        if let Some((rss, cpu)) = process.usage() {
+            println!(
+                "| {} | {rss:.0} | {cpu:.1} | {:.2} |",
+                process.name,
+                cpu / calm_seconds.max(1e-3)
+            );
+        }
+    }
+    println!();
     drop(calm_fleet);
 
     let mut rows = crate::invariants::rows(

@@ -130,6 +130,29 @@ impl Process {
         self.child.0.try_wait().ok().flatten()
     }
 
+    /// Its peak resident memory in MiB and the CPU seconds it used so far
+    /// (`/proc`), while it runs: what a Deployment's requests and limits
+    /// are set from.
+    pub fn usage(&self) -> Option<(f64, f64)> {
+        let pid = self.child.0.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let peak_kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command's closing parenthesis: state is field 3, utime
+        // and stime fields 14 and 15, in clock ticks (100 a second on Linux).
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some((peak_kib / 1024.0, ticks / 100.0))
+    }
+
     /// Stops it with SIGTERM, as Kubernetes scales down: it finishes the
     /// batch in hand, publishes what it committed and exits; its exit
     /// status (a test failure after `within`).

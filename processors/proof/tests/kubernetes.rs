@@ -217,12 +217,17 @@ fn problems(deployment: &Value, objects: &[Value]) -> Vec<String> {
             }
         }
     }
+    // The probes' paths are routes of the runtime's surface, which every
+    // processor serves on HTTP_LISTEN.
+    let surface =
+        std::fs::read_to_string(root().join("processors/runtime/src/surface.rs")).unwrap();
     for (probe, path) in [
         ("livenessProbe", "/health/liveness"),
         ("readinessProbe", "/health/readiness"),
     ] {
         let get = &container[probe]["httpGet"];
-        if get["path"] != path || get["port"] != "surface" {
+        let served = surface.contains(&format!(".route(\"{path}\""));
+        if get["path"] != path || get["port"] != "surface" || !served {
             found.push(format!("{name}: {probe} is not {path} on the surface port"));
         }
     }
