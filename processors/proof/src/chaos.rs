@@ -276,9 +276,8 @@ pub async fn run(
     faulted?;
     settle(&bed).await?;
     flush(&bed, "chaos-flush-last").await?;
-    let (unfinished_runs, scheduled_runs) = scheduled(&bed).await;
-    let faulty = outcome_figures(&bed).await;
-    let repeats = crate::repeats::count(&bed).await?;
+    let (mut counted, repeats) =
+        crate::invariants::Run::settled(&bed, patients, therapists).await?;
     let chaos_seconds = started.elapsed().as_secs_f64();
 
     // The same input without faults, in an environment of its own on the
@@ -297,7 +296,7 @@ pub async fn run(
     publish_waves(&calm, therapist_commands(therapists)).await?;
     publish_waves(&calm, patient_commands(patients)).await?;
     flush(&calm, "calm-flush").await?;
-    let fault_free = outcome_figures(&calm).await;
+    counted.fault_free = outcome_figures(&calm).await;
     drop(calm_running);
 
     let count = |sql: &'static str| scalar(&bed, sql);
@@ -307,19 +306,8 @@ pub async fn run(
     for process in &mut running {
         exited += process.exited().is_some() as usize;
     }
-    let rows = crate::invariants::rows(
-        &bed,
-        &crate::invariants::Run {
-            patients,
-            therapists,
-            faulty,
-            fault_free,
-            scheduled: (unfinished_runs, scheduled_runs),
-            applied_twice: repeats.applied_twice(),
-            processes: (running.len(), exited),
-        },
-    )
-    .await;
+    counted.processes = (running.len(), exited);
+    let rows = crate::invariants::rows(&bed, &counted).await;
     println!(
         "{patients} patients, {therapists} therapists; {killed} SIGKILLs ({} kinds), {broker_restarts} broker restart, {postgres_restarts} PostgreSQL restart, second replicas for half the run; {:.0} s",
         kinds_hit.len(),

@@ -9,8 +9,8 @@
 //! replica each and no scaling, in the same mode.
 
 use crate::chaos::{
-    flush, matcher_settings, outcome_figures, patient_commands, processors, publish_waves,
-    scheduled, settle, therapist_commands,
+    flush, matcher_settings, outcome_figures, patient_commands, processors, publish_waves, settle,
+    therapist_commands,
 };
 use crate::processes::{self, Process};
 use psymatch_runtime::testing::{TestBed, scratch_dir};
@@ -157,9 +157,8 @@ pub async fn run(
         &logs.join("elastic"),
     )
     .await?;
-    let (unfinished_runs, scheduled_runs) = scheduled(&bed).await;
-    let faulty = outcome_figures(&bed).await;
-    let repeats = crate::repeats::count(&bed).await?;
+    let (mut counted, repeats) =
+        crate::invariants::Run::settled(&bed, patients, therapists).await?;
     let (mut running, mut exited) = (0, 0);
     for process in fleet.iter_mut().flatten() {
         running += 1;
@@ -172,7 +171,7 @@ pub async fn run(
     let calm = TestBed::new().await;
     let (calm_seconds, _, calm_fleet) =
         pass(&calm, mode, patients, therapists, false, &logs.join("calm")).await?;
-    let fault_free = outcome_figures(&calm).await;
+    counted.fault_free = outcome_figures(&calm).await;
     // What each processor needs at this load: one replica each, the whole
     // input (the manifests' requests and limits come from these).
     println!("{mode} mode, one replica each, the whole run: what each processor used\n");
@@ -190,19 +189,8 @@ pub async fn run(
     println!();
     drop(calm_fleet);
 
-    let mut rows = crate::invariants::rows(
-        &bed,
-        &crate::invariants::Run {
-            patients,
-            therapists,
-            faulty,
-            fault_free,
-            scheduled: (unfinished_runs, scheduled_runs),
-            applied_twice: repeats.applied_twice(),
-            processes: (running, exited),
-        },
-    )
-    .await;
+    counted.processes = (running, exited);
+    let mut rows = crate::invariants::rows(&bed, &counted).await;
     rows.push((
         "graceful scale-downs (SIGTERM) that did not exit 0 within 20 s",
         format!("{} of {}", scalings.unclean, scalings.terminated),

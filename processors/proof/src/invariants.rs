@@ -27,6 +27,32 @@ pub struct Run {
     pub processes: (usize, usize),
 }
 
+impl Run {
+    /// What the tables of `bed` say once the run settled (the scheduled
+    /// runs, the final figures, the effects published twice), and the
+    /// repeats found; the caller adds the fault-free figures and the
+    /// processes.
+    pub async fn settled(
+        bed: &TestBed,
+        patients: usize,
+        therapists: usize,
+    ) -> anyhow::Result<(Run, crate::repeats::Repeats)> {
+        let scheduled = crate::chaos::scheduled(bed).await;
+        let faulty = crate::chaos::outcome_figures(bed).await;
+        let repeats = crate::repeats::count(bed).await?;
+        let run = Run {
+            patients,
+            therapists,
+            faulty,
+            fault_free: [0; 6],
+            scheduled,
+            applied_twice: repeats.applied_twice(),
+            processes: (0, 0),
+        };
+        Ok((run, repeats))
+    }
+}
+
 /// The invariants of `run` on the tables of `bed`.
 pub async fn rows(bed: &TestBed, run: &Run) -> Vec<Row> {
     let (patients, therapists) = (run.patients, run.therapists);
