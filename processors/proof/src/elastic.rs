@@ -89,7 +89,8 @@ async fn pass(
                 let mut gone = replicas.remove(rng.random_range(0..replicas.len()));
                 if rng.random_bool(0.5) {
                     done.terminated += 1;
-                    done.unclean += !gone.terminate(GRACE).await.success() as usize;
+                    let exited = gone.terminate(GRACE).await;
+                    done.unclean += !exited.is_some_and(|s| s.success()) as usize;
                 } else {
                     gone.kill();
                     done.killed += 1;

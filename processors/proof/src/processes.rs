@@ -155,9 +155,23 @@ impl Process {
 
     /// Stops it with SIGTERM, as Kubernetes scales down: it finishes the
     /// batch in hand, publishes what it committed and exits; its exit
-    /// status (a test failure after `within`).
-    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        self.child.terminate(within).await
+    /// status, or `None` when it still ran after `within` (then it is
+    /// killed, as Kubernetes would at the end of the grace period).
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.0.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .ok()?;
+        let signalled = Instant::now();
+        while sent.success() && signalled.elapsed() < within {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill();
+        None
     }
 
     /// Kills it with SIGKILL and waits for it to be gone.

@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let scraper = Scraper::new(ScraperConfig::from_env()?);
             app::refuse_unknown_settings(&scraper)?;
-            app::run_with(scraper, runtime, telemetry::shutdown_signal()).await
+            app::exit(app::run_with(scraper, runtime, telemetry::shutdown_signal()).await)
         }
         Command::Fake {
             listen,

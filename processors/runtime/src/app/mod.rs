@@ -66,7 +66,22 @@ pub async fn run<P: Processor>(processor: P) -> anyhow::Result<()> {
     telemetry::init(processor.name());
     let config = RuntimeConfig::from_env(processor.name())?;
     refuse_unknown_settings(&processor)?;
-    run_with(processor, config, telemetry::shutdown_signal()).await
+    exit(run_with(processor, config, telemetry::shutdown_signal()).await)
+}
+
+/// Ends a processor's process with `result` once [`run_with`] returned:
+/// at once, so that a consumer thread or a blocking task still stuck after
+/// the shutdown timeout (a broker that does not answer) cannot hold the
+/// exit that the platform is waiting for; what did not commit is redone
+/// by the next owner.
+pub fn exit(result: anyhow::Result<()>) -> ! {
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(error) => {
+            eprintln!("Error: {error:?}");
+            std::process::exit(1)
+        }
+    }
 }
 
 /// Refuses the process environment's variables that look like settings of
@@ -223,7 +238,15 @@ pub async fn run_with<P: Processor>(
         );
     }
     http.abort();
-    shared.pool.close().await;
+    // A worker still waiting in PostgreSQL (on a lock another replica
+    // holds) keeps its connection: closing waits for it at most briefly,
+    // and the exit ends it (PostgreSQL rolls its transaction back).
+    if tokio::time::timeout(std::time::Duration::from_secs(2), shared.pool.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("database connections still busy at exit; their transactions roll back");
+    }
     tracing::info!("stopped");
     Ok(())
 }
