@@ -83,7 +83,7 @@ impl Matcher {
         } else {
             "FULLY_REJECTED"
         };
-        let cooling_until = answered_at + self.config.cooling;
+        let cooling_until = answered_at + self.config.rules.cooling();
         inquiry.answered_at = Some(answered_at);
         inquiry.answers = answers.iter().cloned().collect();
         let practice = inquiry.email.clone();
@@ -294,7 +294,7 @@ impl Matcher {
                 i.open()
                     && !i.follow_up_due
                     && i.sent_at
-                        .is_some_and(|at| at + self.config.follow_up <= now)
+                        .is_some_and(|at| at + self.config.rules.follow_up() <= now)
             })
             .map(|(id, i)| (id.clone(), i.clone()))
             .collect();

@@ -2,7 +2,6 @@
 //! built-in baseline, [`crate::rulebook`]).
 
 use crate::rulebook::Rulebook;
-use chrono::Duration;
 use psymatch_runtime::config::Vars;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,21 +11,12 @@ use std::sync::Arc;
 pub struct MatcherConfig {
     /// The rules every decision is made under.
     pub rules: Arc<Rulebook>,
-    /// Practices each search is offered to at once (from the rules).
-    pub per_patient: usize,
-    /// Cooling period after any answer (from the rules).
-    pub cooling: Duration,
-    /// No answer this long after the email: phone (from the rules).
-    pub follow_up: Duration,
 }
 
 impl MatcherConfig {
     /// The settings under `rules`.
     pub fn with_rules(rules: Rulebook) -> MatcherConfig {
         MatcherConfig {
-            per_patient: rules.inquiries_per_patient,
-            cooling: rules.cooling(),
-            follow_up: rules.follow_up(),
             rules: Arc::new(rules),
         }
     }

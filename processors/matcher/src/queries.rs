@@ -109,7 +109,7 @@ async fn search(
         let follow_up = inquiry
             .sent_at
             .filter(|_| inquiry.open())
-            .map(|at| at + store.config.follow_up);
+            .map(|at| at + store.config.rules.follow_up());
         inquiries.push(json!({
             "inquiry_id": inquiry_id,
             "therapist_id": inquiry.therapist_id,
@@ -152,7 +152,7 @@ async fn search(
             "max_distance_km": profile.max_distance_km,
             "max_travel_minutes": profile.max_travel_minutes,
             "transport": profile.transport,
-            "practices_at_once": store.config.per_patient,
+            "practices_at_once": store.config.rules.inquiries_per_patient,
         },
         "excluded_therapists": search.excluded,
         "inquiries": inquiries,
@@ -166,7 +166,7 @@ async fn contacts(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, QueryError> {
     let patient = id("patient", &raw)?;
-    match crate::contacts::rows(&store.pool, &patient, store.config.follow_up).await? {
+    match crate::contacts::rows(&store.pool, &patient, store.config.rules.follow_up()).await? {
         Some(rows) => Ok(Json(json!({"patient_id": patient, "contacts": rows}))),
         None => Err(QueryError::not_found("patient", &patient)),
     }

@@ -223,7 +223,7 @@ impl Matcher {
                 }
                 continue;
             }
-            let quota = self.config.per_patient.saturating_sub(open);
+            let quota = self.config.rules.inquiries_per_patient.saturating_sub(open);
             triage.ready.push((e, quota));
         }
         triage

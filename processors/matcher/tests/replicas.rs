@@ -34,9 +34,11 @@ fn registered(n: usize) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_keep_the_limits() {
     let bed = TestBed::new().await;
-    let config = || MatcherConfig {
-        per_patient: PER_PATIENT,
-        ..MatcherConfig::default()
+    let config = || {
+        MatcherConfig::with_rules(psymatch_matcher::rulebook::Rulebook {
+            inquiries_per_patient: PER_PATIENT,
+            ..Default::default()
+        })
     };
     let one = Running::start(Matcher::new(config()), bed.config("matcher"));
     let two = Running::start(Matcher::new(config()), bed.config("matcher"));
@@ -144,9 +146,11 @@ async fn stored_per_practice(pool: &sqlx::PgPool) -> Vec<i64> {
 /// Two matchers on one database, each offering a patient to
 /// [`PER_PATIENT`] practices; the first has taken in the practices.
 async fn two_replicas_with_practices(pool: &sqlx::PgPool) -> (Matcher, Matcher) {
-    let config = || MatcherConfig {
-        per_patient: PER_PATIENT,
-        ..MatcherConfig::default()
+    let config = || {
+        MatcherConfig::with_rules(psymatch_matcher::rulebook::Rulebook {
+            inquiries_per_patient: PER_PATIENT,
+            ..Default::default()
+        })
     };
     let (a, b) = (Matcher::new(config()), Matcher::new(config()));
     let practices: Vec<Value> = (0..PRACTICES).map(discovered).collect();
@@ -195,10 +199,12 @@ async fn one_batch_behind_another(
     psymatch_runtime::testing::OpenBatch,
     tokio::task::JoinHandle<Result<Vec<(String, String, Value)>, ProcessError>>,
 ) {
-    let matcher = Arc::new(Matcher::new(MatcherConfig {
-        per_patient: PER_PATIENT,
-        ..MatcherConfig::default()
-    }));
+    let matcher = Arc::new(Matcher::new(MatcherConfig::with_rules(
+        psymatch_matcher::rulebook::Rulebook {
+            inquiries_per_patient: PER_PATIENT,
+            ..Default::default()
+        },
+    )));
     let practices: Vec<Value> = (0..PRACTICES).map(discovered).collect();
     run_batch(&*matcher, pool, "therapist-events", &practices).await;
     let first: Vec<Value> = (0..PATIENTS / 2).map(registered).collect();

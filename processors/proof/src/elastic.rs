@@ -16,6 +16,7 @@ use crate::processes::{self, Process};
 use psymatch_runtime::testing::{TestBed, scratch_dir};
 use rand::Rng;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Most replicas of a processor.
@@ -63,6 +64,9 @@ async fn pass(
     publish_waves(bed, therapist_commands(therapists)).await?;
     let started = Instant::now();
     let mut done = Scalings::default();
+    // Set once the patients are published: the driver then stops after
+    // its current step.
+    let published_all = AtomicBool::new(false);
     let publishing = publish_waves(bed, patient_commands(patients));
     let driver = async {
         if !scale {
@@ -96,7 +100,11 @@ async fn pass(
                     done.killed += 1;
                 }
             }
-            if step >= 2 * fleet.len() && done.terminated > 0 && done.killed > 0 && DONE.load() {
+            if step >= 2 * fleet.len()
+                && done.terminated > 0
+                && done.killed > 0
+                && published_all.load(Ordering::SeqCst)
+            {
                 break;
             }
         }
@@ -107,7 +115,7 @@ async fn pass(
             // Each wave is published once the one before has settled: the
             // last one settled, the patients are through.
             let result = publishing.await;
-            DONE.set();
+            published_all.store(true, Ordering::SeqCst);
             result.map(|()| started.elapsed().as_secs_f64())
         },
         driver
@@ -118,21 +126,6 @@ async fn pass(
     flush(bed, "elastic-flush-last").await?;
     drop(kbv);
     Ok((seconds, done, fleet))
-}
-
-/// Set once the patients are published: the driver then stops after its
-/// current step.
-static DONE: Flag = Flag(std::sync::atomic::AtomicBool::new(false));
-
-struct Flag(std::sync::atomic::AtomicBool);
-
-impl Flag {
-    fn set(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-    fn load(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
-    }
 }
 
 /// Runs the elastic run in `mode` (`lease` or `group`); prints its table;
@@ -147,7 +140,6 @@ pub async fn run(
         matches!(mode, "lease" | "group"),
         "mode {mode}: lease or group"
     );
-    DONE.0.store(false, std::sync::atomic::Ordering::SeqCst);
     let bed = TestBed::new().await;
     let (elastic_seconds, scalings, mut fleet) = pass(
         &bed,
@@ -168,7 +160,6 @@ pub async fn run(
     drop(fleet);
 
     // The same input with one replica each and no scaling.
-    DONE.0.store(false, std::sync::atomic::Ordering::SeqCst);
     let calm = TestBed::new().await;
     let (calm_seconds, _, calm_fleet) =
         pass(&calm, mode, patients, therapists, false, &logs.join("calm")).await?;

@@ -120,10 +120,10 @@ fn inquiry_of(records: &[Received], therapist: &str, patient: &str) -> String {
 async fn from_registration_to_placement() {
     let bed = TestBed::new().await;
     let intake = Running::start(Intake, bed.config("intake"));
-    let config = MatcherConfig {
-        per_patient: 2,
-        ..MatcherConfig::default()
-    };
+    let config = MatcherConfig::with_rules(psymatch_matcher::rulebook::Rulebook {
+        inquiries_per_patient: 2,
+        ..Default::default()
+    });
     let matcher = Running::start(Matcher::new(config), bed.config("matcher"));
 
     // Therapists: one practice alone, one practice of two sharing an

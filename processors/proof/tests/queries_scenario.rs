@@ -145,10 +145,10 @@ async fn every_query_and_command_tells_what_really_happened() {
         batcher: free_port(),
     };
     let intake = Running::start(Intake, surfaced(&bed, "intake", ports.intake));
-    let config = MatcherConfig {
-        per_patient: 2,
-        ..MatcherConfig::default()
-    };
+    let config = MatcherConfig::with_rules(psymatch_matcher::rulebook::Rulebook {
+        inquiries_per_patient: 2,
+        ..Default::default()
+    });
     let matchers = ports.matchers.map(|port| {
         Running::start(
             Matcher::new(config.clone()),

@@ -47,10 +47,12 @@ async fn an_answer_before_the_email_withdraws_what_is_not_sent() {
     config.http_listen = format!("127.0.0.1:{port}");
     config.query_tokens = Tokens::parse(&format!("test:ops:{TOKEN}")).unwrap();
     let matcher = Running::start(
-        Matcher::new(MatcherConfig {
-            per_patient: 2,
-            ..MatcherConfig::default()
-        }),
+        Matcher::new(MatcherConfig::with_rules(
+            psymatch_matcher::rulebook::Rulebook {
+                inquiries_per_patient: 2,
+                ..Default::default()
+            },
+        )),
         config,
     );
     let vars = psymatch_runtime::testing::mail::smtp_settings();
