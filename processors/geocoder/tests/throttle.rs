@@ -10,27 +10,12 @@
 //! busy cores, arrivals cannot come closer than the interval.
 
 use psymatch_geocoder::fake::FakeUpstreams;
-use psymatch_runtime::testing::{KillOnDrop, TestBed, free_port, scratch_dir};
+use psymatch_runtime::testing::{KillOnDrop, TestBed, free_port, metric, scratch_dir};
 use serde_json::json;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const LIMIT: Duration = Duration::from_millis(200);
-
-/// The sum of the samples of `name` whose labels include every one of `labels`.
-async fn metric(port: u16, name: &str, labels: &[&str]) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .filter(|line| labels.iter().all(|label| line.contains(label)))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_replicas_together_keep_the_nominatim_rate() {

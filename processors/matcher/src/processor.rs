@@ -6,9 +6,10 @@
 //! periods and decline politely when a patient is placed already.
 //!
 //! Batches take turns on one row lock (`matcher.world`): matching weighs
-//! every search against every practice, so replicas of the matcher share
-//! the load by turns and stay consistent; a replica whose memory is behind
-//! the committed version reloads it. Within a process, a batch may start
+//! every search against every practice. One replica consumes at a time
+//! ([`Processor::exclusive`]), the others stand by; the row lock keeps
+//! them consistent all the same (a replica whose memory is behind the
+//! committed version reloads it), should two ever consume at once. Within a process, a batch may start
 //! from the memory while the batch before it is still encoding and
 //! committing its outputs: it takes the row lock only to write, and runs
 //! again from the stored state if that batch did not commit.
@@ -177,6 +178,13 @@ impl Processor for Matcher {
     }
 
     fn journal(&self) -> bool {
+        true
+    }
+
+    /// Every batch weighs every search against every practice: replicas
+    /// taking turns would each reload what the other committed (at 8,000
+    /// patients the chain crawled), so one consumes and the others stand by.
+    fn exclusive(&self) -> bool {
         true
     }
 

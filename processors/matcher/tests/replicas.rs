@@ -1,16 +1,18 @@
 //! Matcher replicas share the state: with fewer places than patients want
 //! (10 practices x 6 < 40 patients x 2), every practice is filled to six
 //! and not beyond, and no patient goes to more practices than allowed or to
-//! one practice twice. One test runs two replicas on the real stream (the
-//! lease decides which partitions each takes); the other hands batches to
-//! two replicas in turns (`run_batch`), so one must reload what the other
-//! committed (disabling the reload makes it fail).
+//! one practice twice. One test runs two replicas on the real stream (one
+//! consumes, the other stands by and takes over when it stops); others
+//! hand batches to two replicas in turns (`run_batch`), as two replicas
+//! consuming at once would, so one must reload what the other committed
+//! (disabling the reload makes them fail).
 
 use psymatch_matcher::{Matcher, MatcherConfig};
 use psymatch_runtime::processor::{ProcessError, Processor};
 use psymatch_runtime::testing::people;
 use psymatch_runtime::testing::{
-    Running, TestBed, fresh_database, of_type, open_batch, run_batch, wait_until,
+    Running, TestBed, free_port, fresh_database, metric, of_type, open_batch, query, run_batch,
+    wait_until,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,58 +33,142 @@ fn registered(n: usize) -> Value {
     people::registered(n, 30 + (n % 40) as i64, (52.52, 13.40 + n as f64 * 0.001))
 }
 
+/// The role and assigned partitions a replica's `/health/status` shows.
+async fn role(port: u16) -> (String, usize) {
+    let (_, status) = query(port, "/health/status", None).await;
+    let role = status["role"].as_str().unwrap_or_default().to_string();
+    (
+        role,
+        status["assigned_partitions"].as_array().map_or(0, Vec::len),
+    )
+}
+
+/// Patients consumed from patient-events and nothing left in the outbox.
+async fn all_consumed(bed: &TestBed, patients: usize) -> bool {
+    let (consumed, pending): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT coalesce(sum(next_offset), 0)::bigint FROM matcher.consumer_offsets
+              WHERE topic LIKE '%patient-events'),
+            (SELECT count(*) FROM matcher.outbox)",
+    )
+    .fetch_one(&bed.pool)
+    .await
+    .unwrap();
+    consumed == patients as i64 && pending == 0
+}
+
+const LOADS: &str = "psymatch_matcher_state_loads_total";
+
+/// One replica consumes, the other stands by (its surface up, no
+/// partitions) and takes over when the active one stops; a lease left by a
+/// replica that was killed holds both back until it expires. The limits
+/// hold across the hand-over, and the active replica never reloads the
+/// state (replicas that took turns reloaded at every turn).
 #[tokio::test(flavor = "multi_thread")]
-async fn two_replicas_keep_the_limits() {
+async fn one_replica_consumes_and_a_standby_takes_over() {
     let bed = TestBed::new().await;
-    let config = || {
-        MatcherConfig::with_rules(psymatch_matcher::rulebook::Rulebook {
-            inquiries_per_patient: PER_PATIENT,
-            ..Default::default()
-        })
+    let config = |port: u16| {
+        let mut config = bed.config("matcher");
+        config.http_listen = format!("127.0.0.1:{port}");
+        config
     };
-    let one = Running::start(Matcher::new(config()), bed.config("matcher"));
-    let two = Running::start(Matcher::new(config()), bed.config("matcher"));
+    let matcher = || {
+        Matcher::new(MatcherConfig::with_rules(
+            psymatch_matcher::rulebook::Rulebook {
+                inquiries_per_patient: PER_PATIENT,
+                ..Default::default()
+            },
+        ))
+    };
+    // A replica killed a moment ago: its lease has not expired.
+    let group = config(0).group;
+    sqlx::query(
+        "INSERT INTO matcher.active_replica (group_id, holder, expires_at)
+         VALUES ($1, gen_random_uuid(), now() + interval '10 minutes')",
+    )
+    .bind(&group)
+    .execute(&bed.pool)
+    .await
+    .unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = Running::start(matcher(), config(port_a));
+    let b = Running::start(matcher(), config(port_b));
+    for port in [port_a, port_b] {
+        bed.wait_for("both stand by", Duration::from_secs(60), || async move {
+            reqwest::get(format!("http://127.0.0.1:{port}/health/status"))
+                .await
+                .is_ok()
+                && role(port).await == ("standby".to_string(), 0)
+        })
+        .await;
+        assert_eq!(metric(port, "psymatch_active", &[]).await, 0.0);
+    }
+    // The killed replica's lease expires.
+    sqlx::query("UPDATE matcher.active_replica SET expires_at = now() - interval '1 second'")
+        .execute(&bed.pool)
+        .await
+        .unwrap();
+    let active = || async {
+        let (ra, rb) = (role(port_a).await.0, role(port_b).await.0);
+        match (ra.as_str(), rb.as_str()) {
+            ("active", "standby") => Some((port_a, port_b)),
+            ("standby", "active") => Some((port_b, port_a)),
+            _ => None,
+        }
+    };
+    bed.wait_for("one replica active", Duration::from_secs(60), || async {
+        active().await.is_some()
+    })
+    .await;
+    let (first, second) = active().await.unwrap();
+
     let practices: Vec<Value> = (0..PRACTICES).map(discovered).collect();
     bed.publish("therapist-events", &practices).await;
-    bed.wait_for(
-        "both replicas' therapists stored",
-        Duration::from_secs(60),
-        || async {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM matcher.therapists")
-                .fetch_one(&bed.pool)
-                .await
-                .unwrap();
-            n == PRACTICES as i64
-        },
-    )
+    let half: Vec<Value> = (0..PATIENTS / 2).map(registered).collect();
+    bed.publish("patient-events", &half).await;
+    bed.wait_for("the first half matched", Duration::from_secs(90), || {
+        all_consumed(&bed, PATIENTS / 2)
+    })
     .await;
-    // In three waves, so both replicas run searches against state the
-    // other one wrote.
-    for wave in 0..3 {
-        let patients: Vec<Value> = (0..PATIENTS)
-            .filter(|n| n % 3 == wave)
-            .map(registered)
-            .collect();
-        bed.publish("patient-events", &patients).await;
-    }
+    assert_eq!(role(second).await, ("standby".to_string(), 0));
+    assert_eq!(metric(first, "psymatch_active", &[]).await, 1.0);
+    assert_eq!(
+        metric(first, LOADS, &[]).await,
+        1.0,
+        "loaded once, at start"
+    );
+    assert_eq!(
+        metric(second, LOADS, &[]).await,
+        0.0,
+        "a standby loads nothing"
+    );
+
+    // The active replica stops; the standby takes over and matches the rest.
+    let (stopping, staying) = if first == port_a { (a, b) } else { (b, a) };
+    stopping.stop().await;
+    bed.wait_for("the standby took over", Duration::from_secs(60), || async {
+        role(second).await.0 == "active"
+    })
+    .await;
+    let rest: Vec<Value> = (PATIENTS / 2..PATIENTS).map(registered).collect();
+    bed.publish("patient-events", &rest).await;
     bed.wait_for(
         "every search run and published",
         Duration::from_secs(90),
-        || async {
-            let (consumed, pending): (i64, i64) = sqlx::query_as(
-                "SELECT (SELECT coalesce(sum(next_offset), 0)::bigint FROM matcher.consumer_offsets
-                      WHERE topic LIKE '%patient-events'),
-                    (SELECT count(*) FROM matcher.outbox)",
-            )
-            .fetch_one(&bed.pool)
-            .await
-            .unwrap();
-            consumed == PATIENTS as i64 && pending == 0
-        },
+        || all_consumed(&bed, PATIENTS),
     )
     .await;
-    one.stop().await;
-    two.stop().await;
+    assert_eq!(
+        metric(second, LOADS, &[]).await,
+        1.0,
+        "loaded once, on taking over"
+    );
+    staying.stop().await;
+    assert_eq!(
+        bed.count("SELECT count(*) FROM matcher.active_replica")
+            .await,
+        0,
+        "a graceful stop gives the lease up"
+    );
     let records = bed
         .read_until("email-commands", Duration::from_secs(60), |r| {
             of_type(r, "email.send_inquiry")
@@ -92,10 +178,16 @@ async fn two_replicas_keep_the_limits() {
                 >= PRACTICES * 6
         })
         .await;
+    assert_limits(&records);
+    assert_eq!(stored_per_practice(&bed.pool).await, vec![6; PRACTICES]);
+}
 
+/// Every practice filled to six and none beyond; no patient offered to
+/// more practices than allowed or to one practice twice.
+fn assert_limits(records: &[psymatch_runtime::testing::Received]) {
     let mut by_patient: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut by_practice: BTreeMap<String, usize> = BTreeMap::new();
-    for inquiry in of_type(&records, "email.send_inquiry") {
+    for inquiry in of_type(records, "email.send_inquiry") {
         let inquiry = inquiry.payload();
         let practice = inquiry["therapist_id"].as_str().unwrap().to_string();
         for patient in inquiry["patients"].as_array().unwrap() {
@@ -123,14 +215,6 @@ async fn two_replicas_keep_the_limits() {
         by_practice.values().all(|n| *n == 6),
         "every practice filled to six, none beyond: {by_practice:?}"
     );
-    // What the replicas stored agrees: six per practice in their tables.
-    let stored: Vec<i64> = sqlx::query_scalar(
-        "SELECT sum(cardinality(patient_ids))::bigint FROM matcher.inquiries GROUP BY therapist_id",
-    )
-    .fetch_all(&bed.pool)
-    .await
-    .unwrap();
-    assert!(stored.iter().all(|n| *n == 6), "{stored:?}");
 }
 
 /// Places at each practice, from what the matcher stored.
@@ -220,14 +304,14 @@ async fn one_batch_behind_another(
     wait_until(
         "the second batch waits for the first",
         Duration::from_secs(30),
-        || async { metric(&matcher, "matcher_batches_waiting") == 1.0 },
+        || async { own_metric(&matcher, "matcher_batches_waiting") == 1.0 },
     )
     .await;
     (matcher, open, task)
 }
 
 /// The value of the matcher's gauge or counter `name`.
-fn metric(matcher: &Matcher, name: &str) -> f64 {
+fn own_metric(matcher: &Matcher, name: &str) -> f64 {
     matcher
         .collectors()
         .iter()
@@ -258,11 +342,11 @@ async fn a_warmed_up_matcher_starts_from_the_stored_state() {
         per_quarter
     );
     b.warm_up(&pool).await.expect("the state loads");
-    assert_eq!(metric(&b, "matcher_state_loads_total"), 1.0);
+    assert_eq!(own_metric(&b, "matcher_state_loads_total"), 1.0);
     let offered = run_batch(&b, &pool, "patient-events", &quarter(1)).await;
     assert_eq!(places(&offered), per_quarter);
     assert_eq!(
-        metric(&b, "matcher_state_loads_total"),
+        own_metric(&b, "matcher_state_loads_total"),
         1.0,
         "the first batch went on from the warmed-up state"
     );
@@ -274,7 +358,7 @@ async fn a_warmed_up_matcher_starts_from_the_stored_state() {
         left.min(per_quarter)
     );
     let offered = run_batch(&b, &pool, "patient-events", &quarter(3)).await;
-    assert_eq!(metric(&b, "matcher_state_loads_total"), 2.0);
+    assert_eq!(own_metric(&b, "matcher_state_loads_total"), 2.0);
     assert_eq!(
         places(&offered),
         left - left.min(per_quarter),

@@ -29,8 +29,8 @@ const GRACE: Duration = Duration::from_secs(20);
 struct Scalings {
     up: usize,
     terminated: usize,
-    /// Graceful stops that did not exit 0.
-    unclean: usize,
+    /// Graceful stops that did not exit 0: the processor and how it ended.
+    unclean: Vec<String>,
     killed: usize,
 }
 
@@ -94,7 +94,10 @@ async fn pass(
                 if rng.random_bool(0.5) {
                     done.terminated += 1;
                     let exited = gone.terminate(GRACE).await;
-                    done.unclean += !exited.is_some_and(|s| s.success()) as usize;
+                    if !exited.is_some_and(|s| s.success()) {
+                        let how = exited.map_or("still running".to_string(), |s| s.to_string());
+                        done.unclean.push(format!("{}: {how}", gone.name));
+                    }
                 } else {
                     gone.kill();
                     done.killed += 1;
@@ -185,9 +188,18 @@ pub async fn run(
     let mut rows = crate::invariants::rows(&bed, &counted).await;
     rows.push((
         "graceful scale-downs (SIGTERM) that did not exit 0 within 20 s",
-        format!("{} of {}", scalings.unclean, scalings.terminated),
+        format!(
+            "{} of {}{}",
+            scalings.unclean.len(),
+            scalings.terminated,
+            if scalings.unclean.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", scalings.unclean.join(", "))
+            }
+        ),
         "0".into(),
-        scalings.unclean == 0 && scalings.terminated > 0,
+        scalings.unclean.is_empty() && scalings.terminated > 0,
     ));
     let records = (patients + 1) as f64;
     let (elastic_rate, calm_rate) = (records / elastic_seconds, records / calm_seconds);

@@ -6,7 +6,8 @@
 //! asked, `PSYMATCH_CHECK_SETTINGS=1`), its probes are the surface's, its
 //! files are ones the image holds, it runs as non-root on a read-only root
 //! filesystem with requests and limits, and it has a Service, a
-//! PodDisruptionBudget, a NetworkPolicy and (for a consumer) a ScaledObject
+//! PodDisruptionBudget, a NetworkPolicy and (for a consumer scaled on lag:
+//! not the matcher, whose one active replica has a standby) a ScaledObject
 //! on its own consumer group; every processor of docker-compose.yml has
 //! its Deployment.
 

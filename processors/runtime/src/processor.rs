@@ -100,6 +100,15 @@ pub trait Processor: Send + Sync + 'static {
         false
     }
 
+    /// Whether one replica at a time consumes (per consumer group), the
+    /// others standing by until it stops or dies: for a processor whose
+    /// every batch weighs the whole state, so that replicas would only take
+    /// turns and reload each other's writes. Needs the table
+    /// `<schema>.active_replica` in its migration (see `app::active`).
+    fn exclusive(&self) -> bool {
+        false
+    }
+
     /// The processor's read-only query routes (`/v1/...`), answered from
     /// what it committed in `pool`; served on the surface port behind the
     /// bearer tokens of `QUERY_TOKENS` ([`crate::query`]).

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub outbox_pending: IntGauge,
     /// Query answers by HTTP status (`crate::query`).
     pub queries: IntCounterVec,
+    /// 1 while this replica consumes, 0 while it stands by (a processor
+    /// with one active replica at a time).
+    pub active: IntGauge,
 }
 
 impl Metrics {
@@ -58,6 +61,13 @@ impl Metrics {
             Registry::new_custom(Some("psymatch".into()), Some(labels)).expect("valid registry");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let level = |name: &str, help: &str| {
+            let metric = IntGauge::new(name, help).expect("valid metric");
             registry
                 .register(Box::new(metric.clone()))
                 .expect("unique metric");
@@ -128,14 +138,11 @@ impl Metrics {
                 "Query answers by HTTP status.",
                 &["status"],
             ),
-            outbox_pending: {
-                let metric = IntGauge::new("outbox_pending", "Records waiting in the outbox.")
-                    .expect("valid metric");
-                registry
-                    .register(Box::new(metric.clone()))
-                    .expect("unique metric");
-                metric
-            },
+            outbox_pending: level("outbox_pending", "Records waiting in the outbox."),
+            active: level(
+                "active",
+                "1 while this replica consumes; 0 while it stands by for the active one.",
+            ),
             registry,
         }
     }
@@ -166,9 +173,17 @@ pub struct Status {
     pub lag: Mutex<BTreeMap<(String, i32), i64>>,
     /// The last error, for a person looking.
     pub last_error: Mutex<Option<String>>,
+    /// Standing by while another replica is the active one.
+    pub standby: std::sync::atomic::AtomicBool,
 }
 
 impl Status {
+    /// Marks this replica as standing by, or as consuming.
+    pub fn set_standby(&self, standby: bool) {
+        self.standby
+            .store(standby, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Records an error as the last one.
     pub fn error(&self, message: impl Into<String>) {
         *self.last_error.lock().expect("status lock") = Some(message.into());
@@ -333,6 +348,11 @@ async fn status(State(surface): State<Arc<Surface>>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "group": surface.group,
         "uptime_seconds": surface.started.elapsed().as_secs(),
+        "role": if surface.status.standby.load(std::sync::atomic::Ordering::SeqCst) {
+            "standby"
+        } else {
+            "active"
+        },
         "assigned_partitions": assigned,
         "lag": lag,
         "last_error": *surface.status.last_error.lock().expect("status lock"),

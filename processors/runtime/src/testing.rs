@@ -271,3 +271,20 @@ pub async fn query(port: u16, path: &str, token: Option<&str>) -> (u16, serde_js
     let status = response.status().as_u16();
     (status, response.json().await.expect("a JSON body"))
 }
+
+/// The sum of the samples of `name` on the surface's `/metrics` on
+/// `port` whose labels include every one of `labels` (`name` with the
+/// `psymatch_` prefix; every sample has the `processor` label).
+pub async fn metric(port: u16, name: &str, labels: &[&str]) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("the surface answers")
+        .text()
+        .await
+        .expect("a text body");
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

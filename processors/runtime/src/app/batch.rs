@@ -51,6 +51,11 @@ pub(super) async fn process_batch<P: Processor>(
         topic: first.topic().to_string(),
         partition: first.partition(),
     };
+    let _open = shared
+        .transactions
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
     let mut tx = shared.pool.begin().await?;
     let next = claim_offset(shared, &mut tx, &at).await?;
     let fresh: Vec<&OwnedMessage> = batch.iter().filter(|m| m.offset() >= next).collect();

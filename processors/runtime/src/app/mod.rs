@@ -22,12 +22,14 @@
 //! callbacks and the database lookups they need block, and must not block
 //! the async workers.
 //!
-//! The stages, one module each: `consumer` (the thread, rebalances,
+//! The stages, one module each: `active` (one consuming replica for a
+//! processor whose work does not divide), `consumer` (the thread, rebalances,
 //! stored offsets), `lease` (partition ownership through PostgreSQL),
 //! `worker` (one task per partition), `batch` (one batch's
 //! transaction, phase by phase), `decode`, `dead_letter`, `encode`,
 //! `outbox`, `relay` and `retry`.
 
+mod active;
 mod batch;
 mod consumer;
 mod dead_letter;
@@ -112,6 +114,12 @@ struct Shared<P> {
     compacted: HashSet<String>,
     /// Reads the input topics' watermarks for processors that ask.
     watermarks: crate::broker::Watermarks,
+    /// Batch transactions open at once: the pool's connections less two,
+    /// so that the relay, the consumer thread's offset lookups and the
+    /// queries always find one. A batch may hold its transaction while it
+    /// waits (the matcher's for their turn, one per input partition: 30
+    /// of them at once in the elastic run starved the relay for 10 s).
+    transactions: tokio::sync::Semaphore,
 }
 
 impl<P: Processor> Shared<P> {
@@ -140,7 +148,9 @@ impl<P: Processor> Shared<P> {
             .map(|t| t.name.clone())
             .collect();
         let watermarks = crate::broker::Watermarks::connect(&config.brokers)?;
+        let transactions = (config.db_pool_size as usize).saturating_sub(2).max(1);
         Ok(Shared {
+            transactions: tokio::sync::Semaphore::new(transactions),
             schema: name.to_string(),
             codec: codec::Codec::new(&config.registry_url),
             processor,
@@ -202,32 +212,64 @@ pub async fn run_with<P: Processor>(
     // that everything committed is published before the process exits.
     let drained = Arc::new(AtomicBool::new(false));
     let relay = tokio::spawn(relay_loop(shared.outbox.clone(), drained.clone()));
-    let warming = Instant::now();
-    match shared.processor.warm_up(&shared.pool).await {
-        Ok(()) => tracing::debug!(seconds = warming.elapsed().as_secs_f64(), "warmed up"),
-        Err(error) => tracing::warn!(%error, "warming up failed; the first batch loads instead"),
-    }
-    let consumer = {
-        let shared = shared.clone();
-        let stop = stop.clone();
-        let handle = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
-            .name(format!("{name}-consumer"))
-            .spawn(move || consumer_thread(shared, stop, handle))?
+    let mut shutdown = std::pin::pin!(shutdown);
+    // A processor whose work does not divide consumes on one replica at a
+    // time; the others wait here, their surface up, until it is theirs.
+    let mut lease = if shared.processor.exclusive() {
+        tokio::select! {
+            lease = active::Lease::acquire(&shared) => Some(lease),
+            () = &mut shutdown => None,
+        }
+    } else {
+        None
+    };
+    let standing_by = shared.processor.exclusive() && lease.is_none();
+    let mut lost = false;
+    let consumer = if standing_by {
+        None
+    } else {
+        let warming = Instant::now();
+        match shared.processor.warm_up(&shared.pool).await {
+            Ok(()) => tracing::debug!(seconds = warming.elapsed().as_secs_f64(), "warmed up"),
+            Err(error) => {
+                tracing::warn!(%error, "warming up failed; the first batch loads instead")
+            }
+        }
+        shared.metrics.active.set(1);
+        let consumer = {
+            let shared = shared.clone();
+            let stop = stop.clone();
+            let handle = tokio::runtime::Handle::current();
+            std::thread::Builder::new()
+                .name(format!("{name}-consumer"))
+                .spawn(move || consumer_thread(shared, stop, handle))?
+        };
+        match &mut lease {
+            Some(lease) => tokio::select! {
+                () = &mut shutdown => {}
+                () = lease.lost(&shared) => {
+                    tracing::error!("another replica became active while this one could not renew its lease; stopping");
+                    lost = true;
+                }
+            },
+            None => shutdown.await,
+        }
+        Some(consumer)
     };
 
-    shutdown.await;
     tracing::info!("draining");
     stop.store(true, Ordering::SeqCst);
     shared.outbox.wake();
     let deadline = shared.config.shutdown_timeout;
     let finished = tokio::time::timeout(deadline, async {
-        let joined = tokio::task::spawn_blocking(move || consumer.join()).await;
+        if let Some(consumer) = consumer {
+            let joined = tokio::task::spawn_blocking(move || consumer.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("the consumer thread ended abnormally");
+            }
+        }
         drained.store(true, Ordering::SeqCst);
         shared.outbox.wake();
-        if !matches!(joined, Ok(Ok(()))) {
-            tracing::error!("the consumer thread ended abnormally");
-        }
         let _ = relay.await;
     })
     .await;
@@ -236,6 +278,9 @@ pub async fn run_with<P: Processor>(
             seconds = deadline.as_secs(),
             "shutdown timed out; unfinished work is redone on restart"
         );
+    }
+    if let Some(lease) = lease.filter(|_| !lost) {
+        lease.release(&shared).await;
     }
     http.abort();
     // A worker still waiting in PostgreSQL (on a lock another replica
@@ -248,6 +293,10 @@ pub async fn run_with<P: Processor>(
         tracing::warn!("database connections still busy at exit; their transactions roll back");
     }
     tracing::info!("stopped");
+    anyhow::ensure!(
+        !lost,
+        "another replica took over while this one could not reach PostgreSQL; restart to stand by"
+    );
     Ok(())
 }
 
