@@ -9,10 +9,11 @@
 //! every search against every practice. One replica consumes at a time
 //! ([`Processor::exclusive`]), the others stand by; the row lock keeps
 //! them consistent all the same (a replica whose memory is behind the
-//! committed version reloads it), should two ever consume at once. Within a process, a batch may start
-//! from the memory while the batch before it is still encoding and
-//! committing its outputs: it takes the row lock only to write, and runs
-//! again from the stored state if that batch did not commit.
+//! committed version reloads it), should two ever consume at once.
+//! Within a process, a batch may start from the memory while the batch
+//! before it is still encoding and committing its outputs: it takes the
+//! row lock only to write, and runs again from the stored state if that
+//! batch did not commit.
 
 use crate::config::MatcherConfig;
 use crate::events::{Decided, StateLoaded};

@@ -43,19 +43,6 @@ async fn role(port: u16) -> (String, usize) {
     )
 }
 
-/// Patients consumed from patient-events and nothing left in the outbox.
-async fn all_consumed(bed: &TestBed, patients: usize) -> bool {
-    let (consumed, pending): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT coalesce(sum(next_offset), 0)::bigint FROM matcher.consumer_offsets
-              WHERE topic LIKE '%patient-events'),
-            (SELECT count(*) FROM matcher.outbox)",
-    )
-    .fetch_one(&bed.pool)
-    .await
-    .unwrap();
-    consumed == patients as i64 && pending == 0
-}
-
 const LOADS: &str = "psymatch_matcher_state_loads_total";
 
 /// One replica consumes, the other stands by (its surface up, no
@@ -125,10 +112,8 @@ async fn one_replica_consumes_and_a_standby_takes_over() {
     bed.publish("therapist-events", &practices).await;
     let half: Vec<Value> = (0..PATIENTS / 2).map(registered).collect();
     bed.publish("patient-events", &half).await;
-    bed.wait_for("the first half matched", Duration::from_secs(90), || {
-        all_consumed(&bed, PATIENTS / 2)
-    })
-    .await;
+    bed.wait_consumed("matcher", "patient-events", (PATIENTS / 2) as i64)
+        .await;
     assert_eq!(role(second).await, ("standby".to_string(), 0));
     assert_eq!(metric(first, "psymatch_active", &[]).await, 1.0);
     assert_eq!(
@@ -151,12 +136,8 @@ async fn one_replica_consumes_and_a_standby_takes_over() {
     .await;
     let rest: Vec<Value> = (PATIENTS / 2..PATIENTS).map(registered).collect();
     bed.publish("patient-events", &rest).await;
-    bed.wait_for(
-        "every search run and published",
-        Duration::from_secs(90),
-        || all_consumed(&bed, PATIENTS),
-    )
-    .await;
+    bed.wait_consumed("matcher", "patient-events", PATIENTS as i64)
+        .await;
     assert_eq!(
         metric(second, LOADS, &[]).await,
         1.0,

@@ -158,20 +158,11 @@ impl Process {
     /// status, or `None` when it still ran after `within` (then it is
     /// killed, as Kubernetes would at the end of the grace period).
     pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let pid = self.child.0.id().to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .ok()?;
-        let signalled = Instant::now();
-        while sent.success() && signalled.elapsed() < within {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let exited = self.child.stop_within(within).await;
+        if exited.is_none() {
+            self.kill();
         }
-        self.kill();
-        None
+        exited
     }
 
     /// Kills it with SIGKILL and waits for it to be gone.

@@ -173,17 +173,9 @@ pub struct Status {
     pub lag: Mutex<BTreeMap<(String, i32), i64>>,
     /// The last error, for a person looking.
     pub last_error: Mutex<Option<String>>,
-    /// Standing by while another replica is the active one.
-    pub standby: std::sync::atomic::AtomicBool,
 }
 
 impl Status {
-    /// Marks this replica as standing by, or as consuming.
-    pub fn set_standby(&self, standby: bool) {
-        self.standby
-            .store(standby, std::sync::atomic::Ordering::SeqCst);
-    }
-
     /// Records an error as the last one.
     pub fn error(&self, message: impl Into<String>) {
         *self.last_error.lock().expect("status lock") = Some(message.into());
@@ -348,11 +340,7 @@ async fn status(State(surface): State<Arc<Surface>>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "group": surface.group,
         "uptime_seconds": surface.started.elapsed().as_secs(),
-        "role": if surface.status.standby.load(std::sync::atomic::Ordering::SeqCst) {
-            "standby"
-        } else {
-            "active"
-        },
+        "role": if surface.metrics.active.get() == 1 { "active" } else { "standby" },
         "assigned_partitions": assigned,
         "lag": lag,
         "last_error": *surface.status.last_error.lock().expect("status lock"),

@@ -92,6 +92,17 @@ impl KillOnDrop {
     /// Sends SIGTERM and waits for the exit, failing the test when the
     /// process is still running `within` after the signal.
     pub async fn terminate(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        self.stop_within(within)
+            .await
+            .unwrap_or_else(|| panic!("still running {within:?} after SIGTERM"))
+    }
+
+    /// Sends SIGTERM and waits for the exit: its status, or `None` when
+    /// the process still ran `within` after the signal.
+    pub async fn stop_within(
+        &mut self,
+        within: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
         let pid = self.0.id().to_string();
         let signalled = std::time::Instant::now();
         let sent = std::process::Command::new("kill")
@@ -99,16 +110,13 @@ impl KillOnDrop {
             .status()
             .expect("running kill");
         assert!(sent.success(), "kill -TERM {pid} failed");
-        loop {
+        while signalled.elapsed() < within {
             if let Some(status) = self.0.try_wait().expect("waiting for the process") {
-                return status;
+                return Some(status);
             }
-            assert!(
-                signalled.elapsed() < within,
-                "still running {within:?} after SIGTERM"
-            );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        None
     }
 }
 

@@ -43,46 +43,36 @@ impl Lease {
     /// whether this replica holds it now. A failed connection is dropped
     /// and made again on the next call.
     async fn claim<P: Processor>(&mut self, shared: &Shared<P>) -> Result<bool, sqlx::Error> {
-        if self.connection.is_none() {
-            let options = sqlx::postgres::PgConnectOptions::from_str(&shared.config.database_url)?
-                .application_name(&format!("psymatch-active-{}", shared.schema));
-            self.connection = Some(options.connect().await?);
-        }
-        let connection = self.connection.as_mut().expect("connected above");
-        let claimed = claim(connection, shared, self.holder).await;
-        if claimed.is_err() {
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            None => {
+                let options =
+                    sqlx::postgres::PgConnectOptions::from_str(&shared.config.database_url)?
+                        .application_name(&format!("psymatch-active-{}", shared.schema));
+                self.connection.insert(options.connect().await?)
+            }
+        };
+        let sql = format!(
+            "INSERT INTO {schema}.active_replica (group_id, holder, expires_at)
+             VALUES ($1, $2, now() + $3 * interval '1 millisecond')
+             ON CONFLICT (group_id) DO UPDATE
+                SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+              WHERE active_replica.holder = EXCLUDED.holder OR active_replica.expires_at < now()
+             RETURNING holder",
+            schema = shared.schema
+        );
+        let taken: Result<Option<Uuid>, sqlx::Error> = sqlx::query_scalar(&sql)
+            .bind(&shared.config.group)
+            .bind(self.holder)
+            .bind(LEASE.as_millis() as f64)
+            .fetch_optional(connection)
+            .await;
+        if taken.is_err() {
             self.connection = None;
         }
-        claimed
+        Ok(taken? == Some(self.holder))
     }
-}
 
-/// Takes the lease for `holder`, or renews it when `holder` has it
-/// already: whether `holder` holds it now.
-async fn claim<P: Processor>(
-    connection: &mut PgConnection,
-    shared: &Shared<P>,
-    holder: Uuid,
-) -> Result<bool, sqlx::Error> {
-    let sql = format!(
-        "INSERT INTO {schema}.active_replica (group_id, holder, expires_at)
-         VALUES ($1, $2, now() + $3 * interval '1 millisecond')
-         ON CONFLICT (group_id) DO UPDATE
-            SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-          WHERE active_replica.holder = EXCLUDED.holder OR active_replica.expires_at < now()
-         RETURNING holder",
-        schema = shared.schema
-    );
-    let taken: Option<Uuid> = sqlx::query_scalar(&sql)
-        .bind(&shared.config.group)
-        .bind(holder)
-        .bind(LEASE.as_millis() as f64)
-        .fetch_optional(connection)
-        .await?;
-    Ok(taken == Some(holder))
-}
-
-impl Lease {
     /// Stands by until this replica becomes the active one. Never returns
     /// an error: PostgreSQL out of reach is waited out.
     pub(super) async fn acquire<P: Processor>(shared: &Shared<P>) -> Lease {
@@ -92,8 +82,6 @@ impl Lease {
         };
         let mut attempt = 0u32;
         let mut announced = false;
-        shared.status.set_standby(true);
-        shared.metrics.active.set(0);
         loop {
             match lease.claim(shared).await {
                 Ok(true) => break,
@@ -113,8 +101,6 @@ impl Lease {
             }
         }
         tracing::info!("active: this replica consumes");
-        shared.status.set_standby(false);
-        shared.metrics.active.set(1);
         lease
     }
 

@@ -228,6 +228,7 @@ pub async fn run_with<P: Processor>(
     let consumer = if standing_by {
         None
     } else {
+        shared.metrics.active.set(1);
         let warming = Instant::now();
         match shared.processor.warm_up(&shared.pool).await {
             Ok(()) => tracing::debug!(seconds = warming.elapsed().as_secs_f64(), "warmed up"),
@@ -235,7 +236,6 @@ pub async fn run_with<P: Processor>(
                 tracing::warn!(%error, "warming up failed; the first batch loads instead")
             }
         }
-        shared.metrics.active.set(1);
         let consumer = {
             let shared = shared.clone();
             let stop = stop.clone();
