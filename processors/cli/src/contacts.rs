@@ -97,14 +97,18 @@ const COLUMNS: [(&str, &str); 9] = [
     ("reason", "reason"),
 ];
 
-/// The contact log's rows as CSV (RFC 4180, a header line first).
+/// The contact log's rows as CSV (RFC 4180, a header line first). Practice
+/// names and phone numbers come from outside (116117, people): a cell a
+/// spreadsheet would run as a formula is neutralised
+/// ([`psymatch_runtime::text::spreadsheet_safe`]).
 pub fn csv(rows: &[Value]) -> anyhow::Result<Vec<u8>> {
+    use psymatch_runtime::text::spreadsheet_safe;
     let mut writer = ::csv::Writer::from_writer(Vec::new());
     writer.write_record(COLUMNS.iter().map(|(name, _)| *name))?;
     for row in rows {
         writer.write_record(COLUMNS.iter().map(|(_, field)| match &row[*field] {
             Value::Null => String::new(),
-            Value::String(text) => text.clone(),
+            Value::String(text) => spreadsheet_safe(text).into_owned(),
             other => other.to_string(),
         }))?;
     }
@@ -138,5 +142,26 @@ mod tests {
             )
         );
         assert_eq!(lines.next(), None);
+    }
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_are_neutralised() {
+        let rows = [
+            json!({"date": "2026-12-01T09:00:00+00:00", "channel": "email",
+            "practice": "=HYPERLINK(\"http://x.invalid\",\"Praxis\")", "address": "@SUM(A1)",
+            "phone": "+49 30 1234", "answer": "-1", "answered_at": null,
+            "inquiry_id": "i-1", "reason": "\tcmd"}),
+        ];
+        let text = String::from_utf8(csv(&rows).unwrap()).unwrap();
+        let mut reader = ::csv::Reader::from_reader(text.as_bytes());
+        let record = reader.records().next().unwrap().unwrap();
+        for cell in record.iter().filter(|c| !c.is_empty()) {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "{cell:?} would run"
+            );
+        }
+        assert_eq!(&record[2], "'=HYPERLINK(\"http://x.invalid\",\"Praxis\")");
+        assert_eq!(&record[4], "'+49 30 1234");
     }
 }

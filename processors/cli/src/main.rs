@@ -49,7 +49,8 @@ struct Cli {
     #[arg(long, global = true, env = "PSYMATCH_CONTRACTS")]
     contracts: Option<PathBuf>,
     /// Prefix of the physical topic names (isolated environments, as the
-    /// processors' TOPIC_PREFIX); `publish` and `answer` write there.
+    /// processors' TOPIC_PREFIX): every command works on the prefixed
+    /// topics and their schema subjects.
     #[arg(long, global = true, env = "TOPIC_PREFIX", default_value = "")]
     topic_prefix: String,
     #[command(subcommand)]
@@ -219,7 +220,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let contracts = contracts(&cli)?;
             let admin = topics::Admin::connect(&cli.brokers)?;
-            let outcomes = topics::apply(&admin, &contracts.topics, *dry_run).await?;
+            let declared = contracts.topics.with_prefix(&cli.topic_prefix);
+            let outcomes = topics::apply(&admin, &declared, *dry_run).await?;
             if outcomes.is_empty() {
                 println!(
                     "topics: {} declared, all up to date",
@@ -248,7 +250,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: SchemasCommand::Register,
         } => {
             let contracts = contracts(&cli)?;
-            for registered in codec::register_all(&cli.registry, &contracts).await? {
+            let registered =
+                codec::register_all_prefixed(&cli.registry, &contracts, &cli.topic_prefix).await?;
+            for registered in registered {
                 println!(
                     "registered {} id {} version {}",
                     registered.subject,
@@ -456,6 +460,7 @@ async fn tail(
         bail!("unknown topic {topic}");
     }
     let codec = Codec::new(&cli.registry);
+    let topic = &format!("{}{topic}", cli.topic_prefix);
     // Assigned, not subscribed: tail reads every partition and commits nothing.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cli.brokers)

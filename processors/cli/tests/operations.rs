@@ -34,7 +34,7 @@ fn promtool(args: &[&str]) -> String {
 #[test]
 fn promtool_accepts_the_configuration_and_the_alert_tests_pass() {
     let config = promtool(&["check", "config", "prometheus.yml"]);
-    assert!(config.contains("7 rules found"), "{config}");
+    assert!(config.contains("8 rules found"), "{config}");
     promtool(&["test", "rules", "alerts_test.yml"]);
 }
 

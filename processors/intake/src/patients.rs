@@ -216,6 +216,16 @@ impl Intake {
         record: &Incoming,
     ) -> Result<(), ProcessError> {
         let patient_id = patient_of(record);
+        let checked =
+            validate::patient_id(&patient_id).and_then(|()| {
+                match record.payload["reason"].as_str() {
+                    Some(text) => validate::reason("reason", text),
+                    None => Ok(()),
+                }
+            });
+        if let Err(problem) = checked {
+            return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &problem);
+        }
         let Some(stored) = load(ctx, &patient_id).await? else {
             let reason = format!("patient {patient_id} is not registered");
             return ctx.reject(EVENTS, ErrorCode::UnknownSubject, &reason);

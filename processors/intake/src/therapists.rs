@@ -7,11 +7,14 @@ use psymatch_geo::subject::Subject;
 use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::processor::{Context, Incoming, ProcessError};
 use psymatch_runtime::text::{valid_email, valid_postcode};
+
+use crate::validate;
 use serde_json::{Value, json};
 
 const EVENTS: &str = "therapist-events";
 
-/// Every problem with manually entered therapist details.
+/// Every problem with manually entered therapist details, each naming
+/// its field and never the value.
 pub fn problems(details: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     if details["last_name"]
@@ -24,14 +27,12 @@ pub fn problems(details: &Value) -> Vec<String> {
     }
     let postcode = details["address"]["postcode"].as_str().unwrap_or("").trim();
     if !valid_postcode(postcode) {
-        problems.push(format!(
-            "details.address.postcode {postcode:?} is not five digits"
-        ));
+        problems.push("details.address.postcode is not five digits".to_string());
     }
     if let Some(email) = details["email"].as_str()
         && !valid_email(email)
     {
-        problems.push(format!("details.email {email:?} is not an email address"));
+        problems.push("details.email is not an email address".to_string());
     }
     if let Some(c) = details["coordinates"].as_object() {
         let lat = c
@@ -43,26 +44,17 @@ pub fn problems(details: &Value) -> Vec<String> {
             .and_then(Value::as_f64)
             .unwrap_or(f64::NAN);
         if !((47.0..=55.5).contains(&lat) && (5.5..=15.5).contains(&lon)) {
-            problems.push(format!(
-                "details.coordinates {lat},{lon} are not in Germany"
-            ));
+            problems.push("details.coordinates are not in Germany".to_string());
         }
     }
+    problems.extend(validate::bounds(details));
     problems
 }
 
 fn id_of(record: &Incoming) -> Result<String, String> {
-    let id = record.payload["therapist_id"]
-        .as_str()
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    if id.is_empty() || id.len() > 100 || id.chars().any(char::is_whitespace) {
-        return Err(format!(
-            "therapist_id {id:?} must be 1 to 100 characters without spaces"
-        ));
-    }
-    Ok(id)
+    let id = record.payload["therapist_id"].as_str().unwrap_or("");
+    validate::id("therapist_id", id)?;
+    Ok(id.to_string())
 }
 
 /// Handles a therapist command.
@@ -134,6 +126,9 @@ pub async fn handle(ctx: &mut Context<'_>, record: &Incoming) -> Result<(), Proc
             if reason.is_empty() {
                 return ctx.reject(EVENTS, ErrorCode::InvalidCommand, "a block needs a reason");
             }
+            if let Err(problem) = validate::reason("reason", &reason) {
+                return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &problem);
+            }
             if blocked {
                 return ctx.reject(
                     EVENTS,
@@ -173,14 +168,8 @@ pub async fn handle(ctx: &mut Context<'_>, record: &Incoming) -> Result<(), Proc
             ctx.emit(EVENTS, "therapist.unblocked", json!({"therapist_id": id}))
         }
         "therapist.set_free_places" => {
-            let date = |field: &str| -> Result<Option<chrono::NaiveDate>, String> {
-                match p[field].as_str() {
-                    None => Ok(None),
-                    Some(d) => chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
-                        .map(Some)
-                        .map_err(|_| format!("{field} {d:?} is not a date")),
-                }
-            };
+            let today = ctx.now().date_naive();
+            let date = |field: &str| validate::near_date(field, &p[field], today);
             let (individual, group) = match (date("individual_from"), date("group_from")) {
                 (Ok(i), Ok(g)) => (i, g),
                 (Err(reason), _) | (_, Err(reason)) => {
@@ -207,9 +196,8 @@ pub async fn handle(ctx: &mut Context<'_>, record: &Incoming) -> Result<(), Proc
             let bad = [min, max].iter().flatten().any(|a| !(0..=120).contains(a))
                 || matches!((min, max), (Some(a), Some(b)) if a > b);
             if bad {
-                let reason = format!(
-                    "ages {min:?} to {max:?}: each 0..120, the minimum not above the maximum"
-                );
+                let reason = "min_age and max_age: each 0..120, the minimum not above the maximum"
+                    .to_string();
                 return ctx.reject(EVENTS, ErrorCode::InvalidCommand, &reason);
             }
             sqlx::query(

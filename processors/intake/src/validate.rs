@@ -2,36 +2,163 @@
 //! with the field it is in.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use psymatch_runtime::text::{valid_email, valid_postcode};
+use psymatch_runtime::text::{MAX_ID, id_rule, unsafe_json, valid_email, valid_id, valid_postcode};
 use serde_json::Value;
 
 /// The home position a publisher gave (`details.coordinates`), checked as
 /// the geocoder's answers are (on the globe) and, for a home, in Germany;
-/// `None` when none was given.
+/// `None` when none was given. Problems name the field, never the position.
 pub fn home(details: &Value) -> Result<Option<psymatch_geo::Position>, String> {
     let given = &details["coordinates"];
     let position = psymatch_geo::Position::of_json(given)
-        .map_err(|_| format!("details.coordinates {given} is not a position on the globe"))?;
+        .map_err(|_| "details.coordinates are not a position on the globe".to_string())?;
     match position {
-        Some(at) if !at.in_germany() => Err(format!(
-            "details.coordinates ({}, {}) lie outside Germany",
-            at.latitude, at.longitude
-        )),
+        Some(at) if !at.in_germany() => Err("details.coordinates lie outside Germany".to_string()),
         other => Ok(other),
     }
 }
 
-/// Checks a patient id: present, short, no spaces.
-pub fn patient_id(id: &str) -> Result<(), String> {
-    if id.trim().is_empty() {
-        return Err("patient_id is empty".into());
+/// Checks an id with the one id rule of psymatch
+/// ([`psymatch_runtime::text::valid_id`], the query surface's): an id
+/// that passes can be read back, keyed, mailed and named in a path.
+pub fn id(field: &str, id: &str) -> Result<(), String> {
+    if valid_id(id) {
+        Ok(())
+    } else {
+        Err(id_rule(field))
     }
-    if id.len() > 100 || id.chars().any(char::is_whitespace) {
-        return Err(format!(
-            "patient_id {id:?} must be at most 100 characters without spaces"
+}
+
+/// Checks a patient id ([`id`]).
+pub fn patient_id(patient: &str) -> Result<(), String> {
+    id("patient_id", patient)
+}
+
+/// Longest free text per field, in characters: generous for any real
+/// name or address, small enough that no record carries a document.
+pub const LIMITS: [(&str, usize); 12] = [
+    ("first_name", 100),
+    ("last_name", 100),
+    ("title", 50),
+    ("insurer", 100),
+    ("email", 254),
+    ("website", 300),
+    ("address.street", 100),
+    ("address.house_number", 20),
+    ("address.city", 100),
+    ("phone", 40),
+    ("fax", 40),
+    ("diagnosis_icd10", 10),
+];
+
+/// Most entries and longest entry of the list fields.
+pub const LIST_LIMITS: [(&str, usize, usize); 7] = [
+    ("symptoms", 20, 200),
+    ("languages", 20, 40),
+    ("excluded_therapists", 500, MAX_ID),
+    ("availability", 50, 0),
+    ("phone_hours", 50, 0),
+    ("consultation_hours", 50, 0),
+    ("procedures", 10, 0),
+];
+
+/// Every bound of [`LIMITS`] and [`LIST_LIMITS`] that `details` exceed,
+/// text a publisher sealed with a control character, phone numbers that
+/// are no phone numbers and excluded ids that break the id rule.
+pub fn bounds(details: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(problem) = unsafe_json(details, "details") {
+        problems.push(problem);
+    }
+    for (path, most) in LIMITS {
+        let value = path.split('.').fold(details, |v, part| &v[part]);
+        if value.as_str().is_some_and(|t| t.chars().count() > most) {
+            problems.push(format!("details.{path} is longer than {most} characters"));
+        }
+    }
+    for (field, entries, longest) in LIST_LIMITS {
+        let Some(items) = details[field].as_array() else {
+            continue;
+        };
+        if items.len() > entries {
+            problems.push(format!("details.{field} has more than {entries} entries"));
+        }
+        if longest > 0
+            && items
+                .iter()
+                .any(|item| item.as_str().is_some_and(|t| t.chars().count() > longest))
+        {
+            problems.push(format!(
+                "details.{field} has an entry longer than {longest} characters"
+            ));
+        }
+    }
+    for field in ["phone", "fax"] {
+        if let Some(number) = details[field].as_str()
+            && !number.trim().is_empty()
+            && !phone_number(number)
+        {
+            problems.push(format!(
+                "details.{field} is not a phone number (digits, spaces and + ( ) / - only, 3 digits at least)"
+            ));
+        }
+    }
+    if details["excluded_therapists"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| !t.as_str().is_some_and(valid_id))
+    {
+        problems.push(format!(
+            "details.excluded_therapists: {}",
+            id_rule("each therapist id")
         ));
     }
+    problems
+}
+
+/// A phone number as people write one: digits, spaces and `+ ( ) / -`,
+/// with at least three digits.
+fn phone_number(text: &str) -> bool {
+    text.chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '+' | '(' | ')' | '/' | '-'))
+        && text.chars().filter(char::is_ascii_digit).count() >= 3
+}
+
+/// A free-text reason (a block, a pause, a cancellation): at most 500
+/// characters.
+pub fn reason(field: &str, text: &str) -> Result<(), String> {
+    if text.chars().count() > 500 {
+        return Err(format!("{field} is longer than 500 characters"));
+    }
     Ok(())
+}
+
+/// A date from a command (`YYYY-MM-DD`, as the topic's JSON view writes a
+/// date) between 2000-01-01 and ten years after `today`: a free place
+/// further out is a typing error, and one outside the calendar (a day
+/// number that no date has) never reaches the matcher.
+pub fn near_date(
+    field: &str,
+    value: &Value,
+    today: NaiveDate,
+) -> Result<Option<NaiveDate>, String> {
+    let latest = today
+        .checked_add_months(chrono::Months::new(120))
+        .unwrap_or(today);
+    let rule = || format!("{field} must be a date from 2000-01-01 to {latest}");
+    match value {
+        Value::Null => Ok(None),
+        Value::String(text) => match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            Ok(date) if date >= earliest() && date <= latest => Ok(Some(date)),
+            _ => Err(rule()),
+        },
+        _ => Err(rule()),
+    }
+}
+
+fn earliest() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2000, 1, 1).expect("a valid date")
 }
 
 fn text<'a>(details: &'a Value, field: &str) -> &'a str {
@@ -70,9 +197,7 @@ pub fn details(details: &Value, now: DateTime<Utc>) -> Vec<String> {
     let address = &details["address"];
     let postcode = address["postcode"].as_str().unwrap_or("").trim();
     if !valid_postcode(postcode) {
-        problems.push(format!(
-            "details.address.postcode {postcode:?} is not five digits"
-        ));
+        problems.push("details.address.postcode is not five digits".to_string());
     }
     for field in ["street", "city"] {
         if text(address, field).is_empty() {
@@ -81,7 +206,7 @@ pub fn details(details: &Value, now: DateTime<Utc>) -> Vec<String> {
     }
     let email = text(details, "email");
     if !valid_email(email) {
-        problems.push(format!("details.email {email:?} is not an email address"));
+        problems.push("details.email is not an email address".to_string());
     }
     let today = now.date_naive();
     match birth_date(details) {
@@ -106,7 +231,7 @@ pub fn details(details: &Value, now: DateTime<Utc>) -> Vec<String> {
                 problems.push("details.consent_given_at is in the future".into())
             }
             Ok(_) => {}
-            Err(_) => problems.push(format!("details.consent_given_at {at:?} is not a timestamp")),
+            Err(_) => problems.push("details.consent_given_at is not a timestamp".to_string()),
         },
     }
     if let Some(code) = details["diagnosis_icd10"].as_str() {
@@ -120,22 +245,19 @@ pub fn details(details: &Value, now: DateTime<Utc>) -> Vec<String> {
                     && bytes.len() > 4
                     && bytes[4..].iter().all(u8::is_ascii_digit)));
         if !valid {
-            problems.push(format!(
-                "details.diagnosis_icd10 {code:?} is not an ICD-10 code such as F32.1"
-            ));
+            problems
+                .push("details.diagnosis_icd10 is not an ICD-10 code such as F32.1".to_string());
         }
     }
     if let Some(km) = details["max_distance_km"].as_i64()
         && !(1..=200).contains(&km)
     {
-        problems.push(format!("details.max_distance_km {km} is outside 1..200"));
+        problems.push("details.max_distance_km is outside 1..200".to_string());
     }
     if let Some(minutes) = details["max_travel_minutes"].as_i64()
         && !(5..=240).contains(&minutes)
     {
-        problems.push(format!(
-            "details.max_travel_minutes {minutes} is outside 5..240"
-        ));
+        problems.push("details.max_travel_minutes is outside 5..240".to_string());
     }
     if let Some(last) = details["last_therapy_session"].as_str()
         && NaiveDate::parse_from_str(last, "%Y-%m-%d").is_ok_and(|d| d > today)
@@ -151,11 +273,11 @@ pub fn details(details: &Value, now: DateTime<Utc>) -> Vec<String> {
         match (clock(&slot["from"]), clock(&slot["to"])) {
             (Some(from), Some(to)) if from < to => {}
             _ => problems.push(format!(
-                "details.availability[{i}]: {} to {} is not a time range (HH:MM, from before to)",
-                slot["from"], slot["to"]
+                "details.availability[{i}] is not a time range (HH:MM, from before to)"
             )),
         }
     }
+    problems.extend(bounds(details));
     problems
 }
 
@@ -208,10 +330,40 @@ mod tests {
             (
                 "email",
                 json!("erika(at)example"),
-                "email \"erika(at)example\"",
+                "email is not an email address",
             ),
             ("diagnosis_icd10", json!("depression"), "not an ICD-10 code"),
-            ("max_travel_minutes", json!(600), "max_travel_minutes 600"),
+            (
+                "max_travel_minutes",
+                json!(600),
+                "max_travel_minutes is outside",
+            ),
+            (
+                "first_name",
+                json!("E".repeat(101)),
+                "first_name is longer than 100 characters",
+            ),
+            ("phone", json!("=1+1"), "phone is not a phone number"),
+            (
+                "symptoms",
+                json!(vec!["x"; 21]),
+                "symptoms has more than 20 entries",
+            ),
+            (
+                "excluded_therapists",
+                json!(vec!["t-1"; 501]),
+                "excluded_therapists has more than 500 entries",
+            ),
+            (
+                "excluded_therapists",
+                json!(["<script>"]),
+                "excluded_therapists: each therapist id must be",
+            ),
+            (
+                "last_name",
+                json!("Bei\u{0}spiel"),
+                "details.last_name contains the control character U+0000",
+            ),
             ("first_name", json!(" "), "first_name is empty"),
             (
                 "availability",
@@ -227,7 +379,68 @@ mod tests {
         }
         let mut d = valid();
         d["address"]["postcode"] = json!("1011");
-        assert!(details(&d, now())[0].contains("postcode \"1011\""));
+        assert_eq!(
+            details(&d, now()),
+            vec!["details.address.postcode is not five digits"]
+        );
+    }
+
+    #[test]
+    fn no_problem_quotes_the_value_it_refuses() {
+        let planted = "planted-value-4711";
+        let mut d = valid();
+        for field in ["email", "diagnosis_icd10", "consent_given_at", "phone"] {
+            d[field] = json!(planted);
+        }
+        d["address"]["postcode"] = json!(planted);
+        d["availability"] = json!([{"weekday": "MONDAY", "from": planted, "to": planted}]);
+        d["coordinates"] = json!({"latitude": 48.1374, "longitude": 99.5});
+        let problems = details(&d, now());
+        assert_eq!(problems.len(), 8, "{problems:?}");
+        for problem in &problems {
+            assert!(
+                !problem.contains(planted) && !problem.contains("99.5"),
+                "{problem}"
+            );
+        }
+    }
+
+    #[test]
+    fn ids_and_dates_follow_their_rules() {
+        assert!(patient_id("p-1").is_ok());
+        for bad in [
+            "",
+            "p 1",
+            "../../etc/passwd",
+            "<script>alert(1)</script>",
+            "p\r\nBcc: x",
+        ] {
+            let problem = patient_id(bad).unwrap_err();
+            assert!(
+                problem.starts_with("patient_id must be 1 to 128"),
+                "{problem}"
+            );
+        }
+        let today = NaiveDate::from_ymd_opt(2026, 12, 7).unwrap();
+        assert_eq!(near_date("group_from", &json!(null), today), Ok(None));
+        assert!(
+            near_date("group_from", &json!("2027-01-04"), today)
+                .unwrap()
+                .is_some()
+        );
+        for bad in [
+            json!("1999-12-31"),
+            json!("2036-12-08"),
+            json!(2147483647),
+            json!("x"),
+        ] {
+            let problem = near_date("group_from", &bad, today).unwrap_err();
+            assert_eq!(
+                problem,
+                "group_from must be a date from 2000-01-01 to 2036-12-07"
+            );
+        }
+        assert!(reason("reason", &"x".repeat(501)).is_err());
     }
 
     #[test]

@@ -428,6 +428,15 @@ impl Codec {
     }
 }
 
+/// Bounds what the Avro decoder may allocate for one length prefix (a
+/// string, bytes, an array's items) to four records of `max_record_bytes`
+/// (1 MiB at least), so that a small record that claims a huge length is
+/// refused before the memory is taken. The library keeps the first bound
+/// set in a process; this returns the bound in force.
+pub fn bound_allocations(max_record_bytes: usize) -> usize {
+    apache_avro::util::max_allocation_bytes(max_record_bytes.saturating_mul(4).max(1 << 20))
+}
+
 /// Reads an Avro body written with `schema` itself (no registry: the
 /// fuzz targets and tools that know the writer). The whole body must be
 /// one value.

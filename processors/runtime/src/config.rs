@@ -15,6 +15,7 @@
 //! | `DB_POOL_SIZE` | `8` | database connections |
 //! | `SHUTDOWN_TIMEOUT_SECS` | `10` | how long SIGTERM may take |
 //! | `RETRY_MAX_BACKOFF_MS` | `30000` | longest pause between retries of a failing batch |
+//! | `STUCK_AFTER_SECS` | `120` | a partition whose batch has failed this long turns `/health/readiness` red (alert PartitionStuck) |
 //! | `PARTITION_ASSIGNMENT` | `group` | `group`: Kafka consumer groups; `lease`: partitions are shared out with PostgreSQL leases (see docs/writing-a-processor.md) |
 //! | `RELAY` | `idempotent` | `idempotent`: the relay publishes the outbox with an idempotent producer; `transactional`: each relay pass in one Kafka transaction (see docs/writing-a-processor.md, "Relay") |
 //! | `GROUP_PROTOCOL` | `consumer` | `consumer`: the broker assigns (KIP-848, session timeout set on the broker); `classic`: cooperative-sticky, session timeout 10 s |
@@ -155,6 +156,9 @@ pub struct RuntimeConfig {
     pub shutdown_timeout: Duration,
     /// Longest retry pause (`RETRY_MAX_BACKOFF_MS`).
     pub max_backoff: Duration,
+    /// How long a partition's batch may keep failing before readiness
+    /// turns red (`STUCK_AFTER_SECS`).
+    pub stuck_after: Duration,
     /// What a crash may cost (`GUARANTEE`).
     pub guarantee: Guarantee,
     /// How partitions are shared among instances (`PARTITION_ASSIGNMENT`).
@@ -314,6 +318,7 @@ impl RuntimeConfig {
             db_pool_size: v.number("DB_POOL_SIZE", 8u32)?.max(2),
             shutdown_timeout: Duration::from_secs(v.number("SHUTDOWN_TIMEOUT_SECS", 10u64)?),
             max_backoff: Duration::from_millis(v.number("RETRY_MAX_BACKOFF_MS", 30_000u64)?),
+            stuck_after: Duration::from_secs(v.number("STUCK_AFTER_SECS", 120u64)?),
             guarantee: v.choice(
                 "GUARANTEE",
                 &[

@@ -19,6 +19,10 @@ pub enum ErrorCode {
     KeyMismatch,
     /// The record is larger than the runtime accepts.
     Oversize,
+    /// A value no field may hold, found at the edge before anything is
+    /// stored: text with a NUL or another control character, a date or a
+    /// timestamp outside the years psymatch accepts.
+    UnsafeValue,
     /// A command with invalid domain values (answered with a rejection).
     InvalidCommand,
     /// A command about something unknown (patient, therapist, inquiry).
@@ -28,6 +32,10 @@ pub enum ErrorCode {
     /// No position can be found for an address (the upstream knows none and
     /// its postcode is not in the offline dataset).
     AddressNotFound,
+    /// The database refuses the record's data for good (a value out of a
+    /// column's range, a constraint the input breaks): dead-lettered after
+    /// one careful retry, so that it cannot stall its partition.
+    RefusedByDatabase,
     /// An event from another processor with values outside their domain
     /// (coordinates off the globe, an empty id): the producer's bug,
     /// dead-lettered instead of folded into state.
@@ -46,18 +54,20 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::NotWireFormat,
         ErrorCode::UnknownSchema,
         ErrorCode::UndecodableBody,
         ErrorCode::NotAnEnvelope,
         ErrorCode::KeyMismatch,
         ErrorCode::Oversize,
+        ErrorCode::UnsafeValue,
         ErrorCode::InvalidCommand,
         ErrorCode::UnknownSubject,
         ErrorCode::InvalidState,
         ErrorCode::AddressNotFound,
         ErrorCode::InvalidEvent,
+        ErrorCode::RefusedByDatabase,
         ErrorCode::OutputDoesNotFit,
         ErrorCode::Database,
         ErrorCode::Broker,
@@ -74,11 +84,13 @@ impl ErrorCode {
             ErrorCode::NotAnEnvelope => "PSY-D-004",
             ErrorCode::KeyMismatch => "PSY-D-005",
             ErrorCode::Oversize => "PSY-D-006",
+            ErrorCode::UnsafeValue => "PSY-D-007",
             ErrorCode::InvalidCommand => "PSY-V-001",
             ErrorCode::UnknownSubject => "PSY-V-002",
             ErrorCode::InvalidState => "PSY-V-003",
             ErrorCode::AddressNotFound => "PSY-V-004",
             ErrorCode::InvalidEvent => "PSY-V-005",
+            ErrorCode::RefusedByDatabase => "PSY-V-006",
             ErrorCode::OutputDoesNotFit => "PSY-B-001",
             ErrorCode::Database => "PSY-T-001",
             ErrorCode::Broker => "PSY-T-002",

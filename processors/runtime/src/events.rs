@@ -30,11 +30,44 @@ pub struct BatchRetried<'a> {
 impl Event<Metrics> for BatchRetried<'_> {
     fn emit(self, metrics: &Metrics) {
         metrics.retries.with_label_values(&["batch"]).inc();
+        // Counted as an error too, under the dependency that failed: a
+        // partition that keeps failing shows in the error rate.
+        let code = if self.reason.starts_with("database") {
+            ErrorCode::Database
+        } else if self.reason.starts_with("registry") {
+            ErrorCode::Registry
+        } else if self.reason.starts_with("broker") {
+            ErrorCode::Broker
+        } else {
+            ErrorCode::Upstream
+        };
+        metrics.errors.with_label_values(&[code.as_str()]).inc();
         tracing::warn!(
             attempt = self.attempt,
             reason = self.reason,
             pause_ms = self.pause.as_millis() as u64,
             "batch failed; retrying"
+        );
+    }
+}
+
+/// A batch was refused as a whole, even record by record (a batch hook
+/// or its outputs): it is split in halves, each tried on its own, down to
+/// the record that fails.
+pub struct BatchSplit {
+    /// Records in the batch that was split.
+    pub records: usize,
+    /// Its first offset.
+    pub first: i64,
+}
+
+impl Event<Metrics> for BatchSplit {
+    fn emit(self, metrics: &Metrics) {
+        metrics.retries.with_label_values(&["split"]).inc();
+        tracing::warn!(
+            records = self.records,
+            first_offset = self.first,
+            "batch refused as a whole; trying its halves apart"
         );
     }
 }

@@ -160,8 +160,17 @@ pub enum ProcessError {
 }
 
 impl From<sqlx::Error> for ProcessError {
+    /// Data the database refuses for good ([`crate::db::refusal`]) make the
+    /// record invalid (dead-lettered after the careful retry); any other
+    /// database error is transient.
     fn from(error: sqlx::Error) -> Self {
-        ProcessError::Transient(format!("database: {error}"))
+        match crate::db::refusal(&error) {
+            Some(reason) => ProcessError::Invalid {
+                code: ErrorCode::RefusedByDatabase,
+                reason,
+            },
+            None => ProcessError::Transient(format!("database: {error}")),
+        }
     }
 }
 

@@ -185,18 +185,14 @@ impl IntoResponse for QueryError {
     }
 }
 
-/// The longest id a query takes.
-pub const MAX_ID: usize = 128;
+/// The longest id a query takes (the rule is [`crate::text::valid_id`]).
+pub use crate::text::MAX_ID;
 
-/// Checks an id from a path: 1 to [`MAX_ID`] characters of letters,
-/// digits, `-`, `_` and `.`; anything else is a 400 naming the id kind.
+/// Checks an id from a path with the one id rule
+/// ([`crate::text::valid_id`], the rule intake applies); anything else is
+/// a 400 naming the id kind.
 pub fn id(kind: &str, raw: &str) -> Result<String, QueryError> {
-    let fits = !raw.is_empty()
-        && raw.len() <= MAX_ID
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if fits {
+    if crate::text::valid_id(raw) {
         Ok(raw.to_string())
     } else {
         Err(QueryError::bad_request(format!(

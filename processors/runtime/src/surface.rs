@@ -11,8 +11,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,6 +51,9 @@ pub struct Metrics {
     /// 1 while this replica consumes, 0 while it stands by (a processor
     /// with one active replica at a time).
     pub active: IntGauge,
+    /// When the batch a partition is retrying first failed (Unix seconds),
+    /// per partition; a partition that is not failing has no series.
+    pub failing_since: GaugeVec,
 }
 
 impl Metrics {
@@ -143,6 +146,20 @@ impl Metrics {
                 "active",
                 "1 while this replica consumes; 0 while it stands by for the active one.",
             ),
+            failing_since: {
+                let metric = GaugeVec::new(
+                    Opts::new(
+                        "partition_failing_since_timestamp_seconds",
+                        "When the batch a partition keeps retrying first failed (no series while none fails).",
+                    ),
+                    &["topic", "partition"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(metric.clone()))
+                    .expect("unique metric");
+                metric
+            },
             registry,
         }
     }
@@ -173,12 +190,67 @@ pub struct Status {
     pub lag: Mutex<BTreeMap<(String, i32), i64>>,
     /// The last error, for a person looking.
     pub last_error: Mutex<Option<String>>,
+    /// Partitions whose batch keeps failing: since when, and why last.
+    pub failing: Mutex<BTreeMap<(String, i32), (Instant, String)>>,
 }
 
 impl Status {
     /// Records an error as the last one.
     pub fn error(&self, message: impl Into<String>) {
         *self.last_error.lock().expect("status lock") = Some(message.into());
+    }
+
+    /// Notes that the batch of `topic`/`partition` failed (again) with
+    /// `reason`; the first failure's time is kept until it commits.
+    pub fn failing(&self, metrics: &Metrics, topic: &str, partition: i32, reason: &str) {
+        let mut failing = self.failing.lock().expect("status lock");
+        let entry = failing
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| {
+                let since = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                metrics
+                    .failing_since
+                    .with_label_values(&[topic, &partition.to_string()])
+                    .set(since.as_secs_f64());
+                (Instant::now(), String::new())
+            });
+        entry.1 = reason.to_string();
+    }
+
+    /// Notes that the batch of `topic`/`partition` committed.
+    pub fn recovered(&self, metrics: &Metrics, topic: &str, partition: i32) {
+        let mut failing = self.failing.lock().expect("status lock");
+        if failing.remove(&(topic.to_string(), partition)).is_some() {
+            let _ = metrics
+                .failing_since
+                .remove_label_values(&[topic, &partition.to_string()]);
+        }
+    }
+
+    /// The partitions that have been failing for longer than `bound`, for
+    /// readiness: each with how long and why, and what to do.
+    pub fn stuck(&self, bound: Duration) -> Result<(), String> {
+        let failing = self.failing.lock().expect("status lock");
+        let stuck: Vec<String> = failing
+            .iter()
+            .filter(|(_, (since, _))| since.elapsed() > bound)
+            .map(|((topic, partition), (since, reason))| {
+                format!(
+                    "{topic}/{partition} has failed for {} s ({reason})",
+                    since.elapsed().as_secs()
+                )
+            })
+            .collect();
+        if stuck.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}; see docs/operations.md, runbook PartitionStuck",
+                stuck.join("; ")
+            ))
+        }
     }
 }
 

@@ -418,8 +418,8 @@ impl Scraper {
     ) -> Result<(), ProcessError> {
         let root = self.config.import_root.canonicalize();
         let dir = std::path::Path::new(directory).canonicalize();
-        let dir = match (root, dir) {
-            (Ok(root), Ok(dir)) if dir.starts_with(&root) && dir.is_dir() => dir,
+        let (root, dir) = match (root, dir) {
+            (Ok(root), Ok(dir)) if dir.starts_with(&root) && dir.is_dir() => (root, dir),
             (Err(_), _) => {
                 let reason = format!(
                     "the import root {} does not exist",
@@ -458,6 +458,18 @@ impl Scraper {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            // A link inside the root may point anywhere: only what it
+            // resolves to counts, and that must be under the root too.
+            let inside = file
+                .canonicalize()
+                .is_ok_and(|real| real.starts_with(&root));
+            if !inside {
+                problems.push(format!(
+                    "{name}: a link to a file outside the import root (not imported)"
+                ));
+                counts.areas_done += 1;
+                continue;
+            }
             let kind = match format {
                 "JSON" => "json",
                 "HTML" => "html",

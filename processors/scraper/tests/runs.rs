@@ -384,5 +384,31 @@ async fn saved_files_are_imported_and_foreign_directories_refused() {
         reason.contains("not a directory under the import root"),
         "{reason}"
     );
+
+    // A link inside the root to a file outside it is not followed.
+    let outside = scratch_dir("scraper-outside");
+    std::fs::copy(
+        format!("{}/fixtures/api-answer.json", env!("CARGO_MANIFEST_DIR")),
+        outside.join("answer.json"),
+    )
+    .unwrap();
+    let linked = root.join("linked");
+    std::fs::create_dir_all(&linked).unwrap();
+    std::os::unix::fs::symlink(outside.join("answer.json"), linked.join("answer.json")).unwrap();
+    bed.publish(
+        "scraping-commands",
+        &[import("import-3", linked.display().to_string())],
+    )
+    .await;
+    let (completed, _) = finished(&bed, "import-3").await;
+    assert_eq!(completed["counts"]["new"], 0, "{completed}");
+    assert_eq!(completed["counts"]["changed"], 0, "{completed}");
+    assert!(
+        completed["detail"]
+            .as_str()
+            .unwrap()
+            .contains("answer.json: a link to a file outside the import root"),
+        "{completed}"
+    );
     running.stop().await;
 }

@@ -102,7 +102,14 @@ pub(super) async fn process_batch<P: Processor>(
     phases.write = phases.lap();
     let commit = Instant::now();
     tx.commit().await?;
-    committed(shared, &mut scratch, stored, &at, last + 1, fresh.len());
+    committed(
+        shared,
+        Some(&mut scratch),
+        stored,
+        &at,
+        last + 1,
+        fresh.len(),
+    );
     shared
         .metrics
         .commit_seconds
@@ -121,6 +128,38 @@ pub(super) async fn process_batch<P: Processor>(
         commit_ms = commit.elapsed().as_millis() as u64,
         "batch committed"
     );
+    Ok(())
+}
+
+/// Dead-letters one record that fails even alone and carefully (its
+/// batch hooks or outputs are refused for good), in a transaction of its
+/// own with the partition's next offset, so that the partition moves on.
+pub(super) async fn dead_letter_alone<P: Processor>(
+    shared: &Shared<P>,
+    message: &OwnedMessage,
+    code: crate::errors::ErrorCode,
+    reason: &str,
+) -> Result<(), BatchError> {
+    let at = Partition {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+    };
+    let _open = shared
+        .transactions
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+    let mut tx = shared.pool.begin().await?;
+    let next = claim_offset(shared, &mut tx, &at).await?;
+    if message.offset() < next {
+        return Ok(());
+    }
+    let dead = dead_letter(shared, message, None, code, reason);
+    let now = shared.config.clock.now();
+    let (_, stored) = write_outputs(shared, &mut tx, vec![Pending::Done(dead)], now).await?;
+    store_offset(shared, &mut tx, &at, message.offset() + 1).await?;
+    tx.commit().await?;
+    committed(shared, None, stored, &at, message.offset() + 1, 1);
     Ok(())
 }
 
@@ -354,10 +393,9 @@ impl<P: Processor> Batch<'_, '_, P> {
                 Err(ProcessError::Transient(reason)) => return Err(BatchError::Transient(reason)),
                 Err(ProcessError::Invalid { code, reason }) => {
                     if !careful {
-                        // Undo this record's state changes: redo the batch with savepoints.
-                        return Err(BatchError::Transient(format!(
-                            "record refused ({code}); redoing the batch record by record"
-                        )));
+                        // Undo this record's state changes: the worker redoes
+                        // the batch with savepoints.
+                        return Err(BatchError::Refused { code, reason });
                     }
                     sqlx::query("ROLLBACK TO SAVEPOINT record")
                         .execute(&mut *self.tx)
@@ -400,7 +438,7 @@ async fn write_outputs<P: Processor>(
     if !exactly {
         publish(&shared.outbox, &shared.outbox.producer, &unpublished)
             .await
-            .map_err(|failed| BatchError::Transient(failed.reason))?;
+            .map_err(|failed| BatchError::Transient(format!("broker: {}", failed.reason)))?;
     }
     Ok((outputs, stored))
 }
@@ -426,18 +464,21 @@ async fn store_offset<P: Processor>(
     Ok(())
 }
 
-/// After the commit: the processor's `batch_committed`, the stored rows
-/// handed to the relay from memory (unless too many wait already), and the
-/// offset queued for the consumer to store in Kafka.
+/// After the commit: the processor's `batch_committed` (for a batch the
+/// processor saw), the stored rows handed to the relay from memory (unless
+/// too many wait already), and the offset queued for the consumer to store
+/// in Kafka.
 fn committed<P: Processor>(
     shared: &Shared<P>,
-    scratch: &mut Scratch,
+    scratch: Option<&mut Scratch>,
     stored: Vec<(i64, Outgoing)>,
     at: &Partition,
     next: i64,
     records: usize,
 ) {
-    shared.processor.batch_committed(scratch);
+    if let Some(scratch) = scratch {
+        shared.processor.batch_committed(scratch);
+    }
     shared.outbox.committed(stored);
     shared.metrics.batch_records.observe(records as f64);
     shared

@@ -67,6 +67,14 @@ pub(super) async fn decode<P: Processor>(
         .key()
         .map(|k| String::from_utf8_lossy(k).into_owned())
         .unwrap_or_default();
+    // The edge: a value no field may hold is refused here, naming the
+    // field, before any processor stores it (PostgreSQL refuses NUL for
+    // good, which would otherwise fail the batch at every retry).
+    if let Some(problem) =
+        crate::text::text_problem("the key", &key).or_else(|| crate::text::unsafe_value(&value, ""))
+    {
+        return Ok(Decoded::Bad(ErrorCode::UnsafeValue, problem));
+    }
     let spec = shared
         .contracts
         .topics

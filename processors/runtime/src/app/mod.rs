@@ -178,6 +178,10 @@ pub async fn run_with<P: Processor>(
         name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
         "processor name {name} must be a plain lower-case identifier (it names a schema)"
     );
+    // A length prefix in a record cannot make the decoder allocate more
+    // than a few records' worth (the library's default is 512 MB): set
+    // once per process, before anything decodes.
+    crate::codec::bound_allocations(config.max_record_bytes);
     let contracts = Contracts::embedded();
     for topic in processor.inputs() {
         contracts.topic(topic)?;
@@ -192,11 +196,24 @@ pub async fn run_with<P: Processor>(
         group: shared.config.group.clone(),
         metrics,
         status,
-        probes: crate::surface::dependency_probes(
-            shared.pool.clone(),
-            shared.config.registry_url.clone(),
-            shared.config.brokers.clone(),
-        ),
+        probes: {
+            let mut probes = crate::surface::dependency_probes(
+                shared.pool.clone(),
+                shared.config.registry_url.clone(),
+                shared.config.brokers.clone(),
+            );
+            // A partition that cannot move on is as bad as a dependency
+            // that does not answer: someone has to look.
+            let (failing, bound) = (shared.status.clone(), shared.config.stuck_after);
+            probes.push((
+                "partitions",
+                Box::new(move || {
+                    let verdict = failing.stuck(bound);
+                    Box::pin(async move { verdict })
+                }),
+            ));
+            probes
+        },
         started: Instant::now(),
     });
     let queries = shared.processor.queries(&shared.pool).map(|routes| {

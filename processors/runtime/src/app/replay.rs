@@ -10,7 +10,7 @@
 
 use super::Shared;
 use super::batch::process_batch;
-use super::retry::{BatchError, backoff};
+use super::retry::backoff;
 use crate::clock::ManualClock;
 use crate::config::{Guarantee, RuntimeConfig};
 use crate::processor::Processor;
@@ -221,7 +221,8 @@ pub async fn replay<P: Processor>(
         loop {
             match process_batch(&shared, messages, attempt > 0).await {
                 Ok(()) => break,
-                Err(BatchError::Transient(reason)) => {
+                Err(error) => {
+                    let reason = error.reason();
                     attempt += 1;
                     // The first retry is the careful one a refused record
                     // asks for; more mean the scratch database is failing.
