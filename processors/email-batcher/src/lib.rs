@@ -417,7 +417,11 @@ impl EmailBatcher {
                 tracing::warn!(template, variable = %name, "variable not allowed in a therapist's email; dropped");
                 continue;
             }
-            context[name.as_str()] = value.clone();
+            context[name.as_str()] = if THERAPIST_TEMPLATES.contains(&template) {
+                templates::therapist_variable(value)
+            } else {
+                value.clone()
+            };
         }
         let rendered = match self.templates.render(template, &context) {
             Ok(rendered) => rendered,

@@ -51,6 +51,17 @@ fn sample(name: &str) -> Value {
     }
 }
 
+/// A variable for a therapist's template (an id, a date): on one line,
+/// since the template may place it in the subject, where a line break
+/// would move the rest of the subject into the body
+/// ([`psymatch_runtime::text::single_line`]).
+pub fn therapist_variable(value: &Value) -> Value {
+    match value {
+        Value::String(text) => Value::String(psymatch_runtime::text::single_line(text)),
+        other => other.clone(),
+    }
+}
+
 impl Templates {
     /// Loads every template from `dir` and renders each once with a sample:
     /// an error names the template and what is wrong.
@@ -72,13 +83,20 @@ impl Templates {
         Ok(templates)
     }
 
-    /// Renders `name` with `context`.
+    /// Renders `name` with `context`. An error names the template, the
+    /// line and what is wrong, never the template's text: it may reach a
+    /// rejection on a topic.
     pub fn render(&self, name: &str, context: &Value) -> Result<Rendered, String> {
+        let brief = |e: minijinja::Error| {
+            let line = e.line().map_or(String::new(), |l| format!(" line {l}"));
+            let detail = e.detail().map_or(String::new(), |d| format!(": {d}"));
+            format!("{name}.j2{line}: {}{detail}", e.kind())
+        };
         let template = self
             .env
             .get_template(&format!("{name}.j2"))
-            .map_err(|e| format!("{e:#}"))?;
-        let text = template.render(context).map_err(|e| format!("{e:#}"))?;
+            .map_err(brief)?;
+        let text = template.render(context).map_err(brief)?;
         let (first, body) = text.split_once('\n').unwrap_or((text.as_str(), ""));
         let subject = first
             .strip_prefix("Betreff:")
@@ -126,6 +144,20 @@ mod tests {
     }
 
     #[test]
+    fn a_line_break_in_a_variable_stays_in_the_subject() {
+        let templates = bundled();
+        let mut context = sample("follow_up");
+        context["inquiry_id"] = therapist_variable(&json!("i-1\r\nBcc: x@example.org\r\n\r\nText"));
+        let rendered = templates.render("follow_up", &context).unwrap();
+        assert_eq!(
+            rendered.subject,
+            "Erinnerung: Anfrage i-1  Bcc: x@example.org    Text"
+        );
+        assert!(!rendered.body.contains("Bcc"), "{}", rendered.body);
+        assert_eq!(therapist_variable(&json!(7)), json!(7));
+    }
+
+    #[test]
     fn broken_templates_stop_the_start() {
         let dir = std::env::temp_dir().join(format!("templates-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -159,6 +191,23 @@ mod tests {
                 .unwrap()
                 .to_string()
                 .contains("decline.j2")
+        );
+        std::fs::copy(
+            Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/templates/decline.j2")),
+            dir.join("decline.j2"),
+        )
+        .unwrap();
+        // A render error says where and what, and quotes no template text.
+        std::fs::write(
+            dir.join("decline.j2"),
+            "Betreff: x\nGEHEIMER-TEXT {{ 1 + none_such.field }}",
+        )
+        .unwrap();
+        let loaded = Templates::load(&dir);
+        let error = loaded.err().unwrap().to_string();
+        assert!(
+            error.contains("decline.j2 line 2") && !error.contains("GEHEIMER-TEXT"),
+            "{error}"
         );
         std::fs::copy(
             Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/templates/decline.j2")),

@@ -223,7 +223,7 @@ async fn guard(State(guard): State<Guard>, mut request: Request, next: Next) -> 
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(bearer);
     let caller = presented
         .and_then(|token| guard.tokens.caller(token))
         .cloned();
@@ -245,6 +245,15 @@ async fn guard(State(guard): State<Guard>, mut request: Request, next: Next) -> 
     }
     .emit(&guard.metrics);
     response
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme's
+/// name is matched without regard to case (RFC 9110, section 11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
 }
 
 /// Notes that `caller` read the personal data of `what` `id` (logged
@@ -290,6 +299,15 @@ mod tests {
         assert!(!error.contains("0123456789"), "{error}");
         assert!(Tokens::parse("dave:ops:short").unwrap_err().contains("16"));
         assert!(Tokens::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_without_case() {
+        for value in ["Bearer abc", "bearer abc", "BEARER abc", "Bearer  abc"] {
+            assert_eq!(bearer(value), Some("abc"), "{value}");
+        }
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearerabc"), None);
     }
 
     #[test]

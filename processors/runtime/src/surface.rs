@@ -349,10 +349,122 @@ pub async fn serve_with(
     if let Some(queries) = queries {
         app = app.merge(queries);
     }
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let app = refusals_as_json(app);
+    let task = tokio::spawn(accept(listener, app, Limits::default()));
     Ok((address, task))
+}
+
+/// What one surface accepts from its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; more wait in the listen queue.
+    pub connections: usize,
+    /// Time a client has to send a request's headers (and, on a kept-alive
+    /// connection, the next request's): a half-sent request is closed.
+    pub header_read: Duration,
+    /// Largest request body read.
+    pub body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 256,
+            header_read: Duration::from_secs(10),
+            body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Serves `app` on `listener` within `limits`, one task per connection.
+/// axum::serve sets no header-read timeout and no connection limit: a
+/// client holding thousands of half-sent requests would hold as many file
+/// descriptors.
+pub async fn accept(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
+    let app = app.layer(axum::extract::DefaultBodyLimit::max(limits.body_bytes));
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read)
+        .max_buf_size(64 * 1024);
+    loop {
+        let Ok(permit) = open.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of descriptors or a reset before accept: try again shortly.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+}
+
+/// Every refusal of the surface as JSON with a code, as the query
+/// surface's own: unknown paths (404), methods (405), and what axum's
+/// extractors refuse (a path that does not decode, a body too large), which
+/// would otherwise answer in plain text or with an empty body.
+pub fn refusals_as_json(app: Router) -> Router {
+    app.fallback(|| async {
+        refusal(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route; see docs/openapi.yaml",
+        )
+    })
+    .method_not_allowed_fallback(|| async {
+        refusal(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route answers GET only",
+        )
+    })
+    .layer(axum::middleware::map_response(json_refusal))
+}
+
+/// A refusal as `{"error": kind, "message": ...}`.
+fn refusal(status: StatusCode, error: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": error, "message": message})),
+    )
+        .into_response()
+}
+
+/// An error response that is not JSON (axum's extractor rejections)
+/// rewritten as JSON, keeping its status and its text as the message.
+async fn json_refusal(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let bytes = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("refused").to_string()
+    } else {
+        text.trim().to_string()
+    };
+    let kind = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_lowercase()
+        .replace(' ', "_");
+    refusal(status, &kind, &message)
 }
 
 /// The router: `/health/liveness`, `/health/readiness`, `/health/status`, `/metrics`.
