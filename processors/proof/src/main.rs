@@ -4,7 +4,7 @@
 //! processes in an environment of their own (database, topic prefix), and
 //! prints a table; the exit status is 1 when an invariant is broken.
 //!
-//! - `psymatch-proof poison [--per-kind N]`: bad records of seven kinds on
+//! - `psymatch-proof poison [--per-kind N]`: bad records of eleven kinds on
 //!   every consumed topic, interleaved with good ones (docs/proofs.md).
 //! - `psymatch-proof elastic [--mode lease|group|both]`: replicas that
 //!   come and go under load (docs/proofs.md).
@@ -28,7 +28,7 @@ enum Command {
     /// topic or a rejection with its reason, each good one must be
     /// processed, and no process may exit.
     Poison {
-        /// Bad records of each kind per topic (10 topics, 7 kinds).
+        /// Bad records of each kind per topic (10 topics, 9 kinds, 2 more on intake's).
         #[arg(long, default_value_t = 150)]
         per_kind: usize,
         /// Directory for the processors' logs.

@@ -1,4 +1,4 @@
-//! The poison run: bad records of seven kinds on every topic a processor
+//! The poison run: bad records of eleven kinds on every topic a processor
 //! consumes, interleaved with good ones, while every processor runs as a
 //! process. It holds when every bad record reached the dead-letter topic
 //! of its topic (once per processor that consumes it) or a rejection with
@@ -34,6 +34,15 @@ const PROBE: &str = "psymatch.proof.probe";
 /// a little larger).
 const MAX_RECORD_BYTES: usize = 20_000;
 
+/// The text planted in bad records' values: no reason on any topic may
+/// repeat it (reasons name the field and the rule, never the value).
+const PLANTED: &str = "planted-secret";
+
+/// Peak resident memory (MiB) no processor may exceed in the run: a few
+/// times what they hold at rest, far below what one lying length prefix
+/// used to take (500 MB).
+const PEAK_MIB: f64 = 256.0;
+
 /// The kinds of bad record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Kind {
@@ -44,10 +53,19 @@ enum Kind {
     InvalidValues,
     Oversize,
     KeyMismatch,
+    /// A valid record with a NUL character in one of its strings (another
+    /// string field each round).
+    NulText,
+    /// A string's length prefix rewritten to claim 500,000,000 bytes.
+    LyingLength,
+    /// Free text longer than its field's bound (intake's commands).
+    OversizeText,
+    /// A free-place date outside any calendar (day 2,147,483,647).
+    FreePlacesOverflow,
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 11] = [
         Kind::Garbage,
         Kind::WrongMagic,
         Kind::UnknownSchema,
@@ -55,7 +73,21 @@ impl Kind {
         Kind::InvalidValues,
         Kind::Oversize,
         Kind::KeyMismatch,
+        Kind::NulText,
+        Kind::LyingLength,
+        Kind::OversizeText,
+        Kind::FreePlacesOverflow,
     ];
+
+    /// Whether this kind is sent on `topic`: the bounds of free text and
+    /// free places are intake's.
+    fn applies(self, topic: &str) -> bool {
+        match self {
+            Kind::OversizeText => matches!(topic, "patient-commands" | "therapist-commands"),
+            Kind::FreePlacesOverflow => topic == "therapist-commands",
+            _ => true,
+        }
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -66,6 +98,10 @@ impl Kind {
             Kind::InvalidValues => "valid record, invalid domain values",
             Kind::Oversize => "oversize value",
             Kind::KeyMismatch => "key disagrees with the payload",
+            Kind::NulText => "NUL character in a string",
+            Kind::LyingLength => "length prefix claiming 500 MB",
+            Kind::OversizeText => "free text beyond its bound",
+            Kind::FreePlacesOverflow => "free-place date beyond any calendar",
         }
     }
 
@@ -78,6 +114,9 @@ impl Kind {
             Kind::InvalidValues => outcome.starts_with("PSY-V-") || outcome == "rejected",
             Kind::Oversize => outcome == "PSY-D-006",
             Kind::KeyMismatch => outcome == "PSY-D-005",
+            Kind::NulText | Kind::FreePlacesOverflow => outcome == "PSY-D-007",
+            Kind::LyingLength => outcome == "PSY-D-003",
+            Kind::OversizeText => outcome == "rejected",
         }
     }
 }
@@ -145,7 +184,7 @@ pub async fn run(per_kind: usize, logs: &Path) -> anyhow::Result<bool> {
     for round in 0..per_kind {
         let mut sends = Vec::new();
         for (topic, _) in CONSUMED {
-            for kind in Kind::ALL {
+            for kind in Kind::ALL.into_iter().filter(|k| k.applies(topic)) {
                 let probe = format!("{topic}/{kind:?}/{round}");
                 let (key, value, event_id) =
                     bad_record(&bed, &codec, contracts, topic, kind, &templates, round).await?;
@@ -187,16 +226,32 @@ pub async fn run(per_kind: usize, logs: &Path) -> anyhow::Result<bool> {
     // the collector read what they published. Then every outcome there
     // will be is in; a missing one is a broken invariant, not a wait.
     let deadline = Instant::now() + Duration::from_secs(900);
+    let mut behind_at_end = None;
     while let Some(behind) = unsettled(&bed, &seen).await? {
         if Instant::now() > deadline || running.iter_mut().any(|p| p.exited().is_some()) {
             eprintln!("poison: stopped waiting: {behind}");
+            behind_at_end = Some(behind);
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     collector.abort();
 
-    let held = report(&bed, &bad, &seen, &mut running).await?;
+    let mut held = report(&bed, &bad, &seen, &mut running).await?;
+    match &behind_at_end {
+        None => println!(
+            "\nno partition behind at the end: every consumer read to the end of what it consumes"
+        ),
+        Some(behind) => {
+            held = false;
+            println!("\nBEHIND at the end: {behind}");
+        }
+    }
+    if held {
+        println!("\npoison run HELD");
+    } else {
+        println!("\npoison run FAILED");
+    }
     println!(
         "\n{} bad records ({per_kind} of each kind per topic), {:.0} s in all",
         bad.len(),
@@ -484,14 +539,41 @@ async fn report(
         println!("| {} | {count} | {} |", kind.name(), tally.join(", "));
     }
 
-    println!("\n| processor | running at the end | panics in its log |");
-    println!("|---|---|---|");
+    println!(
+        "\n| processor | running at the end | panics in its log | peak RSS MiB (bound {PEAK_MIB:.0}) |"
+    );
+    println!("|---|---|---|---|");
     for process in running.iter_mut() {
         let exited = process.exited();
         let panics = process.panics();
-        held &= exited.is_none() && panics == 0;
+        let peak = process.usage().map(|(mib, _)| mib);
+        held &= exited.is_none() && panics == 0 && peak.is_some_and(|p| p <= PEAK_MIB);
         let state = exited.map_or("yes".to_string(), |status| format!("no ({status})"));
-        println!("| {} | {state} | {panics} |", process.name);
+        let peak = peak.map_or("?".to_string(), |p| format!("{p:.0}"));
+        println!("| {} | {state} | {panics} | {peak} |", process.name);
+    }
+    {
+        // Reasons name the field and the rule, never the value.
+        let seen = seen.lock().expect("collector state");
+        let reasons = seen
+            .dead
+            .values()
+            .map(|(_, reason)| reason)
+            .chain(seen.rejected.values().map(|(_, reason)| reason))
+            .chain(seen.failed.values());
+        let mut count = 0;
+        let echoed: Vec<&String> = reasons
+            .inspect(|_| count += 1)
+            .filter(|reason| reason.contains(PLANTED))
+            .collect();
+        held &= echoed.is_empty();
+        println!(
+            "\n{count} reasons read, {} repeating a planted value{}",
+            echoed.len(),
+            echoed
+                .first()
+                .map_or(String::new(), |r| format!(" (e.g. {r:?})"))
+        );
     }
     {
         let seen = seen.lock().expect("collector state");
@@ -512,6 +594,5 @@ async fn report(
             println!("  {line}");
         }
     }
-    println!("\npoison run {}", if held { "HELD" } else { "FAILED" });
     Ok(held)
 }

@@ -104,12 +104,21 @@ async fn nul_text_and_a_lying_length_are_dead_lettered_and_the_partition_flows_o
     lying.splice(at - 1..at, prefix);
     assert!(lying.len() < 400, "{} bytes", lying.len());
 
+    // A NUL in the key (the patient id): even the dead letter must not
+    // fail on it (the outbox keeps keys as text).
+    let nul_key = "p-\u{0}-key";
+    let keyed = encode(&bed, &run_command(nul_key, "run-k")).await;
+
     bed.publish("matching-commands", &[run_command(key, "before")])
         .await;
-    for (probe, value) in [("nul", &nul), ("lying", &lying)] {
+    for (probe, record_key, value) in [
+        ("nul", key, &nul),
+        ("lying", key, &lying),
+        ("nul-key", nul_key, &keyed),
+    ] {
         bed.publish_raw(
             "matching-commands",
-            Some(key),
+            Some(record_key),
             Some(value),
             &[("probe".into(), probe.into())],
         )
@@ -122,7 +131,7 @@ async fn nul_text_and_a_lying_length_are_dead_lettered_and_the_partition_flows_o
     let port = free_port();
     let running = start(&bed, port, &[]);
     let dead = bed
-        .read_until("matching-commands.dlq", DEADLINE, |r| r.len() >= 2)
+        .read_until("matching-commands.dlq", DEADLINE, |r| r.len() >= 3)
         .await;
     let outputs = bed
         .read_until("matching-events", DEADLINE, |r| answered(r, key) >= 2)
@@ -134,6 +143,14 @@ async fn nul_text_and_a_lying_length_are_dead_lettered_and_the_partition_flows_o
         nul.headers["psymatch.error.message"],
         "payload.run_id contains the control character U+0000"
     );
+    let keyed = letter(&dead, "nul-key");
+    assert_eq!(keyed.headers["psymatch.error.code"], "PSY-D-007");
+    assert_eq!(
+        keyed.headers["psymatch.error.message"],
+        "the key contains the control character U+0000"
+    );
+    assert_eq!(keyed.key.as_deref(), Some("p-\u{FFFD}-key"));
+    assert_eq!(keyed.headers["psymatch.source.key_base64"], "cC0ALWtleQ==");
     let lying = letter(&dead, "lying");
     assert_eq!(lying.headers["psymatch.error.code"], "PSY-D-003");
     // Both good records went through, the one behind the poison included.
@@ -151,7 +168,7 @@ async fn nul_text_and_a_lying_length_are_dead_lettered_and_the_partition_flows_o
     assert!(grown < 64 * 1024, "peak memory grew by {grown} KiB");
     assert_eq!(
         metric(port, "psymatch_dlq_records_total", &["code=\"PSY-D-007\""]).await,
-        1.0
+        2.0
     );
     running.stop().await;
 }

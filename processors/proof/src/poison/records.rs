@@ -3,7 +3,7 @@
 //! schema, wrong key, values out of their domain), built from templates of
 //! real records.
 
-use super::{Kind, MAX_RECORD_BYTES, Seen};
+use super::{Kind, MAX_RECORD_BYTES, PLANTED, Seen};
 use crate::people;
 use crate::processes::CONSUMED;
 use anyhow::{Context, bail};
@@ -133,7 +133,8 @@ pub(crate) fn invalidate(topic: &str, record: &mut Value, round: usize) {
     let payload = &mut record["payload"];
     match topic {
         "patient-commands" | "therapist-commands" => {
-            payload["details"]["address"]["postcode"] = json!("1X")
+            payload["details"]["address"]["postcode"] = json!(format!("1X-{PLANTED}"));
+            payload["details"]["email"] = json!(format!("{PLANTED}-{round}(at)example"));
         }
         "geocoding-requests" => {
             payload["request_id"] = json!(bad_request_id(round));
@@ -235,5 +236,107 @@ pub(crate) async fn bad_record(
             let (_, bytes, id) = encode(topic, template.clone()).await?;
             (Some(format!("not-the-key-{round}")), bytes, Some(id))
         }
+        Kind::NulText => {
+            // Another string field of the payload each round; a field
+            // whose strings the schema constrains (enums, dates) does not
+            // encode with a NUL and is passed over.
+            let leaves = string_leaves(&template["payload"], "");
+            let mut found = None;
+            for n in 0..leaves.len() {
+                let mut record = template.clone();
+                let path = &leaves[(round + n) % leaves.len()];
+                let leaf = path
+                    .iter()
+                    .fold(&mut record["payload"], |v, step| match step {
+                        Step::Field(name) => &mut v[name.as_str()],
+                        Step::Item(i) => &mut v[*i],
+                    });
+                *leaf = json!(format!("{PLANTED}\u{0}{round}"));
+                if let Ok(encoded) = encode(topic, record).await {
+                    found = Some(encoded);
+                    break;
+                }
+            }
+            let (key, bytes, id) =
+                found.with_context(|| format!("no string field of {topic} takes a NUL"))?;
+            (Some(key), bytes, Some(id))
+        }
+        Kind::LyingLength => {
+            let marker = format!("LYING-LENGTH-{round:08}");
+            let mut record = template.clone();
+            record["correlation_id"] = json!(marker);
+            let (key, bytes, id) = encode(topic, record).await?;
+            (Some(key), lie_about_length(bytes, &marker)?, Some(id))
+        }
+        Kind::OversizeText => {
+            let mut record = template.clone();
+            record["payload"]["details"]["last_name"] =
+                json!(format!("{PLANTED}{}", "x".repeat(5_000)));
+            let (key, bytes, id) = encode(topic, record).await?;
+            (Some(key), bytes, Some(id))
+        }
+        Kind::FreePlacesOverflow => {
+            let record = json!({"event_type": "therapist.set_free_places", "payload": {
+                "therapist_id": format!("proof-t-{round}"), "individual_from": null,
+                "group_from": i32::MAX}});
+            let (key, bytes, id) = encode(topic, record).await?;
+            (Some(key), bytes, Some(id))
+        }
     })
+}
+
+/// One step of a path into a JSON value.
+enum Step {
+    Field(String),
+    Item(usize),
+}
+
+/// The paths of every string in `value`.
+fn string_leaves(value: &Value, _at: &str) -> Vec<Vec<Step>> {
+    match value {
+        Value::String(_) => vec![Vec::new()],
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .flat_map(|(i, item)| {
+                string_leaves(item, "").into_iter().map(move |mut path| {
+                    path.insert(0, Step::Item(i));
+                    path
+                })
+            })
+            .collect(),
+        Value::Object(fields) => fields
+            .iter()
+            .flat_map(|(name, item)| {
+                string_leaves(item, "").into_iter().map(move |mut path| {
+                    path.insert(0, Step::Field(name.clone()));
+                    path
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `bytes` with the length prefix of the string `marker` rewritten to
+/// claim 500,000,000 bytes (Avro's zig-zag varint).
+fn lie_about_length(mut bytes: Vec<u8>, marker: &str) -> anyhow::Result<Vec<u8>> {
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .context("the marker is in the record")?;
+    anyhow::ensure!(
+        bytes[at - 1] as usize == marker.len() * 2,
+        "a one-byte prefix"
+    );
+    let claim: i64 = 500_000_000;
+    let mut zigzag = ((claim << 1) ^ (claim >> 63)) as u64;
+    let mut prefix = Vec::new();
+    while zigzag >= 0x80 {
+        prefix.push((zigzag as u8 & 0x7f) | 0x80);
+        zigzag >>= 7;
+    }
+    prefix.push(zigzag as u8);
+    bytes.splice(at - 1..at, prefix);
+    Ok(bytes)
 }

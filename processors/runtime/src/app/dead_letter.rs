@@ -82,15 +82,29 @@ pub(super) fn dead_letter<P: Processor>(
             Some(chrono::Utc::now().to_rfc3339()),
         ),
     ]);
+    // The outbox keeps keys as text, which PostgreSQL refuses to hold a
+    // NUL: such a key travels with U+FFFD in its place, and its original
+    // bytes in a header, so that the dead letter itself cannot fail.
+    let key = message.key().map(|k| {
+        let text = String::from_utf8_lossy(k);
+        if text.contains('\0') {
+            use base64::Engine;
+            headers.push((
+                "psymatch.source.key_base64".to_string(),
+                Some(base64::engine::general_purpose::STANDARD.encode(k)),
+            ));
+            text.replace('\0', "\u{FFFD}")
+        } else {
+            text.into_owned()
+        }
+    });
     Outgoing {
         event_id: Uuid::new_v5(
             &Uuid::NAMESPACE_OID,
             format!("dlq/{}/{source}", shared.config.group).as_bytes(),
         ),
         topic: format!("{}.dlq", message.topic()),
-        key: message
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned()),
+        key,
         value: message.payload().map(<[u8]>::to_vec),
         headers,
     }

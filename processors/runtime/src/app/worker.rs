@@ -91,7 +91,14 @@ async fn settle<P: Processor>(
     loop {
         let outcome = match process_batch(shared, batch, careful).await {
             Err(BatchError::Refused { code, reason }) if careful && batch.len() == 1 => {
-                dead_letter_alone(shared, &batch[0], code, &reason).await
+                match dead_letter_alone(shared, &batch[0], code, &reason).await {
+                    // Nothing smaller to try: wait and retry, in sight of
+                    // the PartitionStuck alert.
+                    Err(BatchError::Refused { code, reason }) => Err(BatchError::Transient(
+                        format!("dead-lettering a refused record failed: {code}: {reason}"),
+                    )),
+                    other => other,
+                }
             }
             other => other,
         };
