@@ -192,6 +192,9 @@ async fn broker_answers(cli: &Cli) -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // `tail` decodes what anyone wrote: a lying length prefix costs at
+    // most a few MiB, as in the processors (their default record size).
+    codec::bound_allocations(1 << 20);
     if matches!(
         cli.command,
         Command::Publish { .. } | Command::Tail { .. } | Command::Topics { .. }

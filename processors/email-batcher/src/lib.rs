@@ -93,7 +93,7 @@ fn address(value: &Value) -> Result<String, String> {
     let text = value.as_str().unwrap_or_default().trim().to_lowercase();
     text.parse::<lettre::Address>()
         .map(|_| text.clone())
-        .map_err(|_| format!("recipient {text:?} is not an email address"))
+        .map_err(|_| "recipient is not an email address".to_string())
 }
 
 const GERMAN_WEEKDAYS: [(&str, &str); 7] = [

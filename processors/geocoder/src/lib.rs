@@ -319,7 +319,7 @@ impl Geocoder {
             }
             None => Geocoded::Failed {
                 code: ErrorCode::AddressNotFound,
-                reason: format!("{note}, and postcode {postcode} is not in the offline dataset"),
+                reason: format!("{note}, and the postcode is not in the offline dataset"),
             },
         };
         Ok((answer, stored))

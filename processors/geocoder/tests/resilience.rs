@@ -259,7 +259,7 @@ async fn malformed_answers_and_unknown_addresses_fall_back_to_the_postcode_centr
         Geocoded::Failed { code, reason } => {
             assert_eq!(code, ErrorCode::AddressNotFound);
             assert!(
-                reason.contains("00000 is not in the offline dataset"),
+                reason.contains("the postcode is not in the offline dataset"),
                 "{reason}"
             );
         }

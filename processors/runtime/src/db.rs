@@ -131,6 +131,30 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Why PostgreSQL refuses a record's data for good, if it does: an error
+/// of SQLSTATE class 22 (data exception: NUL in text, an invalid
+/// encoding, a number out of a column's range), 23 (integrity constraint)
+/// or 54 (program limit: a value too large to index). Retrying such a
+/// record can never succeed. Every other error (connection, serialization
+/// failure, deadlock, a missing table) is worth retrying. The reason gives
+/// the SQLSTATE and its class, never the database's message, which may
+/// quote the value.
+pub fn refusal(error: &sqlx::Error) -> Option<String> {
+    let sqlx::Error::Database(database) = error else {
+        return None;
+    };
+    let code = database.code()?;
+    let class = match code.get(..2)? {
+        "22" => "a value the column cannot hold",
+        "23" => "a constraint the record breaks",
+        "54" => "a value beyond the database's limits",
+        _ => return None,
+    };
+    Some(format!(
+        "the database refuses the record's data: {class} (SQLSTATE {code})"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact;
@@ -156,28 +180,4 @@ mod tests {
             "postgres://r@127.0.0.1/x"
         );
     }
-}
-
-/// Why PostgreSQL refuses a record's data for good, if it does: an error
-/// of SQLSTATE class 22 (data exception: NUL in text, an invalid
-/// encoding, a number out of a column's range), 23 (integrity constraint)
-/// or 54 (program limit: a value too large to index). Retrying such a
-/// record can never succeed. Every other error (connection, serialization
-/// failure, deadlock, a missing table) is worth retrying. The reason gives
-/// the SQLSTATE and its class, never the database's message, which may
-/// quote the value.
-pub fn refusal(error: &sqlx::Error) -> Option<String> {
-    let sqlx::Error::Database(database) = error else {
-        return None;
-    };
-    let code = database.code()?;
-    let class = match code.get(..2)? {
-        "22" => "a value the column cannot hold",
-        "23" => "a constraint the record breaks",
-        "54" => "a value beyond the database's limits",
-        _ => return None,
-    };
-    Some(format!(
-        "the database refuses the record's data: {class} (SQLSTATE {code})"
-    ))
 }

@@ -63,7 +63,8 @@ async fn settle_all<P: Processor>(
     topic: &str,
     partition: i32,
 ) {
-    let mut pending: VecDeque<Range<usize>> = VecDeque::from([0..batch.len()]);
+    let mut pending: VecDeque<Range<usize>> = VecDeque::new();
+    pending.push_back(0..batch.len());
     while let Some(range) = pending.pop_front() {
         if let Some((left, right)) = settle(shared, &batch[range.clone()], topic, partition).await {
             let middle = range.start + left;
