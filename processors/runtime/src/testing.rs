@@ -142,6 +142,31 @@ pub fn of_type<'a>(records: &'a [Received], event_type: &str) -> Vec<&'a Receive
         .collect()
 }
 
+/// `bytes` (an encoded record) with the length prefix of the string
+/// `marker` rewritten to claim `claim` bytes (Avro's zig-zag varint): a
+/// small record that lies about its size. The marker must be shorter than
+/// 64 bytes (a one-byte prefix).
+pub fn lie_about_length(mut bytes: Vec<u8>, marker: &str, claim: i64) -> Vec<u8> {
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .expect("the marker is in the record");
+    assert_eq!(
+        bytes[at - 1] as usize,
+        marker.len() * 2,
+        "a one-byte prefix"
+    );
+    let mut zigzag = ((claim << 1) ^ (claim >> 63)) as u64;
+    let mut prefix = Vec::new();
+    while zigzag >= 0x80 {
+        prefix.push((zigzag as u8 & 0x7f) | 0x80);
+        zigzag >>= 7;
+    }
+    prefix.push(zigzag as u8);
+    bytes.splice(at - 1..at, prefix);
+    bytes
+}
+
 /// A processor running in the test's process until [`Running::stop`].
 pub struct Running {
     stop: tokio::sync::oneshot::Sender<()>,

@@ -33,24 +33,7 @@ fn run_command(patient: &str, run: usize) -> Value {
 
 /// A record in the wire format of `topic`, as a producer would write it.
 async fn encode(bed: &TestBed, topic: &str, record: Value) -> Vec<u8> {
-    let contracts = psymatch_runtime::contracts::Contracts::embedded();
-    let (spec, schema) = contracts.topic(topic).unwrap();
-    let (_, envelope) = psymatch_runtime::envelope::from_json(
-        &record,
-        schema,
-        &spec.key_fields,
-        "test",
-        chrono::Utc::now(),
-    )
-    .unwrap();
-    psymatch_runtime::codec::Codec::new(&bed.registry_url)
-        .encode_with(
-            &format!("{}{topic}", bed.prefix),
-            schema,
-            envelope.to_avro(schema).unwrap(),
-        )
-        .await
-        .unwrap()
+    bed.encode(topic, &record).await.2
 }
 
 /// `schema` with `field` added to its payload record `record`.

@@ -29,27 +29,9 @@ fn start(bed: &TestBed, port: u16, vars: &[(&str, &str)]) -> Running {
     Running::start(Counter, config)
 }
 
-/// A matching-commands record in the wire format, its run id encoded with
-/// `run_id`'s bytes as given (the encoder checks nothing of the text).
+/// A matching-commands record in the wire format.
 async fn encode(bed: &TestBed, record: &Value) -> Vec<u8> {
-    let contracts = psymatch_runtime::contracts::Contracts::embedded();
-    let (spec, schema) = contracts.topic("matching-commands").unwrap();
-    let (_, envelope) = psymatch_runtime::envelope::from_json(
-        record,
-        schema,
-        &spec.key_fields,
-        "test",
-        chrono::Utc::now(),
-    )
-    .unwrap();
-    psymatch_runtime::codec::Codec::new(&bed.registry_url)
-        .encode_with(
-            &format!("{}matching-commands", bed.prefix),
-            schema,
-            envelope.to_avro(schema).unwrap(),
-        )
-        .await
-        .unwrap()
+    bed.encode("matching-commands", record).await.2
 }
 
 /// The dead letter whose probe header is `probe`.
@@ -87,21 +69,11 @@ async fn nul_text_and_a_lying_length_are_dead_lettered_and_the_partition_flows_o
     // The run id's length prefix rewritten to claim 500,000,000 bytes in
     // a record of a few hundred.
     let marker = "LENGTH-PROBE-0123456789";
-    let mut lying = encode(&bed, &run_command(key, marker)).await;
-    let at = lying
-        .windows(marker.len())
-        .position(|w| w == marker.as_bytes())
-        .unwrap();
-    assert_eq!(lying[at - 1], (marker.len() * 2) as u8, "a one-byte prefix");
-    let claim: i64 = 500_000_000;
-    let mut zigzag = ((claim << 1) ^ (claim >> 63)) as u64;
-    let mut prefix = Vec::new();
-    while zigzag >= 0x80 {
-        prefix.push((zigzag as u8 & 0x7f) | 0x80);
-        zigzag >>= 7;
-    }
-    prefix.push(zigzag as u8);
-    lying.splice(at - 1..at, prefix);
+    let lying = psymatch_runtime::testing::lie_about_length(
+        encode(&bed, &run_command(key, marker)).await,
+        marker,
+        500_000_000,
+    );
     assert!(lying.len() < 400, "{} bytes", lying.len());
 
     // A NUL in the key (the patient id): even the dead letter must not

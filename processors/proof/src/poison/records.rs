@@ -266,7 +266,8 @@ pub(crate) async fn bad_record(
             let mut record = template.clone();
             record["correlation_id"] = json!(marker);
             let (key, bytes, id) = encode(topic, record).await?;
-            (Some(key), lie_about_length(bytes, &marker)?, Some(id))
+            let lying = psymatch_runtime::testing::lie_about_length(bytes, &marker, 500_000_000);
+            (Some(key), lying, Some(id))
         }
         Kind::OversizeText => {
             let mut record = template.clone();
@@ -316,27 +317,4 @@ fn string_leaves(value: &Value, _at: &str) -> Vec<Vec<Step>> {
             .collect(),
         _ => Vec::new(),
     }
-}
-
-/// `bytes` with the length prefix of the string `marker` rewritten to
-/// claim 500,000,000 bytes (Avro's zig-zag varint).
-fn lie_about_length(mut bytes: Vec<u8>, marker: &str) -> anyhow::Result<Vec<u8>> {
-    let at = bytes
-        .windows(marker.len())
-        .position(|w| w == marker.as_bytes())
-        .context("the marker is in the record")?;
-    anyhow::ensure!(
-        bytes[at - 1] as usize == marker.len() * 2,
-        "a one-byte prefix"
-    );
-    let claim: i64 = 500_000_000;
-    let mut zigzag = ((claim << 1) ^ (claim >> 63)) as u64;
-    let mut prefix = Vec::new();
-    while zigzag >= 0x80 {
-        prefix.push((zigzag as u8 & 0x7f) | 0x80);
-        zigzag >>= 7;
-    }
-    prefix.push(zigzag as u8);
-    bytes.splice(at - 1..at, prefix);
-    Ok(bytes)
 }

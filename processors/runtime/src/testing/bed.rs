@@ -92,27 +92,39 @@ impl TestBed {
         ]
     }
 
-    /// Publishes records written as people write them (`psymatch publish`).
-    pub async fn publish(&self, topic: &str, records: &[serde_json::Value]) {
+    /// A record written as people write it, in `topic`'s wire format:
+    /// its key, envelope and bytes (no check of its text: poison tests
+    /// encode what the processors must refuse).
+    pub async fn encode(
+        &self,
+        topic: &str,
+        record: &serde_json::Value,
+    ) -> (String, crate::envelope::Envelope, Vec<u8>) {
         let contracts = crate::contracts::Contracts::embedded();
         let (spec, schema) = contracts.topic(topic).expect("a topic with a schema");
+        let (key, envelope) = crate::envelope::from_json(
+            record,
+            schema,
+            &spec.key_fields,
+            "test",
+            chrono::Utc::now(),
+        )
+        .expect("the test record fits");
+        let value = envelope.to_avro(schema).expect("an envelope");
+        let bytes = self
+            .codec
+            .encode_with(&format!("{}{topic}", self.prefix), schema, value)
+            .await
+            .expect("encodes");
+        (key, envelope, bytes)
+    }
+
+    /// Publishes records written as people write them (`psymatch publish`).
+    pub async fn publish(&self, topic: &str, records: &[serde_json::Value]) {
         let physical = format!("{}{topic}", self.prefix);
         let mut sends = Vec::new();
         for record in records {
-            let (key, envelope) = crate::envelope::from_json(
-                record,
-                schema,
-                &spec.key_fields,
-                "test",
-                chrono::Utc::now(),
-            )
-            .expect("the test record fits");
-            let value = envelope.to_avro(schema).expect("an envelope");
-            let bytes = self
-                .codec
-                .encode_with(&physical, schema, value)
-                .await
-                .expect("encodes");
+            let (key, envelope, bytes) = self.encode(topic, record).await;
             sends.push(crate::processor::Outgoing::of_envelope(
                 &physical, key, &envelope, bytes,
             ));
