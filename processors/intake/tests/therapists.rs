@@ -85,7 +85,8 @@ async fn therapists_are_created_corrected_blocked_and_described() {
         .collect();
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     assert!(
-        reasons[0].contains("\"keine adresse\" is not an email address"),
+        reasons[0].contains("details.email is not an email address")
+            && !reasons[0].contains("keine adresse"),
         "{reasons:?}"
     );
     assert!(reasons[1].contains("needs a reason"));
