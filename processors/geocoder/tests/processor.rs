@@ -94,7 +94,8 @@ async fn requests_are_answered_with_their_correlation_id_cached_forgotten_and_cl
         "geocoding.failed"
     );
     assert_eq!(bad.payload()["error_code"], "PSY-V-001");
-    let reason = bad.payload()["reason"].as_str().unwrap();
+    let payload = bad.payload();
+    let reason = payload["reason"].as_str().unwrap();
     assert!(
         reason.contains("postcode is not five digits") && !reason.contains("1011"),
         "the reason names the field, not the address: {reason}"
