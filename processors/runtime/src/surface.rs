@@ -362,6 +362,8 @@ pub struct Limits {
     /// Time a client has to send a request's headers (and, on a kept-alive
     /// connection, the next request's): a half-sent request is closed.
     pub header_read: Duration,
+    /// Largest request head (request line and headers) read.
+    pub header_bytes: usize,
     /// Largest request body read.
     pub body_bytes: usize,
 }
@@ -371,6 +373,7 @@ impl Default for Limits {
         Limits {
             connections: 256,
             header_read: Duration::from_secs(10),
+            header_bytes: 16 * 1024,
             body_bytes: 64 * 1024,
         }
     }
@@ -386,6 +389,7 @@ pub async fn accept(listener: tokio::net::TcpListener, app: Router, limits: Limi
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_read)
+        .max_header_size(limits.header_bytes)
         .max_buf_size(64 * 1024);
     loop {
         let Ok(permit) = open.clone().acquire_owned().await else {
@@ -400,11 +404,118 @@ pub async fn accept(listener: tokio::net::TcpListener, app: Router, limits: Limi
             }
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stream = JsonAutoRefusals {
+            inner: stream,
+            pending: None,
+        };
         let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         tokio::spawn(async move {
             let _ = connection.await;
             drop(permit);
         });
+    }
+}
+
+/// A connection's stream as hyper writes to it. hyper answers a request
+/// it cannot parse (400, a path too long: 414, headers beyond its buffer:
+/// 431) by itself, with an empty body, before any route runs; this
+/// rewrites that one answer into the surface's JSON refusal. Answers of
+/// the routes always carry a content type and pass untouched.
+struct JsonAutoRefusals<S> {
+    inner: S,
+    /// The JSON answer being written in place of hyper's, how much of it
+    /// is written, and the length of hyper's answer to report once done.
+    pending: Option<(Vec<u8>, usize, usize)>,
+}
+
+/// The JSON answer for hyper's own `head`, if `head` is one: an error
+/// status and no content type.
+fn json_for_automatic(head: &[u8]) -> Option<Vec<u8>> {
+    let status: u16 = std::str::from_utf8(head.strip_prefix(b"HTTP/1.1 ")?.get(..3)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let lower = head[..end].to_ascii_lowercase();
+    if status < 400 || lower.windows(13).any(|w| w == b"content-type:") {
+        return None;
+    }
+    let (error, message) = match status {
+        414 => (
+            "uri_too_long",
+            "the request's path is longer than the surface reads",
+        ),
+        431 => (
+            "request_header_fields_too_large",
+            "the request's headers are larger than the surface reads (16 KiB)",
+        ),
+        _ => ("bad_request", "the request is not valid HTTP/1.1"),
+    };
+    let body = json!({"error": error, "message": message}).to_string();
+    let reason = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    Some(
+        format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for JsonAutoRefusals<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JsonAutoRefusals<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.pending.is_none() {
+            match json_for_automatic(buf) {
+                Some(answer) => this.pending = Some((answer, 0, buf.len())),
+                None => return std::pin::Pin::new(&mut this.inner).poll_write(cx, buf),
+            }
+        }
+        let (answer, written, reported) = this.pending.as_mut().expect("set above");
+        while *written < answer.len() {
+            match std::pin::Pin::new(&mut this.inner).poll_write(cx, &answer[*written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => *written += n,
+                other => return other,
+            }
+        }
+        let reported = *reported;
+        this.pending = None;
+        Poll::Ready(Ok(reported))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -428,6 +539,27 @@ pub fn refusals_as_json(app: Router) -> Router {
         )
     })
     .layer(axum::middleware::map_response(json_refusal))
+    .layer(axum::middleware::from_fn(uri_bound))
+}
+
+/// The longest path and query a route is asked with: ids are 128
+/// characters at most, so anything near this is not a query.
+const MAX_URI: usize = 4096;
+
+/// Refuses a path and query longer than [`MAX_URI`] (414) before routing.
+async fn uri_bound(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let length = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if length > MAX_URI {
+        return refusal(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            &format!("the path and query are {length} bytes; at most {MAX_URI} are read"),
+        );
+    }
+    next.run(request).await
 }
 
 /// A refusal as `{"error": kind, "message": ...}`.

@@ -83,6 +83,7 @@ async fn half_sent_requests_are_closed_and_connections_are_capped() {
     let address = serve(Limits {
         connections: 3,
         header_read: Duration::from_millis(500),
+        header_bytes: 4096,
         body_bytes: 1024,
     })
     .await;
@@ -118,6 +119,15 @@ async fn half_sent_requests_are_closed_and_connections_are_capped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refusal_is_json_with_a_code() {
     let address = serve(Limits::default()).await;
+    let long_path = format!(
+        "GET /v1/things/{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    let huge_path = long_path.replace(&"a".repeat(10_000), &"a".repeat(70_000));
+    let large_headers = format!(
+        "GET /v1/things/a HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "b".repeat(100_000)
+    );
     tokio::task::spawn_blocking(move || {
         for (request, status, error) in [
             ("GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),
@@ -131,8 +141,14 @@ async fn every_refusal_is_json_with_a_code() {
                 400,
                 "bad_request",
             ),
+            // What hyper answers by itself, before any route runs.
+            ("GET /v1/things/a HTTP/1.1\r\nHost x\r\n\r\n", 400, "bad_request"),
+            (&long_path, 414, "uri_too_long"),
+            (&huge_path, 431, "request_header_fields_too_large"),
+            (&large_headers, 431, "request_header_fields_too_large"),
         ] {
             let (got, content_type, body) = get_raw(address, request);
+            let request = &request[..request.len().min(60)];
             assert_eq!(got, status, "{request}: {body}");
             assert!(content_type.starts_with("application/json"), "{request}: {content_type}");
             let body: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -46,18 +46,7 @@ pub(super) async fn process_batch<P: Processor>(
     careful: bool,
 ) -> Result<(), BatchError> {
     let started = Instant::now();
-    let first = &batch[0];
-    let at = Partition {
-        topic: first.topic().to_string(),
-        partition: first.partition(),
-    };
-    let _open = shared
-        .transactions
-        .acquire()
-        .await
-        .expect("the semaphore is never closed");
-    let mut tx = shared.pool.begin().await?;
-    let next = claim_offset(shared, &mut tx, &at).await?;
+    let (at, _open, mut tx, next) = open(shared, &batch[0]).await?;
     let fresh: Vec<&OwnedMessage> = batch.iter().filter(|m| m.offset() >= next).collect();
     let Some(last) = fresh.last().map(|m| m.offset()) else {
         // Everything here was committed by an earlier owner.
@@ -140,17 +129,7 @@ pub(super) async fn dead_letter_alone<P: Processor>(
     code: crate::errors::ErrorCode,
     reason: &str,
 ) -> Result<(), BatchError> {
-    let at = Partition {
-        topic: message.topic().to_string(),
-        partition: message.partition(),
-    };
-    let _open = shared
-        .transactions
-        .acquire()
-        .await
-        .expect("the semaphore is never closed");
-    let mut tx = shared.pool.begin().await?;
-    let next = claim_offset(shared, &mut tx, &at).await?;
+    let (at, _open, mut tx, next) = open(shared, message).await?;
     if message.offset() < next {
         return Ok(());
     }
@@ -161,6 +140,35 @@ pub(super) async fn dead_letter_alone<P: Processor>(
     tx.commit().await?;
     committed(shared, None, stored, &at, message.offset() + 1, 1);
     Ok(())
+}
+
+/// Opens the transaction of a batch starting at `first`: a permit of the
+/// transaction semaphore, the transaction, and the partition's offset row
+/// claimed with the next offset to process.
+async fn open<'a, P: Processor>(
+    shared: &'a Shared<P>,
+    first: &OwnedMessage,
+) -> Result<
+    (
+        Partition,
+        tokio::sync::SemaphorePermit<'a>,
+        sqlx::Transaction<'static, sqlx::Postgres>,
+        i64,
+    ),
+    BatchError,
+> {
+    let at = Partition {
+        topic: first.topic().to_string(),
+        partition: first.partition(),
+    };
+    let permit = shared
+        .transactions
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+    let mut tx = shared.pool.begin().await?;
+    let next = claim_offset(shared, &mut tx, &at).await?;
+    Ok((at, permit, tx, next))
 }
 
 /// Journals the batch (see [`Processor::journal`]) in its transaction: a
