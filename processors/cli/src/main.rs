@@ -460,7 +460,16 @@ async fn tail(
     let contracts = contracts(cli)?;
     let has_schema = contracts.schemas.contains_key(topic);
     if contracts.topics.topic(topic).is_none() {
-        bail!("unknown topic {topic}");
+        let known: Vec<&str> = contracts
+            .topics
+            .topics
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        bail!(
+            "unknown topic {topic}; topics.yaml declares {}",
+            known.join(", ")
+        );
     }
     let codec = Codec::new(&cli.registry);
     let topic = &format!("{}{topic}", cli.topic_prefix);

@@ -12,12 +12,13 @@ pub struct MatcherArgs {
     /// The matcher's surface.
     #[arg(
         long,
+        global = true,
         env = "PSYMATCH_MATCHER_URL",
         default_value = "http://127.0.0.1:9467"
     )]
     pub matcher: String,
     /// A query token (QUERY_TOKENS of the matcher).
-    #[arg(long, env = "PSYMATCH_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "PSYMATCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
 

@@ -150,3 +150,70 @@ fn commands_that_need_the_broker_say_in_one_line_that_it_is_unreachable() {
         );
     }
 }
+
+#[test]
+fn the_stack_reports_postgresql_beside_its_other_services() {
+    let output = Command::new(repo().join("scripts/stack"))
+        .arg("status")
+        .env(
+            "DATABASE_URL",
+            psymatch_runtime::testing::stack_env("DATABASE_URL"),
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("postgresql: running")),
+        "{text}"
+    );
+}
+
+#[test]
+fn search_takes_its_surface_and_token_after_the_subcommand_too() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let matcher = format!("http://127.0.0.1:{closed}");
+    let output = Command::new(env!("CARGO_BIN_EXE_psymatch"))
+        .args(["search", "status", "p-1", "--token", "0123456789abcdef0123"])
+        .args(["--matcher", &matcher])
+        .env_remove("PSYMATCH_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    // Parsed: it tried the matcher (closed here) instead of refusing the flags.
+    assert!(!stderr.contains("unexpected argument"), "{stderr}");
+    assert!(stderr.contains(&matcher), "{stderr}");
+    let help = Command::new(env!("CARGO_BIN_EXE_psymatch"))
+        .args(["search", "status", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--token") && help.contains("--matcher"),
+        "{help}"
+    );
+}
+
+#[test]
+fn tail_names_the_topics_there_are() {
+    let output = Command::new(env!("CARGO_BIN_EXE_psymatch"))
+        .args(["tail", "patient-event", "--idle-timeout", "1"])
+        .env(
+            "KAFKA_BROKERS",
+            psymatch_runtime::testing::stack_env("KAFKA_BROKERS"),
+        )
+        .env_remove("TOPIC_PREFIX")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("unknown topic patient-event; topics.yaml declares")
+            && stderr.contains("patient-events"),
+        "{stderr}"
+    );
+}

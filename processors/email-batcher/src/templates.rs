@@ -41,7 +41,7 @@ fn sample(name: &str) -> Value {
     match name {
         "inquiry" => json!({
             "recipient": sample_recipient(),
-            "patients": [{"patient_id": "p-1", "age": 30, "gender": "weiblich", "symptoms": ["Antriebslosigkeit"],
+            "patients": [{"inquiry_id": "i-1", "patient_id": "p-1", "age": 30, "gender": "weiblich", "symptoms": ["Antriebslosigkeit"],
                           "insurer": "Beispielkasse", "therapy_experience": false, "open_to_group": true,
                           "availability": ["Di 16:00-19:00"]}],
         }),

@@ -121,6 +121,15 @@ async fn inquiries_are_batched_and_the_window_defers_then_merges() {
     for patient in ["p-1", "p-2", "p-3", "p-4"] {
         assert!(text.contains(patient), "{patient} missing");
     }
+    // The reply is asked with the inquiry number: the one shown is the
+    // inquiry's, beside each patient.
+    assert!(text.contains("mit der Anfragenummer"), "{text}");
+    for inquiry in 1..=3 {
+        assert!(
+            text.contains(&format!("Anfragenummer {tag}-i{inquiry} (Patient:in p-")),
+            "inquiry {inquiry} not shown: {text}"
+        );
+    }
     assert_eq!(
         first[0]["subject"],
         "Anfrage Therapieplatz für 4 Patient:innen"

@@ -228,6 +228,14 @@ async fn guard(State(guard): State<Guard>, mut request: Request, next: Next) -> 
         .and_then(|token| guard.tokens.caller(token))
         .cloned();
     let response = match caller {
+        // Nothing the caller sends can help: say so, and what to set.
+        None if guard.tokens.is_empty() => QueryError {
+            status: StatusCode::UNAUTHORIZED,
+            error: "unauthorized",
+            message: "this processor has no query tokens configured: start it with QUERY_TOKENS=name:role:token (docs/queries.md)"
+                .to_string(),
+        }
+        .into_response(),
         None => QueryError {
             status: StatusCode::UNAUTHORIZED,
             error: "unauthorized",

@@ -159,3 +159,36 @@ async fn every_refusal_is_json_with_a_code() {
     .await
     .unwrap();
 }
+
+/// A guarded query route served with `tokens` (`QUERY_TOKENS`).
+async fn serve_guarded(tokens: &str) -> std::net::SocketAddr {
+    let routes = Router::new().route("/v1/things/{id}", get(|| async { "{}" }));
+    let tokens = std::sync::Arc::new(psymatch_runtime::query::Tokens::parse(tokens).unwrap());
+    let metrics = std::sync::Arc::new(psymatch_runtime::surface::Metrics::new("test"));
+    let app = psymatch_runtime::query::guarded(routes, tokens, metrics);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(accept(listener, refusals_as_json(app), Limits::default()));
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_says_whether_any_token_is_configured() {
+    let none = serve_guarded("").await;
+    let some = serve_guarded("desk:staff:0123456789abcdef0123").await;
+    tokio::task::spawn_blocking(move || {
+        let request = "GET /v1/things/a HTTP/1.1\r\nHost: x\r\nAuthorization: bearer 0123456789abcdef0123\r\nConnection: close\r\n\r\n";
+        let (status, _, body) = get_raw(none, request);
+        assert_eq!(status, 401);
+        assert!(body.contains("no query tokens configured") && body.contains("QUERY_TOKENS"), "{body}");
+        // The same token, configured, and the scheme in lower case.
+        let (status, _, body) = get_raw(some, request);
+        assert_eq!(status, 200, "{body}");
+        let wrong = request.replace("0123456789abcdef0123", "not-the-token-at-all");
+        let (status, _, body) = get_raw(some, &wrong);
+        assert_eq!(status, 401);
+        assert!(body.contains("with a configured token"), "{body}");
+    })
+    .await
+    .unwrap();
+}
