@@ -392,12 +392,41 @@ async fn publish_records(cli: &Cli, topic: &str, mut records: Vec<Value>) -> any
     let contracts = contracts(cli)?;
     let (spec, schema) = contracts.topic(topic)?;
     let physical = format!("{}{topic}", cli.topic_prefix);
+    registry_answers(&cli.registry).await?;
     if topic == "patient-commands" {
+        // Sealed, the details are out of the topic schema's sight: every
+        // misfit is named now, before anything is sealed or published.
+        let misfits: Vec<String> = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r["payload"]["details"].is_null())
+            .flat_map(|(index, record)| {
+                schema
+                    .misfits_named(
+                        "psymatch.patient.PatientDetails",
+                        &record["payload"]["details"],
+                    )
+                    .into_iter()
+                    .map(move |misfit| format!("record {}: payload.details.{misfit}", index + 1))
+            })
+            .collect();
+        if !misfits.is_empty() {
+            bail!(
+                "nothing published; the patients' details do not fit their schema:\n  {}",
+                misfits.join("\n  ")
+            );
+        }
         // Crypto-shredding: a patient's details travel sealed with the
         // patient's key (DATABASE_URL, the owner's role), which erasure
         // destroys.
         let url = db::database_url();
-        let pool = db::connect(&url).await?;
+        let pool = db::connect(&url).await.map_err(|error| {
+            anyhow::anyhow!(
+                "sealing a patient's details needs PostgreSQL, and {} does not answer ({error}): \
+                 source .stack/env for the local stack, or set DATABASE_URL",
+                db::redact(&url)
+            )
+        })?;
         let mut connection = pool.acquire().await?;
         for record in &mut records {
             psymatch_runtime::sealed::seal_command(&mut connection, record)
@@ -448,6 +477,25 @@ async fn publish_records(cli: &Cli, topic: &str, mut records: Vec<Value>) -> any
         );
     }
     Ok(())
+}
+
+/// Fails with what to do when the schema registry at `url` does not
+/// answer, before any record is encoded (the codec would report it as a
+/// record that does not fit).
+async fn registry_answers(url: &str) -> anyhow::Result<()> {
+    let subjects = format!("{}/subjects", url.trim_end_matches('/'));
+    let answer = reqwest::Client::new()
+        .get(&subjects)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    match answer {
+        Ok(_) => Ok(()),
+        Err(error) => bail!(
+            "the schema registry at {url} does not answer ({error}): source .stack/env for the \
+             local stack, or set SCHEMA_REGISTRY_URL"
+        ),
+    }
 }
 
 async fn tail(

@@ -239,3 +239,70 @@ fn an_incompatible_schema_change_fails_registration_with_the_registrys_reason() 
     assert!(stderr.contains("BACKWARD"), "{stderr}");
     std::fs::remove_dir_all(&edited).unwrap();
 }
+
+#[test]
+fn publish_names_every_misfit_of_a_patients_details_and_publishes_nothing() {
+    prepare();
+    let key = unique_key();
+    let mut record = psymatch_runtime::testing::people::registration(&key, "10115");
+    let details = record["payload"]["details"].as_object_mut().unwrap();
+    details.remove("email");
+    details["address"]
+        .as_object_mut()
+        .unwrap()
+        .remove("postcode");
+    details.insert("date_of_birth".into(), json!("12.04.1991"));
+    let output = psymatch(
+        &["publish", "patient-commands", "-"],
+        Some(&format!("{record}\n")),
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for misfit in [
+        "record 1: payload.details.address.postcode: missing required field",
+        "record 1: payload.details.email: missing required field",
+        "record 1: payload.details.date_of_birth: is not a date (YYYY-MM-DD)",
+    ] {
+        assert!(stderr.contains(misfit), "{misfit} not in {stderr}");
+    }
+    assert!(stderr.contains("nothing published"), "{stderr}");
+    assert!(tail("patient-commands", &key).is_empty());
+}
+
+#[test]
+fn publish_says_what_to_do_when_the_registry_or_the_database_does_not_answer() {
+    prepare();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let record = psymatch_runtime::testing::people::registration(&unique_key(), "10115");
+    let input = format!("{record}\n");
+    let registry = format!("http://127.0.0.1:{closed}");
+    let output = psymatch(
+        &["--registry", &registry, "publish", "patient-commands", "-"],
+        Some(&input),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "the schema registry at {registry} does not answer"
+        )) && stderr.contains("SCHEMA_REGISTRY_URL"),
+        "{stderr}"
+    );
+    let mut command = Command::new(env!("CARGO_BIN_EXE_psymatch"));
+    command.args(["publish", "patient-commands", "-"]).env(
+        "DATABASE_URL",
+        format!("postgres://postgres@127.0.0.1:{closed}/psymatch"),
+    );
+    let output = run(command, Some(&input));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("sealing a patient's details needs PostgreSQL")
+            && stderr.contains("source .stack/env"),
+        "{stderr}"
+    );
+}

@@ -42,6 +42,15 @@ pub fn to_avro_within<N: Names>(json: &Json, schema: &Schema, names: &N) -> Resu
     Converter { names }.convert(json, schema, &Path::Root)
 }
 
+/// Every misfit of `json` against `schema` (nested in a larger one whose
+/// named types `names` holds), not only the first: a record's fields are
+/// each checked, so that a person fixes them all in one go.
+pub fn misfits_within<N: Names>(json: &Json, schema: &Schema, names: &N) -> Vec<FitError> {
+    let mut found = Vec::new();
+    Converter { names }.misfits(json, schema, &Path::Root, &mut found);
+    found
+}
+
 /// A table of named types by name.
 pub trait Names {
     /// The schema named `name`.
@@ -253,6 +262,40 @@ impl<N: Names> Converter<'_, N> {
                 path,
                 format!("the schema type {other:?} is not supported for JSON input"),
             ),
+        }
+    }
+
+    /// What [`Converter::convert`] refuses, every misfit of a record's
+    /// fields rather than the first.
+    fn misfits(&self, json: &Json, schema: &Schema, path: &Path<'_>, found: &mut Vec<FitError>) {
+        match (schema, json) {
+            (Schema::Ref { name }, _) => match self.names.lookup(name) {
+                Some(target) => self.misfits(json, target, path, found),
+                None => found.extend(self.convert(json, schema, path).err()),
+            },
+            (Schema::Record(r), Json::Object(object)) => {
+                for unknown in object.keys().filter(|k| !r.lookup.contains_key(*k)) {
+                    let known: Vec<&str> = r.fields.iter().map(|f| f.name.as_str()).collect();
+                    found.extend(
+                        fail::<()>(
+                            &Path::Field(path, unknown),
+                            format!("unknown field; {} has {}", r.name.name(), known.join(", ")),
+                        )
+                        .err(),
+                    );
+                }
+                for field in &r.fields {
+                    let here = Path::Field(path, &field.name);
+                    match (object.get(&field.name), &field.default) {
+                        (Some(value), _) => self.misfits(value, &field.schema, &here, found),
+                        (None, Some(_)) => {}
+                        (None, None) => {
+                            found.extend(fail::<()>(&here, "missing required field").err())
+                        }
+                    }
+                }
+            }
+            _ => found.extend(self.convert(json, schema, path).err()),
         }
     }
 

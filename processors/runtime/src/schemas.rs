@@ -99,6 +99,21 @@ impl TopicSchema {
         Ok(crate::avro_json::to_json(&avro))
     }
 
+    /// Every misfit of `json` against the named type `name` of this topic's
+    /// schema, each as `path: reason` (empty when it fits).
+    pub fn misfits_named(&self, name: &str, json: &Value) -> Vec<String> {
+        let Some(schema) = apache_avro::schema::Name::new(name)
+            .ok()
+            .and_then(|full| self.names.get(&full))
+        else {
+            return vec![format!("the schema of {} has no type {name}", self.topic)];
+        };
+        crate::avro_json::misfits_within(json, schema, &self.names)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     /// Bundles `topic_json` with the shared types and checks the conventions:
     /// the envelope fields, a `doc` on every field, and one distinct
     /// `event_type` per payload record.
