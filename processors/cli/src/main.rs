@@ -591,7 +591,15 @@ async fn tail(
             "headers": headers,
             "value": value,
         });
-        println!("{line}");
+        // A reader that has seen enough (`| head`, `| grep -q`) closes
+        // the pipe: that ends the tail, not a panic.
+        use std::io::Write;
+        if let Err(error) = writeln!(std::io::stdout().lock(), "{line}") {
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(error.into());
+        }
     }
     Ok(())
 }

@@ -198,15 +198,24 @@ pub fn render(search: &Value) -> String {
         out.push_str(&format!("{label:<14} {value}\n"));
     };
     line(&mut out, "patient", text(&search["patient_id"]));
-    line(
-        &mut out,
-        "status",
-        format!(
-            "{} since {}",
-            text(&search["status"]),
-            text(&search["since"])
-        ),
-    );
+    // The matcher's `since` is when the search started: a placed search
+    // dates from the answer that placed it.
+    let status = text(&search["status"]);
+    let placed_at = search["inquiries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["inquiry_id"] == search["placed"]["inquiry_id"])
+        .map(|i| text(&i["answered_at"]));
+    let since = text(&search["since"]);
+    let status = match (status.as_str(), placed_at) {
+        ("ACTIVE", _) => format!("ACTIVE since {since}"),
+        ("PLACED", Some(at)) if at != "-" => {
+            format!("PLACED since {at} (search started {since})")
+        }
+        (other, _) => format!("{other} (search started {since})"),
+    };
+    line(&mut out, "status", status);
     if !search["placed"].is_null() {
         line(
             &mut out,
@@ -230,18 +239,40 @@ pub fn render(search: &Value) -> String {
             text(&limits["practices_at_once"])
         ),
     );
-    out.push_str(
-        "\ninquiry        practice       emailed                    answer                 state\n",
-    );
-    for inquiry in search["inquiries"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "{:<14} {:<14} {:<26} {:<22} {}\n",
-            text(&inquiry["inquiry_id"]),
-            text(&inquiry["therapist_id"]),
-            text(&inquiry["emailed_at"]),
-            text(&inquiry["answer"]),
-            text(&inquiry["state"])
-        ));
+    // Columns as wide as their longest cell (practice ids are UUIDs).
+    let header = ["inquiry", "practice", "emailed", "answer", "state"];
+    let fields = [
+        "inquiry_id",
+        "therapist_id",
+        "emailed_at",
+        "answer",
+        "state",
+    ];
+    let rows: Vec<Vec<String>> = search["inquiries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|inquiry| fields.iter().map(|f| text(&inquiry[*f])).collect())
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    out.push('\n');
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
     }
     let cooling: Vec<String> = search["cooling"]
         .as_array()
@@ -310,7 +341,37 @@ mod tests {
             table.contains("20.0 km, - min, CAR, 3 practices at once"),
             "{table}"
         );
-        assert!(table.contains("i-1-1          t-1"), "{table}");
+        assert!(table.contains("i-1-1    t-1"), "{table}");
         assert!(table.contains("t-2 until 2026-12-29"), "{table}");
+    }
+
+    #[test]
+    fn a_placed_search_dates_from_its_answer_and_long_ids_keep_the_columns() {
+        let practice = "3f2b8c1e-9a4d-4e7b-8c1f-2d3e4f5a6b7c";
+        let search = json!({"patient_id": "p-1", "status": "PLACED", "since": "2026-12-01T10:00:00+00:00",
+            "placed": {"therapist_id": practice, "inquiry_id": "i-1-2"}, "limits": {},
+            "inquiries": [
+                {"inquiry_id": "i-1-1", "therapist_id": "t-1", "emailed_at": null,
+                 "answer": "REJECTED_NO_CAPACITY", "answered_at": "2026-12-03T09:00:00+00:00", "state": "answered"},
+                {"inquiry_id": "i-1-2", "therapist_id": practice, "emailed_at": "2026-12-02T08:00:00+00:00",
+                 "answer": "ACCEPTED", "answered_at": "2026-12-05T11:00:00+00:00", "state": "answered"}],
+            "cooling": []});
+        let table = render(&search);
+        assert!(
+            table.contains("PLACED since 2026-12-05T11:00:00+00:00 (search started 2026-12-01"),
+            "{table}"
+        );
+        let lines: Vec<&str> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("inquiry"))
+            .collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        let column = |line: &str, word: &str| line.find(word).unwrap();
+        assert_eq!(column(lines[0], "emailed"), column(lines[2], "2026-12-02"));
+        assert!(
+            lines[1][column(lines[0], "emailed")..].starts_with("-  "),
+            "{table}"
+        );
+        assert_eq!(column(lines[0], "state"), column(lines[1], "answered"));
     }
 }

@@ -306,3 +306,35 @@ fn publish_says_what_to_do_when_the_registry_or_the_database_does_not_answer() {
         "{stderr}"
     );
 }
+
+#[test]
+fn tail_ends_quietly_when_its_reader_has_seen_enough() {
+    prepare();
+    let key = unique_key();
+    let records: String = (0..3)
+        .map(|i| {
+            format!(
+                "{}\n",
+                json!({"event_type": "matching.run", "payload": {"run_id": format!("{key}-{i}"), "patient_id": null}})
+            )
+        })
+        .collect();
+    ok(psymatch(
+        &["publish", "matching-commands", "-"],
+        Some(&records),
+    ));
+    // `| head -n 1`: the reader closes the pipe after the first line.
+    let output = Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "set -o pipefail; {} tail matching-commands --idle-timeout 3 | head -n 1 >/dev/null",
+                env!("CARGO_BIN_EXE_psymatch")
+            ),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.success(), "{stderr}");
+}

@@ -433,7 +433,18 @@ async fn every_query_and_command_tells_what_really_happened() {
 
     // The status command: the table and the JSON say what the surface says.
     let table = ok(&bed, &ports, &["search", "status", "p-1"]);
-    assert!(table.contains("PLACED since"), "{table}");
+    // Placed since the answer that placed it, not since the search began.
+    let placing = p1["inquiries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["inquiry_id"] == p1["placed"]["inquiry_id"])
+        .unwrap();
+    let answered = placing["answered_at"].as_str().unwrap();
+    assert!(
+        table.contains(&format!("PLACED since {answered} (search started")),
+        "{table}"
+    );
     assert!(table.contains("t-a (inquiry"), "{table}");
     for inquiry in p1["inquiries"].as_array().unwrap() {
         assert!(
