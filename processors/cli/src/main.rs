@@ -85,6 +85,19 @@ enum Command {
         /// Stop when no record arrived for this many seconds.
         #[arg(long)]
         idle_timeout: Option<f64>,
+        /// Print only records whose JSON line contains this text (an id,
+        /// an event type).
+        #[arg(long, value_name = "TEXT")]
+        matching: Option<String>,
+        /// Wait for a printed record containing this text (for a record
+        /// still on its way), then stop once the topic is idle for
+        /// --idle-timeout (1 s unless given); exit 1 if none came within
+        /// --timeout.
+        #[arg(long, value_name = "TEXT")]
+        until: Option<String>,
+        /// How long --until waits, in seconds.
+        #[arg(long, default_value_t = 60.0, requires = "until")]
+        timeout: f64,
     },
     /// Topic administration.
     Topics {
@@ -208,15 +221,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             from_end,
             max,
             idle_timeout,
+            matching,
+            until,
+            timeout,
         } => {
-            tail(
-                &cli,
-                topic,
-                *from_end,
-                *max,
-                idle_timeout.map(Duration::from_secs_f64),
-            )
-            .await
+            let stop = Stop {
+                max: *max,
+                idle: idle_timeout.map(Duration::from_secs_f64),
+                until: until.as_deref(),
+                timeout: Duration::from_secs_f64(*timeout),
+            };
+            tail(&cli, topic, *from_end, matching.as_deref(), stop).await
         }
         Command::Topics {
             command: TopicsCommand::Apply { dry_run },
@@ -498,12 +513,24 @@ async fn registry_answers(url: &str) -> anyhow::Result<()> {
     }
 }
 
+/// When `tail` stops.
+struct Stop<'a> {
+    /// After this many printed records.
+    max: Option<u64>,
+    /// After this long without a record (once `until` has been seen).
+    idle: Option<Duration>,
+    /// Not before a printed record contains this text.
+    until: Option<&'a str>,
+    /// How long to wait for `until`.
+    timeout: Duration,
+}
+
 async fn tail(
     cli: &Cli,
     topic: &str,
     from_end: bool,
-    max: Option<u64>,
-    idle: Option<Duration>,
+    matching: Option<&str>,
+    stop: Stop<'_>,
 ) -> anyhow::Result<()> {
     let contracts = contracts(cli)?;
     let has_schema = contracts.schemas.contains_key(topic);
@@ -548,17 +575,31 @@ async fn tail(
     }
     consumer.assign(&assignment)?;
     let mut count = 0u64;
-    let mut last = Instant::now();
-    while max.is_none_or(|max| count < max) {
-        if idle.is_some_and(|idle| last.elapsed() >= idle) {
+    let started = Instant::now();
+    let mut last = started;
+    // With --until, the idle timeout counts only once the awaited record
+    // was printed: a record still on its way is waited for, not missed.
+    let idle = stop.idle.or(stop.until.map(|_| Duration::from_secs(1)));
+    let mut awaited = stop.until.is_none();
+    while stop.max.is_none_or(|max| count < max) {
+        if awaited && idle.is_some_and(|idle| last.elapsed() >= idle) {
             break;
+        }
+        if !awaited && started.elapsed() >= stop.timeout {
+            bail!(
+                "no record on {topic}{} contained {:?} within {} s",
+                matching
+                    .map(|m| format!(" matching {m:?}"))
+                    .unwrap_or_default(),
+                stop.until.unwrap_or_default(),
+                stop.timeout.as_secs_f64()
+            );
         }
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
         let message = message?;
         last = Instant::now();
-        count += 1;
         let headers: serde_json::Map<String, Value> = message
             .headers()
             .map(|headers| {
@@ -590,7 +631,15 @@ async fn tail(
             "key": message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
             "headers": headers,
             "value": value,
-        });
+        })
+        .to_string();
+        if matching.is_some_and(|text| !line.contains(text)) {
+            continue;
+        }
+        count += 1;
+        if stop.until.is_some_and(|text| line.contains(text)) {
+            awaited = true;
+        }
         // A reader that has seen enough (`| head`, `| grep -q`) closes
         // the pipe: that ends the tail, not a panic.
         use std::io::Write;

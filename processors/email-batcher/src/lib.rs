@@ -55,6 +55,10 @@ pub struct EmailBatcher {
     transport: Transport,
     from: Mailbox,
     metrics: BatcherMetrics,
+    /// The flushes waiting for partitions behind them (each partition's
+    /// worker may hold one): event id and since when, in process time (a
+    /// wait for this process's progress, not a date).
+    waiting_flushes: std::sync::Mutex<HashMap<uuid::Uuid, std::time::Instant>>,
 }
 
 impl EmailBatcher {
@@ -67,6 +71,7 @@ impl EmailBatcher {
             from: config.from.parse()?,
             config,
             metrics: BatcherMetrics::new(),
+            waiting_flushes: std::sync::Mutex::new(HashMap::new()),
         })
     }
 }
@@ -246,6 +251,7 @@ impl EmailBatcher {
             );
         }
         let behind = withdrawals::behind(ctx).await?;
+        self.catch_up(ctx, &behind)?;
         let times = store::Times {
             check: ctx.now().min(ctx.event_time()),
             now: ctx.now(),
@@ -362,6 +368,9 @@ impl EmailBatcher {
                                "last_name": p["recipient"]["last_name"]});
         let window = chrono::Duration::from_std(self.config.window).expect("a window fits");
         let open = ctx.scratch::<Scratch>().windows.get(&recipient).copied();
+        // Who waits, pseudonymously, so that a patient's deferral can be
+        // found by id (as email.sent lists them).
+        let patient_ids: Vec<Value> = patients.iter().map(|p| p["patient_id"].clone()).collect();
         ctx.scratch::<Scratch>().waiting.push(Waiting {
             inquiry_id: inquiry_id.clone(),
             therapist_id: therapist_id.clone(),
@@ -379,7 +388,8 @@ impl EmailBatcher {
             ctx.emit(
                 EVENTS,
                 "email.deferred",
-                json!({"therapist_id": therapist_id, "inquiry_id": inquiry_id, "until": millis(opened + window),
+                json!({"therapist_id": therapist_id, "inquiry_id": inquiry_id, "patient_ids": patient_ids,
+                       "until": millis(opened + window),
                        "reason": format!("this address was written on {}; one email per {} days",
                                          opened.format("%Y-%m-%d"), window.num_days())}),
             )?;

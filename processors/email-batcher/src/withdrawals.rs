@@ -8,13 +8,17 @@
 //! partition before the flush has been read and committed (the
 //! partitions' high watermarks at the flush against the offsets committed
 //! by every worker and replica), or when the inquiry came on the flush's
-//! own partition. The inquiries of a partition still behind wait for a
-//! later flush (the schedule's weekly one, or one a person publishes).
+//! own partition. A flush that finds partitions behind waits for them
+//! (retried, up to `FLUSH_CATCH_UP_SECS`): the other partitions' workers
+//! read on meanwhile, so an inquiry published just before the flush goes
+//! with it. The inquiries of a partition still behind after that wait for
+//! a later flush (the schedule's weekly one, or one a person publishes).
 
 use crate::store::{self, Withdrawal};
 use crate::{EVENTS, EmailBatcher, Scratch};
 use psymatch_runtime::errors::ErrorCode;
 use psymatch_runtime::processor::{Context, Incoming, ProcessError};
+use std::time::{Duration, Instant};
 
 impl EmailBatcher {
     /// `email.withdraw_inquiry`: the patients leave the inquiry if it is
@@ -71,13 +75,48 @@ impl EmailBatcher {
     }
 }
 
+impl EmailBatcher {
+    /// A flush with partitions `behind` it is retried (a transient error)
+    /// until they are read or `FLUSH_CATCH_UP_SECS` passed since it first
+    /// found them behind; then it goes on without their inquiries. Two
+    /// flushes on two partitions that wait for each other both go on
+    /// after that time.
+    pub(crate) fn catch_up(&self, ctx: &Context<'_>, behind: &[i32]) -> Result<(), ProcessError> {
+        let id = ctx.source().envelope.event_id;
+        let mut waiting = self.waiting_flushes.lock().expect("flush lock");
+        if behind.is_empty() {
+            waiting.remove(&id);
+            return Ok(());
+        }
+        // A flush that was given up (dead-lettered, taken by another
+        // replica) leaves its entry: dropped once long over.
+        let bound = self.config.catch_up;
+        waiting.retain(|_, since| since.elapsed() < bound * 10 + Duration::from_secs(60));
+        let since = *waiting.entry(id).or_insert_with(Instant::now);
+        if since.elapsed() >= bound {
+            tracing::info!(
+                ?behind,
+                waited_secs = since.elapsed().as_secs(),
+                "flush: partitions still behind; their inquiries wait for a later flush"
+            );
+            waiting.remove(&id);
+            return Ok(());
+        }
+        Err(ProcessError::Transient(format!(
+            "flush: email-commands partitions {behind:?} are not yet read up to the flush; \
+             it waits for them (up to FLUSH_CATCH_UP_SECS={})",
+            self.config.catch_up.as_secs()
+        )))
+    }
+}
+
 /// The partitions of the flush's topic, other than its own, not yet read
 /// and committed up to where they stand now (their high watermarks against
 /// the offsets every worker and replica committed): a withdrawal published
 /// there before the flush may be unread, so their inquiries wait for a
-/// later flush. Its own partition is read in order: what came before the
-/// flush there has been processed. The flush does not wait for the
-/// others: two flushes on two partitions would wait for each other.
+/// later flush unless they catch up ([`EmailBatcher::catch_up`]). Its own
+/// partition is read in order: what came before the flush there has been
+/// processed.
 pub(crate) async fn behind(ctx: &mut Context<'_>) -> Result<Vec<i32>, ProcessError> {
     let own = ctx.source().partition;
     let ends = ctx.source_ends().await?;
@@ -90,10 +129,7 @@ pub(crate) async fn behind(ctx: &mut Context<'_>) -> Result<Vec<i32>, ProcessErr
         .map(|(p, ..)| *p)
         .collect();
     if !behind.is_empty() {
-        tracing::info!(
-            ?behind,
-            "flush: partitions not read up to now; their inquiries wait for a later flush"
-        );
+        tracing::info!(?behind, "flush: partitions not read up to now");
     }
     Ok(behind)
 }

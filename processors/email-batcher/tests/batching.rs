@@ -24,6 +24,8 @@ fn env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
         ("SMTP_PORT".to_string(), stack_env("SMTP_PORT")),
         ("SMTP_SECURITY".to_string(), "none".to_string()),
         ("SMTP_BACKOFF_MS".to_string(), "50".to_string()),
+        // Racing flushes wait for each other's partitions: briefly here.
+        ("FLUSH_CATCH_UP_SECS".to_string(), "2".to_string()),
     ];
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     vars
@@ -152,6 +154,7 @@ async fn inquiries_are_batched_and_the_window_defers_then_merges() {
         .await;
     let deferred = of_type(&records, "email.deferred")[0].payload();
     assert_eq!(deferred["inquiry_id"], format!("{tag}-i5"));
+    assert_eq!(deferred["patient_ids"], json!(["p-6"]));
     assert!(
         deferred["reason"]
             .as_str()
@@ -463,6 +466,43 @@ async fn a_withdrawal_published_before_the_flush_is_never_outrun_by_it() {
     .await
     .unwrap();
     assert!(withdrawn.is_some());
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flush_waits_for_an_inquiry_published_just_before_it_on_another_partition() {
+    let bed = TestBed::new().await;
+    let tag = format!("cu{}", &bed.prefix[1..9]);
+    // While no batcher runs: therapist 1's partition fills with work ahead
+    // of its inquiry, then a flush lands on another partition. A batcher
+    // that starts now reads the flush long before the inquiry.
+    let mut commands: Vec<Value> = (0..1500)
+        .map(|n| withdraw(&tag, 1, &format!("{tag}-none-{n}"), &["p-x"]))
+        .collect();
+    commands.push(inquiry(&tag, 1, &format!("{tag}-i1"), &["p-1"]));
+    bed.publish("email-commands", &commands).await;
+    let published = bed
+        .read_until("email-commands", DEADLINE, |r| r.len() == commands.len())
+        .await;
+    let behind = published
+        .iter()
+        .find(|r| r.payload()["inquiry_id"] == format!("{tag}-i1"))
+        .expect("the inquiry")
+        .partition;
+    let topics = &psymatch_runtime::contracts::Contracts::embedded().topics;
+    let partitions = topics
+        .topic("email-commands")
+        .and_then(|t| t.partitions)
+        .unwrap_or(topics.defaults.partitions);
+    let elsewhere = (behind + 1) % partitions;
+    bed.publish_on("email-commands", elsewhere, &flush(&format!("{tag}-flush")))
+        .await;
+    // The default wait: however slowly this machine reads 1,500 records.
+    let running = start(&bed, &[("FLUSH_CATCH_UP_SECS", "30")]);
+    // Sent by that flush (no later one is published): it waited for the
+    // partition behind it.
+    let received = wait_for_mails(&bed, &tag, 1).await;
+    assert_eq!(received[0].0, address(&tag, 1));
     running.stop().await;
 }
 

@@ -1,6 +1,7 @@
 //! Proofs of the whole system that anyone can rerun: the poison run
 //! (`psymatch-proof poison`), the chaos run (`psymatch-proof chaos`), the
-//! erasure scanner (`psymatch-proof erasure-scan`), and the processes they
+//! README run (`psymatch-proof readme`), the erasure scanner
+//! (`psymatch-proof erasure-scan`), and the processes they
 //! and the data-protection tests start.
 
 pub mod chaos;
@@ -10,5 +11,6 @@ pub mod invariants;
 pub use psymatch_runtime::testing::people;
 pub mod poison;
 pub mod processes;
+pub mod readme;
 pub mod repeats;
 pub mod scan;

@@ -8,6 +8,8 @@
 //!   every consumed topic, interleaved with good ones (docs/proofs.md).
 //! - `psymatch-proof elastic [--mode lease|group|both]`: replicas that
 //!   come and go under load (docs/proofs.md).
+//! - `psymatch-proof readme`: the README's tour and "Asking psymatch" as
+//!   written, on the stack `scripts/run` left (processors/proof/src/readme.rs).
 //! - `psymatch-proof erasure-scan --values-file FILE`: where values of a
 //!   person (one per line) remain: tables, topics, mail capture, files.
 
@@ -74,6 +76,14 @@ enum Command {
         #[arg(long, default_value = ".stack/elastic")]
         logs: PathBuf,
     },
+    /// The README's tour and "Asking psymatch" run as written, in one
+    /// shell, on the stack `scripts/run` left, from the repository: every
+    /// command must succeed and show what the README says it shows.
+    Readme {
+        /// Directory for the commands' output and the generated script.
+        #[arg(long, default_value = ".stack/readme")]
+        logs: PathBuf,
+    },
     /// Looks for a person's values (name, email address, phone number,
     /// street; one per line of the file, `-` for standard input, so that
     /// they appear in no command line) in every table of the database
@@ -121,6 +131,9 @@ async fn main() -> anyhow::Result<()> {
                 held &= psymatch_proof::elastic::run(mode, patients, therapists, &logs).await?;
             }
             held
+        }
+        Command::Readme { logs } => {
+            psymatch_proof::readme::run(&psymatch_proof::readme::root()?, &logs).await?
         }
         Command::ErasureScan {
             values_file,

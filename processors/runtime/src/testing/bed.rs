@@ -168,10 +168,25 @@ impl TestBed {
         self.send(&record).await;
     }
 
+    /// Publishes a record written as people write it onto one partition
+    /// of `topic`, whatever its key (a test that needs two records on two
+    /// different partitions).
+    pub async fn publish_on(&self, topic: &str, partition: i32, record: &serde_json::Value) {
+        let (key, envelope, bytes) = self.encode(topic, record).await;
+        let physical = format!("{}{topic}", self.prefix);
+        let outgoing = crate::processor::Outgoing::of_envelope(&physical, key, &envelope, bytes);
+        self.send_record(outgoing.record().partition(partition))
+            .await;
+    }
+
     /// Publishes one record and waits for the broker's acknowledgement.
     async fn send(&self, record: &crate::processor::Outgoing) {
+        self.send_record(record.record()).await;
+    }
+
+    async fn send_record(&self, record: rdkafka::producer::FutureRecord<'_, str, [u8]>) {
         self.producer
-            .send(record.record(), std::time::Duration::from_secs(60))
+            .send(record, std::time::Duration::from_secs(60))
             .await
             .map_err(|(error, _)| error)
             .expect("published");
