@@ -108,7 +108,7 @@ impl BatcherConfig {
             attempts: v.number("SMTP_ATTEMPTS", 4u32)?.max(1),
             backoff: Duration::from_millis(v.number("SMTP_BACKOFF_MS", 1_000u64)?),
             concurrency: v.number("SMTP_CONCURRENCY", 4usize)?.max(1),
-            catch_up: Duration::from_secs(v.number("FLUSH_CATCH_UP_SECS", 30u64)?),
+            catch_up: Duration::from_secs(v.number("FLUSH_CATCH_UP_SECS", 15u64)?),
         })
     }
 }

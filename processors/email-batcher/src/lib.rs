@@ -55,10 +55,9 @@ pub struct EmailBatcher {
     transport: Transport,
     from: Mailbox,
     metrics: BatcherMetrics,
-    /// The flushes waiting for partitions behind them (each partition's
-    /// worker may hold one): event id and since when, in process time (a
-    /// wait for this process's progress, not a date).
-    waiting_flushes: std::sync::Mutex<HashMap<uuid::Uuid, std::time::Instant>>,
+    /// The flush waiting for partitions behind it, by event id (at most
+    /// one waits; see `flush_behind`).
+    waiting_flushes: std::sync::Mutex<HashMap<uuid::Uuid, withdrawals::WaitingFlush>>,
 }
 
 impl EmailBatcher {
@@ -250,8 +249,7 @@ impl EmailBatcher {
                 "attempts of unknown outcome reported; not resent inside their window"
             );
         }
-        let behind = withdrawals::behind(ctx).await?;
-        self.catch_up(ctx, &behind)?;
+        let behind = self.flush_behind(ctx).await?;
         let times = store::Times {
             check: ctx.now().min(ctx.event_time()),
             now: ctx.now(),

@@ -75,24 +75,75 @@ impl EmailBatcher {
     }
 }
 
+/// A flush waiting for partitions behind it ([`EmailBatcher::flush_behind`]).
+pub(crate) struct WaitingFlush {
+    /// Since when (process time: a wait for this process's progress).
+    since: Instant,
+    /// Each other partition's low and high watermark when the flush was
+    /// first read: what was published there before it.
+    ends: Vec<(i32, i64, i64)>,
+}
+
 impl EmailBatcher {
-    /// A flush with partitions `behind` it is retried (a transient error)
-    /// until they are read or `FLUSH_CATCH_UP_SECS` passed since it first
-    /// found them behind; then it goes on without their inquiries. Two
-    /// flushes on two partitions that wait for each other both go on
-    /// after that time.
-    pub(crate) fn catch_up(&self, ctx: &Context<'_>, behind: &[i32]) -> Result<(), ProcessError> {
+    /// The partitions of the flush's topic, other than its own, not yet
+    /// read and committed up to where they stood when the flush was first
+    /// read (their high watermarks then against the offsets every worker
+    /// and replica committed): a withdrawal published there before the
+    /// flush may be unread. Its own partition is read in order.
+    ///
+    /// While some are behind, the flush is retried (a transient error)
+    /// until they catch up, for at most `FLUSH_CATCH_UP_SECS`; then it goes
+    /// on and their inquiries wait for a later flush. One flush waits at a
+    /// time in a process: a second one, which might be what the first
+    /// waits for, goes on at once (two waiting for each other's partitions
+    /// would stall both).
+    pub(crate) async fn flush_behind(
+        &self,
+        ctx: &mut Context<'_>,
+    ) -> Result<Vec<i32>, ProcessError> {
         let id = ctx.source().envelope.event_id;
+        let own = ctx.source().partition;
+        let known = self
+            .waiting_flushes
+            .lock()
+            .expect("flush lock")
+            .get(&id)
+            .map(|w| w.ends.clone());
+        let ends = match known {
+            Some(ends) => ends,
+            None => ctx.source_ends().await?,
+        };
+        let committed = ctx.source_committed().await?;
+        let behind: Vec<i32> = ends
+            .iter()
+            .filter(|(p, low, high)| {
+                *p != own && committed.get(p).copied().unwrap_or(0).max(*low) < *high
+            })
+            .map(|(p, ..)| *p)
+            .collect();
         let mut waiting = self.waiting_flushes.lock().expect("flush lock");
         if behind.is_empty() {
             waiting.remove(&id);
-            return Ok(());
+            return Ok(behind);
         }
-        // A flush that was given up (dead-lettered, taken by another
+        // A flush given up elsewhere (dead-lettered, taken over by another
         // replica) leaves its entry: dropped once long over.
         let bound = self.config.catch_up;
-        waiting.retain(|_, since| since.elapsed() < bound * 10 + Duration::from_secs(60));
-        let since = *waiting.entry(id).or_insert_with(Instant::now);
+        waiting.retain(|_, w| w.since.elapsed() < bound * 10 + Duration::from_secs(60));
+        if !waiting.contains_key(&id) && !waiting.is_empty() {
+            tracing::info!(
+                ?behind,
+                "flush: partitions behind; another flush waits, this one goes on"
+            );
+            return Ok(behind);
+        }
+        let since = waiting
+            .entry(id)
+            .or_insert_with(|| WaitingFlush {
+                since: Instant::now(),
+                ends,
+            })
+            .since;
         if since.elapsed() >= bound {
             tracing::info!(
                 ?behind,
@@ -100,36 +151,12 @@ impl EmailBatcher {
                 "flush: partitions still behind; their inquiries wait for a later flush"
             );
             waiting.remove(&id);
-            return Ok(());
+            return Ok(behind);
         }
         Err(ProcessError::Transient(format!(
             "flush: email-commands partitions {behind:?} are not yet read up to the flush; \
              it waits for them (up to FLUSH_CATCH_UP_SECS={})",
-            self.config.catch_up.as_secs()
+            bound.as_secs()
         )))
     }
-}
-
-/// The partitions of the flush's topic, other than its own, not yet read
-/// and committed up to where they stand now (their high watermarks against
-/// the offsets every worker and replica committed): a withdrawal published
-/// there before the flush may be unread, so their inquiries wait for a
-/// later flush unless they catch up ([`EmailBatcher::catch_up`]). Its own
-/// partition is read in order: what came before the flush there has been
-/// processed.
-pub(crate) async fn behind(ctx: &mut Context<'_>) -> Result<Vec<i32>, ProcessError> {
-    let own = ctx.source().partition;
-    let ends = ctx.source_ends().await?;
-    let committed = ctx.source_committed().await?;
-    let behind: Vec<i32> = ends
-        .iter()
-        .filter(|(p, low, high)| {
-            *p != own && committed.get(p).copied().unwrap_or(0).max(*low) < *high
-        })
-        .map(|(p, ..)| *p)
-        .collect();
-    if !behind.is_empty() {
-        tracing::info!(?behind, "flush: partitions not read up to now");
-    }
-    Ok(behind)
 }
