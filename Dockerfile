@@ -8,7 +8,8 @@ RUN cargo build --release --bins --workspace --exclude psymatch-proof \
  && find target/release -maxdepth 1 -type f -executable -name 'psymatch*' -exec cp {} /out/ \;
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
+# libssl3: librdkafka's TLS to Kafka is OpenSSL (every other TLS is rustls).
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 psymatch
 COPY --from=build /out/ /usr/local/bin/
 COPY topics.yaml /etc/psymatch/topics.yaml

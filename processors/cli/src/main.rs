@@ -20,7 +20,7 @@ use psymatch_runtime::{db, envelope, topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use std::io::Read;
 use std::path::PathBuf;
@@ -166,6 +166,18 @@ enum TopicsCommand {
         /// Only show what would change.
         #[arg(long)]
         dry_run: bool,
+        /// Replicas of every topic in this environment (topics.yaml's
+        /// default is the single local broker's 1; 3 on a replicated cluster).
+        #[arg(long, env = "TOPICS_REPLICATION_FACTOR")]
+        replication_factor: Option<i32>,
+        /// Replicas that must acknowledge a write (`min.insync.replicas`;
+        /// 2 of 3 on a replicated cluster).
+        #[arg(
+            long,
+            env = "TOPICS_MIN_INSYNC_REPLICAS",
+            requires = "replication_factor"
+        )]
+        min_insync_replicas: Option<i32>,
     },
 }
 
@@ -208,6 +220,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // `tail` decodes what anyone wrote: a lying length prefix costs at
     // most a few MiB, as in the processors (their default record size).
     codec::bound_allocations(1 << 20);
+    // The processors' Kafka settings (TLS, SASL, KAFKA_OPTION_*), read
+    // from the same environment: the tool connects as they do.
+    psymatch_runtime::broker::use_settings(
+        &cli.brokers,
+        psymatch_runtime::broker::Settings::from_env()?,
+    );
     if matches!(
         cli.command,
         Command::Publish { .. } | Command::Tail { .. } | Command::Topics { .. }
@@ -234,11 +252,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tail(&cli, topic, *from_end, matching.as_deref(), stop).await
         }
         Command::Topics {
-            command: TopicsCommand::Apply { dry_run },
+            command:
+                TopicsCommand::Apply {
+                    dry_run,
+                    replication_factor,
+                    min_insync_replicas,
+                },
         } => {
             let contracts = contracts(&cli)?;
             let admin = topics::Admin::connect(&cli.brokers)?;
-            let declared = contracts.topics.with_prefix(&cli.topic_prefix);
+            let mut declared = contracts.topics.with_prefix(&cli.topic_prefix);
+            if let Some(factor) = replication_factor {
+                declared = declared.with_replication(*factor, *min_insync_replicas);
+            }
             let outcomes = topics::apply(&admin, &declared, *dry_run).await?;
             if outcomes.is_empty() {
                 println!(
@@ -549,8 +575,7 @@ async fn tail(
     let codec = Codec::new(&cli.registry);
     let topic = &format!("{}{topic}", cli.topic_prefix);
     // Assigned, not subscribed: tail reads every partition and commits nothing.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &cli.brokers)
+    let consumer: BaseConsumer = psymatch_runtime::broker::client(&cli.brokers)
         .set(
             "group.id",
             format!("psymatch-tail-{}", uuid::Uuid::new_v4()),

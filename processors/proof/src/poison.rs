@@ -277,8 +277,7 @@ async fn collect(
 ) -> anyhow::Result<()> {
     let contracts = Contracts::embedded();
     let codec = Codec::new(&registry);
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+    let consumer: StreamConsumer = psymatch_runtime::broker::client(&brokers)
         .set("group.id", format!("proof-{}", Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -429,8 +428,7 @@ async fn unsettled(bed: &TestBed, seen: &Mutex<Seen>) -> anyhow::Result<Option<S
         return Ok(Some(behind));
     }
     let contracts = Contracts::embedded();
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &bed.brokers)
+    let consumer: StreamConsumer = psymatch_runtime::broker::client(&bed.brokers)
         .set("group.id", format!("proof-watermarks-{}", Uuid::new_v4()))
         .create()?;
     for spec in &contracts.topics.topics {

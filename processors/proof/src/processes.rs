@@ -328,8 +328,7 @@ pub async fn backlog(bed: &TestBed) -> anyhow::Result<Option<String>> {
             return Ok(Some(format!("{waiting} records in the outbox of {schema}")));
         }
     }
-    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &bed.brokers)
+    let consumer: rdkafka::consumer::BaseConsumer = psymatch_runtime::broker::client(&bed.brokers)
         .set("group.id", format!("backlog-{}", uuid::Uuid::new_v4()))
         .create()?;
     for (topic, readers) in CONSUMED {

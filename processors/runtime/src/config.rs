@@ -21,6 +21,7 @@
 //! | `GROUP_PROTOCOL` | `consumer` | `consumer`: the broker assigns (KIP-848, session timeout set on the broker); `classic`: cooperative-sticky, session timeout 10 s |
 //! | `GUARANTEE` | `effectively-once` | `effectively-once`: outputs through the outbox, inputs deduplicated by event id; `at-least-once`: outputs produced directly before the commit (a crash may repeat them), no dedupe |
 //! | `QUERY_TOKENS` | empty | `name:role:token,...` for the query surface (`staff` or `ops`; tokens of 16 characters or more); empty: every query is refused |
+//! | `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_*` | plaintext | TLS and SASL to Kafka, secrets from files ([`crate::broker::Settings`]) |
 //! | `KAFKA_OPTION_<NAME>` | | any librdkafka option: `KAFKA_OPTION_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms` |
 
 use anyhow::{Context, bail};
@@ -45,11 +46,18 @@ pub fn note_read(name: &str) {
     READ.lock().expect("settings lock").insert(name.to_string());
 }
 
+/// Prefixes of Kafka settings a processor must know (not `KAFKA_OPTION_`,
+/// any librdkafka option, nor others such as Kafka's own `KAFKA_HEAP_OPTS`).
+const KAFKA_CHECKED: [&str; 3] = ["KAFKA_SECURITY_", "KAFKA_SASL_", "KAFKA_SSL_"];
+
 /// The project's variables that are no processor's setting: the scripts',
 /// the benchmarks' and the command line's (a test keeps the list complete).
 pub const PROJECT_VARS: &[&str] = &[
     "PSYMATCH_BENCH_PHASES",
     "PSYMATCH_CHECK_SETTINGS",
+    "PSYMATCH_CLUSTER_DIR",
+    "PSYMATCH_CLUSTER_HEAP",
+    "PSYMATCH_CLUSTER_PORT",
     "PSYMATCH_CONTRACTS",
     "PSYMATCH_FAKE_KBV_PORT",
     "PSYMATCH_FUZZ_DIR",
@@ -82,12 +90,16 @@ pub fn refuse_unknown(
 ) -> anyhow::Result<()> {
     let read = READ.lock().expect("settings lock");
     let known = |name: &str| read.contains(name) || PROJECT_VARS.contains(&name);
+    // Kafka's security settings are checked too: a misspelt one would
+    // otherwise leave the connection in plaintext.
+    let checked = |name: &str| {
+        name.starts_with("PSYMATCH_")
+            || KAFKA_CHECKED.iter().any(|p| name.starts_with(p))
+            || prefixes.iter().any(|p| name.starts_with(p))
+    };
     let unknown: Vec<String> = vars
         .keys()
-        .filter(|name| {
-            (name.starts_with("PSYMATCH_") || prefixes.iter().any(|p| name.starts_with(p)))
-                && !known(name)
-        })
+        .filter(|name| checked(name) && !known(name))
         .map(|name| {
             let nearest = read
                 .iter()
@@ -167,8 +179,10 @@ pub struct RuntimeConfig {
     pub group_protocol: GroupProtocol,
     /// How the relay publishes the outbox (`RELAY`).
     pub relay: Relay,
-    /// Raw librdkafka options (`KAFKA_OPTION_*`).
-    pub kafka_options: BTreeMap<String, String>,
+    /// Security settings and raw librdkafka options (`KAFKA_SECURITY_PROTOCOL`,
+    /// `KAFKA_SASL_*`, `KAFKA_SSL_*`, `KAFKA_OPTION_*`; secrets only as
+    /// `<secret>` in its Debug).
+    pub kafka: crate::broker::Settings,
     /// Bearer tokens of the query surface (`QUERY_TOKENS`, names and roles
     /// only in its Debug).
     pub query_tokens: crate::query::Tokens,
@@ -294,13 +308,7 @@ impl RuntimeConfig {
         if batch_size == 0 {
             bail!("BATCH_SIZE must be at least 1");
         }
-        let kafka_options = vars
-            .iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix("KAFKA_OPTION_")
-                    .map(|name| (name.to_ascii_lowercase().replace('_', "."), v.clone()))
-            })
-            .collect();
+        let kafka = crate::broker::Settings::from_vars(vars)?;
         Ok(RuntimeConfig {
             clock: crate::clock::system(),
             brokers: text("KAFKA_BROKERS", "127.0.0.1:9092"),
@@ -344,7 +352,7 @@ impl RuntimeConfig {
                     ("classic", GroupProtocol::Classic),
                 ],
             )?,
-            kafka_options,
+            kafka,
             query_tokens: crate::query::Tokens::parse(&v.text("QUERY_TOKENS", ""))
                 .map_err(|e| anyhow::anyhow!(e))?,
         })
@@ -401,6 +409,24 @@ mod tests {
         vars.remove("TESTCFG_RAET");
         vars.remove(&misspelt);
         refuse_unknown("test", &vars, &["TESTCFG_"]).unwrap();
+        // A misspelt Kafka security setting would leave the connection in
+        // plaintext: refused too; Kafka's own variables and raw options pass.
+        crate::broker::Settings::from_vars(&vars).unwrap();
+        vars.insert(
+            "KAFKA_SASL_PASWORD_FILE".into(),
+            "/run/secrets/kafka".into(),
+        );
+        vars.insert("KAFKA_HEAP_OPTS".into(), "-Xmx1g".into());
+        vars.insert("KAFKA_OPTION_LINGER_MS".into(), "5".into());
+        let error = refuse_unknown("test", &vars, &["TESTCFG_"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.ends_with(
+                "has no setting KAFKA_SASL_PASWORD_FILE (did you mean KAFKA_SASL_PASSWORD_FILE?): unset it or correct its name (settings: docs/operations.md)"
+            ),
+            "{error}"
+        );
     }
 
     #[test]
@@ -416,7 +442,7 @@ mod tests {
         assert_eq!(config.batch_size, 50);
         assert_eq!(config.physical("patient-commands"), "t1.patient-commands");
         assert_eq!(config.logical("t1.patient-commands"), "patient-commands");
-        assert_eq!(config.kafka_options["session.timeout.ms"], "6000");
+        assert_eq!(config.kafka.option("session.timeout.ms"), Some("6000"));
         vars.insert("BATCH_SIZE".into(), "many".into());
         let error = RuntimeConfig::from_vars("intake", &vars)
             .unwrap_err()

@@ -25,12 +25,58 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
 
 /// [`connect`] with a given number of connections.
 pub async fn connect_sized(url: &str, connections: u32) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
+    match PgPoolOptions::new()
         .max_connections(connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect(url)
         .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))
+    {
+        Ok(pool) => Ok(pool),
+        Err(error) => {
+            // The pool reports a timeout; one connection of its own says
+            // why (TLS, authentication), so that the message can say what
+            // to do.
+            let reason = match tokio::time::timeout(
+                Duration::from_secs(5),
+                <sqlx::PgConnection as sqlx::Connection>::connect(url),
+            )
+            .await
+            {
+                Ok(Err(direct)) => direct.to_string(),
+                _ => error.to_string(),
+            };
+            let hint = tls_hint(&reason)
+                .map(|hint| format!("; {hint}"))
+                .unwrap_or_default();
+            Err(anyhow::anyhow!(
+                "cannot connect to PostgreSQL at {}: {}{hint}",
+                redact(url),
+                reason.lines().next().unwrap_or_default()
+            ))
+        }
+    }
+}
+
+/// What to do about a connection refused for TLS, from its reason.
+fn tls_hint(reason: &str) -> Option<&'static str> {
+    let reason = reason.to_ascii_lowercase();
+    if reason.contains("certificate") || reason.contains("unknownissuer") {
+        Some(
+            "the server's certificate is not trusted: name its CA in DATABASE_URL (sslmode=verify-full&sslrootcert=<CA file>)",
+        )
+    } else if reason.contains("no encryption") || reason.contains("ssl off") {
+        Some(
+            "the server requires TLS: add sslmode=verify-full&sslrootcert=<CA file> to DATABASE_URL",
+        )
+    } else if reason.contains("server does not support tls")
+        || reason.contains("server does not support ssl")
+    {
+        Some(
+            "the server does not offer TLS: enable ssl on the server, or leave sslmode out of DATABASE_URL on a local one",
+        )
+    } else {
+        None
+    }
 }
 
 /// Applies every pending migration. Safe to run from several processes at

@@ -5,9 +5,11 @@
 
 mod batch;
 mod bed;
+pub mod cluster;
 pub mod mail;
 mod own;
 pub mod people;
+pub mod tls;
 
 pub use batch::{OpenBatch, open_batch, run_batch, wait_until};
 pub use bed::TestBed;

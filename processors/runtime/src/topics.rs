@@ -170,6 +170,29 @@ impl TopicsFile {
         file
     }
 
+    /// The file for an environment that asks for `replication_factor`
+    /// replicas of every topic and, if given, `min_insync_replicas` of them
+    /// to acknowledge a write (`acks=all`): 1 and none on the single local
+    /// broker, 3 and 2 on a replicated cluster (`topics apply
+    /// --replication-factor`, `TOPICS_REPLICATION_FACTOR`).
+    pub fn with_replication(
+        mut self,
+        replication_factor: i32,
+        min_insync_replicas: Option<i32>,
+    ) -> TopicsFile {
+        self.defaults.replication_factor = replication_factor;
+        for topic in &mut self.topics {
+            topic.replication_factor = Some(replication_factor);
+            if let Some(min) = min_insync_replicas {
+                topic.config.insert(
+                    "min.insync.replicas".into(),
+                    serde_yaml_ng::Value::from(min.to_string()),
+                );
+            }
+        }
+        self
+    }
+
     /// A declared topic by name.
     pub fn topic(&self, name: &str) -> Option<&TopicSpec> {
         self.topics.iter().find(|t| t.name == name)

@@ -10,7 +10,7 @@ use crate::processor::Processor;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -226,9 +226,8 @@ pub(super) fn consumer_thread<P: Processor>(
         handle: handle.clone(),
         workers: Mutex::new(HashMap::new()),
     };
-    let mut config = ClientConfig::new();
+    let mut config = crate::broker::client(&shared.config.brokers);
     config
-        .set("bootstrap.servers", &shared.config.brokers)
         .set("group.id", &shared.config.group)
         .set("client.id", format!("psymatch-{}", shared.processor.name()))
         // Offsets live in PostgreSQL; the broker's copy is only for tools

@@ -4,7 +4,6 @@
 use super::Shared;
 use super::retry::backoff;
 use crate::processor::Processor;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,8 +163,7 @@ pub(super) async fn partitions_of(
     let brokers = brokers.to_string();
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || {
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+        let client: BaseConsumer = crate::broker::client(&brokers)
             .create()
             .map_err(|e| e.to_string())?;
         let mut out = Vec::new();

@@ -182,6 +182,9 @@ pub async fn run_with<P: Processor>(
     // than a few records' worth (the library's default is 512 MB): set
     // once per process, before anything decodes.
     crate::codec::bound_allocations(config.max_record_bytes);
+    // Every Kafka client of the process (checks, watermarks, leases,
+    // administration) connects as the processor's consumer does.
+    crate::broker::use_settings(&config.brokers, config.kafka.clone());
     let contracts = Contracts::embedded();
     for topic in processor.inputs() {
         contracts.topic(topic)?;
@@ -320,7 +323,5 @@ pub async fn run_with<P: Processor>(
 /// Applies the raw librdkafka options of the configuration last, so that
 /// they override what the runtime sets.
 fn with_options(config: &mut ClientConfig, runtime: &RuntimeConfig) {
-    for (key, value) in &runtime.kafka_options {
-        config.set(key, value);
-    }
+    runtime.kafka.apply(config);
 }

@@ -30,7 +30,7 @@ use psymatch_runtime::processor::{Context, Incoming, ProcessError, Processor};
 use psymatch_runtime::testing::TestBed;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -231,8 +231,7 @@ fn env(name: &str) -> String {
 
 /// A consumer assigned to every partition of the input from the beginning.
 fn input_consumer(brokers: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = psymatch_runtime::broker::client(brokers)
         .set("group.id", format!("bench-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("fetch.max.bytes", "52428800")
@@ -247,8 +246,7 @@ fn input_consumer(brokers: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
 }
 
 fn output_producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    Ok(psymatch_runtime::broker::client(brokers)
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
         .create()?)

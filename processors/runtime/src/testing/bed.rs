@@ -19,6 +19,9 @@ pub struct TestBed {
     pub database_url: String,
     /// A pool on it.
     pub pool: PgPool,
+    /// Kafka security settings (`KAFKA_SECURITY_PROTOCOL`, ...) the bed's
+    /// clients and processors use; empty on the plaintext stack.
+    pub kafka_env: Vec<(String, String)>,
     codec: crate::codec::Codec,
     producer: rdkafka::producer::FutureProducer,
 }
@@ -32,12 +35,43 @@ impl TestBed {
     /// [`TestBed::new`] on another broker or PostgreSQL server (tests that
     /// restart their own).
     pub async fn with(brokers: &str, database_url: &str) -> TestBed {
+        Self::with_kafka(brokers, database_url, Vec::new()).await
+    }
+
+    /// A bed on the secured three-node cluster (`scripts/kafka-cluster`,
+    /// started if it is not running), as its `admin` principal; processors
+    /// started with [`TestBed::config`] or [`TestBed::env`] connect as it
+    /// too unless a test gives them their own principal.
+    pub async fn secured() -> TestBed {
+        let cluster = super::cluster::up();
+        Self::with_kafka(
+            &cluster.brokers,
+            &stack_env("DATABASE_URL"),
+            cluster.env("admin"),
+        )
+        .await
+    }
+
+    /// [`TestBed::with`] with Kafka security settings.
+    pub async fn with_kafka(
+        brokers: &str,
+        database_url: &str,
+        kafka_env: Vec<(String, String)>,
+    ) -> TestBed {
+        let settings = crate::broker::Settings::from_vars(&kafka_env.iter().cloned().collect())
+            .expect("the cluster's settings");
+        crate::broker::use_settings(brokers, settings);
         let (pool, database_url) = fresh_database_on(database_url).await;
         let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let registry_url = stack_env("SCHEMA_REGISTRY_URL");
         let contracts = crate::contracts::Contracts::embedded();
         let admin = crate::topics::Admin::connect(brokers).expect("admin client");
-        let file = contracts.topics.with_prefix(&prefix);
+        let mut file = contracts.topics.with_prefix(&prefix);
+        // A replicated cluster (the secured one): three replicas, two to
+        // acknowledge, as in production.
+        if !kafka_env.is_empty() {
+            file = file.with_replication(3, Some(2));
+        }
         let outcomes = crate::topics::apply(&admin, &file, false)
             .await
             .expect("topics apply");
@@ -59,6 +93,7 @@ impl TestBed {
             registry_url,
             database_url,
             pool,
+            kafka_env,
             producer,
         }
     }
@@ -76,7 +111,8 @@ impl TestBed {
     /// The processor connects with its own least-privilege role, as in
     /// production: every test that runs a processor shows it needs no more.
     pub fn env(&self, processor: &str) -> Vec<(String, String)> {
-        vec![
+        let mut env = self.kafka_env.clone();
+        env.extend([
             ("KAFKA_BROKERS".into(), self.brokers.clone()),
             ("SCHEMA_REGISTRY_URL".into(), self.registry_url.clone()),
             (
@@ -89,7 +125,8 @@ impl TestBed {
                 format!("{}{processor}", self.prefix),
             ),
             ("SHUTDOWN_TIMEOUT_SECS".into(), "10".into()),
-        ]
+        ]);
+        env
     }
 
     /// A record written as people write it, in `topic`'s wire format:
@@ -204,8 +241,7 @@ impl TestBed {
         use rdkafka::consumer::{Consumer, StreamConsumer};
         use rdkafka::message::Headers;
         let physical = format!("{}{topic}", self.prefix);
-        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let consumer: StreamConsumer = crate::broker::client(&self.brokers)
             .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")

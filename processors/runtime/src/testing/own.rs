@@ -110,8 +110,8 @@ pub struct OwnPostgres {
 }
 
 impl OwnPostgres {
-    /// Creates and starts it on a free port.
-    pub fn start() -> OwnPostgres {
+    /// Creates it (initdb) on a free port, not started.
+    fn create() -> OwnPostgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries")
             .filter_map(|e| e.ok())
@@ -142,7 +142,51 @@ impl OwnPostgres {
             .status()
             .unwrap();
         assert!(initdb.success());
-        let cluster = OwnPostgres { bin, dir, port };
+        OwnPostgres { bin, dir, port }
+    }
+
+    /// Creates and starts it on a free port.
+    pub fn start() -> OwnPostgres {
+        let cluster = OwnPostgres::create();
+        cluster.pg_ctl("start");
+        cluster
+    }
+
+    /// Creates and starts it with TLS only (`ssl=on`, a certificate for
+    /// 127.0.0.1 signed by `ca`; connections without TLS are refused).
+    pub fn start_tls(ca: &super::tls::Ca) -> OwnPostgres {
+        let cluster = OwnPostgres::create();
+        let (cert, key) = ca.issue("postgres-server", "IP:127.0.0.1,DNS:localhost");
+        let (server_cert, server_key) = (
+            cluster.dir.join("server.pem"),
+            cluster.dir.join("server.key"),
+        );
+        std::fs::copy(cert, &server_cert).unwrap();
+        std::fs::copy(key, &server_key).unwrap();
+        // PostgreSQL reads its key only if no one else may.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&server_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::process::Command::new("chown")
+            .args([
+                "postgres",
+                server_cert.to_str().unwrap(),
+                server_key.to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        let conf = cluster.dir.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(&format!(
+            "\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            server_cert.display(),
+            server_key.display()
+        ));
+        std::fs::write(&conf, text).unwrap();
+        std::fs::write(
+            cluster.dir.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
         cluster.pg_ctl("start");
         cluster
     }

@@ -3,7 +3,6 @@
 //! (IncrementalAlterConfigs), and waiting until every broker sees them.
 
 use super::{ActualTopic, Change, DesiredTopic, TopicsFile, plan};
-use rdkafka::ClientConfig;
 use rdkafka::admin::{
     AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
 };
@@ -23,8 +22,7 @@ impl Admin {
     /// Connects to `brokers` (comma-separated host:port).
     pub fn connect(brokers: &str) -> anyhow::Result<Admin> {
         let client = Arc::new(
-            ClientConfig::new()
-                .set("bootstrap.servers", brokers)
+            crate::broker::client(brokers)
                 .set("client.id", "psymatch-admin")
                 .create()?,
         );

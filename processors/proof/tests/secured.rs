@@ -1,0 +1,121 @@
+//! psymatch on a Kafka cluster shaped like its users' (the three-node
+//! SASL_SSL/SCRAM cluster of `scripts/kafka-cluster`): topics are created
+//! with three replicas and two to acknowledge; intake runs over SASL_SSL as
+//! a processor; `psymatch tail` reads with the same settings; and a wrong
+//! password, a missing CA or a plaintext client are each refused in one
+//! line that says what to do.
+
+use psymatch_intake::Intake;
+use psymatch_proof::processes::binary;
+use psymatch_runtime::testing::{Running, TestBed, of_type, people, scratch_dir};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::process::Command;
+use std::time::Duration;
+
+/// `psymatch` with the bed's settings, `env` on top (`None` removes one).
+fn psymatch(bed: &TestBed, env: &[(&str, Option<String>)], args: &[&str]) -> std::process::Output {
+    let mut command = Command::new(binary("psymatch").unwrap());
+    command
+        .args(args)
+        .env("KAFKA_BROKERS", &bed.brokers)
+        .env("SCHEMA_REGISTRY_URL", &bed.registry_url)
+        .env("TOPIC_PREFIX", &bed.prefix)
+        .envs(bed.kafka_env.iter().cloned());
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    command.output().expect("psymatch (cargo build --bins)")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn intake_and_the_tool_work_over_sasl_ssl_on_three_replicas_and_refusals_say_what_to_do() {
+    let bed = TestBed::secured().await;
+
+    // Three replicas of every topic, two of them to acknowledge.
+    let consumer: BaseConsumer = psymatch_runtime::broker::client(&bed.brokers)
+        .create()
+        .unwrap();
+    let topic = format!("{}patient-events", bed.prefix);
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions();
+    assert!(!partitions.is_empty());
+    for partition in partitions {
+        assert_eq!(partition.replicas().len(), 3, "{topic}/{}", partition.id());
+    }
+
+    let intake = Running::start(Intake, bed.config("intake"));
+    bed.publish(
+        "patient-commands",
+        &[people::registration("secured-1", "10115")],
+    )
+    .await;
+    let records = bed
+        .read_until("patient-events", Duration::from_secs(90), |r| {
+            !of_type(r, "patient.registered").is_empty()
+        })
+        .await;
+    assert_eq!(
+        of_type(&records, "patient.registered")[0].payload()["patient_id"],
+        "secured-1"
+    );
+    intake.stop().await;
+
+    let read = psymatch(
+        &bed,
+        &[],
+        &[
+            "tail",
+            "patient-events",
+            "--matching",
+            "secured-1",
+            "--until",
+            "patient.registered",
+        ],
+    );
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    assert!(String::from_utf8_lossy(&read.stdout).contains("patient.registered"));
+
+    let dir = scratch_dir("secured-refusals");
+    let wrong = dir.join("wrong.password");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let refusals = [
+        (
+            vec![(
+                "KAFKA_SASL_PASSWORD_FILE",
+                Some(wrong.display().to_string()),
+            )],
+            "SASL authentication failed for principal admin: check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD_FILE and KAFKA_SASL_MECHANISM",
+        ),
+        (
+            vec![("KAFKA_SSL_CA_FILE", None)],
+            "the brokers' TLS certificate is not trusted: set KAFKA_SSL_CA_FILE to the CA that signed it",
+        ),
+        (
+            vec![
+                ("KAFKA_SECURITY_PROTOCOL", None),
+                ("KAFKA_SASL_MECHANISM", None),
+                ("KAFKA_SASL_USERNAME", None),
+                ("KAFKA_SASL_PASSWORD_FILE", None),
+                ("KAFKA_SSL_CA_FILE", None),
+            ],
+            "set KAFKA_SECURITY_PROTOCOL",
+        ),
+    ];
+    for (env, expected) in refusals {
+        let out = psymatch(&bed, &env, &["tail", "patient-events", "--max", "1"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{env:?}");
+        assert!(stderr.contains(expected), "{env:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(!stderr.contains("not-the-password"), "{stderr}");
+    }
+}

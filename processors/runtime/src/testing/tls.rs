@@ -1,0 +1,117 @@
+//! A throwaway certificate authority for tests of TLS (PostgreSQL, Kafka):
+//! made with the `openssl` command line, valid for two days, in a scratch
+//! directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A CA: its certificate (what clients trust) and its key (what signs).
+pub struct Ca {
+    /// The directory holding everything it made.
+    pub dir: PathBuf,
+    /// Its certificate (PEM).
+    pub cert: PathBuf,
+    key: PathBuf,
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (scripts/install-tools)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Ca {
+    /// A new CA named `name` in a scratch directory of its own.
+    pub fn new(name: &str) -> Ca {
+        let dir = super::scratch_dir("ca");
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+            &dir,
+        );
+        Ca {
+            cert: dir.join("ca.pem"),
+            key: dir.join("ca.key"),
+            dir,
+        }
+    }
+
+    /// A certificate for `name` (its common name) valid for the subject
+    /// alternative names `sans` (`IP:127.0.0.1,DNS:localhost`), for servers
+    /// and clients alike: its certificate and key files (PEM).
+    pub fn issue(&self, name: &str, sans: &str) -> (PathBuf, PathBuf) {
+        let extensions = self.dir.join(format!("{name}.ext"));
+        std::fs::write(
+            &extensions,
+            format!(
+                "subjectAltName={sans}\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n"
+            ),
+        )
+        .unwrap();
+        let (key, csr, cert) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        openssl(
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+            ],
+            &self.dir,
+        );
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                self.cert.to_str().unwrap(),
+                "-CAkey",
+                self.key.to_str().unwrap(),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                extensions.to_str().unwrap(),
+                "-out",
+                &cert,
+            ],
+            &self.dir,
+        );
+        (self.dir.join(cert), self.dir.join(key))
+    }
+}
