@@ -8,6 +8,7 @@ prints one JSON document per command on stdout.
     confluent_client.py registry URL SUBJECT
     confluent_client.py consume BROKERS URL TOPIC KEY
     confluent_client.py produce BROKERS URL TOPIC KEY EVENT_ID
+    confluent_client.py produce_compressed BROKERS URL TOPIC CODEC COUNT
 """
 import json
 import sys
@@ -110,6 +111,42 @@ def produce(brokers, url, topic, key, event_id):
     print(json.dumps({"unsent": remaining}))
 
 
+def produce_compressed(brokers, url, topic, codec, count):
+    """Publish COUNT patient.resume_search commands (keys CODEC-0, ...)
+    in batches compressed with CODEC, as another team's producer would."""
+    client = SchemaRegistryClient({"url": url})
+    serializer = AvroSerializer(client, conf={
+        "auto.register.schemas": False,
+        "use.latest.version": True,
+    })
+    context = SerializationContext(topic, MessageField.VALUE)
+    producer = Producer({
+        "bootstrap.servers": brokers,
+        "compression.type": codec,
+        # Many records per batch: the batch is what is compressed.
+        "linger.ms": 50,
+    })
+    for n in range(int(count)):
+        key = "%s-%d" % (codec, n)
+        value = {
+            "event_id": str(uuid.uuid4()),
+            "event_type": "patient.resume_search",
+            "version": 1,
+            "timestamp": int(time.time() * 1000),
+            "producer": "python-" + codec,
+            "correlation_id": None,
+            "payload": ("psymatch.patient.ResumeSearch", {"patient_id": key}),
+        }
+        producer.produce(topic, key=key, value=serializer(value, context))
+    remaining = producer.flush(30)
+    print(json.dumps({"unsent": remaining}))
+
+
 if __name__ == "__main__":
-    commands = {"registry": registry, "consume": consume, "produce": produce}
+    commands = {
+        "registry": registry,
+        "consume": consume,
+        "produce": produce,
+        "produce_compressed": produce_compressed,
+    }
     commands[sys.argv[1]](*sys.argv[2:])

@@ -22,35 +22,7 @@ fn templated(message_id: &str, to: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_self_signed_relay_is_trusted_only_through_the_configured_certificate() {
     let dir = scratch_dir("smtp-tls");
-    let (cert, key) = (dir.join("relay.pem"), dir.join("relay.key"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        // An end-entity certificate: rustls refuses a CA certificate
-        // presented by the server itself.
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (cert, key) = psymatch_runtime::testing::tls::self_signed(&dir, "relay");
     let (smtp, web) = (free_port(), free_port());
     let tools =
         std::env::var("PSYMATCH_TOOLS").unwrap_or_else(|_| "/var/tmp/psymatch-tools".into());

@@ -31,27 +31,14 @@ impl Ca {
     /// A new CA named `name` in a scratch directory of its own.
     pub fn new(name: &str) -> Ca {
         let dir = super::scratch_dir("ca");
-        openssl(
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN={name}"),
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-            ],
+        x509(
             &dir,
+            "ca",
+            &format!("/CN={name}"),
+            &[
+                "basicConstraints=critical,CA:TRUE",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
         );
         Ca {
             cert: dir.join("ca.pem"),
@@ -114,4 +101,39 @@ impl Ca {
         );
         (self.dir.join(cert), self.dir.join(key))
     }
+}
+
+/// A self-signed end-entity certificate for 127.0.0.1 (as Proton Mail
+/// Bridge presents on 127.0.0.1: its own trust anchor, not a CA; rustls
+/// refuses a CA certificate presented by the server itself), in `dir`: its
+/// certificate and key files (PEM).
+pub fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    x509(
+        dir,
+        name,
+        "/CN=127.0.0.1",
+        &[
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "basicConstraints=critical,CA:FALSE",
+            "extendedKeyUsage=serverAuth",
+        ],
+    );
+    (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    )
+}
+
+/// A self-signed certificate `<name>.pem` with key `<name>.key` in `dir`,
+/// valid for two days, with `extensions`.
+fn x509(dir: &Path, name: &str, subject: &str, extensions: &[&str]) {
+    let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
+    let mut args = vec![
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", subject,
+    ];
+    for extension in extensions {
+        args.extend(["-addext", extension]);
+    }
+    args.extend(["-keyout", &key, "-out", &cert]);
+    openssl(&args, dir);
 }
