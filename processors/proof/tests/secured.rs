@@ -7,7 +7,9 @@
 
 use psymatch_intake::Intake;
 use psymatch_proof::processes::binary;
-use psymatch_runtime::testing::{Running, TestBed, of_type, people, scratch_dir};
+use psymatch_runtime::testing::{
+    KillOnDrop, Running, TestBed, free_port, of_type, people, scratch_dir,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::process::Command;
 use std::time::Duration;
@@ -118,4 +120,59 @@ async fn intake_and_the_tool_work_over_sasl_ssl_on_three_replicas_and_refusals_s
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
         assert!(!stderr.contains("not-the-password"), "{stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_processor_refused_its_login_stays_up_unready_and_says_why_in_one_line() {
+    let bed = TestBed::secured().await;
+    let dir = scratch_dir("secured-intake");
+    let wrong = dir.join("wrong.password");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let port = free_port();
+    let mut env: Vec<(String, String)> = bed
+        .env("intake")
+        .into_iter()
+        .filter(|(name, _)| name != "KAFKA_SASL_USERNAME" && name != "KAFKA_SASL_PASSWORD_FILE")
+        .collect();
+    env.extend([
+        ("KAFKA_SASL_USERNAME".to_string(), "intake".to_string()),
+        (
+            "KAFKA_SASL_PASSWORD_FILE".to_string(),
+            wrong.display().to_string(),
+        ),
+        ("HTTP_LISTEN".to_string(), format!("127.0.0.1:{port}")),
+    ]);
+    let log = dir.join("intake.log");
+    let binary = binary("psymatch-intake").unwrap();
+    let mut intake = KillOnDrop::spawn(binary.to_str().unwrap(), &env, &log);
+    let refused = "SASL authentication failed for principal intake";
+    bed.wait_for(
+        "readiness names the refused login",
+        Duration::from_secs(60),
+        || async {
+            // Not listening yet is not an answer.
+            let Ok(response) =
+                reqwest::get(format!("http://127.0.0.1:{port}/health/readiness")).await
+            else {
+                return false;
+            };
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            status == 503
+                && body["checks"]["broker"]
+                    .as_str()
+                    .is_some_and(|b| b.contains(refused))
+        },
+    )
+    .await;
+    assert!(
+        intake.0.try_wait().unwrap().is_none(),
+        "intake keeps running"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(refused)).collect();
+    assert!(!lines.is_empty(), "{text}");
+    assert!(!text.contains("not-the-password"), "{text}");
+    let status = intake.terminate(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}");
 }

@@ -94,6 +94,8 @@ pub struct DesiredTopic {
 pub struct ActualTopic {
     /// Partition count.
     pub partitions: i32,
+    /// Replicas of its least replicated partition.
+    pub replicas: i32,
     /// Config values of the declared keys (others are not looked at).
     pub config: BTreeMap<String, String>,
 }
@@ -318,6 +320,17 @@ pub fn plan(desired: &[DesiredTopic], actual: &BTreeMap<String, ActualTopic>) ->
                 ),
             });
         }
+        if have.replicas < topic.replication_factor {
+            changes.push(Change::Drift {
+                topic: topic.name.clone(),
+                what: format!(
+                    "{} replicas, the environment asks for {} (--replication-factor, \
+                     TOPICS_REPLICATION_FACTOR); Kafka adds replicas only by reassignment \
+                     (kafka-reassign-partitions), which psymatch leaves to a person",
+                    have.replicas, topic.replication_factor
+                ),
+            });
+        }
         let differing: Vec<(String, Option<String>, String)> = topic
             .config
             .iter()
@@ -362,6 +375,7 @@ mod tests {
     fn actual(partitions: i32, config: &[(&str, &str)]) -> ActualTopic {
         ActualTopic {
             partitions,
+            replicas: 1,
             config: config
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -400,6 +414,36 @@ mod tests {
             if topic == "c" && differing == &[("retention.ms".to_string(), Some("200".to_string()), "100".to_string())])
         );
         assert!(matches!(&changes[4], Change::Drift { topic, .. } if topic == "stray"));
+    }
+
+    #[test]
+    fn fewer_replicas_than_the_environment_asks_are_reported_not_changed() {
+        let desired = TopicsFile::parse(
+            "defaults: {partitions: 1, replication_factor: 1}\ntopics:\n  - {name: x.dlq, description: d, key: k, dead_letter_of: x}\n  - {name: x, description: d, key: k, key_fields: [id], value_schema: s.avsc}\n",
+        )
+        .unwrap()
+        .with_replication(3, Some(2))
+        .desired();
+        assert_eq!(desired[0].replication_factor, 3);
+        assert_eq!(desired[1].config["min.insync.replicas"], "2");
+        let mut have = BTreeMap::new();
+        have.insert("x".to_string(), actual(1, &[("min.insync.replicas", "2")]));
+        have.insert(
+            "x.dlq".to_string(),
+            ActualTopic {
+                replicas: 3,
+                ..actual(1, &[("min.insync.replicas", "2")])
+            },
+        );
+        let changes = plan(&desired, &have);
+        assert_eq!(changes.len(), 1, "{changes:#?}");
+        assert!(
+            changes[0]
+                .to_string()
+                .starts_with("drift x: 1 replicas, the environment asks for 3"),
+            "{}",
+            changes[0]
+        );
     }
 
     #[test]

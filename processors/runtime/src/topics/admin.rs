@@ -60,6 +60,12 @@ impl Admin {
                     t.name().to_string(),
                     ActualTopic {
                         partitions: t.partitions().len() as i32,
+                        replicas: t
+                            .partitions()
+                            .iter()
+                            .map(|p| p.replicas().len() as i32)
+                            .min()
+                            .unwrap_or(0),
                         config: BTreeMap::new(),
                     },
                 )
