@@ -259,6 +259,12 @@ impl TestBed {
         while !done(&records) {
             let message = match tokio::time::timeout_at(until, consumer.recv()).await {
                 Ok(Ok(message)) => message,
+                // A broker lost or restarting (the failover tests): the
+                // client reconnects; keep reading.
+                Ok(Err(rdkafka::error::KafkaError::MessageConsumption(
+                    rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                    | rdkafka::types::RDKafkaErrorCode::AllBrokersDown,
+                ))) => continue,
                 Ok(Err(error)) => panic!("reading {physical}: {error}"),
                 Err(_) => panic!(
                     "{physical}: condition not met within {deadline:?}; read {} records",
