@@ -29,16 +29,7 @@ use std::time::Duration;
 pub struct Settings {
     /// librdkafka properties, applied in order.
     options: Vec<(String, String)>,
-    /// The SASL principal, for messages.
-    principal: Option<String>,
 }
-
-/// librdkafka properties whose values are never shown.
-const SECRET: [&str; 3] = [
-    "sasl.password",
-    "ssl.key.password",
-    "sasl.oauthbearer.client.secret",
-];
 
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -46,8 +37,8 @@ impl std::fmt::Debug for Settings {
             .options
             .iter()
             .map(|(k, v)| {
-                let secret =
-                    SECRET.contains(&k.as_str()) || k.contains("password") || k.contains("secret");
+                // sasl.password, ssl.key.password, ...client.secret
+                let secret = k.contains("password") || k.contains("secret");
                 (k.as_str(), if secret { "<secret>" } else { v.as_str() })
             })
             .collect();
@@ -142,7 +133,6 @@ impl Settings {
                 );
             }
         }
-        settings.principal = sasl.then_some(username);
         Ok(settings)
     }
 
@@ -160,7 +150,7 @@ impl Settings {
 
     /// The SASL principal, when there is one.
     pub fn principal(&self) -> Option<&str> {
-        self.principal.as_deref()
+        self.option("sasl.username")
     }
 
     /// The value of a librdkafka property as these settings give it.
@@ -243,12 +233,14 @@ pub struct Unreachable {
 /// nor reorder a partition's records; a short linger for batching; a
 /// delivery bound after which a send fails and is retried by the caller.
 pub fn producer_config(brokers: &str, client_id: &str) -> ClientConfig {
-    let mut config = client(brokers);
+    let mut config = ClientConfig::new();
     config
+        .set("bootstrap.servers", brokers)
         .set("client.id", client_id)
         .set("enable.idempotence", "true")
         .set("linger.ms", "2")
         .set("message.timeout.ms", "30000");
+    // Last, as in `client`: the process's settings override these defaults.
     settings(brokers).apply(&mut config);
     config
 }
