@@ -104,6 +104,16 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// ACLs from topics.yaml's clients: the least each principal needs.
+    ///
+    /// Connect as a principal that may alter the cluster's ACLs (its super
+    /// user). Example: psymatch acls apply --group-prefix psymatch-
+    Acls {
+        #[command(subcommand)]
+        command: AclsCommand,
+        #[command(flatten)]
+        plan: AclPlanArgs,
+    },
     /// Schema administration.
     Schemas {
         #[command(subcommand)]
@@ -182,11 +192,115 @@ enum TopicsCommand {
 }
 
 #[derive(Subcommand)]
+enum AclsCommand {
+    /// List the ACLs every client needs, one per line (nothing is asked of
+    /// the broker).
+    Plan,
+    /// Create the planned ACLs that are missing; report ACLs of the same
+    /// principals that the plan does not hold (drift, never deleted).
+    Apply {
+        /// Only show what would be created and the drift.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// What an ACL plan is for.
+#[derive(clap::Args)]
+struct AclPlanArgs {
+    /// Prefix of the processors' consumer groups (the group of processor
+    /// p is <prefix>p; CONSUMER_GROUP's default is psymatch-<processor>).
+    #[arg(
+        long,
+        global = true,
+        env = "ACLS_GROUP_PREFIX",
+        default_value = "psymatch-"
+    )]
+    group_prefix: String,
+    /// The relays run with RELAY=transactional: grant their transactional ids.
+    #[arg(long, global = true)]
+    transactional_relay: bool,
+    /// A client's principal where it is not User:<client>, e.g.
+    /// matcher=User:CN=matcher (repeat for more).
+    #[arg(long = "principal", global = true, value_name = "CLIENT=PRINCIPAL")]
+    principals: Vec<String>,
+}
+
+#[derive(Subcommand)]
 enum SchemasCommand {
     /// Register every topic's value schema; fails on an incompatible change.
     Register,
     /// Check the schema files offline (bundling, docs, event types).
     Check,
+}
+
+/// `psymatch acls plan|apply`.
+async fn acls(cli: &Cli, command: &AclsCommand, args: &AclPlanArgs) -> anyhow::Result<()> {
+    use psymatch_runtime::acls;
+    let contracts = contracts(cli)?;
+    let mut options = acls::PlanOptions {
+        topic_prefix: cli.topic_prefix.clone(),
+        group_prefix: args.group_prefix.clone(),
+        transactional_relay: args.transactional_relay,
+        ..acls::PlanOptions::default()
+    };
+    for pair in &args.principals {
+        let (client, principal) = pair
+            .split_once('=')
+            .filter(|(c, p)| !c.is_empty() && p.contains(':'))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--principal {pair}: write CLIENT=PRINCIPAL, e.g. matcher=User:CN=matcher"
+                )
+            })?;
+        anyhow::ensure!(
+            contracts.topics.client(client).is_some(),
+            "--principal {pair}: topics.yaml declares no client {client}"
+        );
+        options
+            .principals
+            .insert(client.to_string(), principal.to_string());
+    }
+    let planned = acls::plan(&contracts.topics, &options);
+    let AclsCommand::Apply { dry_run } = command else {
+        for acl in &planned {
+            println!("{acl}");
+        }
+        return Ok(());
+    };
+    let dry_run = *dry_run;
+    let brokers = cli.brokers.clone();
+    let applied = tokio::task::spawn_blocking(move || {
+        let admin = acls::AclAdmin::connect(&brokers)?;
+        acls::apply(&admin, &planned, &options, dry_run).map_err(|reason| {
+            anyhow::anyhow!("{reason} (ACLs need a principal allowed to describe and alter them, e.g. the cluster's super user)")
+        })
+    })
+    .await??;
+    let verb = if dry_run { "would create" } else { "created" };
+    for acl in &applied.created {
+        println!("{verb}: {acl}");
+    }
+    for acl in &applied.drift {
+        println!("drift: {acl} (not in the plan; left in place)");
+    }
+    for (acl, reason) in &applied.refused {
+        println!("NOT created: {acl}: {reason}");
+    }
+    println!(
+        "acls: {} planned, {} {verb}, {} present, {} drift",
+        applied.created.len() + applied.present.len() + applied.refused.len(),
+        applied.created.len(),
+        applied.present.len(),
+        applied.drift.len()
+    );
+    if !applied.refused.is_empty() {
+        bail!(
+            "{} ACL(s) refused by the broker; see above",
+            applied.refused.len()
+        );
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -228,7 +342,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     );
     if matches!(
         cli.command,
-        Command::Publish { .. } | Command::Tail { .. } | Command::Topics { .. }
+        Command::Publish { .. }
+            | Command::Tail { .. }
+            | Command::Topics { .. }
+            | Command::Acls {
+                command: AclsCommand::Apply { .. },
+                ..
+            }
     ) {
         broker_answers(&cli).await?;
     }
@@ -290,6 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Acls { command, plan } => acls(&cli, command, plan).await,
         Command::Schemas {
             command: SchemasCommand::Register,
         } => {
@@ -511,7 +632,17 @@ async fn publish_records(cli: &Cli, topic: &str, mut records: Vec<Value>) -> any
         let delivery = producer
             .send(record.record(), Duration::from_secs(30))
             .await
-            .map_err(|(error, _)| anyhow::anyhow!("publishing to {physical}: {error}"))?;
+            .map_err(|(error, _)| {
+                anyhow::anyhow!(
+                    "publishing: {}",
+                    psymatch_runtime::broker::refusal(
+                        &cli.brokers,
+                        &physical,
+                        &error,
+                        psymatch_runtime::broker::NOT_ALLOWED
+                    )
+                )
+            })?;
         println!(
             "published {topic} key={key} partition={} offset={} event_type={} event_id={}",
             delivery.partition, delivery.offset, envelope.event_type, envelope.event_id
@@ -575,22 +706,21 @@ async fn tail(
     let codec = Codec::new(&cli.registry);
     let topic = &format!("{}{topic}", cli.topic_prefix);
     // Assigned, not subscribed: tail reads every partition and commits nothing.
-    let consumer: BaseConsumer = psymatch_runtime::broker::client(&cli.brokers)
-        .set(
-            "group.id",
-            format!("psymatch-tail-{}", uuid::Uuid::new_v4()),
-        )
+    let consumer: BaseConsumer = psymatch_runtime::broker::reader(&cli.brokers)
         .set("enable.auto.commit", "false")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().len())
-        .filter(|n| *n > 0)
-        .with_context(|| format!("topic {topic} does not exist on the broker"))?;
+    let partitions = psymatch_runtime::broker::partitions_of(
+        &consumer,
+        &cli.brokers,
+        topic,
+        Duration::from_secs(10),
+    )?;
+    anyhow::ensure!(
+        !partitions.is_empty(),
+        "topic {topic} does not exist on the broker (psymatch topics apply creates it)"
+    );
     let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions as i32 {
+    for partition in partitions {
         let offset = if from_end {
             Offset::End
         } else {
@@ -623,7 +753,10 @@ async fn tail(
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
-        let message = message?;
+        let message = match message {
+            Err(error) if psymatch_runtime::broker::group_refused(&error) => continue,
+            message => message?,
+        };
         last = Instant::now();
         let headers: serde_json::Map<String, Value> = message
             .headers()

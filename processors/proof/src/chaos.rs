@@ -7,10 +7,21 @@
 //! replica of every processor part of the time. Then it checks the
 //! invariants, on the tables and on every record of every topic, and
 //! prints them as a table.
+//!
+//! Secured (`--secured`), the same on the three-node SASL_SSL cluster of
+//! `scripts/kafka-cluster` (three replicas, two to acknowledge) and a
+//! PostgreSQL of its own over TLS (verify-full), every processor its own
+//! principal held to topics.yaml's ACLs; the broker's faults are then a
+//! SIGKILL of the active controller, a SIGKILL of the leader of the
+//! busiest partition and a graceful restart of a broker, each under load,
+//! and after each a command's answer is timed: how long the loss stopped
+//! the chain.
 
 use crate::people;
 use crate::processes::{self, Process, Settings};
-use psymatch_runtime::testing::{OwnBroker, OwnPostgres, TestBed, scratch_dir};
+use psymatch_runtime::testing::cluster::Cluster;
+use psymatch_runtime::testing::tls::Ca;
+use psymatch_runtime::testing::{OwnBroker, OwnPostgres, TestBed, cluster, of_type, scratch_dir};
 use rand::Rng;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -209,17 +220,200 @@ pub(crate) async fn scalar(bed: &TestBed, sql: &str) -> i64 {
         .unwrap_or(-1)
 }
 
+/// The run's Kafka and the faults it takes.
+enum Kafka {
+    /// A broker of the run's own, plaintext: restarted once.
+    Own(OwnBroker),
+    /// The secured three-node cluster: nodes killed and restarted.
+    Cluster(&'static Cluster),
+}
+
+/// One fault of the cluster and how long a command published right after
+/// it took to be answered.
+struct Stall {
+    fault: String,
+    seconds: f64,
+}
+
+/// Publishes `matching.run` for a patient nobody registered and waits for
+/// the matcher's refusal on matching-events: a command through a consumer,
+/// the outbox and a producer with `acks=all`. Seconds it took.
+async fn probe(bed: &TestBed, n: usize) -> anyhow::Result<f64> {
+    let id = format!("probe-{n}");
+    let began = Instant::now();
+    bed.publish(
+        "matching-commands",
+        &[json!({"event_type": "matching.run", "payload": {"run_id": id, "patient_id": id}})],
+    )
+    .await;
+    let records = bed
+        .read_until("matching-events", Duration::from_secs(300), |records| {
+            of_type(records, "command.rejected")
+                .iter()
+                .any(|r| r.payload()["subject_id"] == id.as_str())
+        })
+        .await;
+    anyhow::ensure!(
+        of_type(&records, "command.rejected")
+            .iter()
+            .any(|r| r.payload()["subject_id"] == id.as_str()),
+        "the probe {id} was not answered within 5 minutes"
+    );
+    Ok(began.elapsed().as_secs_f64())
+}
+
+/// The node leading the partition with the most records of the bed's
+/// topics, with that partition's name.
+fn busiest_leader(bed: &TestBed) -> anyhow::Result<(i32, String)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = psymatch_runtime::broker::client(&bed.brokers).create()?;
+    let timeout = Duration::from_secs(10);
+    let mut busiest: Option<(i64, i32, String)> = None;
+    for topic in [
+        "patient-commands",
+        "patient-events",
+        "matching-events",
+        "email-commands",
+    ] {
+        let physical = format!("{}{topic}", bed.prefix);
+        let metadata = consumer.fetch_metadata(Some(&physical), timeout)?;
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (low, high) = consumer.fetch_watermarks(&physical, partition.id(), timeout)?;
+            if busiest
+                .as_ref()
+                .is_none_or(|(most, _, _)| high - low > *most)
+            {
+                busiest = Some((
+                    high - low,
+                    partition.leader(),
+                    format!("{topic}/{}", partition.id()),
+                ));
+            }
+        }
+    }
+    busiest
+        .map(|(_, leader, partition)| (leader, partition))
+        .ok_or_else(|| anyhow::anyhow!("no partition found"))
+}
+
+/// Waits until every partition of the bed's topics has all three replicas
+/// in sync again (a restarted node has caught up), at most three minutes.
+async fn all_in_sync(bed: &TestBed) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = psymatch_runtime::broker::client(&bed.brokers).create()?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(10));
+        let short = metadata.map_or(1, |m| {
+            m.topics()
+                .iter()
+                .filter(|t| t.name().starts_with(&bed.prefix))
+                .flat_map(|t| t.partitions())
+                .filter(|p| p.isr().len() < 3)
+                .count()
+        });
+        if short == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{short} partitions still short of three in-sync replicas after 3 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+impl Kafka {
+    /// The broker fault due at the `k`-th of `kills` processor kills, if
+    /// any: the own broker restarts at a third; the cluster loses its
+    /// active controller at a sixth, the busiest partition's leader at a
+    /// third, and restarts a broker gracefully at a half. A cluster fault
+    /// is timed with a probe and healed before the run goes on.
+    async fn fault(
+        &mut self,
+        bed: &TestBed,
+        k: usize,
+        kills: usize,
+    ) -> anyhow::Result<Option<Stall>> {
+        let cluster = match self {
+            Kafka::Own(broker) => {
+                if k == kills / 3 {
+                    broker.restart();
+                    return Ok(Some(Stall {
+                        fault: "broker restarted".into(),
+                        seconds: f64::NAN,
+                    }));
+                }
+                return Ok(None);
+            }
+            Kafka::Cluster(cluster) => *cluster,
+        };
+        let script = |args: &[&str]| cluster.script(args);
+        let (node, fault, graceful) = if k == kills / 6 {
+            let node = cluster
+                .controller()
+                .ok_or_else(|| anyhow::anyhow!("the active controller could not be found"))?;
+            (
+                node,
+                format!("SIGKILL of the active controller (node {node})"),
+                false,
+            )
+        } else if k == kills / 3 {
+            let (node, partition) = busiest_leader(bed)?;
+            (
+                node,
+                format!("SIGKILL of node {node}, leader of the busiest partition {partition}"),
+                false,
+            )
+        } else if k == kills / 2 {
+            let (node, _) = busiest_leader(bed)?;
+            (node, format!("graceful restart of node {node}"), true)
+        } else {
+            return Ok(None);
+        };
+        let node_arg = node.to_string();
+        script(&[if graceful { "stop" } else { "kill" }, &node_arg]);
+        let seconds = probe(bed, k).await?;
+        script(&["start", &node_arg]);
+        all_in_sync(bed).await?;
+        Ok(Some(Stall { fault, seconds }))
+    }
+}
+
 /// Runs the chaos run; prints its table; returns whether it held.
 pub async fn run(
     patients: usize,
     therapists: usize,
     kills: usize,
     logs: &Path,
+    secured: bool,
 ) -> anyhow::Result<bool> {
     std::fs::create_dir_all(logs)?;
-    let mut broker = OwnBroker::start();
-    let postgres = OwnPostgres::start();
-    let bed = TestBed::with(&broker.address(), &postgres.url()).await;
+    // Secured: PostgreSQL over TLS with a CA of the run's own, every
+    // connection verify-full.
+    let ca = secured.then(|| Ca::new("psymatch chaos CA"));
+    let postgres = match &ca {
+        Some(ca) => OwnPostgres::start_tls(ca),
+        None => OwnPostgres::start(),
+    };
+    let (mut kafka, bed) = match &ca {
+        Some(ca) => {
+            let url = format!(
+                "{}?sslmode=verify-full&sslrootcert={}",
+                postgres.url(),
+                ca.cert.display()
+            );
+            (
+                Kafka::Cluster(cluster::up()),
+                TestBed::secured_on(&url).await,
+            )
+        }
+        None => {
+            let broker = OwnBroker::start();
+            let bed = TestBed::with(&broker.address(), &postgres.url()).await;
+            (Kafka::Own(broker), bed)
+        }
+    };
     let mail = scratch_dir("psymatch-chaos-mail");
     let (_kbv, scraper) = processes::fake_kbv(logs)?;
     let settings = processors(&mail, &scraper, logs)?;
@@ -230,6 +424,13 @@ pub async fn run(
 
     // The therapists, then the patients while the faults strike.
     publish_waves(&bed, therapist_commands(therapists)).await?;
+    // A command's answer time before any fault, to read the stalls against.
+    let calm_probe = if secured {
+        probe(&bed, usize::MAX).await?
+    } else {
+        f64::NAN
+    };
+    let mut stalls: Vec<Stall> = Vec::new();
     let publishing = publish_waves(&bed, patient_commands(patients));
     let (mut broker_restarts, mut postgres_restarts, mut killed) = (0, 0, 0);
     let mut kinds_hit = std::collections::BTreeSet::new();
@@ -260,9 +461,9 @@ pub async fn run(
                 }
                 replicas.clear();
             }
-            if k == kills / 3 {
-                broker.restart();
+            if let Some(stall) = kafka.fault(&bed, k, kills).await? {
                 broker_restarts += 1;
+                stalls.push(stall);
             }
             if k == 2 * kills / 3 {
                 postgres.pg_ctl("restart");
@@ -309,7 +510,7 @@ pub async fn run(
     counted.processes = (running.len(), exited);
     let rows = crate::invariants::rows(&bed, &counted).await;
     println!(
-        "{patients} patients, {therapists} therapists; {killed} SIGKILLs ({} kinds), {broker_restarts} broker restart, {postgres_restarts} PostgreSQL restart, second replicas for half the run; {:.0} s",
+        "{patients} patients, {therapists} therapists; {killed} SIGKILLs ({} kinds), {broker_restarts} broker fault(s), {postgres_restarts} PostgreSQL restart, second replicas for half the run; {:.0} s",
         kinds_hit.len(),
         chaos_seconds
     );
@@ -319,6 +520,15 @@ pub async fn run(
     );
     for example in &repeats.examples {
         println!("applied twice: {example}");
+    }
+    if secured {
+        println!(
+            "broker faults, each under load; a command published right after it answered in (before any fault: {calm_probe:.1} s):"
+        );
+        for stall in &stalls {
+            println!("  {:<72} {:>6.1} s", stall.fault, stall.seconds);
+        }
+        println!();
     }
     let held = crate::invariants::print(rows);
     println!("\nchaos run {}", if held { "HELD" } else { "FAILED" });

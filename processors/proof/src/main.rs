@@ -56,6 +56,13 @@ enum Command {
         /// Directory for the processors' logs.
         #[arg(long, default_value = ".stack/chaos")]
         logs: PathBuf,
+        /// On the secured three-node cluster (scripts/kafka-cluster, started
+        /// if needed) and a PostgreSQL over TLS (verify-full), each
+        /// processor its own principal under topics.yaml's ACLs; the faults
+        /// add SIGKILLs of the active controller and of the busiest
+        /// partition's leader and a graceful broker restart.
+        #[arg(long)]
+        secured: bool,
     },
     /// The chain at load while a driver scales each processor between 1
     /// and 3 replicas every few seconds (up by starting one, down by
@@ -114,7 +121,8 @@ async fn main() -> anyhow::Result<()> {
             therapists,
             kills,
             logs,
-        } => psymatch_proof::chaos::run(patients, therapists, kills, &logs).await?,
+            secured,
+        } => psymatch_proof::chaos::run(patients, therapists, kills, &logs, secured).await?,
         Command::Elastic {
             mode,
             patients,

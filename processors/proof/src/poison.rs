@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-use crate::processes::CONSUMED;
+use crate::processes::consumed;
 
 /// The header that names a bad record (`<topic>/<kind>/<n>`); dead letters
 /// keep the original headers.
@@ -183,7 +183,7 @@ pub async fn run(per_kind: usize, logs: &Path) -> anyhow::Result<bool> {
     let mut bad: HashMap<String, Bad> = HashMap::new();
     for round in 0..per_kind {
         let mut sends = Vec::new();
-        for (topic, _) in CONSUMED {
+        for &(topic, _) in consumed() {
             for kind in Kind::ALL.into_iter().filter(|k| k.applies(topic)) {
                 let probe = format!("{topic}/{kind:?}/{round}");
                 let (key, value, event_id) =
@@ -262,10 +262,10 @@ pub async fn run(per_kind: usize, logs: &Path) -> anyhow::Result<bool> {
 
 /// The consumers of `topic`.
 fn consumers(topic: &str) -> &'static [&'static str] {
-    CONSUMED
+    consumed()
         .iter()
         .find(|(t, _)| *t == topic)
-        .map_or(&[], |(_, c)| *c)
+        .map_or(&[], |(_, c)| c.as_slice())
 }
 
 /// Reads every topic of the run from the beginning into `seen`.
@@ -378,7 +378,7 @@ async fn read(
         );
         seen.failed.insert(text(&payload["request_id"]), reason);
     }
-    if headers.contains_key(PROBE) || !CONSUMED.iter().any(|(t, _)| *t == logical) {
+    if headers.contains_key(PROBE) || !consumed().iter().any(|(t, _)| *t == logical) {
         return;
     }
     seen.good
@@ -464,7 +464,7 @@ async fn report(
     let found = outcomes(bad, seen);
     let mut held = true;
     let mut processed: HashMap<&str, HashSet<Uuid>> = HashMap::new();
-    for (_, readers) in CONSUMED {
+    for (_, readers) in consumed() {
         for reader in readers {
             if !processed.contains_key(reader) {
                 let ids: Vec<Uuid> =
@@ -481,7 +481,7 @@ async fn report(
     );
     println!("|---|---|---|---|---|---|---|---|");
     let mut wrong: Vec<String> = Vec::new();
-    for (topic, readers) in CONSUMED {
+    for (topic, readers) in consumed().iter().map(|(t, r)| (*t, r)) {
         let mut count = 0;
         let (mut dead, mut rejected, mut missing) = (0, 0, 0);
         for (probe, record) in bad.iter().filter(|(_, b)| b.topic == topic) {

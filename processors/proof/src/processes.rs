@@ -7,19 +7,27 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Every topic a processor consumes, with its consumers (their schemas),
-/// as the processors' `inputs()` declare them.
-pub const CONSUMED: [(&str, &[&str]); 10] = [
-    ("patient-commands", &["intake"]),
-    ("therapist-commands", &["intake"]),
-    ("geocoding-results", &["intake", "matcher"]),
-    ("geocoding-requests", &["geocoder"]),
-    ("scraping-commands", &["scraper"]),
-    ("patient-events", &["matcher"]),
-    ("therapist-events", &["matcher"]),
-    ("communication-events", &["matcher"]),
-    ("matching-commands", &["matcher"]),
-    ("email-commands", &["email_batcher"]),
-];
+/// in topics.yaml's order: its `clients` (the example left out), which
+/// every processor's `inputs()` must equal.
+pub fn consumed() -> &'static [(&'static str, Vec<&'static str>)] {
+    static CONSUMED: std::sync::OnceLock<Vec<(&'static str, Vec<&'static str>)>> =
+        std::sync::OnceLock::new();
+    CONSUMED.get_or_init(|| {
+        let file = &psymatch_runtime::contracts::Contracts::embedded().topics;
+        file.topics
+            .iter()
+            .filter_map(|topic| {
+                let readers: Vec<&'static str> = file
+                    .clients
+                    .iter()
+                    .filter(|(_, c)| !c.tool && c.acls && c.reads.contains(&topic.name))
+                    .map(|(name, _)| name.as_str())
+                    .collect();
+                (!readers.is_empty()).then_some((topic.name.as_str(), readers))
+            })
+            .collect()
+    })
+}
 
 /// A running processor process.
 pub struct Process {
@@ -49,6 +57,25 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(bin_dir()?.join(name))
 }
 
+/// Runs the `psymatch` tool against `bed` (its brokers, registry, topic
+/// prefix and Kafka settings), `env` on top (`None` removes a variable).
+pub fn tool(bed: &TestBed, env: &[(&str, Option<String>)], args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(binary("psymatch").expect("binary directory"));
+    command
+        .args(args)
+        .env("KAFKA_BROKERS", &bed.brokers)
+        .env("SCHEMA_REGISTRY_URL", &bed.registry_url)
+        .env("TOPIC_PREFIX", &bed.prefix)
+        .envs(bed.kafka_env.iter().cloned());
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    command.output().expect("psymatch (cargo build --bins)")
+}
+
 /// Starts `binary` as processor `name` (its schema) in `bed`, with `extra`
 /// settings, and waits until its health endpoint answers.
 pub async fn start(
@@ -59,7 +86,13 @@ pub async fn start(
     logs: &Path,
 ) -> anyhow::Result<Process> {
     let port = free_port();
-    let mut env = bed.env(name);
+    // On the secured cluster each processor is its own principal, held to
+    // the ACLs topics.yaml gives it.
+    let mut env = if bed.is_secured() {
+        bed.env_as_own_principal(name)
+    } else {
+        bed.env(name)
+    };
     env.push(("HTTP_LISTEN".into(), format!("127.0.0.1:{port}")));
     env.push(("RUST_LOG".into(), "warn".into()));
     // Later settings win (RUST_LOG=debug for the log scan).
@@ -314,7 +347,7 @@ where
 /// What is still to do, if anything: a processor's outbox not yet
 /// published, or a consumer behind the end of a partition it consumes.
 pub async fn backlog(bed: &TestBed) -> anyhow::Result<Option<String>> {
-    let mut schemas: Vec<&str> = CONSUMED
+    let mut schemas: Vec<&str> = consumed()
         .iter()
         .flat_map(|(_, r)| r.iter().copied())
         .collect();
@@ -331,7 +364,7 @@ pub async fn backlog(bed: &TestBed) -> anyhow::Result<Option<String>> {
     let consumer: rdkafka::consumer::BaseConsumer = psymatch_runtime::broker::client(&bed.brokers)
         .set("group.id", format!("backlog-{}", uuid::Uuid::new_v4()))
         .create()?;
-    for (topic, readers) in CONSUMED {
+    for (topic, readers) in consumed() {
         let physical = format!("{}{topic}", bed.prefix);
         for partition in 0..partitions(&consumer, &physical)? {
             let (_, high) = rdkafka::consumer::Consumer::fetch_watermarks(

@@ -125,17 +125,109 @@ fn environment(deployment: &Value, objects: &[Value]) -> Result<BTreeMap<String,
     Ok(env)
 }
 
+/// The Secret volumes a Deployment mounts, written as files under `dir`
+/// (values from the rendered Secret, or `from-secret:<key>` for one made by
+/// hand): mount path -> the directory standing in for it. Each pod must
+/// see only its own Kafka password: a `kafka` volume holds exactly the key
+/// of the principal `KAFKA_SASL_USERNAME` names, and the brokers' CA.
+fn secret_files(
+    deployment: &Value,
+    objects: &[Value],
+    dir: &Path,
+) -> Result<BTreeMap<String, PathBuf>, String> {
+    let spec = &deployment["spec"]["template"]["spec"];
+    let container = &spec["containers"][0];
+    let mut mounts = BTreeMap::new();
+    for mount in container["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        let volume_name = mount["name"].as_str().unwrap();
+        let volume = spec["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == volume_name)
+            .ok_or(format!("volume {volume_name} is mounted but not declared"))?;
+        let Some(secret) = volume["secret"]["secretName"].as_str() else {
+            continue;
+        };
+        let target = dir.join(volume_name);
+        std::fs::create_dir_all(&target).unwrap();
+        let items: Vec<(String, String)> = volume["secret"]["items"]
+            .as_sequence()
+            .ok_or(format!(
+                "volume {volume_name}: name the keys it mounts (items)"
+            ))?
+            .iter()
+            .map(|i| {
+                (
+                    i["key"].as_str().unwrap().to_string(),
+                    i["path"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        if volume_name == "kafka" {
+            let principal = container["env"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"] == "KAFKA_SASL_USERNAME")
+                .and_then(|e| e["value"].as_str())
+                .ok_or("a kafka volume without KAFKA_SASL_USERNAME")?;
+            let keys: BTreeSet<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
+            let own = format!("{principal}-password");
+            if keys != BTreeSet::from([own.as_str(), "ca.pem"]) {
+                return Err(format!(
+                    "the kafka volume mounts {keys:?}, not exactly {own} and ca.pem"
+                ));
+            }
+        }
+        for (key, path) in items {
+            let value = named(objects, "Secret", secret)
+                .and_then(|s| s["data"][key.as_str()].as_str())
+                .map(|encoded| {
+                    use base64::Engine;
+                    let encoded: String = encoded.split_whitespace().collect();
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .unwrap();
+                    String::from_utf8(bytes).unwrap()
+                })
+                .unwrap_or(format!("from-secret:{key}\n"));
+            std::fs::write(target.join(path), value).unwrap();
+        }
+        mounts.insert(mount["mountPath"].as_str().unwrap().to_string(), target);
+    }
+    Ok(mounts)
+}
+
 /// Asks the processor's binary whether it accepts `env` (and nothing
-/// else): the settings it read, or its message.
-fn accepted(binary: &Path, env: &BTreeMap<String, String>) -> Result<BTreeSet<String>, String> {
+/// else), the Secret files it names at `mounts`' stand-ins: the settings
+/// it read, or its message.
+fn accepted(
+    binary: &Path,
+    env: &BTreeMap<String, String>,
+    mounts: &BTreeMap<String, PathBuf>,
+) -> Result<BTreeSet<String>, String> {
     let mut command = Command::new(binary);
     command
         .env_clear()
         .env("PSYMATCH_CHECK_SETTINGS", "1")
         .env("RUST_LOG", "error");
     for (name, value) in env {
-        // Files the image holds are checked in the repository.
+        // Files the image holds are checked in the repository; a Secret's
+        // files at their stand-ins.
         let value = in_repository(value).map_or(value.clone(), |p| p.display().to_string());
+        let value = mounts
+            .iter()
+            .find_map(|(at, dir)| {
+                value
+                    .strip_prefix(at.as_str())
+                    .map(|rest| format!("{}{rest}", dir.display()))
+            })
+            .unwrap_or(value);
         command.env(name, value);
     }
     let output = command.output().unwrap();
@@ -192,7 +284,15 @@ fn problems(deployment: &Value, objects: &[Value]) -> Vec<String> {
                     found.push(format!("{name}: {var}={value} is not in the image"));
                 }
             }
-            match accepted(&path, &env) {
+            let dir = psymatch_runtime::testing::scratch_dir("kubernetes-secrets");
+            let mounts = match secret_files(deployment, objects, &dir) {
+                Ok(mounts) => mounts,
+                Err(e) => {
+                    found.push(format!("{name}: {e}"));
+                    BTreeMap::new()
+                }
+            };
+            match accepted(&path, &env, &mounts) {
                 Err(message) => found.push(format!(
                     "{name}: {binary} refuses its environment: {message}"
                 )),
@@ -327,6 +427,17 @@ fn every_deployment_agrees_with_its_processor() {
                 || guide.contains(key.trim_end_matches("-database-url"));
             assert!(
                 named_in_guide,
+                "{overlay}: the secret key {key} is not in docs/operations.md"
+            );
+        }
+        // So is every key a volume mounts from a Secret.
+        for key in text.split("secretName: ").skip(1).flat_map(|r| {
+            r.split("- key: ")
+                .skip(1)
+                .map(|k| k.lines().next().unwrap().trim())
+        }) {
+            assert!(
+                guide.contains(&format!("{key}=")),
                 "{overlay}: the secret key {key} is not in docs/operations.md"
             );
         }

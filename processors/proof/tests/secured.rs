@@ -6,31 +6,12 @@
 //! line that says what to do.
 
 use psymatch_intake::Intake;
-use psymatch_proof::processes::binary;
+use psymatch_proof::processes::{binary, tool as psymatch};
 use psymatch_runtime::testing::{
     KillOnDrop, Running, TestBed, free_port, of_type, people, scratch_dir,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use std::process::Command;
 use std::time::Duration;
-
-/// `psymatch` with the bed's settings, `env` on top (`None` removes one).
-fn psymatch(bed: &TestBed, env: &[(&str, Option<String>)], args: &[&str]) -> std::process::Output {
-    let mut command = Command::new(binary("psymatch").unwrap());
-    command
-        .args(args)
-        .env("KAFKA_BROKERS", &bed.brokers)
-        .env("SCHEMA_REGISTRY_URL", &bed.registry_url)
-        .env("TOPIC_PREFIX", &bed.prefix)
-        .envs(bed.kafka_env.iter().cloned());
-    for (name, value) in env {
-        match value {
-            Some(value) => command.env(name, value),
-            None => command.env_remove(name),
-        };
-    }
-    command.output().expect("psymatch (cargo build --bins)")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn intake_and_the_tool_work_over_sasl_ssl_on_three_replicas_and_refusals_say_what_to_do() {
@@ -85,6 +66,25 @@ async fn intake_and_the_tool_work_over_sasl_ssl_on_three_replicas_and_refusals_s
         String::from_utf8_lossy(&read.stderr)
     );
     assert!(String::from_utf8_lossy(&read.stdout).contains("patient.registered"));
+
+    // kcat, as documented, with the operator's settings: Debian's kcat on a
+    // librdkafka that can log in with SCRAM to Kafka 4.
+    let operator = psymatch_runtime::testing::cluster::up().env("operator");
+    let kcat =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/kcat"))
+            .args(["-C", "-t", &topic, "-e", "-q", "-f", "%k %h\n"])
+            .env("KAFKA_BROKERS", &bed.brokers)
+            .envs(operator)
+            .output()
+            .expect("scripts/kcat");
+    let shown = String::from_utf8_lossy(&kcat.stdout);
+    assert!(
+        kcat.status.success()
+            && shown.contains("secured-1 ")
+            && shown.contains("event_type=patient.registered"),
+        "{shown}{}",
+        String::from_utf8_lossy(&kcat.stderr)
+    );
 
     let dir = scratch_dir("secured-refusals");
     let wrong = dir.join("wrong.password");
@@ -175,4 +175,113 @@ async fn a_processor_refused_its_login_stays_up_unready_and_says_why_in_one_line
     assert!(!text.contains("not-the-password"), "{text}");
     let status = intake.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}");
+}
+
+/// The `sh` block of docs/operations.md's "Connecting to a managed Kafka
+/// and PostgreSQL", as a reader copies it.
+fn managed_guide() -> String {
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/operations.md"
+    ))
+    .unwrap();
+    let section = guide
+        .split("### Connecting to a managed Kafka and PostgreSQL")
+        .nth(1)
+        .expect("the guide's section");
+    let block = section.split("```sh\n").nth(1).expect("its sh block");
+    block.split("```").next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_managed_kafka_guide_works_as_written_on_the_secured_cluster() {
+    let cluster = psymatch_runtime::testing::cluster::up();
+    let ca = psymatch_runtime::testing::tls::Ca::new("managed PostgreSQL CA");
+    let postgres = psymatch_runtime::testing::OwnPostgres::start_tls(&ca);
+    let port = postgres
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let users = cluster.dir.join("users");
+    let file = |path: std::path::PathBuf| path.display().to_string();
+    // The service's values, in place of the guide's <...>.
+    let values = [
+        ("<bootstrap servers>", cluster.brokers.clone()),
+        ("<admin user>", "admin".to_string()),
+        ("<admin password file>", file(users.join("admin.password"))),
+        ("<Kafka CA file>", file(cluster.dir.join("ca.pem"))),
+        (
+            "<registry URL>",
+            psymatch_runtime::testing::stack_env("SCHEMA_REGISTRY_URL"),
+        ),
+        ("<owner>", "postgres".to_string()),
+        ("<host>", "127.0.0.1".to_string()),
+        ("<port>", port),
+        ("<database>", "postgres".to_string()),
+        ("<PostgreSQL CA file>", file(ca.cert.clone())),
+        (
+            "<matcher password file>",
+            file(users.join("matcher.password")),
+        ),
+    ];
+    let mut script = String::from("set -u\n");
+    for line in managed_guide().lines() {
+        let mut line = line.to_string();
+        for (placeholder, value) in &values {
+            line = line.replace(placeholder, value);
+        }
+        let command = line.split("   #").next().unwrap().trim().to_string();
+        if command.is_empty() || command.starts_with('#') {
+            continue;
+        }
+        assert!(
+            !command.contains("<"),
+            "a placeholder the test does not fill: {command}"
+        );
+        // "# refused: <text>": the command must fail, saying that.
+        match line.split("# refused: ").nth(1) {
+            Some(said) => script.push_str(&format!(
+                "if {command} 2>refused.err; then echo 'not refused: {command}'; exit 1; fi\n\
+                 grep -qF '{said}' refused.err || {{ cat refused.err; exit 1; }}\n\
+                 [ \"$(wc -l < refused.err)\" -eq 1 ] || {{ cat refused.err; exit 1; }}\n"
+            )),
+            None if command.starts_with("export ") => script.push_str(&format!("{command}\n")),
+            None => script.push_str(&format!(
+                "{command} || {{ echo 'failed: {}'; exit 1; }}\n",
+                command.replace('\'', "")
+            )),
+        }
+    }
+    let dir = scratch_dir("managed-guide");
+    let bin = binary("psymatch").unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let prefix = format!("m{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let run = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&dir)
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", &dir)
+        // Apart from other runs on the same cluster.
+        .env("TOPIC_PREFIX", &prefix)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "{script}\n{said}");
+    assert!(said.contains("acls: "), "{said}");
+    assert!(said.contains("database migrated"), "{said}");
 }

@@ -375,6 +375,78 @@ impl Watermarks {
     }
 }
 
+/// `error` from using `topic`, in one line: an authorization refusal
+/// names the topic, the principal and `advice`; anything else is the
+/// error as librdkafka says it.
+pub fn refusal(
+    brokers: &str,
+    topic: &str,
+    error: &rdkafka::error::KafkaError,
+    advice: &str,
+) -> String {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let code = match error.rdkafka_error_code() {
+        Some(Code::TopicAuthorizationFailed) => "TOPIC_AUTHORIZATION_FAILED",
+        Some(Code::ClusterAuthorizationFailed) => "CLUSTER_AUTHORIZATION_FAILED",
+        Some(Code::TransactionalIdAuthorizationFailed) => "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
+        Some(Code::GroupAuthorizationFailed) => "GROUP_AUTHORIZATION_FAILED",
+        _ => return format!("topic {topic}: {error}"),
+    };
+    let settings = settings(brokers);
+    format!(
+        "topic {topic}: {code} for principal {}: {advice}",
+        settings.principal().unwrap_or("ANONYMOUS")
+    )
+}
+
+/// A client for a consumer that is assigned partitions and commits
+/// nothing (tail, reading topics). librdkafka assigns only with a group id;
+/// a throwaway one is set, and the principal needs no ACL for it: the
+/// group's refusal ([`group_refused`]) is not an error for such a reader.
+pub fn reader(brokers: &str) -> ClientConfig {
+    let mut config = client(brokers);
+    config.set(
+        "group.id",
+        format!("psymatch-read-{}", uuid::Uuid::new_v4()),
+    );
+    config
+}
+
+/// Whether `error` is the broker refusing a consumer group to a principal
+/// without its ACL: harmless for a [`reader`], which never joins it.
+pub fn group_refused(error: &rdkafka::error::KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed)
+}
+
+/// What a person is told when a tool's principal is refused a topic.
+pub const NOT_ALLOWED: &str =
+    "it may not use this topic so (psymatch acls plan lists what each principal may do)";
+
+/// The partitions of `topic` as the broker shows them to this client's
+/// principal; a topic it may not see is refused in one line naming the
+/// principal (an empty list: the topic does not exist).
+pub fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let Some(found) = metadata.topics().first() else {
+        return Ok(Vec::new());
+    };
+    if found.error()
+        == Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+    {
+        let settings = settings(brokers);
+        anyhow::bail!(
+            "topic {topic}: TOPIC_AUTHORIZATION_FAILED for principal {}: {NOT_ALLOWED}",
+            settings.principal().unwrap_or("ANONYMOUS")
+        );
+    }
+    Ok(found.partitions().iter().map(|p| p.id()).collect())
+}
+
 /// Reads every record of the logical `topics` (with `prefix`) from the
 /// beginning up to their end as the read starts, every partition at once,
 /// and hands each to `each` with its logical topic name; returns how many
@@ -388,11 +460,7 @@ pub fn read_topics(
 ) -> anyhow::Result<usize> {
     use rdkafka::Message;
     use rdkafka::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer = client(brokers)
-        .set(
-            "group.id",
-            format!("psymatch-read-{}", uuid::Uuid::new_v4()),
-        )
+    let consumer: BaseConsumer = reader(brokers)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .create()?;
@@ -401,12 +469,7 @@ pub fn read_topics(
     let timeout = Duration::from_secs(10);
     for topic in topics {
         let physical = format!("{prefix}{topic}");
-        let metadata = consumer.fetch_metadata(Some(&physical), timeout)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let partitions = partitions_of(&consumer, brokers, &physical, timeout)?;
         for partition in partitions {
             let (low, high) = consumer.fetch_watermarks(&physical, partition, timeout)?;
             if high > low {
@@ -440,7 +503,10 @@ pub fn read_topics(
             continue;
         };
         quiet_since = std::time::Instant::now();
-        let message = message?;
+        let message = match message {
+            Err(error) if group_refused(&error) => continue,
+            message => message?,
+        };
         let at = (message.topic().to_string(), message.partition());
         if ends
             .get(&at)

@@ -44,6 +44,7 @@ mod tests {
     }
 }
 
+pub mod acls;
 pub mod app;
 pub mod avro_json;
 pub mod broker;

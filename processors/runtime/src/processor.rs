@@ -418,6 +418,15 @@ fn envelope_for(
         code: ErrorCode::OutputDoesNotFit,
         reason,
     };
+    // The contract names what each processor writes; its ACLs allow no
+    // more, so a write outside it is a bug, caught here with its name.
+    if let Some(client) = contracts.topics.client(producer)
+        && !client.may_write(&contracts.topics, topic)
+    {
+        return Err(bug(format!(
+            "{producer} emitted a record for {topic}, which topics.yaml does not let it write (clients.{producer}.writes)"
+        )));
+    }
     let (spec, schema) = contracts.topic(topic).map_err(|e| bug(e.to_string()))?;
     let key_fields = key_fields.unwrap_or(&spec.key_fields);
     let converted = envelope::payload_of(schema, event_type, &payload)

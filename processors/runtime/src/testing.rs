@@ -33,10 +33,13 @@ pub async fn fresh_database() -> (PgPool, String) {
 
 /// [`fresh_database`] on the server of `base_url`.
 pub async fn fresh_database_on(base_url: &str) -> (PgPool, String) {
-    let server = base_url
-        .rsplit_once('/')
-        .map_or(base_url, |(server, _)| server);
-    let admin = db::connect(&format!("{server}/postgres"))
+    // The query (sslmode, sslrootcert: a path with slashes) stays on
+    // every URL made from this one.
+    let (base, query) = base_url
+        .split_once('?')
+        .map_or((base_url, String::new()), |(b, q)| (b, format!("?{q}")));
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    let admin = db::connect(&format!("{server}/postgres{query}"))
         .await
         .expect("the stack's PostgreSQL answers");
     let name = format!("psymatch_test_{}", uuid::Uuid::new_v4().simple());
@@ -45,7 +48,7 @@ pub async fn fresh_database_on(base_url: &str) -> (PgPool, String) {
         .await
         .expect("creating a test database");
     admin.close().await;
-    let url = format!("{server}/{name}");
+    let url = format!("{server}/{name}{query}");
     let pool = db::connect(&url)
         .await
         .expect("connecting to the test database");

@@ -18,6 +18,11 @@ use std::fmt;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicsFile {
+    /// Who reads and writes what, by client name (a processor's name, or
+    /// a tool's principal): what each processor is held to and what
+    /// `psymatch acls plan` grants.
+    #[serde(default)]
+    pub clients: BTreeMap<String, ClientSpec>,
     /// Values for topics that do not set their own.
     pub defaults: Defaults,
     /// Every topic.
@@ -73,6 +78,54 @@ impl TopicSpec {
             .get("cleanup.policy")
             .and_then(|v| v.as_str())
             .is_some_and(|p| p.contains("compact"))
+    }
+}
+
+/// What one client reads and writes (topic names without prefix).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSpec {
+    /// What the client is, for people.
+    pub description: String,
+    /// Topics it consumes (a processor: exactly its inputs).
+    #[serde(default)]
+    pub reads: Vec<String>,
+    /// Topics it produces to, dead-letter topics aside (a processor writes
+    /// those of its reads).
+    #[serde(default)]
+    pub writes: Vec<String>,
+    /// A person's tool, not a processor: no consumer group, no outbox, no
+    /// dead letters.
+    #[serde(default)]
+    pub tool: bool,
+    /// Whether `psymatch acls plan` grants it anything (false for the
+    /// runtime's example).
+    #[serde(default = "yes")]
+    pub acls: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ClientSpec {
+    /// Whether the client may produce to `topic` (a name without prefix):
+    /// one of its writes, or a dead-letter topic of one of its reads.
+    pub fn may_write(&self, file: &TopicsFile, topic: &str) -> bool {
+        self.writes.iter().any(|t| t == topic) || self.dead_letters(file).any(|t| t == topic)
+    }
+
+    /// The dead-letter topics of its reads (a processor's; none for a tool).
+    pub fn dead_letters<'a>(&'a self, file: &'a TopicsFile) -> impl Iterator<Item = &'a str> + 'a {
+        file.topics
+            .iter()
+            .filter(move |t| {
+                !self.tool
+                    && t.dead_letter_of
+                        .as_ref()
+                        .is_some_and(|source| self.reads.contains(source))
+            })
+            .map(|t| t.name.as_str())
     }
 }
 
@@ -146,6 +199,15 @@ impl TopicsFile {
                 })?;
             }
         }
+        for (name, client) in &file.clients {
+            for topic in client.reads.iter().chain(&client.writes) {
+                if !seen.contains(topic.as_str()) {
+                    return Err(TopicsError(format!(
+                        "client {name}: {topic} is not a declared topic"
+                    )));
+                }
+            }
+        }
         for topic in &file.topics {
             if let Some(source) = &topic.dead_letter_of
                 && !file.topics.iter().any(|t| &t.name == source)
@@ -193,6 +255,11 @@ impl TopicsFile {
             }
         }
         self
+    }
+
+    /// A declared client by name.
+    pub fn client(&self, name: &str) -> Option<&ClientSpec> {
+        self.clients.get(name)
     }
 
     /// A declared topic by name.
@@ -480,5 +547,25 @@ mod tests {
                 .0
                 .contains("colour")
         );
+        let client_of_nothing = format!(
+            "clients:\n  p: {{description: d, reads: [x]}}\n{base}  - {{name: y, description: d, key: k, key_fields: [id], value_schema: s}}\n"
+        );
+        assert_eq!(
+            TopicsFile::parse(&client_of_nothing).unwrap_err().0,
+            "client p: x is not a declared topic"
+        );
+    }
+
+    #[test]
+    fn a_client_writes_its_writes_and_the_dead_letters_of_its_reads_only() {
+        let file = crate::contracts::Contracts::embedded().topics.clone();
+        let matcher = file.client("matcher").unwrap();
+        assert!(matcher.may_write(&file, "matching-events"));
+        assert!(matcher.may_write(&file, "patient-events.dlq"));
+        assert!(!matcher.may_write(&file, "patient-events"));
+        assert!(!matcher.may_write(&file, "patient-commands.dlq"));
+        // A tool dead-letters nothing.
+        let operator = file.client("operator").unwrap();
+        assert!(operator.dead_letters(&file).next().is_none());
     }
 }

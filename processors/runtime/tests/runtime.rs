@@ -496,7 +496,7 @@ async fn health_status_and_metrics_are_served_and_pass_promtool() {
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(
         ready["checks"],
-        json!({"database": "ok", "registry": "ok", "broker": "ok", "partitions": "ok"})
+        json!({"database": "ok", "registry": "ok", "broker": "ok", "partitions": "ok", "access": "ok"})
     );
     let state = status(port).await;
     assert_eq!(state["processor"], "example");

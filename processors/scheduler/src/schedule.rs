@@ -96,6 +96,21 @@ impl Schedule {
                 "job {:?}: max_attempts must be at least 1",
                 job.name
             );
+            // The scheduler's ACLs allow what topics.yaml lets it write.
+            let contract = &psymatch_runtime::contracts::Contracts::embedded().topics;
+            let allowed = contract
+                .client("scheduler")
+                .is_some_and(|c| c.writes.contains(&job.topic));
+            anyhow::ensure!(
+                allowed,
+                "job {:?}: the scheduler may not publish to {} (topics.yaml, clients.scheduler.writes: {})",
+                job.name,
+                job.topic,
+                contract
+                    .client("scheduler")
+                    .map(|c| c.writes.join(", "))
+                    .unwrap_or_default()
+            );
             let schedule = cron::Schedule::from_str(&job.cron)
                 .map_err(|e| anyhow::anyhow!("job {:?}: cron {:?}: {e}", job.name, job.cron))?;
             jobs.push(Job {

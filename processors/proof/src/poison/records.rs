@@ -5,7 +5,7 @@
 
 use super::{Kind, MAX_RECORD_BYTES, PLANTED, Seen};
 use crate::people;
-use crate::processes::CONSUMED;
+use crate::processes::consumed;
 use anyhow::{Context, bail};
 use chrono::Utc;
 use psymatch_runtime::codec::Codec;
@@ -97,7 +97,7 @@ pub(crate) async fn templates(
     loop {
         let found: HashMap<&'static str, Value> = {
             let seen = seen.lock().expect("collector state");
-            CONSUMED
+            consumed()
                 .iter()
                 .filter_map(|(topic, _)| {
                     let key = (topic.to_string(), template_type(topic).to_string());
@@ -105,11 +105,11 @@ pub(crate) async fn templates(
                 })
                 .collect()
         };
-        if found.len() == CONSUMED.len() {
+        if found.len() == consumed().len() {
             return Ok(found);
         }
         if Instant::now() > deadline {
-            let missing: Vec<&str> = CONSUMED
+            let missing: Vec<&str> = consumed()
                 .iter()
                 .map(|(t, _)| *t)
                 .filter(|t| !found.contains_key(t))
@@ -211,7 +211,7 @@ pub(crate) async fn bad_record(
         }
         Kind::WrongType => {
             // Another consumed topic's record, under its own (valid) schema id.
-            let other = CONSUMED
+            let other = consumed()
                 .iter()
                 .map(|(t, _)| *t)
                 .find(|t| *t != topic && template_type(t) != template_type(topic))

@@ -167,6 +167,27 @@ impl<P: Processor> Shared<P> {
     }
 }
 
+/// Refuses a processor whose inputs are not what `topics.yaml` says it
+/// reads: the contract its ACLs are derived from must be the code's.
+fn check_declared(
+    topics: &crate::topics::TopicsFile,
+    name: &str,
+    inputs: &[&str],
+) -> anyhow::Result<()> {
+    let client = topics.client(name).ok_or_else(|| {
+        anyhow::anyhow!(
+            "topics.yaml declares no client {name}: add it under clients with the topics it reads and writes"
+        )
+    })?;
+    let inputs: std::collections::BTreeSet<&str> = inputs.iter().copied().collect();
+    let reads: std::collections::BTreeSet<&str> = client.reads.iter().map(String::as_str).collect();
+    anyhow::ensure!(
+        inputs == reads,
+        "{name} reads {inputs:?}, but topics.yaml (clients.{name}.reads) declares {reads:?}"
+    );
+    Ok(())
+}
+
 /// Runs `processor` until `shutdown` completes.
 pub async fn run_with<P: Processor>(
     processor: P,
@@ -189,11 +210,20 @@ pub async fn run_with<P: Processor>(
     for topic in processor.inputs() {
         contracts.topic(topic)?;
     }
+    check_declared(&contracts.topics, name, &processor.inputs())?;
     let pool = db::connect_sized(&config.database_url, config.db_pool_size).await?;
     db::ensure_migrated(&pool).await?;
     let shared = Arc::new(Shared::new(processor, config, pool)?);
     let (metrics, status) = (shared.metrics.clone(), shared.status.clone());
 
+    // Asked once at start too, so that a refusal is in the log even if
+    // nobody probes readiness.
+    let access: Arc<crate::surface::Probe> = Arc::new(crate::acls::access_probe(
+        shared.config.brokers.clone(),
+        name,
+        shared.config.topic_prefix.clone(),
+    ));
+    tokio::spawn(access());
     let surface = Arc::new(Surface {
         processor: name.to_string(),
         group: shared.config.group.clone(),
@@ -215,6 +245,9 @@ pub async fn run_with<P: Processor>(
                     Box::pin(async move { verdict })
                 }),
             ));
+            // A principal without the ACLs the contract needs is refused
+            // at its first fetch or produce: say so before, by name.
+            probes.push(("access", Box::new(move || access())));
             probes
         },
         started: Instant::now(),
@@ -324,4 +357,27 @@ pub async fn run_with<P: Processor>(
 /// they override what the runtime sets.
 fn with_options(config: &mut ClientConfig, runtime: &RuntimeConfig) {
     runtime.kafka.apply(config);
+}
+
+#[cfg(test)]
+mod contract_tests {
+    use super::check_declared;
+
+    #[test]
+    fn a_processor_reads_exactly_what_topics_yaml_declares() {
+        let topics = &crate::contracts::Contracts::embedded().topics;
+        check_declared(topics, "email_batcher", &["email-commands"]).unwrap();
+        let more = check_declared(
+            topics,
+            "email_batcher",
+            &["email-commands", "patient-commands"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(more.contains("clients.email_batcher.reads"), "{more}");
+        let unknown = check_declared(topics, "stranger", &["email-commands"])
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("declares no client stranger"), "{unknown}");
+    }
 }

@@ -39,15 +39,21 @@ pub(super) async fn publish(
     let mut failed = None;
     for (n, (result, record)) in results.iter().zip(records).enumerate() {
         if let Err((error, _)) = result {
-            let error = error.to_string();
+            // An ACL refusal names the principal and what to run.
+            let reason = crate::broker::refusal(
+                &shared.config.brokers,
+                &record.topic,
+                error,
+                "run psymatch acls apply",
+            );
             PublishFailed {
                 topic: &record.topic,
-                error: &error,
+                error: &error.to_string(),
             }
             .emit(&shared.metrics);
             failed = Some(Unpublished {
                 acknowledged: n,
-                reason: format!("publishing to {}: {error}", record.topic),
+                reason: format!("publishing: {reason}"),
             });
             break;
         }

@@ -21,8 +21,11 @@
 //!   (`bench/kafka-streams`, built with Maven on the first run), with
 //!   `processing.guarantee` at_least_once and exactly_once_v2.
 //!
-//! Usage: `psymatch-bench [RECORDS]`; `PSYMATCH_BENCH_PHASES=a,b` runs only
-//! those phases.
+//! Usage: `psymatch-bench [RECORDS] [--secured]`; `PSYMATCH_BENCH_PHASES=a,b`
+//! runs only those phases. `--secured` runs them again on the secured
+//! three-node cluster (`scripts/kafka-cluster`: SASL_SSL, three replicas,
+//! two to acknowledge) and prints each path's records/s on both and the
+//! ratio: what TLS, SASL and replication cost.
 
 use psymatch_runtime::app::run_with;
 use psymatch_runtime::example::Counter;
@@ -75,23 +78,74 @@ async fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("--phase") {
         return phase(&args[2]).await;
     }
+    let secured = args.iter().any(|a| a == "--secured");
     let records: usize = args
-        .get(1)
+        .iter()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
         .map(|n| n.parse())
         .transpose()?
         .unwrap_or(100_000);
+    let chosen: Vec<String> = std::env::var("PSYMATCH_BENCH_PHASES")
+        .map(|list| list.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|_| {
+            PHASES
+                .iter()
+                // The Kafka Streams peer speaks plaintext only.
+                .filter(|p| !secured || !p.starts_with("kafka-streams"))
+                .map(|p| p.to_string())
+                .collect()
+        });
+    if chosen.iter().any(|p| p.starts_with("kafka-streams")) {
+        build_streams_peer()?;
+    }
     let bed = TestBed::new().await;
+    let rows = run_phases(&bed, records, &chosen).await?;
+    print_rows(&rows);
+    if secured {
+        // The same phases on the secured three-node cluster (SASL_SSL,
+        // three replicas, two to acknowledge), in the same run.
+        let cluster = TestBed::secured().await;
+        let secured_rows = run_phases(&cluster, records, &chosen).await?;
+        println!();
+        println!(
+            "On the secured three-node cluster (SASL_SSL/SCRAM-SHA-512, replication 3, min.insync.replicas 2, acks=all):"
+        );
+        print_rows(&secured_rows);
+        println!();
+        println!(
+            "| path | plaintext, one broker: records/s | secured cluster: records/s | secured / plaintext |"
+        );
+        println!("|---|---|---|---|");
+        for row in &rows {
+            let phase = row["phase"].as_str().unwrap_or("?");
+            let plain = row["per_second"].as_f64().unwrap_or(f64::NAN);
+            let other = secured_rows
+                .iter()
+                .find(|r| r["phase"] == phase)
+                .and_then(|r| r["per_second"].as_f64())
+                .unwrap_or(f64::NAN);
+            println!(
+                "| {phase} | {plain:.0} | {other:.0} | {:.2} |",
+                other / plain
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Publishes `records` commands in `bed` and runs each chosen phase over
+/// them in a process of its own; each phase's report.
+async fn run_phases(
+    bed: &TestBed,
+    records: usize,
+    chosen: &[String],
+) -> anyhow::Result<Vec<serde_json::Value>> {
     eprintln!(
         "publishing {records} records to {}matching-commands ...",
         bed.prefix
     );
-    publish(&bed, records).await?;
-    let chosen: Vec<String> = std::env::var("PSYMATCH_BENCH_PHASES")
-        .map(|list| list.split(',').map(str::to_string).collect())
-        .unwrap_or_else(|_| PHASES.iter().map(|p| p.to_string()).collect());
-    if chosen.iter().any(|p| p.starts_with("kafka-streams")) {
-        build_streams_peer()?;
-    }
+    publish(bed, records).await?;
     let mut rows = Vec::new();
     for name in PHASES.iter().filter(|p| chosen.iter().any(|c| c == *p)) {
         eprintln!("running {name} ...");
@@ -123,6 +177,11 @@ async fn main() -> anyhow::Result<()> {
         let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
         rows.push(report);
     }
+    Ok(rows)
+}
+
+/// The table of one environment's phases, and against Kafka Streams.
+fn print_rows(rows: &[serde_json::Value]) {
     let rate = |phase: &str| {
         rows.iter()
             .find(|r| r["phase"] == phase)
@@ -132,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!("| path | records | seconds | records/s | ratio to passthrough | peak RSS (MiB) |");
     println!("|---|---|---|---|---|---|");
-    for row in &rows {
+    for row in rows {
         let per_second = row["per_second"].as_f64().unwrap_or(0.0);
         println!(
             "| {} | {} | {:.2} | {:.0} | {:.2} | {:.1} |",
@@ -149,9 +208,7 @@ async fn main() -> anyhow::Result<()> {
             .find(|r| r["phase"] == phase)
             .and_then(|r| r["peak_rss_kib"].as_f64())
     };
-    println!();
-    println!("| against Kafka Streams | ratio | goal |");
-    println!("|---|---|---|");
+    let mut header = false;
     for (ours, theirs, goal) in [
         ("at-least-once", "kafka-streams-at-least-once", 1.5),
         (
@@ -160,6 +217,12 @@ async fn main() -> anyhow::Result<()> {
             1.0,
         ),
     ] {
+        if !header && rate(theirs).is_some() {
+            println!();
+            println!("| against Kafka Streams | ratio | goal |");
+            println!("|---|---|---|");
+            header = true;
+        }
         if let (Some(a), Some(b)) = (rate(ours), rate(theirs)) {
             println!("| {ours} records/s / {theirs} | {:.2} | >= {goal} |", a / b);
         }
@@ -167,7 +230,6 @@ async fn main() -> anyhow::Result<()> {
             println!("| {ours} peak RSS / {theirs} | {:.2} | < 0.33 |", a / b);
         }
     }
-    Ok(())
 }
 
 /// Builds the Kafka Streams peer (Maven; incremental after the first run).
@@ -275,6 +337,11 @@ async fn phase(name: &str) -> anyhow::Result<()> {
     let records: usize = env("BENCH_RECORDS").parse()?;
     let prefix = env("BENCH_PREFIX");
     let brokers = env("KAFKA_BROKERS");
+    // TLS and SASL on the secured cluster, for the raw clients too.
+    psymatch_runtime::broker::use_settings(
+        &brokers,
+        psymatch_runtime::broker::Settings::from_env()?,
+    );
     let input = format!("{prefix}matching-commands");
     let output = format!("{prefix}matching-events");
     match name {

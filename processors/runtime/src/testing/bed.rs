@@ -43,13 +43,29 @@ impl TestBed {
     /// started with [`TestBed::config`] or [`TestBed::env`] connect as it
     /// too unless a test gives them their own principal.
     pub async fn secured() -> TestBed {
+        Self::secured_on(&stack_env("DATABASE_URL")).await
+    }
+
+    /// [`TestBed::secured`] with the database on `database_url`'s server
+    /// (one over TLS), the ACLs of topics.yaml applied for the bed's
+    /// prefix: processes started with [`TestBed::env_as_own_principal`]
+    /// get exactly what the contract gives them.
+    pub async fn secured_on(database_url: &str) -> TestBed {
+        let bed = Self::secured_without_acls(database_url).await;
+        let applied = bed.apply_acls().await;
+        assert!(applied.refused.is_empty(), "{:?}", applied.refused);
+        bed
+    }
+
+    /// A secured bed whose prefix has no ACLs yet (the ACL tests).
+    pub async fn secured_without_acls(database_url: &str) -> TestBed {
         let cluster = super::cluster::up();
-        Self::with_kafka(
-            &cluster.brokers,
-            &stack_env("DATABASE_URL"),
-            cluster.env("admin"),
-        )
-        .await
+        Self::with_kafka(&cluster.brokers, database_url, cluster.env("admin")).await
+    }
+
+    /// Whether the bed is on the secured cluster.
+    pub fn is_secured(&self) -> bool {
+        !self.kafka_env.is_empty()
     }
 
     /// [`TestBed::with`] with Kafka security settings.
@@ -127,6 +143,45 @@ impl TestBed {
             ("SHUTDOWN_TIMEOUT_SECS".into(), "10".into()),
         ]);
         env
+    }
+
+    /// [`TestBed::env`] for a process that connects to the secured cluster
+    /// as `processor`'s own principal, as in production (the bed itself
+    /// and processors run in the test's process connect as `admin`: one
+    /// process has one set of Kafka settings per broker list).
+    pub fn env_as_own_principal(&self, processor: &str) -> Vec<(String, String)> {
+        let own = super::cluster::up().env(processor);
+        let mut env: Vec<(String, String)> = self
+            .env(processor)
+            .into_iter()
+            .filter(|(name, _)| !own.iter().any(|(o, _)| o == name))
+            .collect();
+        env.extend(own);
+        env
+    }
+
+    /// What `psymatch acls plan` plans for this bed: its topic prefix, and
+    /// its processors' groups (`<prefix><processor>`, see [`TestBed::env`]).
+    pub fn acl_options(&self) -> crate::acls::PlanOptions {
+        crate::acls::PlanOptions {
+            topic_prefix: self.prefix.clone(),
+            group_prefix: self.prefix.clone(),
+            ..crate::acls::PlanOptions::default()
+        }
+    }
+
+    /// Applies the ACLs topics.yaml plans for this bed (as the bed's
+    /// principal, the cluster's super user); what was done.
+    pub async fn apply_acls(&self) -> crate::acls::Applied {
+        let (brokers, options) = (self.brokers.clone(), self.acl_options());
+        tokio::task::spawn_blocking(move || {
+            let planned =
+                crate::acls::plan(&crate::contracts::Contracts::embedded().topics, &options);
+            let admin = crate::acls::AclAdmin::connect(&brokers).expect("ACL admin");
+            crate::acls::apply(&admin, &planned, &options, false).expect("acls apply")
+        })
+        .await
+        .expect("acls apply task")
     }
 
     /// A record written as people write it, in `topic`'s wire format:

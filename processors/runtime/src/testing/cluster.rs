@@ -41,6 +41,18 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// The node id of the active controller (the KRaft quorum's leader).
+    pub fn controller(&self) -> Option<i32> {
+        let output = std::process::Command::new(repo().join("scripts/kafka-cluster"))
+            .arg("controller")
+            .env("PSYMATCH_CLUSTER_DIR", &self.dir)
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+    }
+}
+
 fn repo() -> PathBuf {
     let repo = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     repo.canonicalize().unwrap_or(repo)
