@@ -340,6 +340,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         &cli.brokers,
         psymatch_runtime::broker::Settings::from_env()?,
     );
+    psymatch_runtime::registry_client::use_settings(
+        &cli.registry,
+        psymatch_runtime::registry_client::RegistrySettings::from_env()?,
+    );
     if matches!(
         cli.command,
         Command::Publish { .. }
@@ -656,13 +660,22 @@ async fn publish_records(cli: &Cli, topic: &str, mut records: Vec<Value>) -> any
 /// record that does not fit).
 async fn registry_answers(url: &str) -> anyhow::Result<()> {
     let subjects = format!("{}/subjects", url.trim_end_matches('/'));
-    let answer = reqwest::Client::new()
+    let answer = psymatch_runtime::registry_client::settings(url)
+        .http()
         .get(&subjects)
         .timeout(Duration::from_secs(5))
         .send()
         .await;
     match answer {
+        Ok(response) if matches!(response.status().as_u16(), 401 | 403) => bail!(
+            "{}",
+            psymatch_runtime::registry_client::explain(url, Some(response.status()), "")
+        ),
         Ok(_) => Ok(()),
+        Err(error) if format!("{error:?}").contains("certificate") => bail!(
+            "{}",
+            psymatch_runtime::registry_client::explain(url, None, &format!("{error:?}"))
+        ),
         Err(error) => bail!(
             "the schema registry at {url} does not answer ({error}): source .stack/env for the \
              local stack, or set SCHEMA_REGISTRY_URL"

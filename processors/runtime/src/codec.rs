@@ -10,7 +10,6 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value as Avro;
 use apache_avro::writer::datum::GenericDatumWriter;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
-use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -183,11 +182,13 @@ pub struct Codec {
 impl Codec {
     /// A codec for the registry at `url`.
     pub fn new(url: &str) -> Codec {
+        // TLS and authorization as registered for the URL.
+        let settings = crate::registry_client::settings(url);
         Codec {
             url: url.to_string(),
-            http: reqwest::Client::new(),
-            encoder: AvroEncoder::new(SrSettings::new(url.to_string())),
-            decoder: AvroDecoder::new(SrSettings::new(url.to_string())),
+            http: settings.http(),
+            encoder: AvroEncoder::new(settings.converter(url)),
+            decoder: AvroDecoder::new(settings.converter(url)),
             readers: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
         }
@@ -477,7 +478,7 @@ pub async fn register_all_prefixed(
     contracts: &Contracts,
     prefix: &str,
 ) -> anyhow::Result<Vec<Registered>> {
-    let client = reqwest::Client::new();
+    let client = crate::registry_client::settings(url).http();
     let mut out = Vec::new();
     for (topic, schema) in &contracts.schemas {
         let subject = value_subject(&format!("{prefix}{topic}"));
@@ -491,9 +492,15 @@ pub async fn register_all_prefixed(
             .send()
             .await
             .map_err(|error| {
-                anyhow::anyhow!("cannot reach the schema registry at {url}: {error}")
+                anyhow::anyhow!(
+                    "{}",
+                    crate::registry_client::explain(url, None, &format!("{error:?}"))
+                )
             })?;
         let status = response.status();
+        if matches!(status.as_u16(), 401 | 403) {
+            anyhow::bail!("{}", crate::registry_client::explain(url, Some(status), ""));
+        }
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
             anyhow::bail!(

@@ -22,6 +22,7 @@
 //! | `GUARANTEE` | `effectively-once` | `effectively-once`: outputs through the outbox, inputs deduplicated by event id; `at-least-once`: outputs produced directly before the commit (a crash may repeat them), no dedupe |
 //! | `QUERY_TOKENS` | empty | `name:role:token,...` for the query surface (`staff` or `ops`; tokens of 16 characters or more); empty: every query is refused |
 //! | `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_*` | plaintext | TLS and SASL to Kafka, secrets from files ([`crate::broker::Settings`]) |
+//! | `SCHEMA_REGISTRY_CA_FILE`, `SCHEMA_REGISTRY_USERNAME`, `SCHEMA_REGISTRY_PASSWORD_FILE`, `SCHEMA_REGISTRY_TOKEN_FILE` | | TLS and authorization to the registry ([`crate::registry_client`]) |
 //! | `KAFKA_OPTION_<NAME>` | | any librdkafka option: `KAFKA_OPTION_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms` |
 
 use anyhow::{Context, bail};
@@ -48,7 +49,12 @@ pub fn note_read(name: &str) {
 
 /// Prefixes of Kafka settings a processor must know (not `KAFKA_OPTION_`,
 /// any librdkafka option, nor others such as Kafka's own `KAFKA_HEAP_OPTS`).
-const KAFKA_CHECKED: [&str; 3] = ["KAFKA_SECURITY_", "KAFKA_SASL_", "KAFKA_SSL_"];
+const KAFKA_CHECKED: [&str; 4] = [
+    "KAFKA_SECURITY_",
+    "KAFKA_SASL_",
+    "KAFKA_SSL_",
+    "SCHEMA_REGISTRY_",
+];
 
 /// The project's variables that are no processor's setting: the scripts',
 /// the benchmarks' and the command line's (a test keeps the list complete).
@@ -183,6 +189,9 @@ pub struct RuntimeConfig {
     /// `KAFKA_SASL_*`, `KAFKA_SSL_*`, `KAFKA_OPTION_*`; secrets only as
     /// `<secret>` in its Debug).
     pub kafka: crate::broker::Settings,
+    /// TLS and authorization to the schema registry
+    /// (`SCHEMA_REGISTRY_CA_FILE`, `SCHEMA_REGISTRY_USERNAME`, ...).
+    pub registry: crate::registry_client::RegistrySettings,
     /// Bearer tokens of the query surface (`QUERY_TOKENS`, names and roles
     /// only in its Debug).
     pub query_tokens: crate::query::Tokens,
@@ -291,6 +300,14 @@ impl Vars<'_> {
 }
 
 impl RuntimeConfig {
+    /// Makes every Kafka and registry client of this process connect with
+    /// these settings (the checks, watermarks, leases, codecs and probes
+    /// find them by broker list and registry URL).
+    pub fn register_clients(&self) {
+        crate::broker::use_settings(&self.brokers, self.kafka.clone());
+        crate::registry_client::use_settings(&self.registry_url, self.registry.clone());
+    }
+
     /// Reads the process environment.
     pub fn from_env(processor: &str) -> anyhow::Result<RuntimeConfig> {
         let vars: BTreeMap<String, String> = std::env::vars().collect();
@@ -309,7 +326,9 @@ impl RuntimeConfig {
             bail!("BATCH_SIZE must be at least 1");
         }
         let kafka = crate::broker::Settings::from_vars(vars)?;
+        let registry = crate::registry_client::RegistrySettings::from_vars(vars)?;
         Ok(RuntimeConfig {
+            registry,
             clock: crate::clock::system(),
             brokers: text("KAFKA_BROKERS", "127.0.0.1:9092"),
             registry_url: text("SCHEMA_REGISTRY_URL", crate::codec::DEFAULT_REGISTRY_URL),

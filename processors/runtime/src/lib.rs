@@ -60,6 +60,7 @@ pub mod example;
 pub mod processor;
 mod progress;
 pub mod query;
+pub mod registry_client;
 pub mod schemas;
 pub mod sealed;
 pub mod surface;

@@ -299,12 +299,22 @@ pub fn dependency_probes(
             "registry",
             Box::new(move || {
                 let url = format!("{}/subjects", registry.trim_end_matches('/'));
+                let http = crate::registry_client::settings(&registry).http();
+                let registry = registry.clone();
                 Box::pin(async move {
-                    let response = reqwest::get(&url).await.map_err(|e| e.to_string())?;
+                    let explain = |status, error: String| {
+                        crate::registry_client::explain(&registry, status, &error)
+                    };
+                    let response = http
+                        .get(&url)
+                        .send()
+                        .await
+                        .map_err(|e| explain(None, format!("{e:?}")))?;
+                    let status = response.status();
                     response
                         .error_for_status()
                         .map(|_| ())
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| explain(Some(status), e.to_string()))
                 })
             }),
         ),

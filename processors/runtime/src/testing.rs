@@ -13,7 +13,7 @@ pub mod tls;
 
 pub use batch::{OpenBatch, open_batch, run_batch, wait_until};
 pub use bed::TestBed;
-pub use own::{OwnBroker, OwnPostgres};
+pub use own::{OwnBroker, OwnPgBouncer, OwnPostgres};
 
 use crate::db;
 use sqlx::PgPool;

@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
         std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("SCHEDULE_FILE {file}: {e}"))?;
     let schedule = Schedule::parse(&text)?;
     let runtime = RuntimeConfig::from_vars("scheduler", &vars)?;
+    runtime.register_clients();
     let settings = Settings {
         runtime: runtime.clone(),
         owner: v.text("HOSTNAME", &format!("scheduler-{}", std::process::id())),

@@ -205,7 +205,7 @@ pub async fn run_with<P: Processor>(
     crate::codec::bound_allocations(config.max_record_bytes);
     // Every Kafka client of the process (checks, watermarks, leases,
     // administration) connects as the processor's consumer does.
-    crate::broker::use_settings(&config.brokers, config.kafka.clone());
+    config.register_clients();
     let contracts = Contracts::embedded();
     for topic in processor.inputs() {
         contracts.topic(topic)?;

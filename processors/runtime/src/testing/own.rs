@@ -234,6 +234,117 @@ impl OwnPostgres {
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sets `name = value` in its configuration (a restart applies it).
+    pub fn set(&self, name: &str, value: &str) {
+        let conf = self.dir.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(&format!("\n{name} = {value}\n"));
+        std::fs::write(&conf, text).unwrap();
+    }
+}
+
+/// Debian's PgBouncer (`scripts/install-tools`) in front of an
+/// [`OwnPostgres`] started with TLS, TLS on both sides: clients must speak
+/// TLS to it (its certificate for 127.0.0.1 signed by `ca`), and it
+/// verifies the server's (`verify-full`). Session pooling: psymatch's
+/// connections prepare statements and, in lease mode, hold advisory
+/// locks, which transaction pooling would hand to another client.
+pub struct OwnPgBouncer {
+    dir: std::path::PathBuf,
+    port: u16,
+    child: super::KillOnDrop,
+}
+
+impl OwnPgBouncer {
+    /// Starts it for `postgres` (which trusts every local role) with at
+    /// most `pool_size` server connections per database and role; waits
+    /// until it accepts connections.
+    pub fn start(postgres: &OwnPostgres, ca: &super::tls::Ca, pool_size: u32) -> OwnPgBouncer {
+        let dir = scratch_dir("pgbouncer");
+        let port = free_port();
+        let (cert, key) = ca.issue("pgbouncer", "IP:127.0.0.1,DNS:localhost");
+        // Trust, as the server does; the roles psymatch connects as.
+        let users: String = ["postgres"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(
+                crate::db::PROCESSOR_SCHEMAS
+                    .iter()
+                    .map(|s| crate::db::role_of(s)),
+            )
+            .map(|role| format!("\"{role}\" \"\"\n"))
+            .collect();
+        std::fs::write(dir.join("users.txt"), users).unwrap();
+        let ini = format!(
+            "[databases]\n* = host=127.0.0.1 port={pg}\n\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {dir}/users.txt\nadmin_users = postgres\n\
+             pool_mode = session\ndefault_pool_size = {pool_size}\nmax_client_conn = 2000\n\
+             ignore_startup_parameters = extra_float_digits\n\
+             client_tls_sslmode = require\nclient_tls_cert_file = {cert}\nclient_tls_key_file = {key}\n\
+             server_tls_sslmode = verify-full\nserver_tls_ca_file = {ca}\n\
+             logfile = {dir}/pgbouncer.log\n",
+            pg = postgres.port,
+            dir = dir.display(),
+            cert = cert.display(),
+            key = key.display(),
+            ca = ca.cert.display(),
+        );
+        std::fs::write(dir.join("pgbouncer.ini"), ini).unwrap();
+        // PgBouncer will not run as root: as postgres, who must read it all.
+        for path in [&dir, &ca.dir] {
+            std::process::Command::new("chown")
+                .args(["-R", "postgres", path.to_str().unwrap()])
+                .status()
+                .unwrap();
+        }
+        let child = std::process::Command::new("/usr/sbin/pgbouncer")
+            .args([
+                "-u",
+                "postgres",
+                dir.join("pgbouncer.ini").to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pgbouncer (scripts/install-tools installs it)");
+        let bouncer = OwnPgBouncer {
+            dir,
+            port,
+            child: super::KillOnDrop(child),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pgbouncer did not listen: {}",
+                std::fs::read_to_string(bouncer.dir.join("pgbouncer.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bouncer
+    }
+
+    /// Its address (`127.0.0.1:<port>`).
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Its log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.0.try_wait().ok().flatten().is_none()
+    }
 }
 
 impl Drop for OwnPostgres {
