@@ -8,8 +8,9 @@ RUN cargo build --release --bins --workspace --exclude psymatch-proof \
  && find target/release -maxdepth 1 -type f -executable -name 'psymatch*' -exec cp {} /out/ \;
 
 FROM debian:bookworm-slim
-# libssl3: librdkafka's TLS to Kafka is OpenSSL (every other TLS is rustls).
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 && rm -rf /var/lib/apt/lists/* \
+# libssl3: librdkafka's TLS to Kafka is OpenSSL (every other TLS is rustls);
+# libcurl4: its OAUTHBEARER/OIDC token requests.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 libcurl4 && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 psymatch
 COPY --from=build /out/ /usr/local/bin/
 COPY topics.yaml /etc/psymatch/topics.yaml

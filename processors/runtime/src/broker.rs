@@ -66,10 +66,17 @@ impl Settings {
                 ("SCRAM-SHA-512", "SCRAM-SHA-512"),
                 ("SCRAM-SHA-256", "SCRAM-SHA-256"),
                 ("PLAIN", "PLAIN"),
+                ("OAUTHBEARER", "OAUTHBEARER"),
             ],
         )?;
         let username = v.text("KAFKA_SASL_USERNAME", "");
         let password_file = v.text("KAFKA_SASL_PASSWORD_FILE", "");
+        // OAUTHBEARER with OIDC client credentials: librdkafka asks the
+        // token endpoint itself and renews the token before it expires.
+        let token_endpoint = v.text("KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL", "");
+        let client_id = v.text("KAFKA_SASL_OAUTHBEARER_CLIENT_ID", "");
+        let client_secret_file = v.text("KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET_FILE", "");
+        let scope = v.text("KAFKA_SASL_OAUTHBEARER_SCOPE", "");
         let ca = v.text("KAFKA_SSL_CA_FILE", "");
         let certificate = v.text("KAFKA_SSL_CERTIFICATE_FILE", "");
         let key = v.text("KAFKA_SSL_KEY_FILE", "");
@@ -79,7 +86,41 @@ impl Settings {
         set("security.protocol", protocol.to_string());
         let sasl = protocol.starts_with("sasl");
         let tls = protocol.ends_with("ssl");
-        if sasl {
+        let oauth = [&token_endpoint, &client_id, &client_secret_file, &scope];
+        if sasl && mechanism == "OAUTHBEARER" {
+            if token_endpoint.is_empty() || client_id.is_empty() || client_secret_file.is_empty() {
+                bail!(
+                    "KAFKA_SASL_MECHANISM=OAUTHBEARER needs KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL, KAFKA_SASL_OAUTHBEARER_CLIENT_ID and KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET_FILE"
+                );
+            }
+            if !username.is_empty() || !password_file.is_empty() {
+                bail!(
+                    "KAFKA_SASL_MECHANISM=OAUTHBEARER takes a client id and secret, not KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD_FILE"
+                );
+            }
+            set("sasl.mechanisms", mechanism.to_string());
+            set("sasl.oauthbearer.method", "oidc".to_string());
+            set(
+                "sasl.oauthbearer.token.endpoint.url",
+                token_endpoint.clone(),
+            );
+            set("sasl.oauthbearer.client.id", client_id.clone());
+            set(
+                "sasl.oauthbearer.client.secret",
+                secret_file(
+                    "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET_FILE",
+                    &client_secret_file,
+                )?,
+            );
+            if !scope.is_empty() {
+                set("sasl.oauthbearer.scope", scope.clone());
+            }
+        } else if sasl {
+            if oauth.iter().any(|v| !v.is_empty()) {
+                bail!(
+                    "KAFKA_SASL_OAUTHBEARER_* needs KAFKA_SASL_MECHANISM=OAUTHBEARER (it is {mechanism})"
+                );
+            }
             if username.is_empty() || password_file.is_empty() {
                 bail!(
                     "KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD_FILE"
@@ -90,6 +131,10 @@ impl Settings {
             set(
                 "sasl.password",
                 secret_file("KAFKA_SASL_PASSWORD_FILE", &password_file)?,
+            );
+        } else if oauth.iter().any(|v| !v.is_empty()) {
+            bail!(
+                "KAFKA_SASL_OAUTHBEARER_* needs KAFKA_SECURITY_PROTOCOL=sasl_ssl (or sasl_plaintext) and KAFKA_SASL_MECHANISM=OAUTHBEARER"
             );
         } else if !username.is_empty() || !password_file.is_empty() {
             bail!(
@@ -150,7 +195,10 @@ impl Settings {
 
     /// The SASL principal, when there is one.
     pub fn principal(&self) -> Option<&str> {
+        // OAUTHBEARER: the client id, which the token carries as its
+        // subject (the principal, as brokers map it by default).
         self.option("sasl.username")
+            .or_else(|| self.option("sasl.oauthbearer.client.id"))
     }
 
     /// The value of a librdkafka property as these settings give it.
@@ -303,7 +351,11 @@ fn explain(brokers: &str, reason: &str) -> String {
     let lower = reason.to_ascii_lowercase();
     let settings = settings(brokers);
     let principal = settings.principal().unwrap_or("(none)").to_string();
-    if lower.contains("sasl authentication") || lower.contains("authentication failed") {
+    if lower.contains("oauthbearer token") {
+        format!(
+            "no OAUTHBEARER token for principal {principal}: the token endpoint refused or did not answer; check KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL, KAFKA_SASL_OAUTHBEARER_CLIENT_ID and KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET_FILE ({reason})"
+        )
+    } else if lower.contains("sasl authentication") || lower.contains("authentication failed") {
         format!(
             "SASL authentication failed for principal {principal}: check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD_FILE and KAFKA_SASL_MECHANISM ({reason})"
         )
@@ -570,6 +622,56 @@ mod tests {
         let shown = format!("{settings:?}");
         assert!(!shown.contains("synthetic-password"), "{shown}");
         assert!(shown.contains("<secret>"), "{shown}");
+    }
+
+    #[test]
+    fn oauthbearer_takes_oidc_client_credentials_with_the_secret_from_a_file() {
+        let dir = crate::testing::scratch_dir("kafka-oauth");
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "synthetic-client-secret\n").unwrap();
+        let settings = Settings::from_vars(&vars(&[
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("KAFKA_SASL_MECHANISM", "OAUTHBEARER"),
+            (
+                "KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL",
+                "https://id.example.org/token",
+            ),
+            ("KAFKA_SASL_OAUTHBEARER_CLIENT_ID", "matcher"),
+            (
+                "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET_FILE",
+                secret.to_str().unwrap(),
+            ),
+            ("KAFKA_SASL_OAUTHBEARER_SCOPE", "kafka"),
+        ]))
+        .unwrap();
+        assert_eq!(settings.option("sasl.oauthbearer.method"), Some("oidc"));
+        assert_eq!(
+            settings.option("sasl.oauthbearer.client.secret"),
+            Some("synthetic-client-secret")
+        );
+        assert_eq!(settings.option("sasl.oauthbearer.scope"), Some("kafka"));
+        assert_eq!(settings.principal(), Some("matcher"));
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("synthetic-client-secret"), "{shown}");
+        // librdkafka of this build can fetch tokens (it has libcurl).
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", "127.0.0.1:1");
+        settings.apply(&mut config);
+        let created: Result<rdkafka::consumer::BaseConsumer, _> = config.create();
+        assert!(created.is_ok(), "{:?}", created.err());
+        let error =
+            |pairs: &[(&str, &str)]| Settings::from_vars(&vars(pairs)).unwrap_err().to_string();
+        assert!(
+            error(&[
+                ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+                ("KAFKA_SASL_MECHANISM", "OAUTHBEARER"),
+            ])
+            .contains("needs KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL")
+        );
+        assert!(
+            error(&[("KAFKA_SASL_OAUTHBEARER_CLIENT_ID", "matcher")])
+                .contains("needs KAFKA_SECURITY_PROTOCOL=sasl_ssl")
+        );
     }
 
     /// A build without OpenSSL refuses these at client creation ("OpenSSL

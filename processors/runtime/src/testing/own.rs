@@ -10,18 +10,35 @@ pub struct OwnBroker {
     port: u16,
     controller_port: u16,
     dir: std::path::PathBuf,
+    java_opts: String,
 }
 
 impl OwnBroker {
     /// Starts it on a free port and waits until it answers metadata
     /// requests (a JVM broker listens some seconds before it is ready).
     pub fn start() -> OwnBroker {
+        Self::start_with(|_, _| String::new(), "")
+    }
+
+    /// Starts it with the server.properties `properties` writes for its
+    /// plaintext port and controller port (other listeners, their
+    /// security, an authorizer) and more JVM options; the plaintext port
+    /// stays its [`OwnBroker::address`]. Empty properties: the script's.
+    pub fn start_with(properties: impl Fn(u16, u16) -> String, java_opts: &str) -> OwnBroker {
         let mut broker = OwnBroker {
             process: None,
             port: free_port(),
             controller_port: free_port(),
             dir: scratch_dir("kafka"),
+            java_opts: java_opts.to_string(),
         };
+        let text = properties(broker.port, broker.controller_port);
+        if !text.is_empty() {
+            let dir = broker.dir.join("broker");
+            std::fs::create_dir_all(&dir).unwrap();
+            let text = text.replace("{log.dirs}", &dir.join("data").display().to_string());
+            std::fs::write(dir.join("server.properties"), text).unwrap();
+        }
         broker.launch();
         broker
     }
@@ -38,6 +55,7 @@ impl OwnBroker {
             .arg(self.dir.join("broker"))
             .arg(self.port.to_string())
             .arg(self.controller_port.to_string())
+            .env("PSYMATCH_KAFKA_JAVA_OPTS", &self.java_opts)
             .stdout(log.try_clone().expect("the broker's log file"))
             .stderr(log)
             .spawn()
