@@ -537,3 +537,95 @@ fn an_unreadable_setting_stops_each_processor_before_it_touches_anything() {
         );
     }
 }
+
+/// `${NAME:-default}` and `${NAME:?message}` as compose resolves them
+/// with nothing set: the default, or a stand-in for a required value.
+fn compose_value(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').map(|e| start + e).unwrap();
+        let inner = &rest[start + 2..end];
+        out.push_str(match inner.split_once(":-") {
+            Some((_, default)) => default,
+            None => "postgres://stand-in@postgres:5432/psymatch?sslmode=verify-full",
+        });
+        rest = &rest[end + 1..];
+    }
+    out + rest
+}
+
+#[test]
+fn the_secured_compose_override_gives_each_processor_its_own_principal_and_tls() {
+    let read = |file: &str| -> Value {
+        let mut value: Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(root().join(file)).unwrap()).unwrap();
+        value.apply_merge().unwrap();
+        value
+    };
+    let (base, secured) = (
+        read("docker-compose.yml"),
+        read("docker-compose.secured.yml"),
+    );
+    let secrets = secured["secrets"].as_mapping().unwrap();
+    let dir = psymatch_runtime::testing::scratch_dir("compose-secrets");
+    for (name, secret) in secrets {
+        // Stand-ins for the files compose mounts at /run/secrets/<name>.
+        let file = secret["file"].as_str().unwrap();
+        assert!(file.starts_with("./secrets/"), "{file}");
+        std::fs::write(dir.join(name.as_str().unwrap()), "from-a-file\n").unwrap();
+    }
+    let mounts = BTreeMap::from([("/run/secrets".to_string(), dir.clone())]);
+    let mut checked = 0;
+    for (service, spec) in base["services"].as_mapping().unwrap() {
+        let Some(binary) = spec["entrypoint"][0]
+            .as_str()
+            .and_then(|e| e.strip_prefix("/usr/local/bin/"))
+        else {
+            continue;
+        };
+        let service = service.as_str().unwrap();
+        let principal = binary.trim_start_matches("psymatch-").replace('-', "_");
+        let over = &secured["services"][service];
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for layer in [&spec["environment"], &over["environment"]] {
+            for (k, v) in layer.as_mapping().into_iter().flatten() {
+                let value = v.as_str().map_or_else(|| format!("{v:?}"), compose_value);
+                env.insert(k.as_str().unwrap().to_string(), value);
+            }
+        }
+        assert_eq!(env["KAFKA_SECURITY_PROTOCOL"], "sasl_ssl", "{service}");
+        assert_eq!(env["KAFKA_SASL_USERNAME"], principal, "{service}");
+        let own = format!("{principal}-password");
+        assert_eq!(
+            env["KAFKA_SASL_PASSWORD_FILE"],
+            format!("/run/secrets/{own}"),
+            "{service}"
+        );
+        // Its own password and no other principal's.
+        let mounted: BTreeSet<&str> = over["secrets"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            mounted,
+            BTreeSet::from(["kafka-ca", "postgres-ca", own.as_str()]),
+            "{service}"
+        );
+        assert!(
+            env["DATABASE_URL"]
+                .contains("sslmode=verify-full&sslrootcert=/run/secrets/postgres-ca"),
+            "{service}: {}",
+            env["DATABASE_URL"]
+        );
+        let path = processes::binary(binary).unwrap();
+        if let Err(message) = accepted(&path, &env, &mounts) {
+            panic!("{service}: {binary} refuses the secured environment: {message}");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 6, "every processor of docker-compose.yml");
+}

@@ -514,9 +514,7 @@ pub fn missing_access(
         .map_err(|e| e.to_string())?;
     let held = authorized_operations(&consumer, needs.keys())?;
     let settings = crate::broker::settings(brokers);
-    let principal = settings
-        .principal()
-        .map_or_else(|| "ANONYMOUS".to_string(), |p| p.to_string());
+    let principal = settings.who();
     for (topic, operations) in &needs {
         let Some(allowed) = held.get(topic) else {
             continue;

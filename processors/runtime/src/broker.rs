@@ -193,6 +193,17 @@ impl Settings {
         }
     }
 
+    /// Who the brokers will take this client for, for messages: the
+    /// principal's name, the certificate that names it (mutual TLS: the
+    /// brokers map its subject), or ANONYMOUS.
+    pub fn who(&self) -> String {
+        match (self.principal(), self.option("ssl.certificate.location")) {
+            (Some(name), _) => name.to_string(),
+            (None, Some(certificate)) => format!("of the certificate {certificate}"),
+            (None, None) => "ANONYMOUS".to_string(),
+        }
+    }
+
     /// The SASL principal, when there is one.
     pub fn principal(&self) -> Option<&str> {
         // OAUTHBEARER: the client id, which the token carries as its
@@ -350,7 +361,7 @@ fn explain(brokers: &str, reason: &str) -> String {
     let reason = one_line(reason);
     let lower = reason.to_ascii_lowercase();
     let settings = settings(brokers);
-    let principal = settings.principal().unwrap_or("(none)").to_string();
+    let principal = settings.who();
     if lower.contains("oauthbearer token") {
         format!(
             "no OAUTHBEARER token for principal {principal}: the token endpoint refused or did not answer; check KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL, KAFKA_SASL_OAUTHBEARER_CLIENT_ID and KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET_FILE ({reason})"
@@ -358,6 +369,14 @@ fn explain(brokers: &str, reason: &str) -> String {
     } else if lower.contains("sasl authentication") || lower.contains("authentication failed") {
         format!(
             "SASL authentication failed for principal {principal}: check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD_FILE and KAFKA_SASL_MECHANISM ({reason})"
+        )
+    } else if lower.contains("certificate has expired")
+        || lower.contains("not yet valid")
+        || (lower.contains("certificate verify failed")
+            && certificate_out_of_date(brokers, &settings))
+    {
+        format!(
+            "the brokers' TLS certificate has expired or is not yet valid: the brokers need a current certificate (check the clocks too) ({reason})"
         )
     } else if lower.contains("certificate verify failed")
         || lower.contains("unable to get local issuer")
@@ -383,6 +402,42 @@ fn explain(brokers: &str, reason: &str) -> String {
     } else {
         reason
     }
+}
+
+/// Whether the first broker's TLS certificate is outside its validity
+/// (librdkafka says only "certificate verify failed" for an expired one as
+/// for an unknown CA): asked with a TLS handshake of our own (rustls,
+/// through reqwest), trusting the same CA.
+fn certificate_out_of_date(brokers: &str, settings: &Settings) -> bool {
+    let Some(address) = brokers.split(',').next().map(str::trim) else {
+        return false;
+    };
+    let url = format!("https://{address}/");
+    let ca = settings
+        .option("ssl.ca.location")
+        .and_then(|path| std::fs::read(path).ok())
+        .and_then(|pem| reqwest::Certificate::from_pem(&pem).ok());
+    // A runtime of its own on a thread of its own: callers may be on one.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async move {
+            let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(3));
+            if let Some(ca) = ca {
+                builder = builder.add_root_certificate(ca);
+            }
+            let error = builder.build().ok()?.get(&url).send().await.err()?;
+            // The handshake's verdict is deep in the error's sources.
+            let text = format!("{error:?}");
+            Some(text.contains("Expired") || text.contains("NotValidYet"))
+        })
+    })
+    .join()
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }
 
 /// Reads how far a topic's partitions reach (their watermarks): what a
@@ -447,7 +502,7 @@ pub fn refusal(
     let settings = settings(brokers);
     format!(
         "topic {topic}: {code} for principal {}: {advice}",
-        settings.principal().unwrap_or("ANONYMOUS")
+        settings.who()
     )
 }
 
@@ -493,7 +548,7 @@ pub fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
         let settings = settings(brokers);
         anyhow::bail!(
             "topic {topic}: TOPIC_AUTHORIZATION_FAILED for principal {}: {NOT_ALLOWED}",
-            settings.principal().unwrap_or("ANONYMOUS")
+            settings.who()
         );
     }
     Ok(found.partitions().iter().map(|p| p.id()).collect())

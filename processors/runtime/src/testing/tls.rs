@@ -103,6 +103,48 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// [`Ca::issue`], but the certificate expired yesterday (OpenSSL 3.0's
+    /// `x509` cannot date one back: Python's `cryptography`, from the
+    /// test helpers' virtualenv, signs it with this CA's key).
+    pub fn issue_expired(&self, name: &str, sans_ip: &str) -> (PathBuf, PathBuf) {
+        let (_, key) = self.issue(name, &format!("IP:{sans_ip}"));
+        let cert = self.dir.join(format!("{name}-expired.pem"));
+        let script = format!(
+            r#"
+import datetime, ipaddress
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID, ExtendedKeyUsageOID
+ca_key = serialization.load_pem_private_key(open({ca_key:?}, "rb").read(), None)
+ca = x509.load_pem_x509_certificate(open({ca_cert:?}, "rb").read())
+key = serialization.load_pem_private_key(open({key:?}, "rb").read(), None)
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (x509.CertificateBuilder()
+    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, {name:?})]))
+    .issuer_name(ca.subject).public_key(key.public_key())
+    .serial_number(x509.random_serial_number())
+    .not_valid_before(now - datetime.timedelta(days=3))
+    .not_valid_after(now - datetime.timedelta(days=1))
+    .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address({sans_ip:?}))]), False)
+    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+    .sign(ca_key, hashes.SHA256()))
+open({out:?}, "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+"#,
+            ca_key = self.key.display().to_string(),
+            ca_cert = self.cert.display().to_string(),
+            key = key.display().to_string(),
+            out = cert.display().to_string(),
+        );
+        let status = std::process::Command::new(super::stack_env("PSYMATCH_PYTHON"))
+            .args(["-c", &script])
+            .status()
+            .expect("the test helpers' python (scripts/install-tools)");
+        assert!(status.success(), "signing an expired certificate");
+        (cert, key)
+    }
+}
+
 /// A self-signed end-entity certificate for 127.0.0.1 (as Proton Mail
 /// Bridge presents on 127.0.0.1: its own trust anchor, not a CA; rustls
 /// refuses a CA certificate presented by the server itself), in `dir`: its
