@@ -44,7 +44,7 @@ fn front(upstream: &str, ca: &Ca, dir: &Path) -> Front {
         key.display()
     );
     let conf = format!(
-        "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+        "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
          events {{}}\n\
          http {{\n\
            access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
