@@ -76,6 +76,22 @@ pub fn tool(bed: &TestBed, env: &[(&str, Option<String>)], args: &[&str]) -> std
     command.output().expect("psymatch (cargo build --bins)")
 }
 
+/// Starts the workspace binary `binary` with `env` and a free surface port
+/// (`HTTP_LISTEN`), its log in `dir/<binary>.log`: the process, the port
+/// and the log's path. Nothing is waited for.
+pub fn spawn(
+    binary: &str,
+    mut env: Vec<(String, String)>,
+    dir: &Path,
+) -> (KillOnDrop, u16, PathBuf) {
+    let port = free_port();
+    env.push(("HTTP_LISTEN".into(), format!("127.0.0.1:{port}")));
+    let log = dir.join(format!("{binary}.log"));
+    let path = self::binary(binary).expect("binary directory");
+    let child = KillOnDrop::spawn(path.to_str().expect("a UTF-8 path"), &env, &log);
+    (child, port, log)
+}
+
 /// Starts `binary` as processor `name` (its schema) in `bed`, with `extra`
 /// settings, and waits until its health endpoint answers.
 pub async fn start(

@@ -7,9 +7,9 @@
 //! ACLs are applied to. Intake works under its ACLs; the matcher is
 //! refused patient commands; a wrong secret is refused in one line.
 
-use psymatch_proof::processes::{binary, tool};
+use psymatch_proof::processes::{spawn, tool};
 use psymatch_runtime::testing::{
-    KillOnDrop, OwnBroker, TestBed, free_port, of_type, people, scratch_dir, stack_env,
+    KillOnDrop, OwnBroker, TestBed, free_port, scratch_dir, stack_env,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -132,7 +132,6 @@ async fn oidc_client_credentials_log_in_and_the_token_s_subject_gets_the_acls() 
     };
 
     // Intake logs in with its client credentials and works under its ACLs.
-    let port = free_port();
     let mut env: Vec<(String, String)> = bed
         .env("intake")
         .into_iter()
@@ -144,13 +143,7 @@ async fn oidc_client_credentials_log_in_and_the_token_s_subject_gets_the_acls() 
         "intake",
         &secret("intake.secret", "intake-secret-0123"),
     ));
-    env.push(("HTTP_LISTEN".into(), format!("127.0.0.1:{port}")));
-    let log = dir.join("intake.log");
-    let mut intake = KillOnDrop::spawn(
-        binary("psymatch-intake").unwrap().to_str().unwrap(),
-        &env,
-        &log,
-    );
+    let (mut intake, port, log) = spawn("psymatch-intake", env, &dir);
     bed.wait_for(
         "intake ready over OAUTHBEARER",
         Duration::from_secs(60),
@@ -161,20 +154,7 @@ async fn oidc_client_credentials_log_in_and_the_token_s_subject_gets_the_acls() 
         },
     )
     .await;
-    bed.publish(
-        "patient-commands",
-        &[people::registration("oauth-1", "10115")],
-    )
-    .await;
-    let records = bed
-        .read_until("patient-events", Duration::from_secs(60), |r| {
-            !of_type(r, "patient.registered").is_empty()
-        })
-        .await;
-    assert_eq!(
-        of_type(&records, "patient.registered")[0].payload()["patient_id"],
-        "oauth-1"
-    );
+    bed.registers("oauth-1").await;
     let issued: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{oidc}/stats"))
         .await
         .unwrap()

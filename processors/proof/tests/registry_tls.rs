@@ -10,9 +10,7 @@
 use psymatch_intake::Intake;
 use psymatch_proof::processes::tool;
 use psymatch_runtime::testing::tls::Ca;
-use psymatch_runtime::testing::{
-    KillOnDrop, Running, TestBed, free_port, of_type, people, scratch_dir,
-};
+use psymatch_runtime::testing::{KillOnDrop, Running, TestBed, free_port, scratch_dir};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -151,20 +149,7 @@ async fn tls_and_authentication_to_the_registry_from_the_tool_and_a_processor() 
     let config = psymatch_runtime::config::RuntimeConfig::from_vars("intake", &vars).unwrap();
     assert!(!format!("{:?}", config.registry).contains(TOKEN));
     let intake = Running::start(Intake, config);
-    bed.publish(
-        "patient-commands",
-        &[people::registration("registry-tls-1", "10115")],
-    )
-    .await;
-    let records = bed
-        .read_until("patient-events", Duration::from_secs(60), |r| {
-            !of_type(r, "patient.registered").is_empty()
-        })
-        .await;
-    assert_eq!(
-        of_type(&records, "patient.registered")[0].payload()["patient_id"],
-        "registry-tls-1"
-    );
+    bed.registers("registry-tls-1").await;
     let ready: serde_json::Value =
         reqwest::get(format!("http://127.0.0.1:{port}/health/readiness"))
             .await

@@ -7,9 +7,7 @@
 
 use psymatch_intake::Intake;
 use psymatch_proof::processes::{binary, tool as psymatch};
-use psymatch_runtime::testing::{
-    KillOnDrop, Running, TestBed, free_port, of_type, people, scratch_dir,
-};
+use psymatch_runtime::testing::{KillOnDrop, Running, TestBed, free_port, scratch_dir};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::time::Duration;
 
@@ -32,20 +30,7 @@ async fn intake_and_the_tool_work_over_sasl_ssl_on_three_replicas_and_refusals_s
     }
 
     let intake = Running::start(Intake, bed.config("intake"));
-    bed.publish(
-        "patient-commands",
-        &[people::registration("secured-1", "10115")],
-    )
-    .await;
-    let records = bed
-        .read_until("patient-events", Duration::from_secs(90), |r| {
-            !of_type(r, "patient.registered").is_empty()
-        })
-        .await;
-    assert_eq!(
-        of_type(&records, "patient.registered")[0].payload()["patient_id"],
-        "secured-1"
-    );
+    bed.registers("secured-1").await;
     intake.stop().await;
 
     let read = psymatch(

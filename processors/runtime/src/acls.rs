@@ -5,18 +5,19 @@
 //! [`apply`], which reports ACLs of the same principals that the plan does
 //! not hold as drift and never deletes them. And what a running processor
 //! asks the broker about itself: [`missing_access`] names the first topic
-//! its principal may not use as the contract says.
+//! (or its group) its principal may not use as the contract says.
 //!
 //! rdkafka 0.39 wraps none of librdkafka's ACL calls; they are called here
 //! through its bindings, each on a queue of its own, blocking (call them
 //! off the async workers).
 
+use crate::admin_ffi::{admin_call, c_text, text};
 use crate::topics::{ClientSpec, TopicsFile};
 use rdkafka::admin::AdminClient;
 use rdkafka::bindings as rd;
 use rdkafka::client::DefaultClientContext;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fmt;
 use std::os::raw::c_char;
 use std::time::Duration;
@@ -168,12 +169,7 @@ fn client_plan(
             Operation::Read,
         ));
     }
-    let writes = client
-        .writes
-        .iter()
-        .map(String::as_str)
-        .chain(client.dead_letters(file));
-    for write in writes {
+    for write in client.all_writes(file) {
         acls.push(acl(
             Resource::Topic,
             Pattern::Literal,
@@ -370,63 +366,6 @@ impl AclAdmin {
     }
 }
 
-/// One admin request of `op` on a queue of its own, waited for up to
-/// `timeout`; `read` turns the event into the answer.
-///
-/// # Safety
-/// `rk` must be a live client; `request` must enqueue exactly one request
-/// of `op` on the queue it is given; `read` may use the event only until it
-/// returns.
-unsafe fn admin_call<T>(
-    rk: *mut rd::rd_kafka_t,
-    timeout: Duration,
-    op: rd::rd_kafka_admin_op_t,
-    request: impl FnOnce(
-        *mut rd::rd_kafka_t,
-        *const rd::rd_kafka_AdminOptions_t,
-        *mut rd::rd_kafka_queue_t,
-    ),
-    read: impl FnOnce(*mut rd::rd_kafka_event_t) -> Result<T, String>,
-) -> Result<T, String> {
-    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: the options and queue are created and destroyed here, the
-    // event after `read` has finished with it.
-    unsafe {
-        let options = rd::rd_kafka_AdminOptions_new(rk, op);
-        let mut errstr = [0 as c_char; 256];
-        rd::rd_kafka_AdminOptions_set_request_timeout(
-            options,
-            timeout_ms,
-            errstr.as_mut_ptr(),
-            errstr.len(),
-        );
-        if op == rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS {
-            let error = rd::rd_kafka_AdminOptions_set_include_authorized_operations(options, 1);
-            if !error.is_null() {
-                rd::rd_kafka_error_destroy(error);
-            }
-        }
-        let queue = rd::rd_kafka_queue_new(rk);
-        request(rk, options, queue);
-        let event = rd::rd_kafka_queue_poll(queue, timeout_ms.saturating_add(1000));
-        let outcome = if event.is_null() {
-            Err("no answer from the broker in time".to_string())
-        } else if rd::rd_kafka_event_error(event)
-            != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-        {
-            Err(text(rd::rd_kafka_event_error_string(event)))
-        } else {
-            read(event)
-        };
-        if !event.is_null() {
-            rd::rd_kafka_event_destroy(event);
-        }
-        rd::rd_kafka_queue_destroy(queue);
-        rd::rd_kafka_AdminOptions_destroy(options);
-        outcome
-    }
-}
-
 /// Plans against what the broker holds and creates what is missing
 /// (nothing when `dry_run`); blocking. Drift is judged within `options`'
 /// names (topics under its topic prefix, groups under its group prefix,
@@ -485,6 +424,7 @@ pub fn missing_access(
     file: &TopicsFile,
     name: &str,
     topic_prefix: &str,
+    group: &str,
 ) -> Result<Option<String>, String> {
     let Some(client) = file.client(name) else {
         return Ok(None);
@@ -496,23 +436,18 @@ pub fn missing_access(
             .or_default()
             .insert(Operation::Read);
     }
-    let writes = client
-        .writes
-        .iter()
-        .map(String::as_str)
-        .chain(client.dead_letters(file));
-    for write in writes {
+    for write in client.all_writes(file) {
         needs
             .entry(format!("{topic_prefix}{write}"))
             .or_default()
             .insert(Operation::Write);
     }
-    let consumer: AdminClient<DefaultClientContext> = crate::broker::client(brokers)
+    let admin: AdminClient<DefaultClientContext> = crate::broker::client(brokers)
         .set("client.id", format!("psymatch-{name}-access"))
         .set("log_level", "0")
         .create()
         .map_err(|e| e.to_string())?;
-    let held = authorized_operations(&consumer, needs.keys())?;
+    let held = authorized_operations(&admin, needs.keys())?;
     let settings = crate::broker::settings(brokers);
     let principal = settings.who();
     for (topic, operations) in &needs {
@@ -538,7 +473,51 @@ pub fn missing_access(
             }
         }
     }
+    // Its consumer group (DescribeConsumerGroups needs the group's
+    // DESCRIBE, which its READ grants, as joining needs).
+    if !client.tool
+        && !client.reads.is_empty()
+        && let Some(code) = group_refusal(&admin, group)?
+    {
+        return Ok(Some(format!(
+            "group {group}: {code} for principal {principal}: run psymatch acls apply"
+        )));
+    }
     Ok(None)
+}
+
+/// The broker's refusal to describe `group` to the client's principal
+/// (`GROUP_AUTHORIZATION_FAILED`), if it refuses.
+fn group_refusal(
+    client: &AdminClient<DefaultClientContext>,
+    group: &str,
+) -> Result<Option<String>, String> {
+    let name = c_text(group)?;
+    let mut names = [name.as_ptr()];
+    // SAFETY: the name outlives the call; descriptions are read before
+    // the event is destroyed.
+    unsafe {
+        admin_call(
+            client.inner().native_ptr(),
+            Duration::from_secs(5),
+            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS,
+            |rk, options, queue| {
+                rd::rd_kafka_DescribeConsumerGroups(rk, names.as_mut_ptr(), 1, options, queue)
+            },
+            |event| {
+                let result = rd::rd_kafka_event_DescribeConsumerGroups_result(event);
+                let mut count = 0usize;
+                let groups = rd::rd_kafka_DescribeConsumerGroups_result_groups(result, &mut count);
+                Ok((0..count).find_map(|i| {
+                    let error = rd::rd_kafka_ConsumerGroupDescription_error(*groups.add(i));
+                    (!error.is_null()
+                        && rd::rd_kafka_error_code(error)
+                            == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED)
+                        .then(|| text(rd::rd_kafka_error_name(error)))
+                }))
+            },
+        )
+    }
 }
 
 /// A readiness probe named `access`: red with [`missing_access`]'s line
@@ -550,12 +529,14 @@ pub fn access_probe(
     brokers: String,
     name: &'static str,
     topic_prefix: String,
+    group: String,
 ) -> crate::surface::Probe {
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
     let last: Arc<Mutex<(Option<Instant>, Option<String>)>> = Arc::new(Mutex::new((None, None)));
     Box::new(move || {
         let (brokers, prefix, last) = (brokers.clone(), topic_prefix.clone(), last.clone());
+        let group = group.clone();
         Box::pin(async move {
             if let (Some(at), None) = &*last.lock().expect("access lock")
                 && at.elapsed() < Duration::from_secs(30)
@@ -563,10 +544,11 @@ pub fn access_probe(
                 return Ok(());
             }
             let file = &crate::contracts::Contracts::embedded().topics;
-            let verdict =
-                tokio::task::spawn_blocking(move || missing_access(&brokers, file, name, &prefix))
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let verdict = tokio::task::spawn_blocking(move || {
+                missing_access(&brokers, file, name, &prefix, &group)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
             // A broker that cannot be asked is the broker probe's to report.
             let refusal = match verdict {
                 Ok(refusal) => refusal,
@@ -653,22 +635,6 @@ fn with_implied(mut set: BTreeSet<Operation>) -> BTreeSet<Operation> {
         set.extend([Operation::Read, Operation::Write, Operation::Describe]);
     }
     set
-}
-
-fn c_text(value: &str) -> Result<CString, String> {
-    CString::new(value).map_err(|_| format!("NUL byte in {value:?}"))
-}
-
-fn text(pointer: *const c_char) -> String {
-    if pointer.is_null() {
-        String::new()
-    } else {
-        // SAFETY: librdkafka returns NUL-terminated strings that live as
-        // long as the object they belong to, which outlives this call.
-        unsafe { CStr::from_ptr(pointer) }
-            .to_string_lossy()
-            .into_owned()
-    }
 }
 
 fn resource_type(resource: Resource) -> rd::rd_kafka_ResourceType_t {

@@ -225,7 +225,7 @@ impl Settings {
 /// The first line of a secret file, without its line end (files made with
 /// `echo` end in one); an unreadable or empty file names the setting, never
 /// the content.
-fn secret_file(name: &str, path: &str) -> anyhow::Result<String> {
+pub(crate) fn secret_file(name: &str, path: &str) -> anyhow::Result<String> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("{name}={path} cannot be read"))?;
     let secret = text.lines().next().unwrap_or_default().to_string();

@@ -45,6 +45,7 @@ mod tests {
 }
 
 pub mod acls;
+mod admin_ffi;
 pub mod app;
 pub mod avro_json;
 pub mod broker;

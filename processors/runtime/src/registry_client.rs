@@ -49,16 +49,6 @@ impl std::fmt::Debug for RegistrySettings {
     }
 }
 
-fn secret_file(name: &str, path: &str) -> anyhow::Result<String> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("{name}={path} cannot be read"))?;
-    let secret = text.lines().next().unwrap_or_default().to_string();
-    if secret.is_empty() {
-        bail!("{name}={path} is empty");
-    }
-    Ok(secret)
-}
-
 impl RegistrySettings {
     /// Reads the settings from `vars` (files are read now: a missing one
     /// stops the start with the setting's name).
@@ -86,11 +76,15 @@ impl RegistrySettings {
             (true, true, true) => Authorization::None,
             (false, false, true) => Authorization::Basic {
                 username,
-                password: secret_file("SCHEMA_REGISTRY_PASSWORD_FILE", &password_file)?,
+                password: crate::broker::secret_file(
+                    "SCHEMA_REGISTRY_PASSWORD_FILE",
+                    &password_file,
+                )?,
             },
-            (true, true, false) => {
-                Authorization::Token(secret_file("SCHEMA_REGISTRY_TOKEN_FILE", &token_file)?)
-            }
+            (true, true, false) => Authorization::Token(crate::broker::secret_file(
+                "SCHEMA_REGISTRY_TOKEN_FILE",
+                &token_file,
+            )?),
             (_, _, false) => bail!(
                 "SCHEMA_REGISTRY_TOKEN_FILE or SCHEMA_REGISTRY_USERNAME with SCHEMA_REGISTRY_PASSWORD_FILE: one of the two"
             ),

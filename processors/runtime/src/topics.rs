@@ -115,6 +115,15 @@ impl ClientSpec {
         self.writes.iter().any(|t| t == topic) || self.dead_letters(file).any(|t| t == topic)
     }
 
+    /// Every topic it produces to: its writes and the dead-letter topics
+    /// of its reads.
+    pub fn all_writes<'a>(&'a self, file: &'a TopicsFile) -> impl Iterator<Item = &'a str> + 'a {
+        self.writes
+            .iter()
+            .map(String::as_str)
+            .chain(self.dead_letters(file))
+    }
+
     /// The dead-letter topics of its reads (a processor's; none for a tool).
     pub fn dead_letters<'a>(&'a self, file: &'a TopicsFile) -> impl Iterator<Item = &'a str> + 'a {
         file.topics

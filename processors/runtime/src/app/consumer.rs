@@ -262,7 +262,7 @@ pub(super) fn consumer_thread<P: Processor>(
             return;
         }
     };
-    if !wait_for_broker(&shared, &stop) {
+    if !wait_for_broker(&shared, &stop) || !wait_for_access(&shared, &stop) {
         return;
     }
     let topics: Vec<String> = shared
@@ -317,6 +317,38 @@ pub(super) fn consumer_thread<P: Processor>(
     let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
     if shared.config.assignment == Assignment::Group {
         consumer.unsubscribe();
+    }
+}
+
+/// Waits until the principal holds the ACLs topics.yaml says the
+/// processor needs (its topics and its group), before the consumer
+/// subscribes: a consumer refused a topic at its first metadata request
+/// would not ask again for minutes (librdkafka's metadata refresh), so a
+/// processor started before `psymatch acls apply` would stall after it.
+/// Readiness (`access`) and the log say what is missing meanwhile. False
+/// if the process is stopped first.
+fn wait_for_access<P: Processor>(shared: &Shared<P>, stop: &AtomicBool) -> bool {
+    let file = &crate::contracts::Contracts::embedded().topics;
+    let config = &shared.config;
+    loop {
+        match crate::acls::missing_access(
+            &config.brokers,
+            file,
+            shared.processor.name(),
+            &config.topic_prefix,
+            &config.group,
+        ) {
+            // A broker that cannot be asked: the consumer's own errors and
+            // the broker probe say so; subscribing does no harm.
+            Ok(None) | Err(_) => return true,
+            Ok(Some(missing)) => shared.status.error(missing),
+        }
+        for _ in 0..20 {
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

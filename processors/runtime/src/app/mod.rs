@@ -222,6 +222,7 @@ pub async fn run_with<P: Processor>(
         shared.config.brokers.clone(),
         name,
         shared.config.topic_prefix.clone(),
+        shared.config.group.clone(),
     ));
     tokio::spawn(access());
     let surface = Arc::new(Surface {

@@ -160,6 +160,30 @@ impl TestBed {
         env
     }
 
+    /// Publishes a registration of `patient` and waits (90 s at most) until
+    /// intake has answered it with `patient.registered`: the chain's first
+    /// step works with whatever settings the running intake has.
+    pub async fn registers(&self, patient: &str) {
+        self.publish(
+            "patient-commands",
+            &[super::people::registration(patient, "10115")],
+        )
+        .await;
+        let registered = |records: &[Received]| {
+            super::of_type(records, "patient.registered")
+                .iter()
+                .any(|r| r.payload()["patient_id"] == patient)
+        };
+        let records = self
+            .read_until(
+                "patient-events",
+                std::time::Duration::from_secs(90),
+                registered,
+            )
+            .await;
+        assert!(registered(&records), "{patient} was not registered");
+    }
+
     /// What `psymatch acls plan` plans for this bed: its topic prefix, and
     /// its processors' groups (`<prefix><processor>`, see [`TestBed::env`]).
     pub fn acl_options(&self) -> crate::acls::PlanOptions {

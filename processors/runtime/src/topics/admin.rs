@@ -174,31 +174,17 @@ pub(crate) fn incremental_alter_configs(
     configs: &BTreeMap<String, String>,
     timeout: Duration,
 ) -> Result<(), String> {
+    use crate::admin_ffi::{admin_call, c_text, text};
     use rdkafka::bindings as rd;
-    use std::ffi::{CStr, CString};
 
-    let text = |pointer: *const std::os::raw::c_char| -> String {
-        if pointer.is_null() {
-            String::new()
-        } else {
-            // SAFETY: librdkafka returns NUL-terminated strings that live as
-            // long as the object they belong to, which outlives this call.
-            unsafe { CStr::from_ptr(pointer) }
-                .to_string_lossy()
-                .into_owned()
-        }
-    };
-    let c = |value: &str| CString::new(value).map_err(|_| format!("NUL byte in {value:?}"));
-    let name = c(topic)?;
-    let entries: Vec<(CString, CString)> = configs
+    let name = c_text(topic)?;
+    let entries: Vec<_> = configs
         .iter()
-        .map(|(k, v)| Ok((c(k)?, c(v)?)))
+        .map(|(k, v)| Ok((c_text(k)?, c_text(v)?)))
         .collect::<Result<_, String>>()?;
-    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: every object created here is destroyed here, after the last
-    // use of anything borrowed from it; the client outlives the call.
+    // SAFETY: the resource is created and destroyed here, after the call
+    // that borrows it; results are read before the event is destroyed.
     unsafe {
-        let rk = client.inner().native_ptr();
         let mut resource = rd::rd_kafka_ConfigResource_new(
             rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_TOPIC,
             name.as_ptr(),
@@ -217,46 +203,29 @@ pub(crate) fn incremental_alter_configs(
                 return Err(reason);
             }
         }
-        let options = rd::rd_kafka_AdminOptions_new(
-            rk,
+        let outcome = admin_call(
+            client.inner().native_ptr(),
+            timeout,
             rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_INCREMENTALALTERCONFIGS,
+            |rk, options, queue| {
+                rd::rd_kafka_IncrementalAlterConfigs(rk, &mut resource, 1, options, queue)
+            },
+            |event| {
+                let result = rd::rd_kafka_event_IncrementalAlterConfigs_result(event);
+                let mut count = 0usize;
+                let resources =
+                    rd::rd_kafka_IncrementalAlterConfigs_result_resources(result, &mut count);
+                (0..count)
+                    .map(|i| *resources.add(i))
+                    .find(|r| {
+                        rd::rd_kafka_ConfigResource_error(*r)
+                            != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                    })
+                    .map_or(Ok(()), |r| {
+                        Err(text(rd::rd_kafka_ConfigResource_error_string(r)))
+                    })
+            },
         );
-        let mut errstr = [0 as std::os::raw::c_char; 256];
-        rd::rd_kafka_AdminOptions_set_request_timeout(
-            options,
-            timeout_ms,
-            errstr.as_mut_ptr(),
-            errstr.len(),
-        );
-        let queue = rd::rd_kafka_queue_new(rk);
-        rd::rd_kafka_IncrementalAlterConfigs(rk, &mut resource, 1, options, queue);
-        let event = rd::rd_kafka_queue_poll(queue, timeout_ms.saturating_add(1000));
-        let outcome = if event.is_null() {
-            Err("no answer from the broker in time".to_string())
-        } else if rd::rd_kafka_event_error(event)
-            != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-        {
-            Err(text(rd::rd_kafka_event_error_string(event)))
-        } else {
-            let result = rd::rd_kafka_event_IncrementalAlterConfigs_result(event);
-            let mut count = 0usize;
-            let resources =
-                rd::rd_kafka_IncrementalAlterConfigs_result_resources(result, &mut count);
-            (0..count)
-                .map(|i| *resources.add(i))
-                .find(|r| {
-                    rd::rd_kafka_ConfigResource_error(*r)
-                        != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-                })
-                .map_or(Ok(()), |r| {
-                    Err(text(rd::rd_kafka_ConfigResource_error_string(r)))
-                })
-        };
-        if !event.is_null() {
-            rd::rd_kafka_event_destroy(event);
-        }
-        rd::rd_kafka_queue_destroy(queue);
-        rd::rd_kafka_AdminOptions_destroy(options);
         rd::rd_kafka_ConfigResource_destroy(resource);
         outcome
     }
