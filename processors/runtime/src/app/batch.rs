@@ -444,7 +444,7 @@ async fn write_outputs<P: Processor>(
         }
     }
     if !exactly {
-        publish(&shared.outbox, &shared.outbox.producer, &unpublished)
+        publish(&shared.outbox, &shared.outbox.producer(), &unpublished)
             .await
             .map_err(|failed| BatchError::Transient(format!("broker: {}", failed.reason)))?;
     }

@@ -10,7 +10,7 @@ use crate::config::RuntimeConfig;
 use crate::processor::Outgoing;
 use crate::surface::{Metrics, Status};
 use anyhow::Context as _;
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer as _};
 use serde_json::{Value as Json, json};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
@@ -41,8 +41,9 @@ pub struct Outbox {
     /// outbox stays the record of what is unpublished: a row not here (a
     /// restart, another replica's, more than [`UNSENT_MAX`]) is read.
     pub(super) unsent: Mutex<BTreeMap<i64, Outgoing>>,
-    /// Producer of the relay and of the at-least-once path.
-    pub(super) producer: FutureProducer,
+    /// Producer of the relay and of the at-least-once path (see
+    /// [`Outbox::producer`]).
+    producer: Mutex<FutureProducer>,
     /// The relay's transactional producer (`RELAY=transactional`), made
     /// when the relay first needs it and again after it was fenced.
     pub(super) transactional: tokio::sync::Mutex<Option<FutureProducer>>,
@@ -67,10 +68,7 @@ impl Outbox {
             schema.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
             "schema {schema} must be a plain lower-case identifier"
         );
-        let mut producer_config =
-            crate::broker::producer_config(&config.brokers, &format!("psymatch-{schema}-producer"));
-        with_options(&mut producer_config, config);
-        let producer: FutureProducer = producer_config.create().context("creating the producer")?;
+        let producer = make_producer(schema, config).context("creating the producer")?;
         Ok(Arc::new(Outbox {
             pool,
             schema: schema.to_string(),
@@ -80,10 +78,29 @@ impl Outbox {
             wake: Notify::new(),
             limit: AtomicUsize::new(RELAY_PASS_MAX),
             unsent: Mutex::new(BTreeMap::new()),
-            producer,
+            producer: Mutex::new(producer),
             transactional: tokio::sync::Mutex::new(None),
             forgets_processed: consumer,
         }))
+    }
+
+    /// The producer, made anew when librdkafka declared the last one
+    /// fatally failed: a fatal error is final for a producer instance, and
+    /// an idempotent producer refused its producer id (its principal
+    /// started before `psymatch acls apply`) would otherwise fail every
+    /// pass from then on. What it had not delivered is still in the outbox.
+    pub(super) fn producer(&self) -> FutureProducer {
+        let mut slot = self.producer.lock().expect("producer lock");
+        if let Some((_, reason)) = slot.client().fatal_error() {
+            match make_producer(&self.schema, &self.config) {
+                Ok(fresh) => {
+                    tracing::warn!(reason = %reason, "the producer failed fatally; a new one takes over");
+                    *slot = fresh;
+                }
+                Err(error) => tracing::error!(error = %error, "cannot make a new producer"),
+            }
+        }
+        slot.clone()
     }
 
     /// Inserts `rows` in the caller's transaction; their ids, in the order
@@ -155,4 +172,15 @@ impl Outbox {
     pub async fn relay(self: Arc<Self>, stop: Arc<std::sync::atomic::AtomicBool>) {
         super::relay::relay_loop(self, stop).await
     }
+}
+
+/// The relay's and the at-least-once path's producer for `schema`.
+fn make_producer(
+    schema: &str,
+    config: &RuntimeConfig,
+) -> rdkafka::error::KafkaResult<FutureProducer> {
+    let mut producer_config =
+        crate::broker::producer_config(&config.brokers, &format!("psymatch-{schema}-producer"));
+    with_options(&mut producer_config, config);
+    producer_config.create()
 }

@@ -287,7 +287,7 @@ async fn relay_pass(shared: &Outbox) -> Result<usize, String> {
     // failed: the next pass starts after them (a row acknowledged after the
     // failure is published again; consumers drop it by its event id).
     let published = match shared.config.relay {
-        Relay::Idempotent => publish(shared, &shared.producer, &outgoing).await,
+        Relay::Idempotent => publish(shared, &shared.producer(), &outgoing).await,
         Relay::Transactional => publish_in_transaction(shared, &outgoing).await,
     };
     let acknowledged = match &published {
