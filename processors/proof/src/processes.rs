@@ -76,6 +76,16 @@ pub fn tool(bed: &TestBed, env: &[(&str, Option<String>)], args: &[&str]) -> std
     command.output().expect("psymatch (cargo build --bins)")
 }
 
+/// Asserts that the tool refused: it failed and said `expected` on
+/// standard error, in one line; that line.
+pub fn refused_in_one_line(output: &std::process::Output, expected: &str) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "not refused: {stderr}");
+    assert!(stderr.contains(expected), "{expected:?} not in {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    stderr
+}
+
 /// Starts the workspace binary `binary` with `env` and a free surface port
 /// (`HTTP_LISTEN`), its log in `dir/<binary>.log`: the process, the port
 /// and the log's path. Nothing is waited for.

@@ -7,7 +7,7 @@
 //! the principal, until `acls apply` runs, and then works with exactly
 //! those ACLs.
 
-use psymatch_proof::processes::{spawn, tool};
+use psymatch_proof::processes::{refused_in_one_line, spawn, tool};
 use psymatch_runtime::acls::{Acl, AclAdmin, Operation, Pattern, Resource};
 use psymatch_runtime::testing::{TestBed, cluster, scratch_dir, stack_env};
 use rdkafka::ClientConfig;
@@ -116,16 +116,13 @@ async fn plan_is_what_apply_creates_and_each_principal_gets_no_more() {
         &as_principal("matcher"),
         &["tail", "patient-commands", "--max", "1"],
     );
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success());
-    assert!(
-        stderr.contains(&format!(
+    refused_in_one_line(
+        &refused,
+        &format!(
             "topic {}patient-commands: TOPIC_AUTHORIZATION_FAILED for principal matcher",
             bed.prefix
-        )),
-        "{stderr}"
+        ),
     );
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     let matcher: BaseConsumer = client_as(&bed, "matcher")
         .set("group.id", format!("{}matcher", bed.prefix))
         .create()

@@ -7,7 +7,7 @@
 //! ACLs are applied to. Intake works under its ACLs; the matcher is
 //! refused patient commands; a wrong secret is refused in one line.
 
-use psymatch_proof::processes::{spawn, tool};
+use psymatch_proof::processes::{refused_in_one_line, spawn, tool};
 use psymatch_runtime::testing::{
     KillOnDrop, OwnBroker, TestBed, free_port, scratch_dir, stack_env,
 };
@@ -186,12 +186,7 @@ async fn oidc_client_credentials_log_in_and_the_token_s_subject_gets_the_acls() 
         &for_tool(&matcher),
         &["tail", "patient-commands", "--max", "1"],
     );
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success());
-    assert!(
-        stderr.contains("TOPIC_AUTHORIZATION_FAILED for principal matcher"),
-        "{stderr}"
-    );
+    refused_in_one_line(&refused, "TOPIC_AUTHORIZATION_FAILED for principal matcher");
     let allowed = tool(
         &bed,
         &for_tool(&matcher),
@@ -215,12 +210,6 @@ async fn oidc_client_credentials_log_in_and_the_token_s_subject_gets_the_acls() 
         &for_tool(&wrong_secret),
         &["tail", "patient-events", "--max", "1"],
     );
-    let stderr = String::from_utf8_lossy(&wrong.stderr);
-    assert!(!wrong.status.success());
-    assert!(
-        stderr.contains("no OAUTHBEARER token for principal matcher"),
-        "{stderr}"
-    );
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let stderr = refused_in_one_line(&wrong, "no OAUTHBEARER token for principal matcher");
     assert!(!stderr.contains("not-the-secret"), "{stderr}");
 }

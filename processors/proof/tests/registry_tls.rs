@@ -8,7 +8,7 @@
 //! in one line saying what to do, without the secret.
 
 use psymatch_intake::Intake;
-use psymatch_proof::processes::tool;
+use psymatch_proof::processes::{refused_in_one_line, tool};
 use psymatch_runtime::testing::tls::Ca;
 use psymatch_runtime::testing::{KillOnDrop, Running, TestBed, free_port, scratch_dir};
 use std::path::{Path, PathBuf};
@@ -130,10 +130,7 @@ async fn tls_and_authentication_to_the_registry_from_the_tool_and_a_processor() 
             "is not trusted: set SCHEMA_REGISTRY_CA_FILE to the CA that signed it",
         ),
     ] {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
-        assert!(stderr.contains(expected), "{stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        let stderr = refused_in_one_line(&out, expected);
         assert!(!stderr.contains("not-the-password") && !stderr.contains(PASSWORD));
     }
 
@@ -171,8 +168,6 @@ async fn tls_and_authentication_to_the_registry_from_the_tool_and_a_processor() 
         ],
         &["schemas", "register"],
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("refused the credentials (401)"), "{stderr}");
+    let stderr = refused_in_one_line(&out, "refused the credentials (401)");
     assert!(!stderr.contains("not-the-token"), "{stderr}");
 }
